@@ -1,0 +1,1 @@
+"""guided-diffusion-cl: continual learning of diffusion models on an ADM core."""
