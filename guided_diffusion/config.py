@@ -1,0 +1,431 @@
+"""Typed experiment configuration: YAML file, then ``key.sub=value`` overrides, validated once.
+
+A config is a tree of dataclasses (``Config`` below). ``load_config(path, overrides)`` reads the
+YAML file, applies command-line overrides and checks every key and type against the schema. An
+unknown key, a wrong type or an impossible combination raises ``ConfigError`` with one message
+naming the key, the file and, where possible, the closest valid key.
+
+Sections whose schema depends on a choice (the continual ``method`` section) are registered by the
+module that implements the choice: ``register_section_schema("method", name, dataclass)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message meant for the user as-is."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist5k"  # mnist5k | digits | cifar10 | cifar100 | mnist | fashion_mnist | image_folder | npz | task_dict
+    data_dir: str = ""  # folder or file of the dataset (not needed for mnist5k / digits)
+    test_dir: str = ""  # explicit test split for image_folder / npz (else a fixed 10% per-class holdout)
+    image_size: int = 28
+    channels: int = 0  # 0: the dataset's own channel count
+    resize: str = "auto"  # auto | pad | resize | center_crop
+    random_flip: bool = False
+    allow_pickle: bool = False  # task_dict npz files holding pickled objects (can execute code!)
+
+
+@dataclass
+class ModelConfig:
+    """UNet options, with ADM's names (``model_and_diffusion_defaults``)."""
+
+    num_channels: int = 64
+    num_res_blocks: int = 2
+    num_heads: int = 4
+    num_heads_upsample: int = -1
+    num_head_channels: int = -1
+    attention_resolutions: str = "16"
+    channel_mult: str = ""  # "" -> by image size
+    dropout: float = 0.0
+    class_cond: bool = False
+    num_classes: int = 0  # 0 -> the dataset's number of classes
+    use_checkpoint: bool = False
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = False
+    use_fp16: bool = False  # accepted for ADM compatibility; precision comes from train.precision
+    use_new_attention_order: bool = False
+    embedding_kind: str = "add_time_learned"  # add_time_learned | concat_time_1hot | none
+    attention_backend: str = "sdpa"  # sdpa | einsum
+
+
+@dataclass
+class DiffusionConfig:
+    """Gaussian diffusion options, with ADM's names."""
+
+    learn_sigma: bool = False
+    diffusion_steps: int = 1000
+    noise_schedule: str = "linear"  # linear | cosine
+    timestep_respacing: str = ""
+    use_kl: bool = False
+    predict_xstart: bool = False
+    rescale_timesteps: bool = False
+    rescale_learned_sigmas: bool = False
+    sigma_small: bool = False
+
+
+@dataclass
+class TrainConfig:
+    total_steps: int = 1000
+    batch_size: int = 64  # GLOBAL batch; the per-rank batch is batch_size / world_size
+    microbatch: int = -1  # per-rank microbatch (-1: no microbatching)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at total_steps)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    ema_rate: str = "0.9999"  # comma-separated list
+    schedule_sampler: str = "uniform"  # uniform | loss-second-moment
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
+    nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does
+    log_interval: int = 10
+    save_interval: int = 500  # also saved at the end; 0: only at the end
+    keep_checkpoints: int = 2  # complete checkpoints kept in the run folder (0: all)
+    num_threads: int = 0  # torch threads per process (0: leave torch's default)
+    sample_at_end: int = 16  # images in the end-of-run grid (0: none)
+
+
+@dataclass
+class SampleConfig:
+    model_path: str = ""
+    num_samples: int = 64
+    batch_size: int = 16
+    use_ddim: bool = True
+    timestep_respacing: str = "ddim50"
+    eta: float = 0.0
+    clip_denoised: bool = True
+    class_label: int = -1  # -1: classes drawn uniformly (class-conditional models)
+    classifier_path: str = ""
+    classifier_scale: float = 1.0
+    out_dir: str = ""  # "" -> the run folder
+
+
+@dataclass
+class ClassifierConfig:
+    """The noisy classifier for guidance (ADM's ``classifier_defaults``, without the prefix)."""
+
+    width: int = 128
+    depth: int = 2
+    attention_resolutions: str = "32,16,8"
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    pool: str = "attention"  # adaptive | attention | spatial | spatial_v2
+    use_fp16: bool = False
+    noised: bool = True
+    iterations: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    anneal_lr: bool = False
+    log_interval: int = 10
+    eval_interval: int = 100
+    save_interval: int = 500
+
+
+@dataclass
+class DistConfig:
+    backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
+    timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "experiments"
+    device: str = ""  # "" -> cuda (local rank) if available, else cpu
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    # Free-form sections validated by the schema that their ``name`` selects (see below).
+    continual: Dict[str, Any] = field(default_factory=dict)
+    method: Dict[str, Any] = field(default_factory=dict)
+
+
+# Sections whose schema is chosen by a key inside them: section -> (selector key, {name: dataclass}).
+_SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
+_SECTION_SELECTOR = {"method": "name", "continual": None}
+_SECTION_DEFAULT: Dict[str, type] = {}
+
+
+def register_section_schema(section: str, name: Optional[str], schema: type) -> None:
+    """Register the dataclass that validates ``section`` (for ``method``: when ``method.name == name``)."""
+    if name is None:
+        _SECTION_DEFAULT[section] = schema
+    else:
+        _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _closest(key: str, options) -> str:
+    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert a YAML or command-line value to ``typ``, or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(typ)
+    if typ is Any:
+        return value
+    if origin is typing.Union:  # Optional[X]
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                f = float(value)
+            except ValueError:
+                f = None
+            if f is not None and f.is_integer():
+                return int(f)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, (list, tuple)):  # e.g. attention_resolutions: [16, 8]
+            return ",".join(str(v) for v in value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if origin in (list, List):
+        (inner,) = typing.get_args(typ) or (Any,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise ConfigError(f"{where}: unsupported type {typ}")
+
+
+def from_dict(cls: type, data: Dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) dict, strictly: unknown keys and bad types raise."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown key '{path}'{_closest(str(key), names)}")
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            kwargs[key] = from_dict(typ, value, path)
+        else:
+            kwargs[key] = _coerce(value, typ, path)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _parse_override(text: str):
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip().lstrip("-")
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    # YAML parses numbers, booleans, lists ([1,2]) and null; fall back to the raw string.
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _set_path(tree: Dict[str, Any], path: List[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{'.'.join(path)}': '{part}' is not a section")
+        node = nxt
+    node[path[-1]] = value
+
+
+def _validate_sections(cfg: Config, where: str) -> None:
+    """Validate the free-form sections against their registered schemas (strict keys, types)."""
+    for section, selector in _SECTION_SELECTOR.items():
+        raw = getattr(cfg, section)
+        if selector is None:
+            schema = _SECTION_DEFAULT.get(section)
+        else:
+            if not raw:
+                continue
+            name = raw.get(selector)
+            options = _SECTION_SCHEMAS.get(section, {})
+            if name not in options:
+                hint = _closest(str(name), options) if name else ""
+                valid = ", ".join(sorted(options)) or "(none registered)"
+                raise ConfigError(
+                    f"{where}: {section}.{selector} = {name!r} is not a known {section}{hint}; valid: {valid}"
+                )
+            schema = options[name]
+        if schema is None:
+            if raw:
+                raise ConfigError(f"{where}: section '{section}' is not used by this program")
+            continue
+        try:
+            parsed = from_dict(schema, raw, section)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        setattr(cfg, section, parsed)
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Cross-key checks that do not need the data or the world size."""
+
+    def bad(msg: str) -> None:
+        raise ConfigError(f"{where}: {msg}")
+
+    choices = {
+        "data.resize": (cfg.data.resize, ("auto", "pad", "resize", "center_crop")),
+        "model.embedding_kind": (cfg.model.embedding_kind, ("add_time_learned", "concat_time_1hot", "none")),
+        "model.attention_backend": (cfg.model.attention_backend, ("sdpa", "einsum")),
+        "diffusion.noise_schedule": (cfg.diffusion.noise_schedule, ("linear", "cosine")),
+        "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "linear", "cosine")),
+        "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
+        "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
+        "train.nan_policy": (cfg.train.nan_policy, ("stop", "skip")),
+        "classifier.pool": (cfg.classifier.pool, ("adaptive", "attention", "spatial", "spatial_v2")),
+    }
+    for key, (value, options) in choices.items():
+        if value not in options:
+            bad(f"{key} = {value!r} is not one of {', '.join(options)}{_closest(str(value), options)}")
+    positive = {
+        "data.image_size": cfg.data.image_size,
+        "model.num_channels": cfg.model.num_channels,
+        "model.num_res_blocks": cfg.model.num_res_blocks,
+        "diffusion.diffusion_steps": cfg.diffusion.diffusion_steps,
+        "train.batch_size": cfg.train.batch_size,
+        "train.total_steps": cfg.train.total_steps,
+        "train.lr": cfg.train.lr,
+        "sample.batch_size": cfg.sample.batch_size,
+    }
+    for key, value in positive.items():
+        if not value > 0:
+            bad(f"{key} must be > 0, got {value}")
+    if cfg.data.channels not in (0, 1, 3):
+        bad(f"data.channels must be 0 (dataset's own), 1 or 3, got {cfg.data.channels}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        bad(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.num_classes < 0:
+        bad(f"model.num_classes must be >= 0, got {cfg.model.num_classes}")
+    if cfg.train.microbatch == 0 or cfg.train.microbatch < -1:
+        bad(f"train.microbatch must be -1 (off) or > 0, got {cfg.train.microbatch}")
+    try:
+        rates = [float(r) for r in cfg.train.ema_rate.split(",") if r.strip()]
+    except ValueError:
+        bad(f"train.ema_rate must be a comma-separated list of numbers, got {cfg.train.ema_rate!r}")
+    if any(not 0.0 <= r < 1.0 for r in rates):
+        bad(f"train.ema_rate values must be in [0, 1), got {cfg.train.ema_rate!r}")
+    for key in ("model.attention_resolutions", "model.channel_mult", "classifier.attention_resolutions"):
+        section, name = key.split(".")
+        text = getattr(getattr(cfg, section), name)
+        try:
+            [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            bad(f"{key} must be a comma-separated list of numbers, got {text!r}")
+    if cfg.model.class_cond and cfg.model.embedding_kind == "none":
+        bad("model.class_cond is true but model.embedding_kind is 'none': the model could not see the label")
+
+
+def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:
+    """Read ``path`` (YAML), apply ``overrides`` (``key.sub=value``), validate; raise ConfigError."""
+    where = path or "defaults"
+    tree: Dict[str, Any] = {}
+    if path:
+        try:
+            with open(path) as f:
+                tree = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for text in overrides or []:
+        keys, value = _parse_override(text)
+        _set_path(tree, keys, value)
+    try:
+        cfg = from_dict(Config, tree)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    _validate_sections(cfg, where)
+    validate(cfg, where)
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_list(text: str, typ=int) -> tuple:
+    """'16,8' -> (16, 8)."""
+    return tuple(typ(v) for v in str(text).split(",") if v.strip())

@@ -1,0 +1,97 @@
+"""Config: strict keys with suggestions, type coercion, overrides, cross-key validation."""
+
+import pytest
+
+from guided_diffusion.config import Config, ConfigError, dump_config, load_config, parse_list
+
+import yaml
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_defaults_and_yaml_values(tmp_path):
+    path = write(tmp_path, "name: a\ntrain:\n  lr: 3e-4\n  total_steps: 7\nmodel:\n  class_cond: true\n")
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+    assert cfg.name == "a" and cfg.train.lr == 3e-4 and cfg.train.total_steps == 7
+    assert cfg.model.class_cond is True
+    assert cfg.train.batch_size == Config().train.batch_size
+
+
+def test_overrides_coerce_types(tmp_path):
+    path = write(tmp_path, "name: a\n")
+    cfg = load_config(path, ["train.lr=0.001", "train.total_steps=12", "model.class_cond=false",
+                             "model.attention_resolutions=[16, 8]", "name=b"])
+    assert cfg.train.lr == 0.001 and cfg.train.total_steps == 12 and cfg.model.class_cond is False
+    assert cfg.model.attention_resolutions == "16,8"
+    assert cfg.name == "b"
+
+
+def test_unknown_key_names_file_key_and_suggestion(tmp_path):
+    path = write(tmp_path, "train:\n  learning_rate: 0.1\n  totl_steps: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert path in msg and "train.learning_rate" in msg
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    path = write(tmp_path, "train:\n  totl_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.totl_steps.*did you mean 'total_steps'"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="did you mean 'model'"):
+        load_config(None, ["modle.dropout=0.1"])
+
+
+def test_wrong_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"train\.total_steps: expected an integer"):
+        load_config(None, ["train.total_steps=abc"])
+    with pytest.raises(ConfigError, match=r"model\.class_cond: expected true/false"):
+        load_config(None, ["model.class_cond=maybe"])
+    with pytest.raises(ConfigError, match=r"train\.total_steps: expected an integer"):
+        load_config(None, ["train.total_steps=1.5"])
+
+
+def test_impossible_values():
+    with pytest.raises(ConfigError, match="train.precision"):
+        load_config(None, ["train.precision=fp8"])
+    with pytest.raises(ConfigError, match="train.batch_size must be > 0"):
+        load_config(None, ["train.batch_size=0"])
+    with pytest.raises(ConfigError, match="embedding_kind is 'none'"):
+        load_config(None, ["model.class_cond=true", "model.embedding_kind=none"])
+    with pytest.raises(ConfigError, match="ema_rate"):
+        load_config(None, ["train.ema_rate=0.9,1.5"])
+
+
+def test_missing_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(None, ["train.lr=0.5", "name=x"])
+    path = write(tmp_path, dump_config(cfg))
+    again = load_config(path)
+    assert again == cfg
+    assert yaml.safe_load(dump_config(cfg))["train"]["lr"] == 0.5
+
+
+def test_parse_list():
+    assert parse_list("16,8") == (16, 8)
+    assert parse_list("0.5,1", float) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize("path", ["yaml/mnist/iid.yaml", "yaml/cifar10_32/iid.yaml"])
+def test_shipped_yaml_files_validate(path):
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    load_config(os.path.join(root, path))
