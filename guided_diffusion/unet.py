@@ -17,8 +17,10 @@ Differences from ADM, all invisible in the state_dict:
 
 The network knows nothing of diffusion: it maps (x, t[, y]) to a tensor.
 
-FLOPs: `torch.utils.flop_counter.FlopCounterMode` counts both backends; for thop-style
-module hooks the attention modules carry ADM's `count_flops` static method.
+FLOPs: `torch.utils.flop_counter.FlopCounterMode` counts the einsum backend, and the sdpa
+backend inside `double_backward_attention()` (torch 2.13 has no formula for the fused CPU flash
+kernel, whose attention matmuls it would miss); for thop-style module hooks the attention
+modules carry ADM's `count_flops` static method.
 """
 
 import contextlib
@@ -489,7 +491,10 @@ def _build_encoder(
             net._feature_size += ch
             input_block_chans.append(ch)
         if level != len(channel_mult) - 1:
-            down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, conv_resample, dims=dims, out_channels=ch)
+            if resblock_updown:
+                down = res(ch, ch, down=True)
+            else:
+                down = Downsample(ch, conv_resample, dims=dims, out_channels=ch)
             net.input_blocks.append(TimestepEmbedSequential(down))
             input_block_chans.append(ch)
             ds *= 2
@@ -590,7 +595,9 @@ class UNetModel(nn.Module):
             # GUIDE: the one-hot label fills the last num_classes channels of the embedding.
             time_out = time_embed_dim - num_classes
             if time_out <= 0:
-                raise ValueError(f"concat_time_1hot needs 4 * model_channels > num_classes ({time_embed_dim} <= {num_classes})")
+                raise ValueError(
+                    f"concat_time_1hot needs 4 * model_channels > num_classes ({time_embed_dim} <= {num_classes})"
+                )
         self.time_embed = nn.Sequential(
             linear(model_channels, time_embed_dim),
             nn.SiLU(),
