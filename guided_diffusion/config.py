@@ -139,6 +139,24 @@ class ClassifierConfig:
 
 
 @dataclass
+class ContinualConfig:
+    """A class-incremental scenario and its per-task training budget."""
+
+    scenario: str = ""  # a preset (split_mnist, split_fmnist, cifar10_2, cifar10_5, cifar100_5, cifar100_10, imagenet100_5) or "" for the keys below
+    num_tasks: int = 5
+    classes_per_task: int = 0  # 0: (num_classes - first_task_num_classes) / (num_tasks - 1), or num_classes / num_tasks
+    first_task_num_classes: int = 0  # 0: classes_per_task
+    class_order: str = "fixed"  # fixed (0..C-1) | seeded (a permutation from class_order_seed) | an explicit list "3,1,4,..."
+    class_order_seed: int = 0
+    num_steps: int = 500  # training steps per task
+    first_task_num_steps: int = -1  # -1: num_steps
+    limit_tasks: int = -1  # stop after this many tasks (-1: all)
+    grid_per_class: int = 8  # samples per seen class in each task's grid (0: none)
+    eval_respacing: str = "ddim25"  # sampler for grids and evaluation
+    teacher_ema: bool = True  # the teacher is the EMA (first rate) of the previous task, else the raw weights
+
+
+@dataclass
 class DistConfig:
     backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
     timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
@@ -157,14 +175,14 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    # Free-form sections validated by the schema that their ``name`` selects (see below).
-    continual: Dict[str, Any] = field(default_factory=dict)
+    continual: ContinualConfig = field(default_factory=ContinualConfig)
+    # Validated by the schema that ``method.name`` selects (registered by each continual method).
     method: Dict[str, Any] = field(default_factory=dict)
 
 
 # Sections whose schema is chosen by a key inside them: section -> (selector key, {name: dataclass}).
 _SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
-_SECTION_SELECTOR = {"method": "name", "continual": None}
+_SECTION_SELECTOR = {"method": "name"}
 _SECTION_DEFAULT: Dict[str, type] = {}
 
 

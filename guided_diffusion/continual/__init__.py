@@ -1,0 +1,4 @@
+"""Continual learning of diffusion models: scenarios, methods as plug-ins, and the task loop."""
+
+from .base import METHODS, ContinualContext, ContinualMethod, build_method, register_method  # noqa: F401
+from .scenario import PRESETS, Scenario, Task, build_scenario  # noqa: F401

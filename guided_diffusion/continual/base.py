@@ -1,0 +1,129 @@
+"""Continual methods as pluggable parts of one loop, registered by name.
+
+A method is a class with a ``Config`` dataclass (its YAML ``method:`` section, validated strictly)
+and hooks that the loop (``continual.loop``) calls for every task, in this order:
+
+    before_task(task, teacher)   teacher = frozen copy of the model after the previous task (or None)
+    task_data(task, x, y)        the images the task trains on (default: the task's real data)
+    objective(task, base)        what each step minimises (default: ``base``, the diffusion loss)
+    hooks(task)                  TrainHooks for the training loop (before/after step)
+    after_task(task)             e.g. the EWC Fisher, the replay buffer update
+    state_dict()/load_state_dict()   what must survive to the next tasks and across a restart
+
+The loop knows no method by name: ``method.name`` in the config picks the class from the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple, Type
+
+import torch
+
+from ..config import ConfigError, register_section_schema
+from .scenario import Scenario, Task, select
+
+METHODS: Dict[str, Type["ContinualMethod"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method available as ``method.name: <name>`` in YAML."""
+
+    def wrap(cls):
+        if name in METHODS:
+            raise ValueError(f"continual method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        register_section_schema("method", name, cls.Config)
+        return cls
+
+    return wrap
+
+
+@dataclass
+class ContinualContext:
+    """What methods may use: the config, data, model, diffusion and where to write."""
+
+    cfg: Any
+    scenario: Scenario
+    x: torch.Tensor  # all training images (model tensors, [-1, 1])
+    y: torch.Tensor
+    info: Any  # DataInfo
+    model: torch.nn.Module  # the network being trained (raw weights)
+    diffusion: Any  # the training diffusion (no respacing)
+    device: torch.device
+    run_dir: str
+    logger: Any
+    rank: int = 0
+    world_size: int = 1
+
+    def task_indices(self, classes) -> torch.Tensor:
+        return torch.as_tensor(select(self.y.numpy(), classes), dtype=torch.long)
+
+    def real_data(self, classes) -> Tuple[torch.Tensor, torch.Tensor]:
+        idx = self.task_indices(classes)
+        return self.x[idx], self.y[idx]
+
+    def task_dir(self, task: Task) -> str:
+        return f"{self.run_dir}/task_{task.index}"
+
+
+class ContinualMethod:
+    """Base class: naive fine-tuning (every hook is the identity)."""
+
+    name = "base"
+    needs_teacher = False
+
+    @dataclass
+    class Config:
+        name: str = "naive"
+
+    def __init__(self, mcfg, ctx: ContinualContext):
+        self.mcfg = mcfg
+        self.ctx = ctx
+        self.teacher: Optional[torch.nn.Module] = None
+
+    def before_task(self, task: Task, teacher: Optional[torch.nn.Module]) -> None:
+        self.teacher = teacher
+
+    def task_data(self, task: Task, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def objective(self, task: Task, base):
+        return base
+
+    def hooks(self, task: Task) -> List:
+        return []
+
+    def after_task(self, task: Task) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
+    """The method selected by the (already validated) ``method`` section; naive if empty."""
+    from . import methods  # noqa: F401  (registers the built-in methods)
+
+    if not method_cfg:
+        return METHODS["naive"](METHODS["naive"].Config(), ctx)
+    name = getattr(method_cfg, "name", None) if not isinstance(method_cfg, dict) else method_cfg.get("name")
+    if name not in METHODS:
+        raise ConfigError(f"unknown continual method {name!r}; known: {', '.join(sorted(METHODS))}")
+    cls = METHODS[name]
+    if isinstance(method_cfg, dict):
+        from ..config import from_dict
+
+        method_cfg = from_dict(cls.Config, method_cfg, "method")
+    return cls(method_cfg, ctx)
+
+
+def freeze(module: torch.nn.Module) -> torch.nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module

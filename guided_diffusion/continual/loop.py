@@ -1,0 +1,201 @@
+"""The continual loop: tasks one after another, each trained by ``TrainLoop`` with a method's parts.
+
+Run folder layout (``experiments/<name>/``)::
+
+    config.yaml            resolved config
+    metrics.csv            one row per finished task (cost, losses, evaluation columns)
+    task_{k}/              the task's TrainLoop run folder: checkpoints, progress.csv, log.txt
+        replay_*.pt        what a method generated for this task (reused on resume)
+        method_state.pt    the method's continual state after the task (Fisher, buffer, ...)
+        samples.png        a grid: one row per class seen so far (EMA weights)
+        task_done.json     written last: the task is complete
+
+Resume: a rerun skips finished tasks, restores the model, EMA and method state from the last
+finished one, and the unfinished task resumes from its latest checkpoint (``TrainLoop``).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import json
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import blobfile as bf
+import torch
+
+from .. import checkpoint as ckpt
+from .. import dist_util, experiment
+from ..data import InfiniteLoader
+from ..image_util import save_grid
+from ..logger import Logger
+from ..resample import create_named_schedule_sampler
+from ..sampling import sample_set
+from ..train_util import DiffusionObjective, TrainLoop, step_seed
+from .base import ContinualContext, build_method, freeze
+from .scenario import Task, build_scenario
+
+# Called after each task with (ctx, task, ema_model); returns metric columns for metrics.csv.
+EVALUATORS: List[Callable] = []
+
+
+def _done_path(ctx: ContinualContext, task: Task) -> str:
+    return f"{ctx.task_dir(task)}/task_done.json"
+
+
+def _final_weights(task_dir: str):
+    step = ckpt.latest_checkpoint(task_dir)
+    if step is None:
+        raise ckpt.CheckpointError(f"{task_dir} is marked done but has no complete checkpoint")
+    manifest = ckpt.read_manifest(task_dir, step)
+    files = {n: ckpt.load_torch(bf.join(task_dir, n)) for n in manifest["files"] if not n.startswith("opt")}
+    model = files[f"model{step:06d}.pt"]
+    emas = {float(n.split("_")[1]): sd for n, sd in files.items() if n.startswith("ema_")}
+    return model, emas
+
+
+def append_metrics(path: str, row: Dict) -> None:
+    """Append a row to a CSV, rewriting the header when new columns appear (rank 0 only)."""
+    rows = []
+    if bf.exists(path):
+        with bf.BlobFile(path, "r") as f:
+            rows = list(csv.DictReader(f))
+    rows = [r for r in rows if str(r.get("task")) != str(row["task"])] + [row]
+    keys: List[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    ckpt.atomic_write_text(path, buf.getvalue())
+
+
+def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: int):
+    """Samples of every seen class (a row each), or unconditional samples, with the eval sampler."""
+    cfg = ctx.cfg
+    diffusion = experiment.build_diffusion(cfg, cfg.continual.eval_respacing)
+    n = per_class * len(task.seen_classes)
+    classes = [c for c in task.seen_classes for _ in range(per_class)]
+    images, labels = sample_set(
+        model, diffusion, num_samples=n, batch_size=min(n, max(cfg.sample.batch_size, per_class)),
+        image_shape=ctx.info.shape, seed=seed, class_cond=cfg.model.class_cond,
+        labels=classes if cfg.model.class_cond else None, use_ddim=True, eta=0.0, device=ctx.device,
+    )
+    return images, labels
+
+
+def run_continual(cfg) -> ContinualContext:
+    """Run (or resume) every task of the scenario of ``cfg``; returns the context."""
+    device = experiment.init_process(cfg)
+    run_dir = experiment.run_dir_of(cfg)
+    root_logger = experiment.setup_run(cfg)
+    x, y, info = experiment.load_split(cfg, "train")
+    if cfg.model.class_cond is False and cfg.method and getattr(cfg.method, "requires_class_cond", False):
+        raise ValueError(f"method {cfg.method.name} needs a class-conditional model (model.class_cond: true)")
+    scenario = build_scenario(cfg.continual, info.num_classes)
+    model = experiment.build_model(cfg, info).to(device)
+    diffusion = experiment.build_diffusion(cfg)
+    ctx = ContinualContext(cfg, scenario, x, y, info, model, diffusion, device, run_dir, root_logger,
+                           dist_util.get_rank(), dist_util.get_world_size())
+    method = build_method(cfg.method, ctx)
+    root_logger.log(experiment.describe(cfg, info, model, len(x)))
+    root_logger.log(f"method {method.name}; class order {list(scenario.class_order)}; tasks "
+                    + "; ".join(f"{t.index}: classes {list(t.classes)} x {t.num_steps} steps" for t in scenario.tasks))
+
+    # Skip finished tasks; restore the state after the last one.
+    first = 0
+    while first < len(scenario.tasks) and bf.exists(_done_path(ctx, scenario.tasks[first])):
+        first += 1
+    ema_state = None
+    if first > 0:
+        prev = scenario.tasks[first - 1]
+        model_sd, ema_state = _final_weights(ctx.task_dir(prev))
+        model.load_state_dict(model_sd)
+        state_path = f"{ctx.task_dir(prev)}/method_state.pt"
+        if bf.exists(state_path):
+            method.load_state_dict(ckpt.load_torch(state_path))
+        root_logger.log(f"tasks 0..{first - 1} already finished; continuing with task {first}")
+
+    rates = [float(r) for r in cfg.train.ema_rate.split(",")]
+    for task in scenario.tasks[first:]:
+        tdir = ctx.task_dir(task)
+        if dist_util.is_main():
+            bf.makedirs(tdir)
+        dist_util.barrier()
+        logger = Logger(tdir, rank=ctx.rank)
+        teacher = None
+        if task.index > 0 and method.needs_teacher:
+            teacher = copy.deepcopy(model)
+            if cfg.continual.teacher_ema and ema_state is not None:
+                teacher.load_state_dict(ema_state[rates[0]])
+            freeze(teacher)
+        t0 = time.time()
+        method.before_task(task, teacher)
+        t_before = time.time() - t0
+        xt, yt = method.task_data(task, *ctx.real_data(task.classes))
+        data = InfiniteLoader(xt, yt, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
+                              seed=step_seed(cfg.seed, task.index, 1) % (2**31), random_flip=cfg.data.random_flip)
+        base = DiffusionObjective(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
+                                  class_cond=cfg.model.class_cond)
+        import dataclasses
+
+        tcfg = dataclasses.replace(cfg.train, total_steps=task.num_steps)
+        loop = TrainLoop(model=model, data=data, cfg=tcfg, run_dir=tdir, objective=method.objective(task, base),
+                         seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=logger, device=device,
+                         hooks=method.hooks(task), init_ema=ema_state,
+                         export_config=experiment.export_config(cfg, info), tag=f"task {task.index}")
+        start_step = loop.step
+        t1 = time.time()
+        loop.run()
+        train_sec = time.time() - t1
+        ema_state = {r: {k: v.detach().clone() for k, v in sd.items()} for r, sd in loop.ema_state_dicts().items()}
+        t2 = time.time()
+        method.after_task(task)
+        t_after = time.time() - t2
+        if dist_util.is_main():
+            ckpt.atomic_torch_save(method.state_dict(), f"{tdir}/method_state.pt")
+        row = {"task": task.index, "classes": " ".join(map(str, task.classes)),
+               "seen_classes": len(task.seen_classes), "steps": task.num_steps, "images": len(xt),
+               "before_task_sec": round(t_before, 3), "train_sec": round(train_sec, 3),
+               "sec_per_step": round(train_sec / max(1, task.num_steps - start_step), 4),
+               "after_task_sec": round(t_after, 3)}
+        row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
+        ema_model = copy.deepcopy(model)
+        ema_model.load_state_dict(ema_state[rates[0]])
+        ema_model.eval()
+        if cfg.continual.grid_per_class > 0:
+            images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
+            if dist_util.is_main():
+                n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
+                save_grid(images, f"{tdir}/samples.png", nrow=n_col)
+        for evaluator in EVALUATORS:
+            row.update(evaluator(ctx, task, ema_model))
+        del ema_model
+        if dist_util.is_main():
+            append_metrics(f"{run_dir}/metrics.csv", row)
+            ckpt.atomic_write_text(_done_path(ctx, task), json.dumps(row, indent=2))
+        dist_util.barrier()
+        root_logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        logger.close()
+    return ctx
+
+
+def _last_terms(tdir: str) -> Dict[str, float]:
+    """The loss terms of the last logged row of the task's progress.csv (for metrics.csv)."""
+    path = f"{tdir}/progress.csv"
+    if not bf.exists(path):
+        return {}
+    with bf.BlobFile(path, "r") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    out = {}
+    for k, v in rows[-1].items():
+        if k in ("loss", "mse", "vb", "data_loss", "replay_loss", "replay_sec", "ewc_penalty") and v not in ("", None):
+            out[f"final_{k}"] = float(v)
+    return out

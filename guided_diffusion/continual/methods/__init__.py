@@ -1,0 +1,3 @@
+"""Built-in continual methods; importing this package registers them."""
+
+from . import buffer, ewc, generative, naive  # noqa: F401

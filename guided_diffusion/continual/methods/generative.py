@@ -1,0 +1,226 @@
+"""Generative replay (self-rehearsal) and generative distillation for diffusion models.
+
+``generative_replay`` (style ``masip``) and ``generative_distillation`` share one objective: each
+step, a replay batch is made by the frozen teacher (the model after the previous task) and joins
+the real batch in one forward pass (Masip et al. 2023, sec. 4):
+
+    data_loss   = ADM diffusion loss on the real batch
+    replay_loss = criterion(student(x_in, t), target)          target: noise (replay) | teacher (distillation)
+    w           = k / (k + 1)                                  k = 0-based task index
+    loss        = (1 - w) * data_loss + w * lambd * replay_loss   (weight_replay_loss)
+                = data_loss + lambd * replay_loss                 (otherwise)
+
+``lwf`` distils the teacher's prediction on the current task's own noisy inputs: no generation.
+
+``generative_replay`` with style ``guide`` is GUIDE's self-rehearsal: before task k the teacher
+generates ``n_per_task * k`` images of old classes (uniform labels), which are mixed into the
+task's data set; the objective is the plain diffusion loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import blobfile as bf
+import torch
+
+from ... import checkpoint as ckpt
+from ... import dist_util, experiment
+from ...image_util import from_uint8
+from ...sampling import sample_set
+from ..base import ContinualMethod, register_method
+from ..replay import SOURCES, model_timesteps, replay_criterion, replay_inputs
+
+
+class ReplayObjective:
+    """Real batch + teacher-made replay batch in one forward; see the module docstring."""
+
+    def __init__(self, base, method, task):
+        self.base = base
+        self.method = method
+        self.task = task
+        self.diffusion = base.diffusion
+
+    def state_dict(self):
+        return self.base.state_dict()
+
+    def load_state_dict(self, state):
+        self.base.load_state_dict(state)
+
+    def __call__(self, model, x, y, ctx):
+        m = self.method.mcfg
+        diffusion = self.diffusion
+        B = x.shape[0]
+        k = self.task.index
+        t, weights = self.base.sample_t(B, x.device, ctx)
+        noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
+        x_t = diffusion.q_sample(x, t, noise=noise)
+        cond = self.base.class_cond
+        start = time.perf_counter()
+        source = getattr(m, "source", "full_generation")
+        if source == "lwf":
+            teacher_target = predict_eps_raw(self.method.teacher, diffusion, x_t, t, y if cond else None)
+            replay = None
+            nfe = B
+        else:
+            n_r = max(1, (m.replay_batch or B * ctx.num_microbatches) // ctx.num_microbatches)
+            replay = replay_inputs(
+                self.method.teacher, diffusion, source=source, n=n_r,
+                shape=x.shape[1:], old_classes=self.task.old_classes if cond else None,
+                distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
+                t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
+            )
+            nfe = replay.teacher_nfe
+        replay_sec = time.perf_counter() - start
+        if replay is not None:
+            inp = torch.cat([x_t, replay.x])
+            tt = torch.cat([t, replay.t])
+            kwargs = {"y": torch.cat([y, replay.y])} if cond else {}
+        else:
+            inp, tt, kwargs = x_t, t, ({"y": y} if cond else {})
+        out = model(inp, model_timesteps(diffusion, tt), **kwargs)
+        out_data = out[:B]
+        # ADM's loss on the real half, with the output computed above (one forward for both halves).
+        losses = diffusion.training_losses(lambda *a, **kw: out_data, x, t,
+                                           model_kwargs=self.base.model_kwargs(y), noise=noise)
+        data_loss = (losses["loss"] * weights).mean()
+        C = x.shape[1]
+        if replay is None:
+            pred_r, target, t_r = out_data[:, :C], teacher_target, t
+        else:
+            pred_r, target, t_r = out[B:, :C], replay.target, replay.t
+        replay_loss = replay_criterion(m.criterion, pred_r.float(), target.float(), t_r, diffusion, m.min_snr_gamma)
+        if m.weight_replay_loss:
+            w = k / (k + 1)
+            loss = (1 - w) * data_loss + w * m.lambd * replay_loss
+        else:
+            loss = data_loss + m.lambd * replay_loss
+        terms = {"loss": loss.detach(), "data_loss": data_loss.detach(), "replay_loss": replay_loss.detach(),
+                 "mse": losses["mse"].detach().mean(), "replay_sec": torch.tensor(replay_sec),
+                 "teacher_nfe": torch.tensor(float(nfe))}
+        if "vb" in losses:
+            terms["vb"] = losses["vb"].detach().mean()
+        return loss, terms
+
+
+def predict_eps_raw(net, diffusion, x, t, y):
+    with torch.inference_mode():
+        kwargs = {"y": y} if y is not None else {}
+        return net(x, model_timesteps(diffusion, t), **kwargs)[:, : x.shape[1]].clone()
+
+
+class _ReplayMethod(ContinualMethod):
+    needs_teacher = True
+    distill = False
+
+    def objective(self, task, base):
+        if task.index == 0 or self.teacher is None:
+            return base
+        return ReplayObjective(base, self, task)
+
+
+@register_method("generative_distillation")
+class GenerativeDistillation(_ReplayMethod):
+    """The student matches the teacher's prediction on teacher-made inputs (Masip et al. 2023)."""
+
+    distill = True
+
+    @dataclass
+    class Config:
+        name: str = "generative_distillation"
+        source: str = "full_generation"  # full_generation | partial_generation | gaussian | gaussian_symmetry | lwf
+        lambd: float = 1.0
+        criterion: str = "mse"  # mse | smooth_l1 | min_snr
+        min_snr_gamma: float = 5.0
+        teacher_steps: int = 2  # DDIM steps of the teacher's generation
+        teacher_eta: float = 0.0
+        replay_batch: int = 0  # replay images per rank and step (0: the per-rank batch)
+        replay_start_timestep: int = 0
+        weight_replay_loss: bool = True
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
+        if mcfg.source not in SOURCES + ("lwf",):
+            from ...config import ConfigError
+
+            raise ConfigError(f"method.source {mcfg.source!r} is not one of {', '.join(SOURCES + ('lwf',))}")
+        _check_common(mcfg, ctx)
+
+
+@register_method("generative_replay")
+class GenerativeReplay(_ReplayMethod):
+    """Self-rehearsal: the previous model generates old classes, the new one trains on them."""
+
+    @dataclass
+    class Config:
+        name: str = "generative_replay"
+        style: str = "masip"  # masip: a replay batch every step | guide: a generated set mixed into the data
+        lambd: float = 1.0
+        criterion: str = "mse"
+        min_snr_gamma: float = 5.0
+        teacher_steps: int = 2  # masip: DDIM steps of each replay generation
+        teacher_eta: float = 0.0
+        replay_batch: int = 0
+        replay_start_timestep: int = 0
+        weight_replay_loss: bool = True
+        n_per_task: int = 1000  # guide: images generated per old task
+        timestep_respacing: str = "ddim50"  # guide: the generation sampler
+        use_ddim: bool = True
+        generation_batch: int = 256
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
+        if mcfg.style not in ("masip", "guide"):
+            from ...config import ConfigError
+
+            raise ConfigError(f"method.style {mcfg.style!r} is not one of masip, guide")
+        _check_common(mcfg, ctx)
+        self.replay_x = self.replay_y = None
+
+    def objective(self, task, base):
+        if self.mcfg.style == "guide":
+            return base
+        return super().objective(task, base)
+
+    def before_task(self, task, teacher):
+        super().before_task(task, teacher)
+        self.replay_x = self.replay_y = None
+        if self.mcfg.style != "guide" or task.index == 0:
+            return
+        path = f"{self.ctx.task_dir(task)}/replay_set.pt"
+        if not bf.exists(path):  # generated once per task, reused on resume
+            n = self.mcfg.n_per_task * task.index
+            cfg = self.ctx.cfg
+            diffusion = experiment.build_diffusion(cfg, self.mcfg.timestep_respacing)
+            start = time.time()
+            images, labels = sample_set(
+                teacher, diffusion, num_samples=n, batch_size=self.mcfg.generation_batch,
+                image_shape=self.ctx.info.shape, seed=cfg.seed + 7919 * task.index, class_cond=cfg.model.class_cond,
+                classes=task.old_classes, use_ddim=self.mcfg.use_ddim, device=self.ctx.device,
+            )
+            self.ctx.logger.log(f"task {task.index}: generated {n} replay images in {time.time() - start:.1f}s")
+            if dist_util.is_main():
+                ckpt.atomic_torch_save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, path)
+            dist_util.barrier()
+        data = ckpt.load_torch(path)
+        self.replay_x = from_uint8(data["images"].numpy())
+        self.replay_y = data["labels"].long()
+
+    def task_data(self, task, x, y):
+        if self.replay_x is None:
+            return x, y
+        return torch.cat([x, self.replay_x]), torch.cat([y, self.replay_y])
+
+
+def _check_common(mcfg, ctx):
+    from ...config import ConfigError
+
+    if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
+        raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
+    if mcfg.teacher_steps < 1:
+        raise ConfigError(f"method.teacher_steps must be >= 1, got {mcfg.teacher_steps}")
+    if not 0 <= mcfg.replay_start_timestep < ctx.diffusion.num_timesteps:
+        raise ConfigError("method.replay_start_timestep must be in [0, diffusion_steps)")
+    if mcfg.lambd < 0:
+        raise ConfigError(f"method.lambd must be >= 0, got {mcfg.lambd}")

@@ -1,0 +1,204 @@
+"""Teacher-made replay inputs for generative replay and generative distillation (Masip et al. 2023).
+
+Every function here runs the frozen teacher under ``torch.inference_mode`` and works in the
+*original* timesteps of the training diffusion (0..T-1).
+
+- ``ddim_generate``: a DDIM trajectory of ``steps`` "trailing" steps (T-1, ..., T/steps - 1) from
+  pure noise, to x0 -- or, with ``stop_t``, stopped at each sample's own timestep (the last step
+  jumps exactly to it): partial generation.
+- ``replay_inputs``: one replay batch (x_in, t, y, target) for a ``source``:
+    full_generation     x_in = q_sample(ddim_generate(...), t, n)
+    partial_generation  x_in = ddim_generate(..., stop_t=t)
+    gaussian            x_in = n ~ N(0, I)
+    gaussian_symmetry   as gaussian, mirrored: t in (T/3, 2T/3] half top-bottom, half left-right;
+                        t <= T/3 both mirrors; t > 2T/3 untouched
+  target: the teacher's prediction on (x_in, t) for distillation, or the noise n (x0 for an
+  x0-predicting model) for plain generative replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")
+
+
+def model_timesteps(diffusion, t: torch.Tensor) -> torch.Tensor:
+    """What the network receives for original timestep ``t`` (ADM's rescale_timesteps option)."""
+    if getattr(diffusion, "rescale_timesteps", False):
+        T = getattr(diffusion, "original_num_steps", diffusion.num_timesteps)
+        return t.float() * (1000.0 / T)
+    return t
+
+
+def _abar(diffusion, t: torch.Tensor) -> torch.Tensor:
+    """alpha_bar at original timesteps ``t`` (t = -1 means t = "before 0": alpha_bar = 1)."""
+    ab = torch.as_tensor(np.append(diffusion.alphas_cumprod, 1.0), dtype=torch.float64)
+    idx = torch.where(t < 0, torch.full_like(t, len(ab) - 1), t)
+    return ab[idx.cpu()].to(torch.float32).to(t.device)
+
+
+def predict_eps(net, diffusion, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    """The network's epsilon (first C output channels; converted if it predicts x0)."""
+    kwargs = {"y": y} if y is not None else {}
+    out = net(x, model_timesteps(diffusion, t), **kwargs)[:, : x.shape[1]]
+    if _predicts_xstart(diffusion):
+        ab = _abar(diffusion, t).view(-1, 1, 1, 1)
+        return (x - ab.sqrt() * out) / (1 - ab).sqrt()
+    return out
+
+
+def _predicts_xstart(diffusion) -> bool:
+    return getattr(getattr(diffusion, "model_mean_type", None), "name", "") == "START_X"
+
+
+def trailing_timesteps(T: int, steps: int) -> list:
+    """DDIM "trailing" spacing: T-1, T-1-T/steps, ... (10 steps of 1000: 999, 899, ..., 99)."""
+    if not 1 <= steps <= T:
+        raise ValueError(f"teacher_steps must be in [1, {T}], got {steps}")
+    return [int(v) for v in np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1]
+
+
+@torch.inference_mode()
+def ddim_generate(
+    net,
+    diffusion,
+    shape: Sequence[int],
+    y: Optional[torch.Tensor],
+    steps: int,
+    eta: float = 0.0,
+    stop_t: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    clip: bool = True,
+) -> torch.Tensor:
+    """DDIM from x_{T-1} ~ N(0, I) to x0, or to x_{stop_t[i]} per sample (partial generation)."""
+    T = diffusion.num_timesteps
+    n = shape[0]
+    x = torch.randn(tuple(shape), generator=generator).to(device)
+    stop = torch.full((n,), -1, dtype=torch.long, device=device) if stop_t is None else stop_t.to(device)
+    ts = trailing_timesteps(T, steps)
+    for i, t_cur in enumerate(ts):
+        t_next = ts[i + 1] if i + 1 < len(ts) else -1
+        active = stop < t_cur
+        if not bool(active.any()):
+            break
+        tc = torch.full((n,), t_cur, dtype=torch.long, device=device)
+        tn = torch.maximum(torch.full((n,), t_next, dtype=torch.long, device=device), stop)
+        eps = predict_eps(net, diffusion, x, tc, y)
+        ab_c = _abar(diffusion, tc).view(-1, 1, 1, 1)
+        ab_n = _abar(diffusion, tn).view(-1, 1, 1, 1)
+        x0 = (x - (1 - ab_c).sqrt() * eps) / ab_c.sqrt()
+        if clip:
+            x0 = x0.clamp(-1, 1)
+            eps = (x - ab_c.sqrt() * x0) / (1 - ab_c).sqrt()
+        # DDIM (Song et al. 2021, eq. 12); sigma from eq. 16 with eta.
+        sigma = eta * ((1 - ab_n) / (1 - ab_c) * (1 - ab_c / ab_n)).clamp(min=0).sqrt()
+        z = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else torch.zeros_like(x)
+        x_next = ab_n.sqrt() * x0 + (1 - ab_n - sigma**2).clamp(min=0).sqrt() * eps + sigma * z * (tn >= 0).view(-1, 1, 1, 1)
+        x = torch.where(active.view(-1, 1, 1, 1), x_next, x)
+    return x
+
+
+def mirror_noise(noise: torch.Tensor, t: torch.Tensor, T: int, generator=None) -> torch.Tensor:
+    """Masip's gaussian_symmetry input: mirrored noise by timestep band."""
+    out = noise.clone()
+    low, high = T // 3, 2 * T // 3
+    mid = (t > low) & (t <= high)
+    coin = torch.rand(len(t), generator=generator).to(t.device) < 0.5
+    flip_h = (mid & coin) | (t <= low)  # rows flipped: top/bottom mirror
+    flip_w = (mid & ~coin) | (t <= low)  # columns flipped: left/right mirror
+    H, W = noise.shape[-2:]
+    # Mirror: the bottom half is the flipped top half (and likewise for columns).
+    top = noise[..., : (H + 1) // 2, :]
+    sym_h = torch.cat([top, top.flip(-2)[..., : H // 2, :]], dim=-2)
+    out = torch.where(flip_h.view(-1, 1, 1, 1), sym_h, out)
+    left = out[..., :, : (W + 1) // 2]
+    sym_w = torch.cat([left, left.flip(-1)[..., :, : W // 2]], dim=-1)
+    return torch.where(flip_w.view(-1, 1, 1, 1), sym_w, out)
+
+
+@dataclass
+class ReplayBatch:
+    x: torch.Tensor  # network input
+    t: torch.Tensor  # original timesteps
+    y: Optional[torch.Tensor]
+    target: torch.Tensor  # what the student's prediction should match
+    teacher_nfe: int  # teacher forward passes of one image each
+
+
+@torch.inference_mode()
+def replay_inputs(
+    teacher,
+    diffusion,
+    *,
+    source: str,
+    n: int,
+    shape: Sequence[int],
+    old_classes: Optional[Sequence[int]],
+    distill: bool,
+    teacher_steps: int = 2,
+    teacher_eta: float = 0.0,
+    t_min: int = 0,
+    generator: torch.Generator,
+    device,
+) -> ReplayBatch:
+    """One replay batch of ``n`` samples from the frozen ``teacher`` (see the module docstring)."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown replay source {source!r}; valid: {', '.join(SOURCES)}")
+    T = diffusion.num_timesteps
+    y = None
+    if old_classes is not None:
+        classes = torch.as_tensor(list(old_classes), dtype=torch.long)
+        y = classes[torch.randint(0, len(classes), (n,), generator=generator)].to(device)
+    t = torch.randint(t_min, T, (n,), generator=generator).to(device)
+    full = (n, *shape)
+    nfe = 0
+    noise = torch.randn(full, generator=generator).to(device)
+    if source == "full_generation":
+        x0 = ddim_generate(teacher, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device)
+        nfe += n * teacher_steps
+        ab = _abar(diffusion, t).view(-1, 1, 1, 1)
+        x_in = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    elif source == "partial_generation":
+        x_in = ddim_generate(teacher, diffusion, full, y, teacher_steps, teacher_eta, stop_t=t,
+                             generator=generator, device=device)
+        ts = trailing_timesteps(T, teacher_steps)
+        nfe += int(sum(int((t < tc).sum()) for tc in ts))
+        x0 = None
+    elif source == "gaussian":
+        x_in = noise
+        x0 = None
+    else:
+        x_in = mirror_noise(noise, t, T, generator)
+        x0 = None
+    if distill:
+        kwargs = {"y": y} if y is not None else {}
+        target = teacher(x_in, model_timesteps(diffusion, t), **kwargs)[:, : shape[0]]
+        nfe += n
+    else:
+        if source != "full_generation":
+            raise ValueError("plain generative replay (noise targets) needs source full_generation")
+        target = x0 if _predicts_xstart(diffusion) else noise
+    return ReplayBatch(x_in.clone(), t.clone(), None if y is None else y.clone(), target.clone(), nfe)
+
+
+def replay_criterion(name: str, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, diffusion,
+                     min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample replay loss, averaged: mse, smooth_l1, or min_snr (per-sample min(SNR, g)/SNR)."""
+    dims = list(range(1, pred.ndim))
+    if name == "mse":
+        return ((pred - target) ** 2).mean(dim=dims).mean()
+    if name == "smooth_l1":
+        return F.smooth_l1_loss(pred, target, reduction="none").mean(dim=dims).mean()
+    if name == "min_snr":
+        ab = _abar(diffusion, t)
+        snr = ab / (1 - ab)
+        w = torch.clamp(snr, max=min_snr_gamma) / snr
+        return (w * ((pred - target) ** 2).mean(dim=dims)).mean()
+    raise ValueError(f"unknown criterion {name!r}; valid: mse, smooth_l1, min_snr")

@@ -1,0 +1,138 @@
+"""Build the pieces of an experiment from a Config: run folder, logger, data, model, diffusion.
+
+Scripts and the continual loop call these so that every program builds things the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import blobfile as bf
+import torch
+
+from . import dist_util
+from .checkpoint import atomic_write_text
+from .config import Config, ConfigError, dump_config, to_dict
+from .data import load_dataset, subset_by_classes, to_tensor
+from .logger import Logger
+from .script_util import (
+    create_classifier_from_config,
+    create_diffusion_from_config,
+    create_model_from_config,
+    model_kwargs_from_config,
+)
+
+
+@dataclass
+class DataInfo:
+    num_classes: int
+    channels: int
+    image_size: int
+
+    @property
+    def shape(self):
+        return (self.channels, self.image_size, self.image_size)
+
+
+def run_dir_of(cfg: Config) -> str:
+    return bf.join(cfg.out_dir, cfg.name)
+
+
+def init_process(cfg: Config) -> torch.device:
+    """Threads, distribution and device for this process."""
+    if cfg.train.num_threads > 0:
+        torch.set_num_threads(cfg.train.num_threads)
+    dist_util.init(backend=cfg.dist.backend or None, timeout_s=cfg.dist.timeout_s)
+    if cfg.device:
+        return torch.device(cfg.device)
+    return dist_util.dev()
+
+
+def setup_run(cfg: Config, run_dir: Optional[str] = None, config_name: str = "config.yaml") -> Logger:
+    """Create the run folder, save the resolved config (rank 0), return the rank's logger."""
+    run_dir = run_dir or run_dir_of(cfg)
+    if dist_util.is_main():
+        bf.makedirs(run_dir)
+        atomic_write_text(bf.join(run_dir, config_name), dump_config(cfg))
+    dist_util.barrier()
+    return Logger(run_dir, rank=dist_util.get_rank())
+
+
+def _load_arrays(cfg: Config, split: str):
+    d = cfg.data
+    opts = dict(test_dir=d.test_dir or None, allow_pickle=d.allow_pickle)
+    if d.dataset == "image_folder":  # a folder of mixed sizes is resized to the model's size on reading
+        opts["image_size"] = d.image_size
+    return load_dataset(d.dataset, data_dir=d.data_dir or None, split=split, **opts)
+
+
+def load_split(cfg: Config, split: str = "train", classes: Optional[Sequence[int]] = None):
+    """The dataset of ``cfg.data`` as model tensors: (x float [-1,1] NCHW, y int64, DataInfo)."""
+    arrays = _load_arrays(cfg, split)
+    d = cfg.data
+    if cfg.model.num_classes and cfg.model.num_classes < arrays.num_classes:
+        raise ConfigError(
+            f"model.num_classes = {cfg.model.num_classes} but dataset '{d.dataset}' has "
+            f"{arrays.num_classes} classes"
+        )
+    if classes is not None:
+        arrays = subset_by_classes(arrays, classes)
+    channels = d.channels or arrays.images.shape[-1]
+    x = to_tensor(arrays, d.image_size, channels, resize=d.resize)
+    y = torch.as_tensor(arrays.labels, dtype=torch.long)
+    return x, y, DataInfo(arrays.num_classes, channels, d.image_size)
+
+
+def dataset_info(cfg: Config) -> DataInfo:
+    """Classes and channels of ``cfg.data`` (reads the smaller test split)."""
+    d = cfg.data
+    arrays = _load_arrays(cfg, "test")
+    return DataInfo(arrays.num_classes, d.channels or arrays.images.shape[-1], d.image_size)
+
+
+def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
+    try:
+        return create_model_from_config(cfg, info.num_classes, info.channels)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+
+
+def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
+    try:
+        return create_diffusion_from_config(cfg, timestep_respacing)
+    except ValueError as e:
+        raise ConfigError(f"diffusion: {e}") from None
+
+
+def build_classifier(cfg: Config, info: DataInfo) -> torch.nn.Module:
+    try:
+        return create_classifier_from_config(cfg, info.num_classes, info.channels)
+    except ValueError as e:
+        raise ConfigError(f"classifier: {e}") from None
+
+
+def export_config(cfg: Config, info: DataInfo) -> dict:
+    """What a reader of an exported model needs to rebuild it."""
+    return {
+        "model": model_kwargs_from_config(cfg, info.num_classes, info.channels),
+        "diffusion": to_dict(cfg.diffusion),
+        "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels},
+    }
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe(cfg: Config, info: DataInfo, model: torch.nn.Module, n_train: int) -> str:
+    return (
+        f"run {cfg.name}: {cfg.data.dataset} ({n_train} train images, {info.num_classes} classes, "
+        f"{info.channels}x{info.image_size}x{info.image_size}); UNet {count_params(model) / 1e6:.2f}M params; "
+        f"world size {dist_util.get_world_size()}, device {dist_util.dev()}"
+    )
+
+
+def resolve(path: str) -> str:
+    return os.path.expanduser(path)

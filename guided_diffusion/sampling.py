@@ -1,0 +1,139 @@
+"""Sample sets from a diffusion model: batched, sharded over ranks, independent of the world size.
+
+Batch ``b`` of a set covers sample indices ``[b*B, (b+1)*B)`` and is drawn by rank ``b % W``. Its
+labels, its starting noise and every noise draw of the sampler come from generators seeded by
+(seed, b) alone, so the set is the same for any number of ranks (for a given batch size).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import dist_util
+from .image_util import to_uint8
+from .train_util import step_seed
+
+
+def draw_labels(n: int, generator: torch.Generator, classes: Optional[Sequence[int]], class_label: int = -1):
+    """Labels for ``n`` samples: a fixed class, or uniform over ``classes``."""
+    if class_label >= 0:
+        return torch.full((n,), class_label, dtype=torch.long)
+    classes_t = torch.as_tensor(list(classes), dtype=torch.long)
+    idx = torch.randint(0, len(classes_t), (n,), generator=generator)
+    return classes_t[idx]
+
+
+def sample_batch(
+    model,
+    diffusion,
+    shape: Tuple[int, ...],
+    *,
+    y: Optional[torch.Tensor] = None,
+    class_cond: bool = True,
+    use_ddim: bool = True,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    cond_fn: Optional[Callable] = None,
+    noise: Optional[torch.Tensor] = None,
+    device=None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """One batch of images in [-1, 1], (N,C,H,W).
+
+    ``y`` goes into ``model_kwargs`` (so a ``cond_fn`` sees it); the model itself receives it only
+    when ``class_cond`` (an unconditional model guided by a classifier toward ``y``, as ADM).
+    """
+    device = device or next(model.parameters()).device
+    model_kwargs = {"y": y.to(device)} if y is not None else {}
+    net = model
+
+    def model_fn(x, t, y=None, **kw):
+        return net(x, t, y=y, **kw) if class_cond else net(x, t, **kw)
+
+    loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
+    kwargs = dict(eta=eta) if use_ddim else {}
+    was_training = net.training
+    net.eval()
+    try:
+        return loop(
+            model_fn,
+            shape,
+            noise=noise.to(device) if noise is not None else None,
+            clip_denoised=clip_denoised,
+            model_kwargs=model_kwargs,
+            cond_fn=cond_fn,
+            device=device,
+            progress=progress,
+            **kwargs,
+        )
+    finally:
+        net.train(was_training)
+
+
+def sample_set(
+    model,
+    diffusion,
+    *,
+    num_samples: int,
+    batch_size: int,
+    image_shape: Tuple[int, int, int],
+    seed: int = 0,
+    class_cond: bool = False,
+    classes: Optional[Sequence[int]] = None,
+    class_label: int = -1,
+    labels: Optional[Sequence[int]] = None,
+    use_ddim: bool = True,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    cond_fn_for: Optional[Callable] = None,
+    device=None,
+    progress=None,
+    gather: bool = True,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Draw ``num_samples`` images; returns (uint8 NHWC, int64 labels), complete on every rank.
+
+    Labels: ``labels[i]`` for sample i when given, else ``class_label``, else uniform over ``classes``.
+    ``cond_fn_for(y)`` may return a guidance function for a batch with labels ``y``.
+    With ``gather=False`` each rank returns only the batches it drew.
+    """
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    n_batches = (num_samples + batch_size - 1) // batch_size
+    mine = list(range(rank, n_batches, world))
+    out = {}
+    bar = progress(total=len(mine), desc="sampling") if callable(progress) else None
+    for b in mine:
+        n = min(batch_size, num_samples - b * batch_size)
+        gen = torch.Generator().manual_seed(step_seed(seed, b, 7))
+        y = None
+        if labels is not None:
+            y = torch.as_tensor(list(labels[b * batch_size : b * batch_size + n]), dtype=torch.long)
+        elif class_cond or class_label >= 0 or cond_fn_for is not None:
+            y = draw_labels(n, gen, classes, class_label)
+        noise = torch.randn((n, *image_shape), generator=gen)
+        torch.manual_seed(step_seed(seed, b, 11))  # the sampler's own noise draws
+        cond_fn = cond_fn_for(y) if cond_fn_for is not None else None
+        x = sample_batch(
+            model, diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=use_ddim, eta=eta,
+            clip_denoised=clip_denoised, cond_fn=cond_fn, noise=noise, device=device,
+        )
+        labels = y.numpy() if y is not None else np.zeros(n, dtype=np.int64)
+        out[b] = (to_uint8(x), labels.astype(np.int64))
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    if gather and world > 1:
+        merged = {}
+        for part in dist_util.all_gather_object(out):
+            merged.update(part)
+        out = merged
+    order = sorted(out)
+    if not order:
+        c, h, w = image_shape
+        return np.zeros((0, h, w, c), np.uint8), np.zeros((0,), np.int64)
+    images = np.concatenate([out[b][0] for b in order])
+    labels = np.concatenate([out[b][1] for b in order])
+    return images, labels

@@ -1,0 +1,460 @@
+"""The training loop: AdamW, EMA, microbatches, DDP, autocast, checkpoints with automatic resume.
+
+One ``TrainLoop`` trains one model for ``cfg.total_steps`` optimizer steps. What a step minimises
+is the ``objective`` (default: the diffusion loss of ``DiffusionObjective``); continual methods
+wrap the objective and add ``hooks`` instead of forking the loop.
+
+Determinism and resume. At the start of every step all random generators are seeded from
+(seed, step, rank), and the data loader's global batch is a function of (seed, step). A checkpoint
+therefore needs no RNG state: a run resumed from step N computes exactly what the uninterrupted run
+computed (bit-identical on CPU with a fixed thread count). Every rank loads the checkpoint before
+the model is wrapped in DDP, so multi-process resume cannot hang.
+
+Preemption. SIGTERM and SIGUSR1 (SLURM) ask for a checkpoint at the next step boundary; the loop
+then raises ``Preempted``, which scripts turn into exit code 0 and a message on how to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import checkpoint as ckpt
+from . import dist_util
+from .resample import LossAwareSampler
+
+
+class Preempted(Exception):
+    """Raised after a checkpoint was written because a preemption signal arrived."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss term or gradient became NaN/inf and the nan_policy is 'stop'."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed for (seed, step, rank), well mixed so that neighbouring steps differ."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
+    x ^= x >> 32
+    return x & (2**63 - 1)
+
+
+def seed_everything_for_step(seed: int, step: int, rank: int) -> torch.Generator:
+    s = step_seed(seed, step, rank)
+    torch.manual_seed(s)
+    np.random.seed(s % (2**32))
+    import random
+
+    random.seed(s)
+    return torch.Generator().manual_seed(s)
+
+
+@dataclass
+class StepContext:
+    """What an objective may want to know about the current (micro)step."""
+
+    step: int
+    microbatch: int
+    num_microbatches: int
+    generator: torch.Generator
+    rank: int
+    world_size: int
+
+
+class DiffusionObjective:
+    """The standard diffusion loss on the real batch: t from the schedule sampler, ADM's losses.
+
+    Draws, in this order, t (schedule sampler) and the noise from ``ctx.generator``; objectives
+    that extend this one draw the same way first, so that their data term equals this one.
+    """
+
+    def __init__(self, diffusion, schedule_sampler, class_cond: bool):
+        self.diffusion = diffusion
+        self.schedule_sampler = schedule_sampler
+        self.class_cond = class_cond
+
+    def model_kwargs(self, y):
+        return {"y": y} if self.class_cond else {}
+
+    def sample_t(self, n: int, device, ctx: StepContext):
+        return self.schedule_sampler.sample(n, device, generator=ctx.generator)
+
+    def __call__(self, model, x, y, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        t, weights = self.sample_t(x.shape[0], x.device, ctx)
+        noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
+        losses = self.diffusion.training_losses(model, x, t, model_kwargs=self.model_kwargs(y), noise=noise)
+        if isinstance(self.schedule_sampler, LossAwareSampler):
+            self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+        loss = (losses["loss"] * weights).mean()
+        return loss, {k: v.detach().mean() for k, v in losses.items()}
+
+    def state_dict(self):
+        sd = getattr(self.schedule_sampler, "state_dict", None)
+        return {"sampler": sd()} if sd else {}
+
+    def load_state_dict(self, state):
+        if "sampler" in state:
+            self.schedule_sampler.load_state_dict(state["sampler"])
+
+
+class TrainHook:
+    """Optional callbacks; every method is a no-op by default."""
+
+    def before_step(self, loop: "TrainLoop", step: int) -> None:
+        pass
+
+    def after_step(self, loop: "TrainLoop", step: int, terms: Dict[str, float]) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def parse_ema_rates(text) -> List[float]:
+    if isinstance(text, (float, int)):
+        return [float(text)]
+    return [float(r) for r in str(text).split(",") if r.strip()]
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup over ``warmup_steps``, then constant, linear or cosine decay to 0 at total_steps."""
+    lr = cfg.lr
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return lr
+    span = max(1, cfg.total_steps - cfg.warmup_steps)
+    frac = min(1.0, max(0.0, (step - cfg.warmup_steps) / span))
+    if cfg.lr_schedule == "linear":
+        return lr * (1.0 - frac)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
+
+
+class _SignalFlag:
+    """Remembers whether SIGTERM/SIGUSR1 arrived; restores the previous handlers on close."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self):
+        self.received: Optional[str] = None
+        self._old = {}
+        try:
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            self._old = {}
+
+    def _handle(self, signum, frame):
+        self.received = signal.Signals(signum).name
+
+    def close(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+
+class TrainLoop:
+    """Train ``model`` for ``cfg.total_steps`` steps, resuming automatically from ``run_dir``.
+
+    Args:
+        model: the network (not yet wrapped in DDP); its weights are the starting point unless a
+            checkpoint exists in ``run_dir``.
+        data: an iterator of per-rank ``(x, y)`` batches with ``state_dict``/``load_state_dict``.
+        cfg: a ``TrainConfig``.
+        objective: ``objective(model, x, y, ctx) -> (loss, terms)``; may have state_dict.
+        hooks: ``TrainHook`` objects (before/after step, extra resumable state).
+        init_ema: optional {rate: state_dict} to start the EMA from (e.g. the previous task's).
+        export_config: JSON-able model description saved beside the EMA safetensors exports.
+        tag: a label (e.g. "task 2") used in messages.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        data,
+        cfg,
+        run_dir: str,
+        objective: Callable,
+        seed: int = 0,
+        logger=None,
+        device=None,
+        hooks: Sequence[TrainHook] = (),
+        init_ema: Optional[Dict[float, Dict[str, torch.Tensor]]] = None,
+        export_config: Optional[dict] = None,
+        tag: str = "",
+    ):
+        self.model = model
+        self.data = data
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.objective = objective
+        self.seed = seed
+        self.logger = logger
+        self.device = device or dist_util.dev()
+        self.hooks = list(hooks)
+        self.export_config = export_config or {}
+        self.tag = tag
+        self.rank = dist_util.get_rank()
+        self.world_size = dist_util.get_world_size()
+        if cfg.batch_size % self.world_size:
+            raise ValueError(
+                f"train.batch_size {cfg.batch_size} is not divisible by the world size {self.world_size}"
+            )
+        self.batch_per_rank = cfg.batch_size // self.world_size
+        self.microbatch = cfg.microbatch if cfg.microbatch > 0 else self.batch_per_rank
+        if self.batch_per_rank % self.microbatch:
+            raise ValueError(
+                f"train.microbatch {cfg.microbatch} does not divide the per-rank batch {self.batch_per_rank} "
+                f"(batch_size {cfg.batch_size} / world size {self.world_size})"
+            )
+        self.model.to(self.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2)
+        )
+        self.ema_rates = parse_ema_rates(cfg.ema_rate)
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        self.param_names = names
+        if init_ema:
+            self.ema = [
+                [init_ema[r][n].detach().clone().to(self.device) for n in names] for r in self.ema_rates
+            ]
+        else:
+            self.ema = [[p.detach().clone() for p in self.params] for _ in self.ema_rates]
+        self.use_cuda = torch.device(self.device).type == "cuda"
+        self.precision = cfg.precision
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(self.precision == "fp16" and self.use_cuda))
+        self.step = 0
+        self._resume()
+        # Wrap only after every rank has loaded its weights.
+        if self.world_size > 1 and tdist.is_initialized():
+            self.ddp_model = DDP(
+                self.model,
+                device_ids=[self.device.index] if self.use_cuda else None,
+                broadcast_buffers=False,
+                find_unused_parameters=False,
+            )
+        else:
+            self.ddp_model = self.model
+
+    # ------------------------------------------------------------------ state
+
+    def _stateful(self) -> Dict[str, Any]:
+        items = {"objective": self.objective, "data": self.data}
+        for i, h in enumerate(self.hooks):
+            items[f"hook{i}"] = h
+        return {k: v for k, v in items.items() if hasattr(v, "state_dict")}
+
+    def ema_state_dicts(self) -> Dict[float, Dict[str, torch.Tensor]]:
+        return {r: dict(zip(self.param_names, ps)) for r, ps in zip(self.ema_rates, self.ema)}
+
+    def _resume(self) -> None:
+        step = ckpt.latest_checkpoint(self.run_dir, log=self._log)
+        if step is None:
+            return
+        files = ckpt.load_checkpoint_files(self.run_dir, step, map_location="cpu")
+        self.model.load_state_dict(files[f"model{step:06d}.pt"], strict=True)
+        for rate, ema in zip(self.ema_rates, self.ema):
+            name = f"ema_{rate}_{step:06d}.pt"
+            if name not in files:
+                raise ckpt.CheckpointError(f"checkpoint at step {step} in {self.run_dir} has no {name}")
+            sd = files[name]
+            for n, p in zip(self.param_names, ema):
+                p.copy_(sd[n])
+        opt = files[f"opt{step:06d}.pt"]
+        self.opt.load_state_dict(opt["opt"])
+        if opt.get("scaler"):
+            self.scaler.load_state_dict(opt["scaler"])
+        state = files[f"state{step:06d}.pt"]
+        for key, obj in self._stateful().items():
+            if key in state["components"]:
+                obj.load_state_dict(state["components"][key])
+        self.step = int(state["step"])
+        self._log(f"{self.tag + ': ' if self.tag else ''}resumed from step {self.step} in {self.run_dir}")
+
+    def save(self) -> None:
+        """Write the checkpoint for the current step (rank 0 writes; everyone waits)."""
+        step = self.step
+        if dist_util.is_main():
+            files = {
+                f"model{step:06d}.pt": self.model.state_dict(),
+                f"opt{step:06d}.pt": {"opt": self.opt.state_dict(), "scaler": self.scaler.state_dict()},
+                f"state{step:06d}.pt": {
+                    "step": step,
+                    "world_size": self.world_size,
+                    "components": {k: v.state_dict() for k, v in self._stateful().items()},
+                },
+            }
+            for rate, sd in self.ema_state_dicts().items():
+                files[f"ema_{rate}_{step:06d}.pt"] = sd
+            ckpt.write_checkpoint(self.run_dir, step, files, extra={"tag": self.tag})
+            for rate, sd in self.ema_state_dicts().items():
+                ckpt.save_safetensors(
+                    sd,
+                    f"{self.run_dir}/ema_{rate}_{step:06d}.safetensors",
+                    {"step": step, "ema_rate": rate, **self.export_config},
+                )
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_checkpoints)
+            self._prune_exports()
+        dist_util.barrier()
+
+    def _prune_exports(self) -> None:
+        import glob
+        import os
+
+        if self.cfg.keep_checkpoints <= 0 or "://" in self.run_dir:
+            return
+        keep = set(ckpt.list_manifests(self.run_dir))
+        for path in glob.glob(os.path.join(self.run_dir, "ema_*_*.safetensors")):
+            step = int(os.path.basename(path).rsplit("_", 1)[1].split(".")[0])
+            if step not in keep:
+                for p in (path, os.path.splitext(path)[0] + ".json"):
+                    if os.path.exists(p):
+                        os.remove(p)
+
+    # ------------------------------------------------------------------ running
+
+    def _log(self, msg: str) -> None:
+        if self.logger is not None:
+            self.logger.log(msg)
+        elif dist_util.is_main():
+            print(msg, flush=True)
+
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+
+    def _any_rank(self, flag: bool) -> bool:
+        if self.world_size > 1 and tdist.is_initialized():
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+            return bool(t.item() > 0)
+        return flag
+
+    def run_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+        """One optimizer step on this rank's batch (x, y); returns the averaged loss terms."""
+        step = self.step
+        gen = seed_everything_for_step(self.seed, step, self.rank)
+        lr = lr_at(step, self.cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        for h in self.hooks:
+            h.before_step(self, step)
+        self.opt.zero_grad(set_to_none=True)
+        n_micro = x.shape[0] // self.microbatch
+        terms_sum: Dict[str, float] = {}
+        bad_term = None
+        for i in range(n_micro):
+            sl = slice(i * self.microbatch, (i + 1) * self.microbatch)
+            ctx = StepContext(step, i, n_micro, gen, self.rank, self.world_size)
+            last = i == n_micro - 1
+            sync = contextlib.nullcontext() if (last or self.ddp_model is self.model) else self.ddp_model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss, terms = self.objective(self.ddp_model, x[sl], y[sl], ctx)
+                self.scaler.scale(loss / n_micro).backward()
+            for k, v in terms.items():
+                v = float(v)
+                terms_sum[k] = terms_sum.get(k, 0.0) + v / n_micro
+                if bad_term is None and not math.isfinite(v):
+                    bad_term = k
+            if bad_term is None and not torch.isfinite(loss.detach()).all():
+                bad_term = "loss"
+        self.scaler.unscale_(self.opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        )
+        fp16_overflow = self.scaler.is_enabled() and not torch.isfinite(grad_norm)
+        if bad_term is None and not torch.isfinite(grad_norm) and not fp16_overflow:
+            bad_term = "gradient"
+        if self._any_rank(bad_term is not None):
+            where = f"{self.tag}, " if self.tag else ""
+            msg = (f"non-finite {bad_term or 'value on another rank'} at {where}step {step} "
+                   f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms_sum.items())})")
+            if self.cfg.nan_policy == "stop":
+                raise NonFiniteError(msg + "; stopping (set train.nan_policy=skip to skip such steps). "
+                                     "Checkpoints already written are intact.")
+            self._log(msg + "; step skipped (train.nan_policy=skip)")
+            self.opt.zero_grad(set_to_none=True)
+            terms_sum["skipped"] = 1.0
+        else:
+            scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if scale_before is not None and self.scaler.get_scale() < scale_before:
+                self._log(f"fp16: step {step} skipped (overflow); loss scale lowered to {self.scaler.get_scale():g}")
+                terms_sum["skipped"] = 1.0
+            else:
+                self._update_ema()
+        terms_sum["grad_norm"] = float(grad_norm)
+        terms_sum["lr"] = lr
+        for h in self.hooks:
+            h.after_step(self, step, terms_sum)
+        self.step += 1
+        return terms_sum
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        for rate, ema in zip(self.ema_rates, self.ema):
+            torch._foreach_lerp_(ema, [p.detach() for p in self.params], 1.0 - rate)
+
+    def run(self) -> None:
+        """Train until ``total_steps``; save at ``save_interval`` and at the end."""
+        cfg = self.cfg
+        if self.step >= cfg.total_steps:
+            self._log(f"{self.tag + ': ' if self.tag else ''}already complete ({self.step} steps)")
+            return
+        flag = _SignalFlag()
+        bar = None
+        if self.logger is not None and hasattr(self.logger, "progress_bar"):
+            bar = self.logger.progress_bar(total=cfg.total_steps, initial=self.step, desc=self.tag or "train")
+        try:
+            t_last, n_last = time.time(), self.step
+            while self.step < cfg.total_steps:
+                x, y = next(self.data)
+                x, y = x.to(self.device), y.to(self.device)
+                terms = self.run_step(x, y)
+                if self.logger is not None:
+                    for k, v in terms.items():
+                        self.logger.logkv_mean(k, v)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{terms.get('loss', float('nan')):.4f}", refresh=False)
+                done = self.step >= cfg.total_steps
+                if self.logger is not None and (self.step % cfg.log_interval == 0 or done):
+                    dt = time.time() - t_last
+                    self.logger.logkv("step", self.step)
+                    self.logger.logkv("samples", self.step * cfg.batch_size)
+                    self.logger.logkv("sec_per_step", dt / max(1, self.step - n_last))
+                    self.logger.logkv("img_per_sec", cfg.batch_size * (self.step - n_last) / max(dt, 1e-9))
+                    self.logger.dumpkvs(self.step)
+                    t_last, n_last = time.time(), self.step
+                stop = self._any_rank(flag.received is not None)
+                if done or stop or (cfg.save_interval > 0 and self.step % cfg.save_interval == 0):
+                    self.save()
+                if stop and not done:
+                    raise Preempted(
+                        f"{flag.received or 'a preemption signal'} received: checkpoint written at step "
+                        f"{self.step} in {self.run_dir}; rerun the same command to resume"
+                    )
+        finally:
+            flag.close()
+            if bar is not None:
+                bar.close()

@@ -1,0 +1,175 @@
+"""Measure the UNet on the current device: params, FLOPs, training img/s, DDIM sampling img/s, memory.
+
+Usage:
+    python scripts/benchmark.py                           # all named configs, ours vs reference
+    python scripts/benchmark.py --configs adm_cifar10 --batch 32 --iters 5
+    python scripts/benchmark.py --configs mnist --precision fp32 bf16
+
+For each config it builds the model twice in one process and times them side by side:
+- ``reference``: a straightforward ADM implementation -- einsum attention on conv1d projections,
+  fp32 (``attention_backend=einsum``);
+- ``ours``: scaled_dot_product_attention with linear projections, under autocast at the given
+  precision (bf16 by default; fp32 to see the implementation alone).
+Training = forward + backward + AdamW step on random data (median over ``--iters`` after a warm-up);
+sampling = DDIM steps (one forward each) under inference_mode, reported as DDIM-50 img/s.
+On CUDA it also prints the MFU against the dense bf16 peak (``--peak-tflops``, H100/H200: 989).
+Ratios are what to read on a shared machine: both paths run in the same process, interleaved.
+"""
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from guided_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402
+
+CONFIGS = {
+    # ADM's CIFAR-10 config (Ho et al. / Nichol & Dhariwal): 128 ch, 3 res blocks, attention 16,8.
+    "adm_cifar10": dict(image_size=32, in_channels=3, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
+                        attention_resolutions="16,8", dropout=0.1, num_heads=4),
+    # PERF.md's "small": 64 ch, 2 res blocks, 1,2,2, attention 16.
+    "small": dict(image_size=32, in_channels=3, num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
+                  attention_resolutions="16", dropout=0.0, num_heads=4),
+    # The same on MNIST-like 28x28x1 (attention at 14x14), as PERF.md's "MNIST-like".
+    "mnist": dict(image_size=28, in_channels=1, num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
+                  attention_resolutions="14", dropout=0.0, num_heads=4),
+    # The model of yaml/mnist/*.yaml (the CPU continual demo).
+    "mnist_demo": dict(image_size=28, in_channels=1, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
+                       attention_resolutions="7", num_head_channels=32, class_cond=True, num_classes=10),
+}
+
+
+def build(name, backend):
+    kw = dict(CONFIGS[name])
+    return create_model(**kw, attention_backend=backend)
+
+
+def forward_flops(model, x, t, y):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, t, y) if y is not None else model(x, t)
+    return counter.get_total_flops() / x.shape[0]
+
+
+def autocast(device, precision):
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_train(model, x, t, y, device, precision, iters):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    target = torch.randn_like(x)
+    kwargs = {"y": y} if y is not None else {}
+
+    def step():
+        with autocast(device, precision):
+            out = model(x, t, **kwargs)
+        loss = ((out.float() - target) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return x.shape[0] / statistics.median(times)
+
+
+def time_ddim(model, diffusion, x, y, device, precision, steps):
+    kwargs = {"y": y} if y is not None else {}
+    model.eval()
+    indices = list(range(diffusion.num_timesteps))[::-1][:steps]
+    with torch.inference_mode(), autocast(device, precision):
+        img = x.clone()
+        diffusion.ddim_sample(model, img, torch.full((x.shape[0],), indices[0], device=device), model_kwargs=kwargs)
+        sync(device)
+        t0 = time.perf_counter()
+        for i in indices:
+            out = diffusion.ddim_sample(model, img, torch.full((x.shape[0],), i, device=device), model_kwargs=kwargs)
+            img = out["sample"].float()
+        sync(device)
+    model.train()
+    per_step = (time.perf_counter() - t0) / len(indices)
+    return x.shape[0] / (50 * per_step)
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=["mnist_demo", "mnist", "small", "adm_cifar10"], choices=list(CONFIGS))
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--ddim-steps", type=int, default=5, help="DDIM steps timed (reported as DDIM-50 img/s)")
+    p.add_argument("--precision", nargs="+", default=["bf16"], choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the straightforward ADM path (einsum attention, fp32)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for the MFU (CUDA)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+          f"torch {torch.__version__}, batch {args.batch}, median of {args.iters}")
+    header = f"{'config':<12} {'path':<16} {'params':>8} {'GFLOP/img':>9} {'train img/s':>11} {'DDIM-50 img/s':>13} {'peak MB':>8}"
+    if device.type == "cuda":
+        header += f" {'MFU':>6}"
+    print(header)
+    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="ddim50")
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        torch.manual_seed(0)
+        x = torch.randn(args.batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"], device=device)
+        t = torch.randint(0, 1000, (args.batch,), device=device)
+        y = torch.randint(0, cfg.get("num_classes", 10), (args.batch,), device=device) if cfg.get("class_cond") else None
+        paths = [(f"ours {p}", "sdpa", p) for p in args.precision]
+        if args.reference:
+            paths.insert(0, ("reference fp32", "einsum", "fp32"))
+        results = {}
+        for label, backend, precision in paths:
+            torch.manual_seed(0)
+            model = build(name, backend).to(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            n_params = sum(p.numel() for p in model.parameters())
+            flops = forward_flops(model, x[:1], t[:1], None if y is None else y[:1])
+            train = time_train(model, x, t, y, device, precision, args.iters)
+            ddim = time_ddim(model, diffusion, x[: min(16, args.batch)], None if y is None else y[:16], device,
+                             precision, args.ddim_steps)
+            mem = peak_memory_mb(device)
+            results[label] = train
+            line = (f"{name:<12} {label:<16} {n_params / 1e6:>7.2f}M {flops / 1e9:>9.3f} {train:>11.1f} "
+                    f"{ddim:>13.2f} {mem:>8.0f}")
+            if device.type == "cuda":
+                line += f" {3 * flops * train / (args.peak_tflops * 1e12):>6.1%}"
+            print(line, flush=True)
+            del model
+        if "reference fp32" in results:
+            for label, v in results.items():
+                if label != "reference fp32":
+                    print(f"{name:<12} {label:<16} training speed-up over reference: {v / results['reference fp32']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Continual methods: hand computations of each loss, scenarios, buffers, and short real runs."""
+
+import copy
+import csv
+import os
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from guided_diffusion.config import ConfigError, ContinualConfig, load_config
+from guided_diffusion.continual.methods.buffer import balanced_cut, reservoir_update
+from guided_diffusion.continual.replay import (ddim_generate, mirror_noise, replay_criterion, replay_inputs,
+                                               trailing_timesteps)
+from guided_diffusion.continual.scenario import build_scenario
+from guided_diffusion.script_util import create_gaussian_diffusion
+from guided_diffusion.train_util import DiffusionObjective, StepContext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Toy(torch.nn.Module):
+    """A tiny conditional eps-model: conv + a per-class and per-time bias."""
+
+    def __init__(self, c=1, classes=10):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, padding=1)
+        self.emb = torch.nn.Embedding(classes, c)
+        self.tw = torch.nn.Parameter(torch.tensor(0.01))
+
+    def forward(self, x, t, y=None):
+        h = self.conv(x) + self.tw * t.float().view(-1, 1, 1, 1) / 1000
+        if y is not None:
+            h = h + self.emb(y).view(-1, x.shape[1], 1, 1)
+        return h
+
+
+def ctx_for(step=0, seed=0):
+    return StepContext(step, 0, 1, torch.Generator().manual_seed(seed), 0, 1)
+
+
+# ------------------------------------------------------------------ scenarios
+
+
+def test_split_mnist_preset():
+    s = build_scenario(ContinualConfig(scenario="split_mnist", num_steps=7, first_task_num_steps=9), 10)
+    assert [t.classes for t in s.tasks] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert s.tasks[0].num_steps == 9 and s.tasks[1].num_steps == 7
+    assert s.tasks[2].old_classes == (0, 1, 2, 3) and s.tasks[2].seen_classes == (0, 1, 2, 3, 4, 5)
+
+
+def test_seeded_explicit_and_first_task_larger():
+    s = build_scenario(ContinualConfig(num_tasks=3, class_order="seeded", class_order_seed=3), 6)
+    assert sorted(s.class_order) == list(range(6)) and list(s.class_order) != list(range(6))
+    assert s.class_order == tuple(np.random.RandomState(3).permutation(6))
+    s = build_scenario(ContinualConfig(num_tasks=3, first_task_num_classes=4, class_order="5,4,3,2,1,0,6,7"), 8)
+    assert [t.classes for t in s.tasks] == [(5, 4, 3, 2), (1, 0), (6, 7)]
+
+
+def test_scenario_errors():
+    with pytest.raises(ConfigError, match="needs 12 classes"):
+        build_scenario(ContinualConfig(num_tasks=3, classes_per_task=4), 10)
+    with pytest.raises(ConfigError, match="needs a dataset with 100 classes"):
+        build_scenario(ContinualConfig(scenario="cifar100_5"), 10)
+    with pytest.raises(ConfigError, match="did you mean 'split_mnist'"):
+        build_scenario(ContinualConfig(scenario="split_mnst"), 10)
+
+
+# ------------------------------------------------------------------ replay inputs
+
+
+def test_trailing_timesteps():
+    assert trailing_timesteps(1000, 10) == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert trailing_timesteps(1000, 2) == [999, 499]
+
+
+def test_partial_generation_stops_at_each_samples_t():
+    # With eps == 0 and no clipping, a DDIM(eta=0) step maps x_a to sqrt(ab_b / ab_a) x_a, so a
+    # trajectory from 999 stopped at t ends at sqrt(ab_t / ab_999) x_999 whatever the steps were.
+    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule="linear")
+    zero = lambda x, t, **kw: torch.zeros_like(x)  # noqa: E731
+    stop = torch.tensor([998, 700, 499, 250, 3, 999])
+    x = ddim_generate(zero, diffusion, (6, 1, 4, 4), None, 4, stop_t=stop,
+                      generator=torch.Generator().manual_seed(1), clip=False)
+    x_T = torch.randn((6, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    ab = torch.tensor(diffusion.alphas_cumprod)
+    expect = (ab[stop] / ab[999]).sqrt().float().view(-1, 1, 1, 1) * x_T
+    torch.testing.assert_close(x, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_distillation_target_is_teacher_prediction():
+    diffusion = create_gaussian_diffusion(steps=100)
+    teacher = Toy().eval()
+    for source in ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry"):
+        rb = replay_inputs(teacher, diffusion, source=source, n=5, shape=(1, 6, 6), old_classes=[0, 1, 2],
+                           distill=True, teacher_steps=3, generator=torch.Generator().manual_seed(0), device="cpu")
+        with torch.no_grad():
+            expect = teacher(rb.x, rb.t, y=rb.y)
+        torch.testing.assert_close(rb.target, expect)
+        assert set(rb.y.tolist()) <= {0, 1, 2}
+    gauss = replay_inputs(teacher, diffusion, source="gaussian", n=5, shape=(1, 6, 6), old_classes=None,
+                          distill=True, generator=torch.Generator().manual_seed(0), device="cpu")
+    assert gauss.teacher_nfe == 5
+
+
+def test_mirror_noise_bands():
+    n = torch.randn(4, 1, 6, 6)
+    t = torch.tensor([10, 400, 900, 100])  # T = 900: low <= 300 both mirrors, high > 600 untouched
+    m = mirror_noise(n, t, 900, torch.Generator().manual_seed(0))
+    assert torch.equal(m[2], n[2])
+    for i in (0, 3):
+        assert torch.equal(m[i], m[i].flip(-1)) and torch.equal(m[i], m[i].flip(-2))
+    assert torch.equal(m[1], m[1].flip(-1)) or torch.equal(m[1], m[1].flip(-2))
+
+
+def test_min_snr_is_per_sample():
+    diffusion = create_gaussian_diffusion(steps=1000)
+    pred, target = torch.zeros(2, 1, 2, 2), torch.stack([torch.ones(1, 2, 2), 2 * torch.ones(1, 2, 2)])
+    t = torch.tensor([10, 900])
+    ab = torch.tensor(diffusion.alphas_cumprod)[t].float()
+    snr = ab / (1 - ab)
+    w = torch.clamp(snr, max=5.0) / snr
+    expect = (w * torch.tensor([1.0, 4.0])).mean()
+    torch.testing.assert_close(replay_criterion("min_snr", pred, target, t, diffusion), expect)
+    torch.testing.assert_close(replay_criterion("mse", pred, target, t, diffusion), torch.tensor(2.5))
+
+
+# ------------------------------------------------------------------ objectives
+
+
+def _method(kind, teacher, **cfg):
+    from guided_diffusion.continual.methods.generative import GenerativeDistillation, GenerativeReplay
+
+    cls = GenerativeDistillation if kind == "gd" else GenerativeReplay
+    m = cls.__new__(cls)
+    m.mcfg = cls.Config(**cfg)
+    m.teacher = teacher
+    return m
+
+
+def _objective(kind, teacher, task_index=1, **cfg):
+    from guided_diffusion.continual.methods.generative import ReplayObjective
+    from guided_diffusion.continual.scenario import Task
+    from guided_diffusion.resample import UniformSampler
+
+    diffusion = create_gaussian_diffusion(steps=100)
+    base = DiffusionObjective(diffusion, UniformSampler(diffusion), class_cond=True)
+    task = Task(task_index, (2, 3), (0, 1, 2, 3), 5)
+    return base, ReplayObjective(base, _method(kind, teacher, **cfg), task)
+
+
+def test_lambda_zero_equals_naive():
+    torch.manual_seed(0)
+    student, teacher = Toy(), Toy().eval()
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([2, 3, 2, 3])
+    base, obj = _objective("gd", teacher, lambd=0.0, weight_replay_loss=False)
+    loss_base, _ = base(student, x, y, ctx_for())
+    loss, terms = obj(student, x, y, ctx_for())
+    torch.testing.assert_close(loss, loss_base, rtol=1e-6, atol=1e-7)
+    _, obj = _objective("gd", teacher, lambd=0.0, weight_replay_loss=True)  # task 1: w = 1/2
+    loss, _ = obj(student, x, y, ctx_for())
+    torch.testing.assert_close(loss, 0.5 * loss_base, rtol=1e-6, atol=1e-7)
+
+
+def test_gd_loss_by_hand():
+    torch.manual_seed(0)
+    student, teacher = Toy(), Toy().eval()
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([2, 3, 2, 3])
+    base, obj = _objective("gd", teacher, task_index=2, lambd=2.0, source="gaussian", replay_batch=3)
+    loss, terms = obj(student, x, y, ctx_for())
+    # Recompute: same generator order (t, noise, then the replay batch).
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 100, (4,), generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    rb = replay_inputs(teacher, base.diffusion, source="gaussian", n=3, shape=(1, 6, 6), old_classes=(0, 1),
+                       distill=True, generator=g, device="cpu")
+    x_t = base.diffusion.q_sample(x, t, noise=noise)
+    data = ((student(x_t, t, y=y) - noise) ** 2).mean()
+    with torch.no_grad():
+        target = teacher(rb.x, rb.t, y=rb.y)
+    replay = ((student(rb.x, rb.t, y=rb.y) - target) ** 2).mean()
+    w = 2 / 3
+    torch.testing.assert_close(loss, (1 - w) * data + w * 2.0 * replay, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(terms["replay_loss"], replay.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_generative_replay_target_is_noise():
+    torch.manual_seed(0)
+    student, teacher = Toy(), Toy().eval()
+    x, y = torch.randn(2, 1, 6, 6), torch.tensor([2, 3])
+    base, obj = _objective("gr", teacher, lambd=1.0, teacher_steps=2)
+    loss, terms = obj(student, x, y, ctx_for())
+    g = torch.Generator().manual_seed(0)
+    torch.randint(0, 100, (2,), generator=g)
+    torch.randn(x.shape, generator=g)
+    rb = replay_inputs(teacher, base.diffusion, source="full_generation", n=2, shape=(1, 6, 6),
+                       old_classes=(0, 1), distill=False, teacher_steps=2, generator=g, device="cpu")
+    # The replay input is a noised teacher sample and the target is exactly the noise used.
+    ab = torch.tensor(base.diffusion.alphas_cumprod)[rb.t].float().view(-1, 1, 1, 1)
+    x0 = (rb.x - (1 - ab).sqrt() * rb.target) / ab.sqrt()
+    assert x0.abs().max() <= 1 + 1e-4  # clipped DDIM samples in [-1, 1]
+    assert rb.teacher_nfe == 4
+
+
+def test_lwf_uses_teacher_on_current_inputs():
+    torch.manual_seed(0)
+    student, teacher = Toy(), Toy().eval()
+    x, y = torch.randn(3, 1, 6, 6), torch.tensor([2, 3, 2])
+    base, obj = _objective("gd", teacher, lambd=1.0, source="lwf", weight_replay_loss=False)
+    loss, terms = obj(student, x, y, ctx_for())
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 100, (3,), generator=g)
+    noise = torch.randn(x.shape, generator=g)
+    x_t = base.diffusion.q_sample(x, t, noise=noise)
+    pred = student(x_t, t, y=y)
+    with torch.no_grad():
+        tgt = teacher(x_t, t, y=y)
+    expect = ((pred - noise) ** 2).mean() + ((pred - tgt) ** 2).mean()
+    torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ EWC and buffers
+
+
+def test_ewc_penalty_and_per_sample_fisher():
+    from guided_diffusion.continual.methods.ewc import EWC, per_sample_fisher
+
+    torch.manual_seed(0)
+    diffusion = create_gaussian_diffusion(steps=50)
+    model = Toy()
+    x, y = torch.randn(3, 1, 5, 5), torch.tensor([0, 1, 2])
+    fisher = per_sample_fisher(model, diffusion, x, y, True, seed=4, device="cpu")
+    # By hand: mean over images of squared per-image gradients, same t and noise draws.
+    g = torch.Generator().manual_seed(4)
+    params = list(model.parameters())
+    manual = [torch.zeros_like(p) for p in params]
+    for i in range(3):
+        t = torch.randint(0, 50, (1,), generator=g)
+        n = torch.randn((1, 1, 5, 5), generator=g)
+        loss = ((model(diffusion.q_sample(x[i:i + 1], t, noise=n), t, y=y[i:i + 1]) - n) ** 2).mean()
+        for m_, gr in zip(manual, torch.autograd.grad(loss, params)):
+            m_ += gr ** 2 / 3
+    for a, b in zip(fisher, manual):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    ewc = EWC.__new__(EWC)
+    ewc.params = params
+    ewc.anchors = [(fisher, [p.detach().clone() for p in params])]
+    assert ewc.penalty().item() == 0.0
+    with torch.no_grad():
+        params[0].add_(0.1)
+    expect = (fisher[0] * 0.01).sum()
+    torch.testing.assert_close(ewc.penalty(), expect, rtol=1e-5, atol=1e-8)
+
+
+def test_balanced_buffer_is_label_uniform():
+    labels = np.repeat(np.arange(6), 50)
+    per_task = {0: np.arange(0, 100), 1: np.arange(100, 200), 2: np.arange(200, 300)}
+    out = balanced_cut(per_task, labels, 60, True, np.random.RandomState(0))
+    for k, idx in out.items():
+        assert len(idx) == 20 and np.bincount(labels[idx], minlength=6)[2 * k: 2 * k + 2].tolist() == [10, 10]
+    assert len(set(np.concatenate(list(out.values())))) == 60
+
+
+def test_reservoir_keeps_size_and_is_uniform():
+    rng = np.random.RandomState(0)
+    counts = np.zeros(100)
+    for _ in range(300):
+        buf, seen = reservoir_update(np.zeros(0, np.int64), 0, np.arange(50), 10, rng)
+        buf, seen = reservoir_update(buf, seen, np.arange(50, 100), 10, rng)
+        assert len(buf) == 10 and seen == 100 and len(set(buf)) == 10
+        counts[buf] += 1
+    # Every item has chance 10/100: the first and second halves are kept equally often.
+    assert abs(counts[:50].sum() - counts[50:].sum()) < 0.15 * counts.sum()
+
+
+# ------------------------------------------------------------------ real runs on mnist5k
+
+TINY = [
+    "data.dataset=mnist5k", "data.image_size=28", "model.num_channels=32", "model.num_res_blocks=1",
+    "model.channel_mult=1,2", "model.attention_resolutions=14", "model.num_head_channels=32",
+    "model.class_cond=true", "diffusion.diffusion_steps=100", "train.batch_size=8", "train.log_interval=2",
+    "train.save_interval=2", "train.num_threads=1", "continual.num_tasks=5", "continual.classes_per_task=2",
+    "continual.limit_tasks=2", "continual.num_steps=3", "continual.grid_per_class=1",
+    "continual.eval_respacing=ddim5", "train.ema_rate=0.9",
+]
+
+
+def _cfg(tmp_path, method_yaml, extra=()):
+    cfg = load_config(os.path.join(ROOT, method_yaml), TINY + [f"out_dir={tmp_path}", *extra])
+    return cfg
+
+
+def _final_model(run_dir, task):
+    from guided_diffusion import checkpoint as ckpt
+
+    d = f"{run_dir}/task_{task}"
+    step = ckpt.latest_checkpoint(d)
+    return ckpt.load_torch(f"{d}/model{step:06d}.pt")
+
+
+@pytest.mark.parametrize("method", ["naive", "joint", "buffer_replay", "ewc", "generative_replay",
+                                    "generative_replay_guide", "generative_distillation",
+                                    "gd_partial_generation", "gd_gaussian", "gd_lwf"])
+def test_two_task_run(tmp_path, method):
+    from guided_diffusion.continual.loop import run_continual
+
+    extra = ["method.n_per_task=4", "method.generation_batch=4", "method.timestep_respacing=ddim5"] \
+        if method == "generative_replay_guide" else []
+    if method == "ewc":
+        extra = ["method.num_samples=4"]
+    cfg = _cfg(tmp_path, f"yaml/mnist/{method}.yaml", extra)
+    ctx = run_continual(cfg)
+    with open(f"{ctx.run_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["task"] for r in rows] == ["0", "1"]
+    assert all(float(r["sec_per_step"]) > 0 for r in rows)
+    assert os.path.exists(f"{ctx.run_dir}/task_1/samples.png")
+    if method.startswith(("generative", "gd_")):
+        assert float(rows[1]["final_replay_loss"]) >= 0 or method == "generative_replay_guide"
+
+
+def test_resume_between_tasks_is_bit_identical(tmp_path):
+    from guided_diffusion.continual.loop import run_continual
+
+    a = _cfg(tmp_path / "a", "yaml/mnist/generative_distillation.yaml")
+    run_continual(a)
+    b1 = _cfg(tmp_path / "b", "yaml/mnist/generative_distillation.yaml", ["continual.limit_tasks=1"])
+    run_continual(b1)
+    b2 = _cfg(tmp_path / "b", "yaml/mnist/generative_distillation.yaml")
+    run_continual(b2)
+    wa, wb = _final_model(f"{tmp_path}/a/{a.name}", 1), _final_model(f"{tmp_path}/b/{b2.name}", 1)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_mid_task_is_bit_identical(tmp_path):
+    from guided_diffusion.continual.loop import run_continual
+
+    a = _cfg(tmp_path / "a", "yaml/mnist/ewc.yaml", ["method.num_samples=4", "continual.num_steps=4"])
+    run_continual(a)
+    # Take task 1 back to its step-2 checkpoint, as if the process had been killed after step 2.
+    run_dir = f"{tmp_path}/b/{b.name}"
+    os.remove(f"{run_dir}/task_1/checkpoint000004.json")
+    os.remove(f"{run_dir}/task_1/task_done.json")
+    run_continual(b)
+    wa, wb = _final_model(f"{tmp_path}/a/{a.name}", 1), _final_model(run_dir, 1)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_unknown_method_and_bad_option(tmp_path):
+    import guided_diffusion.continual.methods  # noqa: F401  (registers the schemas)
+
+    with pytest.raises(ConfigError, match="did you mean 'generative_replay'"):
+        load_config(None, ["method.name=generative_replya"])
+    with pytest.raises(ConfigError, match=r"method\.lamda.*did you mean 'lambd'"):
+        load_config(None, ["method.name=generative_distillation", "method.lamda=1"])
