@@ -37,7 +37,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
 
 
 def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999) -> np.ndarray:
-    """beta_i = min(1 - abar((i+1)/T) / abar(i/T), max_beta) for a continuous abar on [0, 1] (Nichol & Dhariwal 2021)."""
+    """beta_i = min(1 - abar((i+1)/T) / abar(i/T), max_beta) for abar on [0, 1] (Nichol & Dhariwal 2021, eq. 17)."""
     betas = [
         min(1.0 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta)
         for i in range(num_timesteps)
@@ -46,7 +46,7 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[float], float],
 
 
 def spaced_betas(alphas_cumprod: np.ndarray, use_timesteps: Iterable[int]) -> Tuple[np.ndarray, List[int]]:
-    """Betas of the sub-process kept at ``use_timesteps``: beta'_k = 1 - abar_{s_k} / abar_{s_{k-1}} (Nichol & Dhariwal 2021, sec. 4)."""
+    """beta'_k = 1 - abar_{s_k} / abar_{s_{k-1}} for the kept steps s_k (Nichol & Dhariwal 2021, sec. 4); also the s_k."""
     keep = sorted(set(int(i) for i in use_timesteps))
     betas, last = [], 1.0
     for i in keep:

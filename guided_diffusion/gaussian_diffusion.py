@@ -19,9 +19,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import math
-from typing import Callable, Dict, Optional
+from typing import Dict
 
-import numpy as np
 import torch
 
 from . import diffusion_math as dm
@@ -170,7 +169,9 @@ class GaussianDiffusion:
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), got {tuple(t.shape)}")
         model_output = model(x, self._scale_timesteps(t), **model_kwargs)
-        return self.p_mean_variance_from_output(model_output, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn)
+        return self.p_mean_variance_from_output(
+            model_output, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn
+        )
 
     def p_mean_variance_from_output(self, model_output, x, t, clip_denoised=True, denoised_fn=None):
         """p(x_{t-1} | x_t) from a given network output (what ``p_mean_variance`` does after the forward).
@@ -185,7 +186,9 @@ class GaussianDiffusion:
         B, C = x.shape[:2]
         if self.learns_variance:
             if model_output.shape != (B, 2 * C, *x.shape[2:]):
-                raise ValueError(f"a learned-variance model must output {(B, 2 * C, *x.shape[2:])}, got {tuple(model_output.shape)}")
+                raise ValueError(
+                    f"a learned-variance model must output {(B, 2 * C, *x.shape[2:])}, got {tuple(model_output.shape)}"
+                )
             model_output, var_values = torch.split(model_output, C, dim=1)
             if self.model_var_type == ModelVarType.LEARNED:
                 log_variance = var_values
@@ -248,7 +251,7 @@ class GaussianDiffusion:
         return p_mean_var["mean"].float() + p_mean_var["variance"] * gradient.float()
 
     def condition_score(self, cond_fn, p_mean_var, x, t, model_kwargs=None):
-        """eps' = eps - sqrt(1 - abar_t) grad; x̂0 and the mean recomputed (Song et al. 2021; Dhariwal & Nichol Alg. 2)."""
+        """eps' = eps - sqrt(1 - abar_t) grad, then x̂0 and the mean from eps' (Dhariwal & Nichol Alg. 2)."""
         alpha_bar = dm.extract(self.alphas_cumprod, t, x.shape)
         eps = self._predict_eps_from_xstart(x, t, p_mean_var["pred_xstart"])
         eps = eps - (1 - alpha_bar).sqrt() * self._cond_gradient(cond_fn, p_mean_var, x, t, model_kwargs)
@@ -270,7 +273,9 @@ class GaussianDiffusion:
         grad_ctx = torch.enable_grad() if through_model else contextlib.nullcontext()
         with grad_ctx:
             x_in = x.detach().requires_grad_(True) if through_model else x
-            out = self.p_mean_variance(model, x_in, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+            out = self.p_mean_variance(
+                model, x_in, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
+            )
             noise = torch.randn_like(x) if noise_first else None
             if cond_fn is not None:
                 out = condition(cond_fn, out, x_in, t, model_kwargs)
@@ -381,7 +386,9 @@ class GaussianDiffusion:
         """One deterministic DDIM encoding step x_t -> x_{t+1} (Song et al. eq. 12 run forward; eta must be 0)."""
         if eta != 0.0:
             raise ValueError("the reverse DDIM ODE is deterministic: eta must be 0")
-        out = self.p_mean_variance(model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs)
+        out = self.p_mean_variance(
+            model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn, model_kwargs=model_kwargs
+        )
         eps = self._predict_eps_from_xstart(x, t, out["pred_xstart"])
         alpha_bar_next = dm.extract(self.alphas_cumprod_next, t, x.shape)
         alpha_bar = dm.extract(self.alphas_cumprod, t, x.shape)
@@ -412,7 +419,8 @@ class GaussianDiffusion:
         """Bits/dim of one bound term: KL(q(x_{t-1}|x_t,x_0) || p) for t > 0, decoder NLL at t = 0 (Ho et al. eq. 5)."""
         true_mean, _, true_log_variance = self.q_posterior_mean_variance(x_start, x_t, t)
         kl = mean_flat(normal_kl(true_mean, true_log_variance, out["mean"], out["log_variance"])) / _LN2
-        decoder_nll = -discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=0.5 * out["log_variance"])
+        log_scales = 0.5 * out["log_variance"]
+        decoder_nll = -discretized_gaussian_log_likelihood(x_start, means=out["mean"], log_scales=log_scales)
         decoder_nll = mean_flat(decoder_nll) / _LN2
         return {"output": torch.where(t == 0, decoder_nll, kl), "pred_xstart": out["pred_xstart"]}
 
@@ -436,7 +444,8 @@ class GaussianDiffusion:
         x_t = self.q_sample(x_start, t, noise=noise)
         terms = {}
         if self.loss_type.is_vb():
-            terms["loss"] = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=False, model_kwargs=model_kwargs)["output"]
+            vb = self._vb_terms_bpd(model, x_start, x_t, t, clip_denoised=False, model_kwargs=model_kwargs)
+            terms["loss"] = vb["output"]
             if self.loss_type == LossType.RESCALED_KL:
                 terms["loss"] = terms["loss"] * self.num_timesteps
             return terms
@@ -446,7 +455,9 @@ class GaussianDiffusion:
         if self.learns_variance:
             C = x_t.shape[1]
             if model_output.shape != (x_t.shape[0], 2 * C, *x_t.shape[2:]):
-                raise ValueError(f"a learned-variance model must output 2C={2 * C} channels, got {tuple(model_output.shape)}")
+                raise ValueError(
+                    f"a learned-variance model must output 2C={2 * C} channels, got {tuple(model_output.shape)}"
+                )
             model_output, var_values = torch.split(model_output, C, dim=1)
             # The bound trains only the variance: the mean half is detached.
             frozen = torch.cat([model_output.detach(), var_values], dim=1)
@@ -494,7 +505,13 @@ class GaussianDiffusion:
             mse.append(mean_flat((eps - noise) ** 2))
         vb, xstart_mse, mse = (torch.stack(v, dim=1) for v in (vb, xstart_mse, mse))
         prior_bpd = self._prior_bpd(x_start)
-        return {"total_bpd": vb.sum(dim=1) + prior_bpd, "prior_bpd": prior_bpd, "vb": vb, "xstart_mse": xstart_mse, "mse": mse}
+        return {
+            "total_bpd": vb.sum(dim=1) + prior_bpd,
+            "prior_bpd": prior_bpd,
+            "vb": vb,
+            "xstart_mse": xstart_mse,
+            "mse": mse,
+        }
 
 
 def _as_normal_tensor(x: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,9 @@ def normal_kl(mean1, logvar1, mean2, logvar2):
         raise TypeError("normal_kl needs at least one tensor argument")
     # torch.exp does not take Python floats: make the log-variances tensors like the reference.
     logvar1, logvar2 = [v if isinstance(v, torch.Tensor) else torch.tensor(v).to(ref) for v in (logvar1, logvar2)]
-    return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2))
+    return 0.5 * (
+        -1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + ((mean1 - mean2) ** 2) * torch.exp(-logvar2)
+    )
 
 
 def approx_standard_normal_cdf(x):
@@ -31,7 +33,9 @@ def discretized_gaussian_log_likelihood(x, *, means, log_scales):
     The edge bins extend to -inf / +inf. Returns a tensor like x, in nats.
     """
     if not (x.shape == means.shape == log_scales.shape):
-        raise ValueError(f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}")
+        raise ValueError(
+            f"shapes differ: x {tuple(x.shape)}, means {tuple(means.shape)}, log_scales {tuple(log_scales.shape)}"
+        )
     centered = x - means
     inv_std = torch.exp(-log_scales)
     cdf_plus = approx_standard_normal_cdf(inv_std * (centered + 1.0 / 255.0))

@@ -46,7 +46,9 @@ class ScheduleSampler(ABC):
             probs = torch.as_tensor(p, dtype=torch.float64, device=generator.device)
             idx = torch.multinomial(probs, batch_size, replacement=True, generator=generator).cpu().numpy()
         else:
-            raise TypeError(f"generator must be a torch.Generator or np.random.Generator, got {type(generator).__name__}")
+            raise TypeError(
+                f"generator must be a torch.Generator or np.random.Generator, got {type(generator).__name__}"
+            )
         t = torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(device)
         weights = torch.from_numpy(1.0 / (len(p) * p[idx])).float().to(device)
         return t, weights

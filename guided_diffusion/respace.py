@@ -34,11 +34,15 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return set(range(0, num_timesteps, stride))
-            raise ValueError(f"timestep respacing {spec!r}: no integer stride gives exactly {desired} of {num_timesteps} steps")
+            raise ValueError(
+                f"timestep respacing {spec!r}: no integer stride gives exactly {desired} of {num_timesteps} steps"
+            )
         try:
             counts = [int(c) for c in text.split(",")]
         except ValueError:
-            raise ValueError(f"bad timestep respacing {spec!r}: expected 'ddimN', 'N' or comma-separated integers") from None
+            raise ValueError(
+                f"bad timestep respacing {spec!r}: expected 'ddimN', 'N' or comma-separated integers"
+            ) from None
     elif isinstance(spec, (list, tuple)):
         counts = list(spec)
         if not all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in counts):
