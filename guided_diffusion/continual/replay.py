@@ -132,8 +132,19 @@ class ReplayBatch:
     teacher_nfe: int  # teacher forward passes of one image each
 
 
-@torch.inference_mode()
-def replay_inputs(
+def replay_inputs(*args, **kwargs) -> "ReplayBatch":
+    """One replay batch of ``n`` samples from the frozen ``teacher`` (see the module docstring).
+
+    Generated under ``torch.inference_mode``; the returned tensors are cloned outside it so that
+    they can enter the student's autograd graph.
+    """
+    with torch.inference_mode():
+        rb = _replay_inputs(*args, **kwargs)
+    return ReplayBatch(rb.x.clone(), rb.t.clone(), None if rb.y is None else rb.y.clone(), rb.target.clone(),
+                       rb.teacher_nfe)
+
+
+def _replay_inputs(
     teacher,
     diffusion,
     *,
@@ -148,7 +159,6 @@ def replay_inputs(
     generator: torch.Generator,
     device,
 ) -> ReplayBatch:
-    """One replay batch of ``n`` samples from the frozen ``teacher`` (see the module docstring)."""
     if source not in SOURCES:
         raise ValueError(f"unknown replay source {source!r}; valid: {', '.join(SOURCES)}")
     T = diffusion.num_timesteps
@@ -185,7 +195,7 @@ def replay_inputs(
         if source != "full_generation":
             raise ValueError("plain generative replay (noise targets) needs source full_generation")
         target = x0 if _predicts_xstart(diffusion) else noise
-    return ReplayBatch(x_in.clone(), t.clone(), None if y is None else y.clone(), target.clone(), nfe)
+    return ReplayBatch(x_in, t, y, target, nfe)
 
 
 def replay_criterion(name: str, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, diffusion,

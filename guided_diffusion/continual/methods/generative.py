@@ -105,9 +105,11 @@ class ReplayObjective:
 
 
 def predict_eps_raw(net, diffusion, x, t, y):
+    """The teacher's prediction (first C channels), made under inference mode, usable in autograd."""
     with torch.inference_mode():
         kwargs = {"y": y} if y is not None else {}
-        return net(x, model_timesteps(diffusion, t), **kwargs)[:, : x.shape[1]].clone()
+        out = net(x, model_timesteps(diffusion, t), **kwargs)[:, : x.shape[1]]
+    return out.clone()
 
 
 class _ReplayMethod(ContinualMethod):
