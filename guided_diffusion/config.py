@@ -91,6 +91,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     ema_rate: str = "0.9999"  # comma-separated list
+    ema_warmup: bool = True  # effective rate min(rate, (1 + n) / (10 + n)) at step n (false: ADM's constant rate)
     schedule_sampler: str = "uniform"  # uniform | loss-second-moment
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
     nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does

@@ -412,7 +412,11 @@ class TrainLoop:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
+        n = self.step
         for rate, ema in zip(self.ema_rates, self.ema):
+            if getattr(self.cfg, "ema_warmup", False):
+                # Short runs: without a warm-up the EMA stays near the initial network for ~1/(1-rate) steps.
+                rate = min(rate, (1 + n) / (10 + n))
             torch._foreach_lerp_(ema, [p.detach() for p in self.params], 1.0 - rate)
 
     def run(self) -> None:
