@@ -179,11 +179,14 @@ class Config:
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     # Validated by the schema that ``method.name`` selects (registered by each continual method).
     method: Dict[str, Any] = field(default_factory=dict)
+    # Validated by the schemas their modules register (guided_diffusion.evaluation, guided_diffusion.dkdm).
+    evaluation: Dict[str, Any] = field(default_factory=dict)
+    dkdm: Dict[str, Any] = field(default_factory=dict)
 
 
 # Sections whose schema is chosen by a key inside them: section -> (selector key, {name: dataclass}).
 _SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
-_SECTION_SELECTOR = {"method": "name"}
+_SECTION_SELECTOR = {"method": "name", "evaluation": None, "dkdm": None}
 _SECTION_DEFAULT: Dict[str, type] = {}
 
 
