@@ -93,6 +93,8 @@ def dataset_info(cfg: Config) -> DataInfo:
 
 
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
+    """The UNet of ``cfg``, initialised from ``cfg.seed`` (the same weights on every rank and run)."""
+    torch.manual_seed(cfg.seed)
     try:
         return create_model_from_config(cfg, info.num_classes, info.channels)
     except ValueError as e:
@@ -107,6 +109,7 @@ def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
 
 
 def build_classifier(cfg: Config, info: DataInfo) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed + 1)
     try:
         return create_classifier_from_config(cfg, info.num_classes, info.channels)
     except ValueError as e:

@@ -119,8 +119,8 @@ def sample_set(
             model, diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=use_ddim, eta=eta,
             clip_denoised=clip_denoised, cond_fn=cond_fn, noise=noise, device=device,
         )
-        labels = y.numpy() if y is not None else np.zeros(n, dtype=np.int64)
-        out[b] = (to_uint8(x), labels.astype(np.int64))
+        batch_labels = y.numpy() if y is not None else np.zeros(n, dtype=np.int64)
+        out[b] = (to_uint8(x), batch_labels.astype(np.int64))
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -134,6 +134,4 @@ def sample_set(
     if not order:
         c, h, w = image_shape
         return np.zeros((0, h, w, c), np.uint8), np.zeros((0,), np.int64)
-    images = np.concatenate([out[b][0] for b in order])
-    labels = np.concatenate([out[b][1] for b in order])
-    return images, labels
+    return np.concatenate([out[b][0] for b in order]), np.concatenate([out[b][1] for b in order])
