@@ -105,6 +105,20 @@ class ContinualMethod:
         pass
 
 
+class ObjectiveWrapper:
+    """An objective built on ``base`` (the diffusion loss); its resumable state is the base's."""
+
+    def __init__(self, base):
+        self.base = base
+        self.diffusion = base.diffusion
+
+    def state_dict(self):
+        return self.base.state_dict()
+
+    def load_state_dict(self, state):
+        self.base.load_state_dict(state)
+
+
 def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
     """The method selected by the (already validated) ``method`` section; naive if empty."""
     from . import methods  # noqa: F401  (registers the built-in methods)

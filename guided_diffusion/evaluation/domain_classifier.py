@@ -189,6 +189,7 @@ class DomainFeatures(FeatureExtractor):
         self.meta = meta or {}
         self.path = path
         self.num_classes = model.arch["num_classes"]
+        self.predicts_dataset_classes = True
         acc = self.meta.get("test_accuracy")
         acc_s = f", test acc {acc:.4f}" if isinstance(acc, float) else ""
         self.name = (f"domain-cnn({self.meta.get('dataset', '?')} {self.meta.get('split', '?')}, "

@@ -29,6 +29,7 @@ class FeatureExtractor(torch.nn.Module):
     name = "features"
     has_spatial = False
     num_classes = 0  # size of ``logits`` (0: none)
+    predicts_dataset_classes = False  # logits are the evaluated data set's classes (KLD, ARD, accuracy)
 
     def describe(self) -> str:
         return self.name

@@ -23,7 +23,7 @@ import torch
 from ... import dist_util
 from ...config import ConfigError
 from ...train_util import step_seed
-from ..base import ContinualMethod, register_method
+from ..base import ContinualMethod, ObjectiveWrapper, register_method
 
 MODES = ("separate", "online", "last")
 
@@ -54,16 +54,12 @@ def per_sample_fisher(model, diffusion, x, y, class_cond: bool, seed: int, devic
     return [f / n.item() for f in fisher]
 
 
-class EWCObjective:
+class EWCObjective(ObjectiveWrapper):
+    """The diffusion loss plus the EWC penalty of the stored tasks."""
+
     def __init__(self, base, method):
-        self.base, self.method = base, method
-        self.diffusion = base.diffusion
-
-    def state_dict(self):
-        return self.base.state_dict()
-
-    def load_state_dict(self, state):
-        self.base.load_state_dict(state)
+        super().__init__(base)
+        self.method = method
 
     def __call__(self, model, x, y, ctx):
         loss, terms = self.base(model, x, y, ctx)

@@ -29,24 +29,17 @@ from ... import checkpoint as ckpt
 from ... import dist_util, experiment
 from ...image_util import from_uint8
 from ...sampling import sample_set
-from ..base import ContinualMethod, register_method
+from ..base import ContinualMethod, ObjectiveWrapper, register_method
 from ..replay import SOURCES, model_timesteps, replay_criterion, replay_inputs
 
 
-class ReplayObjective:
+class ReplayObjective(ObjectiveWrapper):
     """Real batch + teacher-made replay batch in one forward; see the module docstring."""
 
     def __init__(self, base, method, task):
-        self.base = base
+        super().__init__(base)
         self.method = method
         self.task = task
-        self.diffusion = base.diffusion
-
-    def state_dict(self):
-        return self.base.state_dict()
-
-    def load_state_dict(self, state):
-        self.base.load_state_dict(state)
 
     def __call__(self, model, x, y, ctx):
         m = self.method.mcfg
