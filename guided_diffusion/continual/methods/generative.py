@@ -30,7 +30,7 @@ from ... import dist_util, experiment
 from ...image_util import from_uint8
 from ...sampling import sample_set
 from ..base import ContinualMethod, ObjectiveWrapper, register_method
-from ..replay import SOURCES, model_timesteps, replay_criterion, replay_inputs
+from ..replay import SOURCES, ReplayBatch, model_timesteps, replay_criterion, replay_inputs
 
 
 class ReplayObjective(ObjectiveWrapper):
@@ -58,12 +58,7 @@ class ReplayObjective(ObjectiveWrapper):
             nfe = B
         else:
             n_r = max(1, (m.replay_batch or B * ctx.num_microbatches) // ctx.num_microbatches)
-            replay = replay_inputs(
-                self.method.teacher, diffusion, source=source, n=n_r,
-                shape=x.shape[1:], old_classes=self.task.old_classes if cond else None,
-                distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
-                t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
-            )
+            replay = self.replay_batch(n_r, x, ctx)
             nfe = replay.teacher_nfe
         replay_sec = time.perf_counter() - start
         if replay is not None:
@@ -95,6 +90,16 @@ class ReplayObjective(ObjectiveWrapper):
         if "vb" in losses:
             terms["vb"] = losses["vb"].detach().mean()
         return loss, terms
+
+    def replay_batch(self, n: int, x: torch.Tensor, ctx) -> ReplayBatch:
+        """``n`` teacher-made replay samples for images shaped like ``x`` (subclasses change the source)."""
+        m = self.method.mcfg
+        return replay_inputs(
+            self.method.teacher, self.diffusion, source=getattr(m, "source", "full_generation"), n=n,
+            shape=x.shape[1:], old_classes=self.task.old_classes if self.base.class_cond else None,
+            distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
+            t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
+        )
 
 
 def predict_eps_raw(net, diffusion, x, t, y):
