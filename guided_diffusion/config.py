@@ -158,6 +158,36 @@ class ContinualConfig:
 
 
 @dataclass
+class SolverConfig:
+    """The continual classifier trained with replay from the continual diffusion model (GUIDE, Masip)."""
+
+    arch: str = "cnn"  # cnn (Masip's solver) | resnet18 (pre-activation, GUIDE's)
+    replay: str = "guided"  # none (fine-tune) | joint | plain | soft | guided
+    diffusion_run: str = ""  # run folder of the continual diffusion model ("" -> this config's run folder)
+    batch_size: int = 64  # per task i > 0: B/(i+1) real images + B*i/(i+1) replay images
+    init_num_steps: int = 500  # steps of the first task (GUIDE: disjoint_classifier_init_num_steps)
+    num_steps: int = 300
+    init_lr: float = 0.1  # SGD, linearly decayed to 0 within each task
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    trim_logits: bool = True  # train on the logits of the classes seen so far only
+    augment: str = ""  # comma list of crop, flip, rotation, jitter, erasing
+    generation_interval: int = 1  # regenerate the replay batch every this many steps
+    respacing: str = "ddim25"
+    use_ddim: bool = True
+    guidance_batch: int = 64  # images per guided sampling chunk (memory bound)
+    scale_min: float = 1.0  # guided: per-sample scale ~ U[scale_min, scale_max]
+    scale_max: float = 1.0
+    use_old_grad: bool = False
+    use_new_grad: bool = True
+    guid_to_new_classes: bool = True
+    temperature: float = 2.0  # soft replay: distillation temperature
+    eval_batch_size: int = 256
+    log_interval: int = 50
+
+
+@dataclass
 class DistConfig:
     backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
     timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
@@ -176,6 +206,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     # Validated by the schema that ``method.name`` selects (registered by each continual method).
     method: Dict[str, Any] = field(default_factory=dict)

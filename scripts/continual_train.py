@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import cli, dist_util  # noqa: E402
 import guided_diffusion.continual.methods  # noqa: E402,F401  (registers the methods' config schemas)
+import guided_diffusion.evaluation  # noqa: E402,F401  (registers the evaluation section's schema)
 from guided_diffusion.continual.loop import run_continual  # noqa: E402
 
 

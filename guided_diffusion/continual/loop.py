@@ -121,6 +121,7 @@ def run_continual(cfg) -> ContinualContext:
             method.load_state_dict(ckpt.load_torch(state_path))
         root_logger.log(f"tasks 0..{first - 1} already finished; continuing with task {first}")
 
+    evaluators = _evaluators(cfg, root_logger)
     rates = [float(r) for r in cfg.train.ema_rate.split(",")]
     for task in scenario.tasks[first:]:
         tdir = ctx.task_dir(task)
@@ -173,7 +174,7 @@ def run_continual(cfg) -> ContinualContext:
             if dist_util.is_main():
                 n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
                 save_grid(images, f"{tdir}/samples.png", nrow=n_col)
-        for evaluator in EVALUATORS:
+        for evaluator in evaluators:
             row.update(evaluator(ctx, task, ema_model))
         del ema_model
         if dist_util.is_main():
@@ -183,6 +184,15 @@ def run_continual(cfg) -> ContinualContext:
         root_logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
         logger.close()
     return ctx
+
+
+def _evaluators(cfg, logger) -> List[Callable]:
+    """EVALUATORS, plus the evaluation module's when the config's ``evaluation.enabled`` is true."""
+    if not getattr(cfg.evaluation, "enabled", False):
+        return list(EVALUATORS)
+    from ..evaluation.continual import build_evaluator
+
+    return list(EVALUATORS) + [build_evaluator(cfg, log=logger.log)]
 
 
 def _last_terms(tdir: str) -> Dict[str, float]:

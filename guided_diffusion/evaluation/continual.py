@@ -1,0 +1,158 @@
+"""The per-task evaluation of the continual loop (``evaluation.enabled: true``).
+
+After each task the loop calls ``ContinualEvaluator(ctx, task, ema_model)``, which
+
+1. draws ``evaluation.num_samples`` samples from the EMA model with the evaluation sampler (for a
+   class-conditional model, labels in proportion to the label histogram of the reference images;
+   the same seed after every task), sharded over ranks as ``sampling.sample_set`` does;
+2. compares them with the real images of every class seen so far (``reference_split``, default
+   the test split): domain (or Inception) FID, precision / recall (k = 3), KLD and ARD of the
+   domain classifier's predicted classes, and its per-class accuracy on the samples;
+3. returns the ``eval_*`` columns of the task's row of ``metrics.csv``: ``eval_fid``, ``eval_kld``,
+   ``eval_ard``, ``eval_class_acc``, ``eval_precision``, ``eval_recall``, ``eval_acc_class_{c}``,
+   ``eval_acc_task_{j}`` (mean over task j's classes: the generator's accuracy matrix row),
+   ``eval_samples``, ``eval_ref_images``, ``eval_sec`` and ``eval_protocol`` (the protocol).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from .. import dist_util
+from .class_metrics import class_histogram
+from .features import build_feature_extractor
+from .reference import ImageSet
+from .settings import classifier_path_of, evaluation_of, train_classifier_from_config
+from .suite import evaluate_sets
+
+CLASS_METRICS = {"kld", "ard", "class_acc"}
+
+
+def proportional_labels(classes: List[int], hist: np.ndarray, n: int) -> List[int]:
+    """``n`` labels over ``classes`` in proportion to ``hist`` (largest remainders), grouped by class."""
+    w = np.array([hist[c] for c in classes], np.float64)
+    w = w / w.sum() if w.sum() > 0 else np.full(len(classes), 1.0 / len(classes))
+    exact = w * n
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
+        counts[i] += 1
+    return [c for c, k in zip(classes, counts) for _ in range(int(k))]
+
+
+class ContinualEvaluator:
+    """Callable ``(ctx, task, ema_model) -> {column: value}`` for ``loop.EVALUATORS``."""
+
+    def __init__(self, cfg, log=print):
+        self.cfg = cfg
+        self.ev = evaluation_of(cfg)
+        self.log = log
+        metrics = self.ev.metric_list
+        path = classifier_path_of(cfg)
+        needs_classifier = self.ev.features == "domain" or bool(CLASS_METRICS & set(metrics))
+        self.classifier = None
+        if needs_classifier:
+            import os
+
+            if not os.path.isfile(path):
+                if not self.ev.train_classifier:
+                    raise FileNotFoundError(
+                        f"evaluation: no domain classifier at {path}; train it with "
+                        f"`python scripts/train_eval_classifier.py --config <yaml>` or set evaluation.train_classifier=true"
+                    )
+                if dist_util.is_main():
+                    train_classifier_from_config(cfg, path, log=log)
+                dist_util.barrier()
+            self.classifier = build_feature_extractor("domain", classifier_path=path)
+            meta = self.classifier.meta
+            if meta.get("dataset") != cfg.data.dataset:
+                log(f"warning: the evaluation classifier {path} was trained on {meta.get('dataset')!r}, "
+                    f"the run uses {cfg.data.dataset!r}")
+        if self.ev.features == "domain":
+            self.features = self.classifier
+        else:
+            self.features = build_feature_extractor("inception", weights_path=self.ev.inception_path or None)
+        self._test = None
+        self._ref_cache: Dict[tuple, tuple] = {}
+
+    def _reference(self, classes) -> tuple:
+        """(ImageSet of the real images of ``classes``, features by extractor name), cached."""
+        from ..data import load_dataset, subset_by_classes
+
+        key = tuple(sorted(classes))
+        if key not in self._ref_cache:
+            if self._test is None:
+                d = self.cfg.data
+                opts = dict(test_dir=d.test_dir or None, allow_pickle=d.allow_pickle)
+                if d.dataset == "image_folder":
+                    opts["image_size"] = d.image_size
+                self._test = load_dataset(d.dataset, data_dir=d.data_dir or None, split=self.ev.reference_split, **opts)
+            arrays = subset_by_classes(self._test, key)
+            desc = (f"{len(arrays)} {self.cfg.data.dataset} {self.ev.reference_split} images of classes "
+                    f"{' '.join(map(str, key))}")
+            self._ref_cache = {key: (ImageSet(arrays.images, arrays.labels, arrays.num_classes, desc), {})}
+        return self._ref_cache[key]
+
+    def __call__(self, ctx, task, ema_model) -> Dict:
+        from .. import experiment
+        from ..sampling import sample_set
+
+        cfg, ev = self.cfg, self.ev
+        t0 = time.time()
+        seen = [int(c) for c in task.seen_classes]
+        ref, ref_feats = self._reference(seen)
+        respacing = ev.respacing or cfg.continual.eval_respacing
+        diffusion = experiment.build_diffusion(cfg, respacing)
+        labels = None
+        if cfg.model.class_cond:
+            labels = proportional_labels(seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
+        images, drawn = sample_set(
+            ema_model, diffusion, num_samples=ev.num_samples, batch_size=ev.batch_size, image_shape=ctx.info.shape,
+            seed=ev.seed if ev.seed >= 0 else cfg.seed, class_cond=cfg.model.class_cond, labels=labels,
+            use_ddim=ev.use_ddim, eta=ev.eta, device=ctx.device,
+        )
+        sampler = f"{respacing or 'full'} {'DDIM eta ' + str(ev.eta) if ev.use_ddim else 'ancestral'}"
+        what = "class-conditional " if cfg.model.class_cond else ""
+        samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
+                           f"{what}EMA samples after task {task.index}, {sampler}")
+        metrics = ev.metric_list
+        out: Dict = {}
+        protocols: List[str] = []
+        groups = [(self.features, [m for m in metrics if m not in CLASS_METRICS])]
+        if self.classifier is self.features:
+            groups = [(self.features, metrics)]
+        elif self.classifier is not None:
+            groups.append((self.classifier, [m for m in metrics if m in CLASS_METRICS]))
+        for extractor, names in groups:
+            if not names:
+                continue
+            feats = ref_feats.get(extractor.name)
+            if feats is None:
+                from .features import extract_features
+
+                feats = ref_feats[extractor.name] = extract_features(extractor, ref.images, ev.feature_batch_size,
+                                                                     ctx.device)
+            rows = evaluate_sets(extractor, samples, ref, names, batch_size=ev.feature_batch_size, device=ctx.device,
+                                 reference_features=feats)
+            for r in rows:
+                out[f"eval_{r.name}"] = round(r.value, 6)
+            protocols.append(f"{extractor.describe()}: {', '.join(r.name for r in rows if not r.name.startswith('acc_'))}")
+        if cfg.model.class_cond:
+            for t in ctx.scenario.tasks[: task.index + 1]:
+                accs = [out.get(f"eval_acc_class_{c}") for c in t.classes]
+                accs = [a for a in accs if a is not None]
+                if accs:
+                    out[f"eval_acc_task_{t.index}"] = round(float(np.mean(accs)), 6)
+        out["eval_samples"] = len(samples)
+        out["eval_ref_images"] = len(ref)
+        out["eval_sec"] = round(time.time() - t0, 3)
+        out["eval_protocol"] = (f"{len(samples)} {samples.description} vs {ref.description}; "
+                                + "; ".join(protocols))
+        return out
+
+
+def build_evaluator(cfg, log=print) -> ContinualEvaluator:
+    """The evaluator for ``loop.EVALUATORS`` (call once per run: loads or trains the classifier)."""
+    return ContinualEvaluator(cfg, log=log)

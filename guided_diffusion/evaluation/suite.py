@@ -1,0 +1,148 @@
+"""Evaluate a set of images against a reference: every metric with its protocol beside it.
+
+``evaluate_sets(extractor, samples, reference)`` extracts features (sharded over ranks) and returns
+``MetricRow``s: name, value and a protocol string (feature extractor, sample count, reference). The
+metrics it can compute depend on what is given:
+
+- ``fid`` (pool features, float64 statistics), ``sfid`` (spatial features, Inception only);
+- ``is`` (Inception Score from the extractor's logits; for the domain classifier over its classes);
+- ``precision`` / ``recall`` (k = 3 manifolds; need the reference images, not only statistics);
+- ``kld`` / ``ard`` (the extractor must predict the data set's classes, i.e. the domain
+  classifier, and the reference must carry labels);
+- ``class_acc`` and ``acc_class_{c}`` (the samples carry intended labels: class-conditional sets).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+from .class_metrics import ard, class_histogram, kld, per_class_accuracy
+from .features import FeatureExtractor, extract_features
+from .frechet import FeatureStats, frechet_distance_full
+from .inception_score import inception_score
+from .precision_recall import precision_recall
+from .reference import ImageSet, cached_reference_stats, save_reference_stats
+
+ALL_METRICS = ("fid", "sfid", "is", "precision", "recall", "kld", "ard", "class_acc")
+
+
+@dataclass
+class MetricRow:
+    name: str
+    value: float
+    protocol: str
+
+
+def _stats(feats: np.ndarray) -> Dict[str, np.ndarray]:
+    s = FeatureStats().update(feats)
+    return {"mu": s.mu, "sigma": s.sigma}
+
+
+def evaluate_sets(
+    extractor: FeatureExtractor,
+    samples: ImageSet,
+    reference: Union[ImageSet, Dict],
+    metrics: Sequence[str] = ALL_METRICS,
+    *,
+    batch_size: int = 250,
+    device=None,
+    k: int = 3,
+    is_split: int = 5000,
+    ref_cache: str = "",
+    progress=None,
+    reference_features: Optional[Dict[str, np.ndarray]] = None,
+) -> List[MetricRow]:
+    """Metrics of ``samples`` against ``reference`` (an ``ImageSet``, or a statistics dict as
+    ``load_reference_stats`` returns). Metrics that the inputs cannot give are skipped silently
+    unless asked for alone; unknown names raise. ``ref_cache``: an ``.npz`` to reuse/write the
+    reference statistics. ``reference_features``: precomputed features of the reference images."""
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(ALL_METRICS)}")
+    want = set(metrics)
+    rows: List[MetricRow] = []
+    feats = extract_features(extractor, samples.images, batch_size, device, progress)
+    n = len(samples)
+    ref_is_images = isinstance(reference, ImageSet)
+    ref_desc = reference.description if ref_is_images else f"statistics of {reference.get('source') or 'a reference'}"
+    base = f"{extractor.describe()}; {n} samples ({samples.description}) vs {ref_desc}"
+
+    # Reference features / statistics.
+    ref_feats, ref_stats = reference_features, None
+    if ref_is_images:
+        sha = reference.sha256()
+        ref_stats = cached_reference_stats(ref_cache, extractor.name, sha)
+        need_feats = bool(want & {"precision", "recall", "kld", "ard"}) or ref_stats is None
+        if ref_feats is None and need_feats:
+            ref_feats = extract_features(extractor, reference.images, batch_size, device, progress)
+        if ref_stats is None:
+            ref_stats = _stats(ref_feats["pool"])
+            if "spatial" in ref_feats:
+                s = _stats(ref_feats["spatial"])
+                ref_stats.update(mu_s=s["mu"], sigma_s=s["sigma"])
+            if ref_cache:
+                from .. import dist_util
+
+                if dist_util.is_main():
+                    save_reference_stats(ref_cache, ref_stats, n=len(reference), extractor=extractor.name,
+                                         source=reference.description, source_sha256=sha)
+    else:
+        ref_stats = reference
+        if reference.get("extractor") and reference["extractor"] != extractor.name:
+            raise ValueError(
+                f"the reference statistics were computed with {reference['extractor']!r}, not {extractor.name!r}"
+            )
+
+    if "fid" in want:
+        s = _stats(feats["pool"])
+        r = frechet_distance_full(s["mu"], s["sigma"], ref_stats["mu"], ref_stats["sigma"])
+        note = "; eps added to the covariance diagonals" if r.offset_added else ""
+        rows.append(MetricRow("fid", r.value, f"FID, {base}, float64 statistics{note}"))
+    if "sfid" in want and "spatial" in feats and "mu_s" in ref_stats:
+        s = _stats(feats["spatial"])
+        r = frechet_distance_full(s["mu"], s["sigma"], ref_stats["mu_s"], ref_stats["sigma_s"])
+        rows.append(MetricRow("sfid", r.value, f"sFID (spatial features), {base}"))
+    if "is" in want and "logits" in feats:
+        mean, std = inception_score(feats["logits"], is_split)
+        rows.append(MetricRow("is", mean, f"IS over {extractor.num_classes} classes of {extractor.name}, "
+                                          f"{n} samples, splits of {is_split} (std {std:.4f})"))
+    if want & {"precision", "recall"} and ref_feats is not None:
+        p, rc = precision_recall(ref_feats["pool"], feats["pool"], k=k)
+        proto = f"k={k} manifolds, {base}"
+        if "precision" in want:
+            rows.append(MetricRow("precision", p, f"precision, {proto}"))
+        if "recall" in want:
+            rows.append(MetricRow("recall", rc, f"recall, {proto}"))
+    classes_known = getattr(extractor, "predicts_dataset_classes", False) and "logits" in feats
+    if classes_known:
+        pred = feats["logits"].argmax(1)
+        c = extractor.num_classes
+        if want & {"kld", "ard"} and ref_is_images and reference.labels is not None:
+            t, p = class_histogram(reference.labels, c), class_histogram(pred, c)
+            proto = (f"predicted-class histogram of {n} samples by {extractor.name} vs the label histogram "
+                     f"of {reference.description}")
+            if "kld" in want:
+                rows.append(MetricRow("kld", kld(t, p), f"KL(true || pred), 1e-8 on both; {proto}"))
+            if "ard" in want:
+                rows.append(MetricRow("ard", ard(t, p), f"0.5 * sum |true - pred|; {proto}"))
+        if "class_acc" in want and samples.labels is not None:
+            acc = per_class_accuracy(pred, samples.labels)
+            proto = f"{extractor.name} predictions of the intended class, {n} class-conditional samples"
+            rows.append(MetricRow("class_acc", float(np.mean(list(acc.values()))), f"mean per-class accuracy, {proto}"))
+            for cls, a in acc.items():
+                rows.append(MetricRow(f"acc_class_{cls}", a, proto))
+    return rows
+
+
+def format_table(rows: List[MetricRow]) -> str:
+    """A plain-text table: metric, value, protocol."""
+    if not rows:
+        return "(no metric could be computed from these inputs)"
+    w = max(len(r.name) for r in rows + [MetricRow("metric", 0, "")])
+    lines = [f"{'metric':<{w}}  {'value':>12}  protocol", f"{'-' * w}  {'-' * 12}  {'-' * 8}"]
+    for r in rows:
+        lines.append(f"{r.name:<{w}}  {r.value:>12.6g}  {r.protocol}")
+    return "\n".join(lines)
