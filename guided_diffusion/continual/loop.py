@@ -163,7 +163,7 @@ def run_continual(cfg) -> ContinualContext:
         row = {"task": task.index, "classes": " ".join(map(str, task.classes)),
                "seen_classes": len(task.seen_classes), "steps": task.num_steps, "images": len(xt),
                "before_task_sec": round(t_before, 3), "train_sec": round(train_sec, 3),
-               "sec_per_step": round(train_sec / max(1, task.num_steps - start_step), 4),
+               "steps_this_run": task.num_steps - start_step,
                "after_task_sec": round(t_after, 3)}
         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
         ema_model = copy.deepcopy(model)
@@ -205,6 +205,10 @@ def _last_terms(tdir: str) -> Dict[str, float]:
     if not rows:
         return {}
     out = {}
+    # Cost from the whole log, so that a task resumed after a restart reports its real cost.
+    secs = [float(r["sec_per_step"]) for r in rows if r.get("sec_per_step") not in ("", None)]
+    if secs:
+        out["sec_per_step"] = sum(secs) / len(secs)
     for k, v in rows[-1].items():
         if k in ("loss", "mse", "vb", "data_loss", "replay_loss", "replay_sec", "ewc_penalty") and v not in ("", None):
             out[f"final_{k}"] = float(v)
