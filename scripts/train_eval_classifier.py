@@ -10,7 +10,7 @@ channels), reports its accuracy on the test split and writes ``evaluation.classi
 split, version, architecture, test accuracy (overall and per class), training curve. Its
 penultimate layer gives the "domain FID" features and its logits the class predictions of KLD,
 ARD and per-class accuracy (``scripts/evaluate.py``, and the continual loop with
-``evaluation.enabled: true``). One process, CPU or one GPU; mnist5k: about a minute on 2 cores.
+``evaluation.enabled: true``). One process, CPU or one GPU; mnist5k: about 70 s on 2 cores, test accuracy 0.974.
 
 Options (aliases of the config's evaluation section): --out, --epochs, --lr, --batch_size,
 --width, --feature_dim, --seed; --force true retrains when the file exists.

@@ -108,3 +108,25 @@ def train(cfg: Config, device, logger):
                      logger=logger, device=device, export_config=experiment.export_config(cfg, s.info))
     loop.run()
     return loop, s
+
+
+def save_samples(cfg: Config, loop: TrainLoop, s: Setup, device, logger) -> None:
+    """``train.sample_at_end`` samples of the student's EMA (first rate) to <run dir>/samples.png."""
+    from ..image_util import save_grid
+    from ..sampling import sample_set
+
+    n = cfg.train.sample_at_end
+    if n <= 0:
+        return
+    model = loop.model
+    model.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
+    sampler = experiment.build_diffusion(cfg, cfg.sample.timestep_respacing)
+    images, _ = sample_set(
+        model, sampler, num_samples=n, batch_size=cfg.sample.batch_size, image_shape=s.info.shape, seed=cfg.seed,
+        class_cond=cfg.model.class_cond, classes=range(s.info.num_classes or 1), use_ddim=cfg.sample.use_ddim,
+        eta=cfg.sample.eta, clip_denoised=cfg.sample.clip_denoised, device=device,
+    )
+    if dist_util.is_main():
+        path = os.path.join(experiment.run_dir_of(cfg), "samples.png")
+        save_grid(images, path)
+        logger.log(f"wrote {path} ({len(images)} samples of the student, EMA {loop.ema_rates[0]})")

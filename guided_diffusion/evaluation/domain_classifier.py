@@ -87,7 +87,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500, device=Non
 
 def train_domain_classifier(
     x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, num_classes: int,
-    *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
+    *, epochs: int = 20, lr: float = 1e-3, batch_size: int = 64, seed: int = 0, max_shift: int = 2,
     width: int = 32, feature_dim: int = 64, device=None, log: Optional[Callable[[str], None]] = None,
 ) -> Tuple[DomainClassifier, Dict]:
     """Train on (x_train, y_train) (model tensors in [-1, 1]); returns (model, report).

@@ -9,6 +9,10 @@ unbiased one (``np.cov``'s ddof=1), as ADM's evaluator and pytorch-fid compute i
 ``eps`` is added to both diagonals and it is retried; an imaginary part whose diagonal exceeds 1e-3
 is an error, a smaller one is dropped. ``method="eigh"`` computes Tr((S1^(1/2) S2 S1^(1/2))^(1/2))
 from symmetric eigen-decompositions (same value; robust for singular covariances).
+
+Dimensions whose variance is (numerically) zero in *both* sets -- dead ReLU units of a small
+feature network -- are taken out of the matrix square root: their whole covariance row and column
+is zero, so they add exactly (mu1_i - mu2_i)^2, and keeping them would only make S1 S2 singular.
 """
 
 from __future__ import annotations
@@ -120,6 +124,13 @@ def frechet_distance_full(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: s
     if s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"covariances {s1.shape} / {s2.shape} do not fit means of size {mu1.size}")
     diff = mu1 - mu2
+    d1, d2 = np.diagonal(s1), np.diagonal(s2)
+    scale = max(float(np.max(np.abs(d1), initial=0.0)), float(np.max(np.abs(d2), initial=0.0)))
+    live = (d1 > 1e-12 * scale) | (d2 > 1e-12 * scale)
+    if scale > 0 and not live.all():
+        s1, s2 = s1[np.ix_(live, live)], s2[np.ix_(live, live)]
+    if scale == 0:
+        return FrechetResult(float(diff @ diff))
     if method == "sqrtm":
         tr_covmean, offset_added, max_imag = _sqrtm_trace(s1, s2, eps)
     elif method == "eigh":

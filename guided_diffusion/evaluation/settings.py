@@ -44,7 +44,7 @@ class EvaluationConfig:
     classifier_path: str = ""  # "" -> model/eval_classifier_{data.dataset}.safetensors
     inception_path: str = ""  # "" -> $GD_INCEPTION_WEIGHTS, else model/weights-inception-2015-12-05-6726825d.pth
     train_classifier: bool = True  # train the domain classifier first when its file is missing
-    classifier_epochs: int = 10
+    classifier_epochs: int = 20
     classifier_lr: float = 1.0e-3
     classifier_batch_size: int = 64
     classifier_width: int = 32
