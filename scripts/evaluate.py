@@ -127,9 +127,11 @@ def main() -> int:
     rows = evaluate_sets(extractor, samples, reference, metrics, batch_size=batch_size, device=device,
                          ref_cache=args.save_ref or "", progress=progress)
     if dist_util.is_main():
+        ref_desc = reference.description if hasattr(reference, "description") else f"statistics of {reference.get('source')}"
         print(f"samples:   {samples.description}")
-        print(f"reference: {getattr(reference, 'description', None) or 'statistics ' + str(reference.get('source'))}")
+        print(f"reference: {ref_desc}")
         print(f"features:  {extractor.describe()}")
+        print("(every number below: these samples, this reference, these features)")
         print()
         print(format_table(rows), flush=True)
         if args.json:

@@ -37,7 +37,8 @@ PLOT_METRICS = {
     "final_loss": "final training loss",
     "sec_per_step": "seconds per step",
 }
-SUMMARY = ["eval_fid", "eval_kld", "eval_ard", "eval_class_acc", "eval_precision", "eval_recall"]
+SUMMARY = {"eval_fid": "FID", "eval_kld": "KLD", "eval_ard": "ARD", "eval_class_acc": "class acc",
+           "eval_precision": "precision", "eval_recall": "recall"}
 TASK_COLUMNS = ["task", "classes", "steps", "images", "sec_per_step", "train_sec", "before_task_sec",
                 "after_task_sec", "final_loss", "final_replay_loss"]
 
@@ -159,8 +160,8 @@ def _acc_matrix(run: Run) -> Optional[np.ndarray]:
 def _summary(run: Run) -> Dict[str, str]:
     last = run.rows[-1] if run.rows else {}
     out = {"method": run.label, "tasks done": str(len(run.rows))}
-    for k in SUMMARY:
-        out[k] = _fmt(last.get(k))
+    for k, name in SUMMARY.items():
+        out[name] = _fmt(last.get(k))
     r = _acc_matrix(run)
     out["avg acc"] = _fmt(average_accuracy(r)) if r is not None else ""
     out["forgetting"] = _fmt(forgetting(r)) if r is not None else ""

@@ -33,7 +33,8 @@ ALL_METRICS = ("fid", "sfid", "is", "precision", "recall", "kld", "ard", "class_
 class MetricRow:
     name: str
     value: float
-    protocol: str
+    protocol: str  # the full protocol: extractor, sample count, reference, metric details
+    detail: str = ""  # the metric-specific part of it (for tables that state the rest once)
 
 
 def _stats(feats: np.ndarray) -> Dict[str, np.ndarray]:
@@ -99,23 +100,23 @@ def evaluate_sets(
     if "fid" in want:
         s = _stats(feats["pool"])
         r = frechet_distance_full(s["mu"], s["sigma"], ref_stats["mu"], ref_stats["sigma"])
-        note = "; eps added to the covariance diagonals" if r.offset_added else ""
-        rows.append(MetricRow("fid", r.value, f"FID, {base}, float64 statistics{note}"))
+        note = "float64 statistics" + ("; eps added to the covariance diagonals" if r.offset_added else "")
+        rows.append(MetricRow("fid", r.value, f"FID, {base}, {note}", note))
     if "sfid" in want and "spatial" in feats and "mu_s" in ref_stats:
         s = _stats(feats["spatial"])
         r = frechet_distance_full(s["mu"], s["sigma"], ref_stats["mu_s"], ref_stats["sigma_s"])
-        rows.append(MetricRow("sfid", r.value, f"sFID (spatial features), {base}"))
+        rows.append(MetricRow("sfid", r.value, f"sFID (spatial features), {base}", "spatial features, float64"))
     if "is" in want and "logits" in feats:
         mean, std = inception_score(feats["logits"], is_split)
-        rows.append(MetricRow("is", mean, f"IS over {extractor.num_classes} classes of {extractor.name}, "
-                                          f"{n} samples, splits of {is_split} (std {std:.4f})"))
+        detail = f"over the extractor's {extractor.num_classes} classes, splits of {is_split} (std {std:.4f})"
+        rows.append(MetricRow("is", mean, f"IS, {base}, {detail}", detail))
     if want & {"precision", "recall"} and ref_feats is not None:
         p, rc = precision_recall(ref_feats["pool"], feats["pool"], k=k)
-        proto = f"k={k} manifolds, {base}"
+        detail = f"k={k} manifolds ({len(ref_feats['pool'])} reference vectors)"
         if "precision" in want:
-            rows.append(MetricRow("precision", p, f"precision, {proto}"))
+            rows.append(MetricRow("precision", p, f"precision, {base}, {detail}", detail))
         if "recall" in want:
-            rows.append(MetricRow("recall", rc, f"recall, {proto}"))
+            rows.append(MetricRow("recall", rc, f"recall, {base}, {detail}", detail))
     classes_known = getattr(extractor, "predicts_dataset_classes", False) and "logits" in feats
     if classes_known:
         pred = feats["logits"].argmax(1)
@@ -124,25 +125,27 @@ def evaluate_sets(
             t, p = class_histogram(reference.labels, c), class_histogram(pred, c)
             proto = (f"predicted-class histogram of {n} samples by {extractor.name} vs the label histogram "
                      f"of {reference.description}")
+            d_kld, d_ard = "KL(true || pred), 1e-8 on both", "0.5 * sum |true - pred|"
             if "kld" in want:
-                rows.append(MetricRow("kld", kld(t, p), f"KL(true || pred), 1e-8 on both; {proto}"))
+                rows.append(MetricRow("kld", kld(t, p), f"{d_kld}; {proto}", d_kld + "; predicted vs reference classes"))
             if "ard" in want:
-                rows.append(MetricRow("ard", ard(t, p), f"0.5 * sum |true - pred|; {proto}"))
+                rows.append(MetricRow("ard", ard(t, p), f"{d_ard}; {proto}", d_ard + "; predicted vs reference classes"))
         if "class_acc" in want and samples.labels is not None:
             acc = per_class_accuracy(pred, samples.labels)
             proto = f"{extractor.name} predictions of the intended class, {n} class-conditional samples"
-            rows.append(MetricRow("class_acc", float(np.mean(list(acc.values()))), f"mean per-class accuracy, {proto}"))
+            rows.append(MetricRow("class_acc", float(np.mean(list(acc.values()))), f"mean per-class accuracy, {proto}",
+                                  "mean over classes: predicted == intended class"))
             for cls, a in acc.items():
-                rows.append(MetricRow(f"acc_class_{cls}", a, proto))
+                rows.append(MetricRow(f"acc_class_{cls}", a, proto, f"samples of class {cls} predicted as {cls}"))
     return rows
 
 
-def format_table(rows: List[MetricRow]) -> str:
-    """A plain-text table: metric, value, protocol."""
+def format_table(rows: List[MetricRow], full: bool = False) -> str:
+    """A plain-text table: metric, value, protocol (``full``) or its metric-specific part."""
     if not rows:
         return "(no metric could be computed from these inputs)"
     w = max(len(r.name) for r in rows + [MetricRow("metric", 0, "")])
     lines = [f"{'metric':<{w}}  {'value':>12}  protocol", f"{'-' * w}  {'-' * 12}  {'-' * 8}"]
     for r in rows:
-        lines.append(f"{r.name:<{w}}  {r.value:>12.6g}  {r.protocol}")
+        lines.append(f"{r.name:<{w}}  {r.value:>12.6g}  {r.protocol if full or not r.detail else r.detail}")
     return "\n".join(lines)
