@@ -100,6 +100,8 @@ class TrainConfig:
     keep_checkpoints: int = 2  # complete checkpoints kept in the run folder (0: all)
     num_threads: int = 0  # torch threads per process (0: leave torch's default)
     sample_at_end: int = 16  # images in the end-of-run grid (0: none)
+    wandb: str = ""  # a wandb project name to log to (WANDB_MODE=offline works); "" = off
+    tensorboard: bool = False  # also write scalars to <run>/tb
 
 
 @dataclass

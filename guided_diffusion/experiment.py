@@ -57,7 +57,13 @@ def setup_run(cfg: Config, run_dir: Optional[str] = None, config_name: str = "co
         bf.makedirs(run_dir)
         atomic_write_text(bf.join(run_dir, config_name), dump_config(cfg))
     dist_util.barrier()
-    return Logger(run_dir, rank=dist_util.get_rank())
+    return make_logger(cfg, run_dir)
+
+
+def make_logger(cfg: Config, run_dir: str) -> Logger:
+    """CSV/JSONL/log.txt always; wandb and tensorboard when the config asks (imported lazily)."""
+    wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)} if cfg.train.wandb else None
+    return Logger(run_dir, rank=dist_util.get_rank(), wandb=wandb, tensorboard=cfg.train.tensorboard)
 
 
 def _load_arrays(cfg: Config, split: str):

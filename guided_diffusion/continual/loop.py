@@ -31,7 +31,6 @@ from .. import checkpoint as ckpt
 from .. import dist_util, experiment
 from ..data import InfiniteLoader
 from ..image_util import save_grid
-from ..logger import Logger
 from ..resample import create_named_schedule_sampler
 from ..sampling import sample_set
 from ..train_util import DiffusionObjective, TrainLoop, step_seed
@@ -128,7 +127,7 @@ def run_continual(cfg) -> ContinualContext:
         if dist_util.is_main():
             bf.makedirs(tdir)
         dist_util.barrier()
-        logger = Logger(tdir, rank=ctx.rank)
+        logger = experiment.make_logger(cfg, tdir)
         teacher = None
         if task.index > 0 and method.needs_teacher:
             teacher = copy.deepcopy(model)
