@@ -22,7 +22,7 @@ scripts/train_eval_classifier.py); ``inception``: the TF-FID Inception-v3 from a
 protocol: extractor, number of samples, reference. Statistics are float64.
 
 Options: --metrics fid,sfid,is,precision,recall,kld,ard,class_acc (default: all that apply)
-  --classes 0,1,2 (keep only these classes in both sets)  --limit N (first N samples)
+  --classes 0,1,2 (keep only these classes in both sets)  --limit N (N evenly spaced samples)
   --batch_size B (feature batch)  --save_ref STATS.npz (cache the reference statistics; reused
   when the extractor and the images' hash match)  --json OUT.json  --config Y.yaml (defaults from
   its evaluation and data sections)  --device cpu|cuda
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     p.add_argument("--ref_split", default="test", choices=("train", "test"))
     p.add_argument("--data_dir", help="data_dir of a data set given by name")
     p.add_argument("--classes", help="keep only these classes (comma-separated) in both sets")
-    p.add_argument("--limit", type=int, default=0, help="use the first N samples (0: all)")
+    p.add_argument("--limit", type=int, default=0, help="use N evenly spaced samples (0: all)")
     p.add_argument("--batch_size", type=int, help="feature-extraction batch per rank (default 250)")
     p.add_argument("--save_ref", help="write / reuse the reference statistics in this .npz")
     p.add_argument("--json", help="also write the rows as JSON here")
@@ -103,7 +103,8 @@ def main() -> int:
     if features == "domain":
         extractor = build_feature_extractor("domain", classifier_path=classifier_path, device=device)
     else:
-        extractor = build_feature_extractor("inception", weights_path=args.inception_path or (ev.inception_path if ev else None) or None)
+        weights = args.inception_path or (ev.inception_path if ev else "") or None
+        extractor = build_feature_extractor("inception", weights_path=weights)
         extractor.to(device)
     samples = load_image_set(args.samples, split=args.samples_split, classes=classes, data_dir=args.data_dir,
                              limit=args.limit)

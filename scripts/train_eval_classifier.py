@@ -52,7 +52,8 @@ def main() -> int:
         return 0
     device = cfg.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
     meta = train_classifier_from_config(cfg, path, log=lambda m: print(m, flush=True), device=device)
-    per_class = " ".join(f"{c}:{a:.3f}" for c, a in sorted(meta["per_class_test_accuracy"].items(), key=lambda kv: int(kv[0])))
+    accs = sorted(meta["per_class_test_accuracy"].items(), key=lambda kv: int(kv[0]))
+    per_class = " ".join(f"{c}:{a:.3f}" for c, a in accs)
     print(f"test accuracy {meta['test_accuracy']:.4f} on {meta['n_test']} {meta['dataset']} test images "
           f"(per class {per_class})", flush=True)
     return 0

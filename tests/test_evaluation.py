@@ -268,7 +268,8 @@ def test_continual_run_with_evaluation(tmp_path):
     clf_path = str(tmp_path / "clf.safetensors")
     save_domain_classifier(clf, clf_path, {"dataset": "mnist5k", "split": "train", "test_accuracy": 0.1})
     tiny = [
-        "data.dataset=mnist5k", "model.num_channels=32", "model.num_head_channels=32", "model.num_res_blocks=1", "model.channel_mult=1,2",
+        "data.dataset=mnist5k", "model.num_channels=32", "model.num_head_channels=32", "model.num_res_blocks=1",
+        "model.channel_mult=1,2",
         "model.attention_resolutions=14", "model.class_cond=true", "diffusion.diffusion_steps=50",
         "train.batch_size=8", "train.num_threads=1", "train.ema_rate=0.9", "continual.num_tasks=5",
         "continual.classes_per_task=2", "continual.limit_tasks=2", "continual.num_steps=2",
@@ -283,7 +284,7 @@ def test_continual_run_with_evaluation(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["task"] for r in rows] == ["0", "1"]
     for col in ("eval_fid", "eval_kld", "eval_ard", "eval_class_acc", "eval_precision", "eval_recall",
-                "eval_acc_task_0", "eval_protocol"):
+                "eval_acc_task_0", "eval_fid_real", "eval_protocol"):
         assert rows[1][col] != "", col
     assert "eval_acc_task_1" in rows[1] and rows[0].get("eval_acc_task_1", "") == ""
     assert int(rows[1]["eval_samples"]) == 12 and int(rows[1]["eval_ref_images"]) == 200

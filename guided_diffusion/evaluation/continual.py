@@ -11,11 +11,14 @@ After each task the loop calls ``ContinualEvaluator(ctx, task, ema_model)``, whi
 3. returns the ``eval_*`` columns of the task's row of ``metrics.csv``: ``eval_fid``, ``eval_kld``,
    ``eval_ard``, ``eval_class_acc``, ``eval_precision``, ``eval_recall``, ``eval_acc_class_{c}``,
    ``eval_acc_task_{j}`` (mean over task j's classes: the generator's accuracy matrix row),
-   ``eval_samples``, ``eval_ref_images``, ``eval_sec`` and ``eval_protocol`` (the protocol).
+   ``eval_samples``, ``eval_ref_images``, ``eval_sec`` and ``eval_protocol`` (the protocol);
+   and ``eval_fid_real``: the same FID for as many *real training* images of the seen classes
+   (same class proportions) -- the floor that small sets put under the generated FID.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Dict, List
 
@@ -54,8 +57,6 @@ class ContinualEvaluator:
         needs_classifier = self.ev.features == "domain" or bool(CLASS_METRICS & set(metrics))
         self.classifier = None
         if needs_classifier:
-            import os
-
             if not os.path.isfile(path):
                 if not self.ev.train_classifier:
                     raise FileNotFoundError(
@@ -75,20 +76,37 @@ class ContinualEvaluator:
         else:
             self.features = build_feature_extractor("inception", weights_path=self.ev.inception_path or None)
         self._test = None
+        self._train = None
         self._ref_cache: Dict[tuple, tuple] = {}
+
+    def _load(self, split: str):
+        from ..data import load_dataset
+
+        d = self.cfg.data
+        opts = dict(test_dir=d.test_dir or None, allow_pickle=d.allow_pickle)
+        if d.dataset == "image_folder":
+            opts["image_size"] = d.image_size
+        return load_dataset(d.dataset, data_dir=d.data_dir or None, split=split, **opts)
+
+    def _real_like(self, labels: List[int]) -> np.ndarray:
+        """Real training images with the class counts of ``labels`` (the first ones of each class)."""
+        if self._train is None:
+            self._train = self._load("train")
+        y = self._train.labels
+        picks = []
+        for c in sorted(set(labels)):
+            idx = np.flatnonzero(y == c)[: labels.count(c)]
+            picks.append(idx)
+        return self._train.images[np.concatenate(picks)] if picks else self._train.images[:0]
 
     def _reference(self, classes) -> tuple:
         """(ImageSet of the real images of ``classes``, features by extractor name), cached."""
-        from ..data import load_dataset, subset_by_classes
+        from ..data import subset_by_classes
 
         key = tuple(sorted(classes))
         if key not in self._ref_cache:
             if self._test is None:
-                d = self.cfg.data
-                opts = dict(test_dir=d.test_dir or None, allow_pickle=d.allow_pickle)
-                if d.dataset == "image_folder":
-                    opts["image_size"] = d.image_size
-                self._test = load_dataset(d.dataset, data_dir=d.data_dir or None, split=self.ev.reference_split, **opts)
+                self._test = self._load(self.ev.reference_split)
             arrays = subset_by_classes(self._test, key)
             desc = (f"{len(arrays)} {self.cfg.data.dataset} {self.ev.reference_split} images of classes "
                     f"{' '.join(map(str, key))}")
@@ -139,6 +157,15 @@ class ContinualEvaluator:
             for r in rows:
                 out[f"eval_{r.name}"] = round(r.value, 6)
             protocols.append(f"{extractor.describe()}: {', '.join(r.name for r in rows if not r.name.startswith('acc_'))}")
+        if "fid" in metrics:  # the floor: real training images of the seen classes, same counts
+            like = labels if labels is not None else proportional_labels(
+                seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
+            real = ImageSet(self._real_like(like), None, ref.num_classes, "real train images")
+            rows = evaluate_sets(self.features, real, ref, ["fid"], batch_size=ev.feature_batch_size,
+                                 device=ctx.device, reference_features=ref_feats[self.features.name])
+            out["eval_fid_real"] = round(rows[0].value, 6)
+            protocols.append(f"eval_fid_real: {len(real)} real {cfg.data.dataset} train images of the seen classes "
+                             "(same class counts) vs the same reference")
         if cfg.model.class_cond:
             for t in ctx.scenario.tasks[: task.index + 1]:
                 accs = [out.get(f"eval_acc_class_{c}") for c in t.classes]

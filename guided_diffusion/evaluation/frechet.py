@@ -80,15 +80,20 @@ def feature_statistics(features) -> tuple:
 @dataclass
 class FrechetResult:
     value: float
-    offset_added: bool = False  # eps was added to the diagonals (singular product)
+    offset_added: bool = False  # eps was added to the diagonals (sqrtm was not finite)
     max_imag: float = 0.0  # the largest imaginary part dropped from sqrtm
+    singular: bool = False  # scipy found S1 S2 singular; ``eigh_gap`` says how far the eigh value is
+    eigh_gap: float = 0.0  # |value - the eigen-decomposition's value| (computed only when singular)
 
 
 def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float):
     from scipy import linalg
 
     offset_added = False
-    covmean = linalg.sqrtm(s1 @ s2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+    singular = any(issubclass(w.category, linalg.LinAlgWarning) for w in caught)
     if not np.isfinite(covmean).all():
         warnings.warn(f"Fréchet distance: singular product; adding {eps} to the diagonal of both covariances")
         offset = np.eye(s1.shape[0]) * eps
@@ -100,7 +105,7 @@ def _sqrtm_trace(s1: np.ndarray, s2: np.ndarray, eps: float):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise ValueError(f"Fréchet distance: imaginary component {max_imag} in sqrtm(S1 S2)")
         covmean = covmean.real
-    return float(np.trace(covmean)), offset_added, max_imag
+    return float(np.trace(covmean)), offset_added, max_imag, singular
 
 
 def _psd_sqrt(s: np.ndarray) -> np.ndarray:
@@ -131,14 +136,17 @@ def frechet_distance_full(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: s
         s1, s2 = s1[np.ix_(live, live)], s2[np.ix_(live, live)]
     if scale == 0:
         return FrechetResult(float(diff @ diff))
+    singular, gap = False, 0.0
     if method == "sqrtm":
-        tr_covmean, offset_added, max_imag = _sqrtm_trace(s1, s2, eps)
+        tr_covmean, offset_added, max_imag, singular = _sqrtm_trace(s1, s2, eps)
+        if singular:  # rank-deficient features: say how far the robust computation is
+            gap = 2.0 * abs(tr_covmean - _eigh_trace(s1, s2))
     elif method == "eigh":
         tr_covmean, offset_added, max_imag = _eigh_trace(s1, s2), False, 0.0
     else:
         raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")
     value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
-    return FrechetResult(value, offset_added, max_imag)
+    return FrechetResult(value, offset_added, max_imag, singular, gap)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, method: str = "sqrtm") -> float:

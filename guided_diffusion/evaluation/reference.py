@@ -44,7 +44,8 @@ def load_image_set(source: str, split: str = "test", classes: Optional[Sequence[
                    data_dir: Optional[str] = None, limit: int = 0) -> ImageSet:
     """An ``ImageSet`` from an ADM ``.npz`` (``arr_0``, optional ``arr_1``), an image folder, or a
     data set name (``mnist5k``, ``cifar10`` with ``data_dir``, ...; ``split`` train/test).
-    ``classes`` keeps only those labels; ``limit`` > 0 keeps the first ``limit`` images."""
+    ``classes`` keeps only those labels; ``limit`` > 0 keeps ``limit`` evenly spaced images (in
+    file order, so a set sorted by class stays balanced)."""
     from ..data import dataset_names, load_dataset, read_image_folder, read_npz, subset_by_classes
 
     if source.endswith(".npz") and os.path.isfile(source):
@@ -72,7 +73,8 @@ def load_image_set(source: str, split: str = "test", classes: Optional[Sequence[
         what += f" classes {' '.join(map(str, classes))}"
     images, labels = arrays.images, arrays.labels if labelled else None
     if limit and limit < len(images):
-        images, labels = images[:limit], None if labels is None else labels[:limit]
+        keep = np.linspace(0, len(images) - 1, limit).round().astype(np.int64)
+        images, labels = images[keep], None if labels is None else labels[keep]
     return ImageSet(images, labels, arrays.num_classes, f"{what} ({len(images)} images)")
 
 

@@ -37,7 +37,7 @@ PLOT_METRICS = {
     "final_loss": "final training loss",
     "sec_per_step": "seconds per step",
 }
-SUMMARY = {"eval_fid": "FID", "eval_kld": "KLD", "eval_ard": "ARD", "eval_class_acc": "class acc",
+SUMMARY = {"eval_fid": "FID", "eval_fid_real": "FID real (floor)", "eval_kld": "KLD", "eval_ard": "ARD", "eval_class_acc": "class acc",
            "eval_precision": "precision", "eval_recall": "recall"}
 TASK_COLUMNS = ["task", "classes", "steps", "images", "sec_per_step", "train_sec", "before_task_sec",
                 "after_task_sec", "final_loss", "final_replay_loss"]
@@ -169,7 +169,8 @@ def _summary(run: Run) -> Dict[str, str]:
     out["sec/step"] = _fmt(np.mean(sps)) if sps else ""
     tr = [v for row in run.rows if (v := _num(row.get("train_sec"))) is not None]
     out["train s"] = _fmt(np.sum(tr)) if tr else ""
-    out["eval s"] = _fmt(np.sum([_num(r.get("eval_sec")) or 0 for r in run.rows])) if any("eval_sec" in r for r in run.rows) else ""
+    ev = [v for row in run.rows if (v := _num(row.get("eval_sec"))) is not None]
+    out["eval s"] = _fmt(np.sum(ev)) if ev else ""
     if run.in_progress:
         out["tasks done"] += f" ({run.in_progress})"
     return out
@@ -186,6 +187,10 @@ def _task_table(run: Run) -> Tuple[List[str], List[List[str]]]:
     return cols, [[_fmt(r.get(c)) if c != "classes" else str(r.get(c, "")) for c in cols] for r in run.rows]
 
 
+# Drawn dashed on a metric's plot: eval_fid_real, the FID of as many real images (the floor).
+COMPANIONS = {"eval_fid": ("eval_fid_real", "real-data floor")}
+
+
 def _plot(runs: List[Run], metric: str, title: str, path: str) -> bool:
     import matplotlib
 
@@ -200,18 +205,22 @@ def _plot(runs: List[Run], metric: str, title: str, path: str) -> bool:
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    for label, pts in series:
+    for (label, pts), run in zip(series, [r for r in runs if any(_num(x.get(metric)) is not None for x in r.rows)]):
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, marker="o", label=label)
+        line, = ax.plot(xs, ys, marker="o", label=label)
+        other = COMPANIONS.get(metric)
+        floor = [(int(_num(r.get("task")) or 0), v) for r in run.rows if other and (v := _num(r.get(other[0]))) is not None]
+        if floor:
+            fx, fy = zip(*floor)
+            ax.plot(fx, fy, ls="--", marker=".", color=line.get_color(), label=f"  {other[1]}")
     ax.set_xlabel("after task")
     ax.set_ylabel(title)
     ax.set_title(title)
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -230,7 +239,8 @@ def _html_table(header: List[str], rows: List[List[str]]) -> str:
 
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right}
 th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.protocol{font-size:12px;color:#555}
 .grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0}.grids img{image-rendering:pixelated;max-width:260px}
 .plots img{max-width:560px;margin:4px}"""
@@ -267,7 +277,8 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
         hp += ["<h2>Metrics after each task</h2><div class='plots'>"]
         hp += [f"<img src='{html.escape(p)}' alt='{html.escape(n)}'>" for _, n, p in plots] + ["</div>"]
     for run in runs:
-        md += [f"## {run.label}", "", f"Folder: `{rel(run.path) or '.'}`" + (f"; {run.in_progress}" if run.in_progress else ""), ""]
+        where = f"Folder: `{rel(run.path) or '.'}`" + (f"; {run.in_progress}" if run.in_progress else "")
+        md += [f"## {run.label}", "", where, ""]
         hp += [f"<h2>{html.escape(run.label)}</h2><p>Folder: <code>{html.escape(rel(run.path) or '.')}</code>"
                + (f"; {html.escape(run.in_progress)}" if run.in_progress else "") + "</p>"]
         if run.rows:

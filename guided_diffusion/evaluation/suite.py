@@ -101,6 +101,8 @@ def evaluate_sets(
         s = _stats(feats["pool"])
         r = frechet_distance_full(s["mu"], s["sigma"], ref_stats["mu"], ref_stats["sigma"])
         note = "float64 statistics" + ("; eps added to the covariance diagonals" if r.offset_added else "")
+        if r.singular:
+            note += f"; singular S1*S2 (rank-deficient features), eigen-decomposition agrees to {r.eigh_gap:.2g}"
         rows.append(MetricRow("fid", r.value, f"FID, {base}, {note}", note))
     if "sfid" in want and "spatial" in feats and "mu_s" in ref_stats:
         s = _stats(feats["spatial"])
