@@ -50,9 +50,24 @@ def parse(description: str, argv: Optional[List[str]] = None, aliases: Optional[
         else:
             raise ConfigError(f"unexpected argument '{word}': overrides look like key.sub=value")
         i += 1
+    _register_section_schemas()
     cfg = load_config(args.config, overrides)
     args.overrides = overrides
     return cfg, args
+
+
+def _register_section_schemas() -> None:
+    """Import the modules whose config sections (method, evaluation, dkdm) register schemas, so
+    that every script validates every section of a config the same way."""
+    import importlib
+
+    for name in ("guided_diffusion.continual.methods", "guided_diffusion.evaluation.settings",
+                 "guided_diffusion.dkdm.config"):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a missing dependency inside, not the module itself
+                raise
 
 
 def run_main(fn: Callable[[], int]) -> None:

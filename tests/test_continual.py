@@ -403,7 +403,8 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
 
     cfg = _cfg(tmp_path, "yaml/mnist/generative_distillation.yaml",
                ["solver.init_num_steps=3", "solver.num_steps=2", "solver.batch_size=12", "solver.respacing=ddim5",
-                "solver.log_interval=1", "solver.augment=crop,flip,rotation,jitter,erasing"])
+                "solver.log_interval=1", "solver.augment=crop,flip,rotation,jitter,erasing",
+                "solver.generation_interval=1"])
     run_continual(cfg)
     for replay in ("plain", "soft", "guided"):
         c = cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(**{**cfg.solver.__dict__, "replay": replay})})
