@@ -114,8 +114,8 @@ class DynamicCache:
         self._ensure_loaded()
         idx = self.draw(n, generator)
         loc = idx - self.offset
-        x, t = self.x[loc].clone(), self.t[loc].clone()
-        y = self.y[loc].clone() if self.y is not None else None
+        x, t = self.x[loc], self.t[loc]  # copies (advanced indexing)
+        y = self.y[loc] if self.y is not None else None
         done = t == 0
         restarts = int(done.sum())
         if restarts:

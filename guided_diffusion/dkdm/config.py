@@ -2,7 +2,7 @@
 
     dkdm:
       teacher_path: experiments/mnist_iid   # weights (.pt / .safetensors) or a run folder (its newest EMA export)
-      teacher_model: {}                     # the teacher's UNet options (ADM's model keys); {}: the JSON beside its export
+      teacher_model: {}                     # the teacher's UNet options (ADM's keys); {}: the JSON beside its export
       mode: dynamic                         # dynamic | shuffled | iterative  (DKDM's ablation)
       rho: 0.4                              # dynamic: round(rho * T) batches per rank in the cache
       cache_dir: ""                         # "" -> <out_dir>/<name>/cache
@@ -57,4 +57,6 @@ def check(cfg: Config) -> DKDMConfig:
 
 
 def cache_dir_of(cfg: Config) -> str:
-    return os.path.expanduser(cfg.dkdm.cache_dir) if cfg.dkdm.cache_dir else os.path.join(cfg.out_dir, cfg.name, "cache")
+    if cfg.dkdm.cache_dir:
+        return os.path.expanduser(cfg.dkdm.cache_dir)
+    return os.path.join(cfg.out_dir, cfg.name, "cache")

@@ -76,24 +76,26 @@ def write_shard(cache_dir: str, index: int, start: int, x: torch.Tensor, t: torc
     """Write shard ``index`` (entries ``start``..) atomically; its metadata names the preparation."""
     from safetensors.torch import save as st_save
 
-    tensors = {"x": x.detach().to("cpu", torch.float32).contiguous(), "t": t.detach().to("cpu", torch.int64).contiguous()}
+    tensors = {"x": x.detach().to("cpu", torch.float32).contiguous(),
+               "t": t.detach().to("cpu", torch.int64).contiguous()}
     if y is not None:
         tensors["y"] = y.detach().to("cpu", torch.int64).contiguous()
-    meta = {"format": FORMAT, "version": str(VERSION), "key": key_digest(key), "start": str(start),
-            "count": str(int(t.shape[0]))}
-    atomic_write_bytes(os.path.join(cache_dir, shard_name(index)), st_save(tensors, metadata=meta))
+    meta = {"format": FORMAT, "version": VERSION, "key": key_digest(key), "start": int(start), "count": int(t.shape[0])}
+    # One metadata entry: safetensors orders several in hash-map order, and shards should be byte-identical.
+    blob = st_save(tensors, metadata={"dkdm": json.dumps(meta, sort_keys=True)})
+    atomic_write_bytes(os.path.join(cache_dir, shard_name(index)), blob)
 
 
-def shard_metadata(path: str) -> Optional[Dict[str, str]]:
-    """The metadata of a safetensors shard, read from its header alone; None if unreadable."""
+def shard_metadata(path: str) -> Optional[Dict[str, Any]]:
+    """A shard's own metadata, read from its safetensors header alone; None if unreadable."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > 100_000_000:
                 return None
             header = json.loads(f.read(n))
-        return header.get("__metadata__") or {}
-    except (OSError, ValueError, struct.error):
+        return json.loads((header.get("__metadata__") or {})["dkdm"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error):
         return None
 
 
@@ -107,7 +109,7 @@ def shard_is_done(cache_dir: str, index: int, start: int, count: int, key: Dict[
             f"{os.path.join(cache_dir, shard_name(index))} belongs to another preparation (different "
             "teacher, seed or settings); remove the folder or choose another cache_dir"
         )
-    return meta.get("start") == str(start) and meta.get("count") == str(count)
+    return meta.get("start") == start and meta.get("count") == count
 
 
 def _sha256_file(path: str) -> Tuple[str, int]:

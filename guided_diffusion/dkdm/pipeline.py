@@ -60,7 +60,7 @@ def describe(cfg: Config, s: Setup) -> str:
     n_teacher = sum(p.numel() for p in s.teacher.net.parameters())
     world = dist_util.get_world_size()
     return (f"DKDM {sp.mode} cache: {sp.n_total} entries ({sp.n_total // world} per rank over {world}), T = {sp.T}, "
-            f"{'labels ' + str(len(sp.classes)) + ' classes' if sp.classes else 'unlabelled'}; teacher {s.teacher.path} "
+            f"{f'labels of {len(sp.classes)} classes' if sp.classes else 'unlabelled'}; teacher {s.teacher.path} "
             f"({n_teacher / 1e6:.2f}M params, sha256 {s.teacher.sha256[:12]}); cache {s.cache_dir}")
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -132,7 +132,7 @@ def prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepar
     mine = [i for i in range(len(ranges)) if i % world == rank]
     todo = [i for i in mine if not shard_is_done(cache_dir, i, ranges[i][0], ranges[i][1] - ranges[i][0], key)]
     if len(todo) < len(mine):
-        log(f"cache {cache_dir}: {len(mine) - len(todo)} of this rank's {len(mine)} shards are already done; continuing")
+        log(f"cache {cache_dir}: {len(mine) - len(todo)} of this rank's {len(mine)} shards already done; continuing")
     todo_nfe = sum(shard_nfe(spec, i, ranges[i][1] - ranges[i][0]) for i in todo)
     teacher.eval()
     bar = progress_bar(total=todo_nfe, desc=f"prepare {spec.mode} cache", unit="nfe", unit_scale=True,

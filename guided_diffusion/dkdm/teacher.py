@@ -95,7 +95,7 @@ def load_teacher(cfg: Config, device) -> Teacher:
     learn_sigma = c_out == 2 * c_in
     if d.teacher_model:
         mcfg = from_dict(ModelConfig, d.teacher_model, "dkdm.teacher_model")
-        tcfg = dataclasses.replace(cfg, model=mcfg, diffusion=dataclasses.replace(cfg.diffusion, learn_sigma=learn_sigma))
+        tcfg = dataclasses.replace(cfg, model=mcfg, diffusion=_with_sigma(cfg, learn_sigma))
         kwargs = model_kwargs_from_config(tcfg, classes, c_in)
     else:
         meta_path = os.path.splitext(path)[0] + ".json"
@@ -116,8 +116,12 @@ def load_teacher(cfg: Config, device) -> Teacher:
     net = create_model(**kwargs)
     ckpt.load_weights(net, path, what="teacher")
     net.to(device).eval().requires_grad_(False)
-    tdiff = build_diffusion(dataclasses.replace(cfg, diffusion=dataclasses.replace(cfg.diffusion, learn_sigma=learn_sigma)))
+    tdiff = build_diffusion(dataclasses.replace(cfg, diffusion=_with_sigma(cfg, learn_sigma)))
     return Teacher(net, tdiff, path, _sha256(path), classes > 0, classes, c_in)
+
+
+def _with_sigma(cfg: Config, learn_sigma: bool):
+    return dataclasses.replace(cfg.diffusion, learn_sigma=learn_sigma)
 
 
 def _check_schedule(cfg: Config, theirs: Dict, where: str) -> None:

@@ -1,0 +1,134 @@
+"""Generative distillation from a DKDM dynamic cache of the previous model's own trajectories.
+
+``dynamic_distillation`` is ``generative_distillation`` with another replay source. At each task
+boundary (``before_task``) the teacher -- the model after the previous task -- prepares a dynamic
+cache of its class-conditional ancestral trajectories, labels uniform over the old classes, each
+stopped at a random step (DKDM, Xiang et al. 2025; ``guided_diffusion.dkdm``). The cache is stored
+in the task folder (``task_{k}/dkdm_cache/``) and reused on resume. Every step, the replay batch is
+``replay_batch`` random cache entries: finished ones restart from noise, all take one teacher
+ancestral step (one teacher NFE per replayed sample), and the student matches the teacher's
+prediction on those states. The advanced states are written back; the cache's current state is part
+of the task's checkpoints. The loss is ``ReplayObjective``'s:
+
+    loss = (1 - w) * data_loss + w * lambd * replay_loss,   w = k / (k + 1)   (weight_replay_loss)
+
+Cost per step: ``replay_batch`` teacher NFEs (full generation with a 2-step DDIM teacher costs three
+per replayed sample), plus once per task the preparation, about N T' / 2 NFEs for a cache of
+N = round(rho T') replay batches on a chain of T' steps (``cache_respacing``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ...config import ConfigError
+from ...dkdm.cache import DynamicCache
+from ...dkdm.prepare import MODES, CacheSpec, cache_size, prepare_cache
+from ...dkdm.teacher import state_sha256
+from ...experiment import build_diffusion
+from ...train_util import step_seed
+from ..base import ContinualMethod, register_method
+from ..replay import ReplayBatch
+from .generative import ReplayObjective
+
+
+class CacheReplayObjective(ReplayObjective):
+    """``ReplayObjective`` whose replay batch comes from the teacher's dynamic cache."""
+
+    def __init__(self, base, method, task, cache: DynamicCache, chain):
+        super().__init__(base, method, task)
+        self.cache = cache
+        self.chain = chain  # the teacher's ancestral chain (maybe respaced)
+        self.timesteps = torch.as_tensor(chain.timestep_map, dtype=torch.long)  # chain index -> training timestep
+        self._batch = None
+
+    def replay_batch(self, n: int, x: torch.Tensor, ctx) -> ReplayBatch:
+        if ctx.microbatch == 0:  # the whole step's entries at once: distinct over microbatches, one write-back
+            self._batch = self.cache.advance(self.method.teacher, self.chain, n * ctx.num_microbatches,
+                                             ctx.generator, x.device)
+        b = self._batch.slice(ctx.microbatch * n, (ctx.microbatch + 1) * n)
+        t = self.timesteps.to(b.t.device)[b.t]
+        y = b.y if self.base.class_cond else None
+        return ReplayBatch(b.x_t, t, y, b.model_output, n)
+
+    def state_dict(self):
+        return {**super().state_dict(), "dkdm_cache": self.cache.state_dict()}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.cache.load_state_dict(state["dkdm_cache"])
+
+
+@register_method("dynamic_distillation")
+class DynamicDistillation(ContinualMethod):
+    """Generative distillation on the states of a DKDM dynamic cache kept by the teacher."""
+
+    needs_teacher = True
+    distill = True
+
+    @dataclass
+    class Config:
+        name: str = "dynamic_distillation"
+        lambd: float = 1.0
+        criterion: str = "mse"  # mse | smooth_l1 | min_snr
+        min_snr_gamma: float = 5.0
+        replay_batch: int = 0  # cache entries per rank and step (0: the per-rank batch)
+        weight_replay_loss: bool = True
+        mode: str = "dynamic"  # dynamic | shuffled | iterative (DKDM's ablation)
+        rho: float = 0.4  # dynamic: round(rho * T') replay batches per rank in the cache
+        cache_respacing: str = ""  # the teacher's ancestral chain ("": every training step; e.g. "100")
+        prepare_batch: int = 256  # teacher batch per rank while preparing
+        shard_size: int = 1024  # cache entries per shard file
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
+        if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
+            raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
+        if mcfg.mode not in MODES:
+            raise ConfigError(f"method.mode {mcfg.mode!r} is not one of {', '.join(MODES)}")
+        if mcfg.lambd < 0:
+            raise ConfigError(f"method.lambd must be >= 0, got {mcfg.lambd}")
+        if ctx.cfg.diffusion.timestep_respacing:
+            raise ConfigError("dynamic_distillation trains on the full diffusion: leave diffusion.timestep_respacing "
+                              "empty and shorten the teacher's chain with method.cache_respacing")
+        self.chain = build_diffusion(ctx.cfg, mcfg.cache_respacing)
+        if self.chain.num_timesteps < 2:
+            raise ConfigError("method.cache_respacing must keep at least 2 steps")
+        self.batch = mcfg.replay_batch or ctx.cfg.train.batch_size // ctx.world_size
+        try:
+            self.n_total = cache_size(mcfg.mode, mcfg.rho, self.chain.num_timesteps, self.batch * ctx.world_size)
+        except ValueError as e:
+            raise ConfigError(f"method: {e}") from None
+        self.cache = None
+
+    def before_task(self, task, teacher):
+        super().before_task(task, teacher)
+        self.cache = None
+        if teacher is None:
+            return
+        m, ctx = self.mcfg, self.ctx
+        cond = ctx.cfg.model.class_cond
+        spec = CacheSpec(
+            self.n_total, self.chain.num_timesteps, ctx.info.shape, m.mode, tuple(task.old_classes) if cond else None,
+            seed=step_seed(ctx.cfg.seed, task.index, 0xDC) % (2**31), shard_size=m.shard_size,
+            identity={"teacher_sha256": state_sha256(teacher), "task": task.index, "rho": m.rho,
+                      "cache_respacing": m.cache_respacing, "replay_batch": self.batch * ctx.world_size},
+        )
+        cache_dir = os.path.join(ctx.task_dir(task), "dkdm_cache")
+        start = time.time()
+        stats = prepare_cache(teacher, self.chain, spec, cache_dir, prepare_batch=m.prepare_batch,
+                              device=ctx.device, logger=ctx.logger)
+        if not stats["complete_before"]:
+            ctx.logger.log(f"task {task.index}: dynamic cache of {self.n_total} entries "
+                           f"({m.mode}, T' = {self.chain.num_timesteps}) prepared in {time.time() - start:.1f}s, "
+                           f"{stats['nfe']} teacher NFEs")
+        self.cache = DynamicCache.open(cache_dir, ctx.rank, ctx.world_size)
+
+    def objective(self, task, base):
+        if task.index == 0 or self.teacher is None:
+            return base
+        return CacheReplayObjective(base, self, task, self.cache, self.chain)
