@@ -216,6 +216,9 @@ class GenerativeReplay(_ReplayMethod):
 def _check_common(mcfg, ctx):
     from ...config import ConfigError
 
+    if ctx.cfg.diffusion.timestep_respacing:
+        raise ConfigError("replay methods train on the full chain: leave diffusion.timestep_respacing empty "
+                          "(sampling respacing is continual.eval_respacing / method.timestep_respacing)")
     if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
         raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
     if mcfg.teacher_steps < 1:
