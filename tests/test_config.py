@@ -1,5 +1,8 @@
 """Config: strict keys with suggestions, type coercion, overrides, cross-key validation."""
 
+import glob
+import os
+
 import pytest
 
 from guided_diffusion.config import Config, ConfigError, dump_config, load_config, parse_list
@@ -89,9 +92,24 @@ def test_parse_list():
     assert parse_list("0.5,1", float) == (0.5, 1.0)
 
 
-@pytest.mark.parametrize("path", ["yaml/mnist/iid.yaml", "yaml/cifar10_32/iid.yaml"])
-def test_shipped_yaml_files_validate(path):
-    import os
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SHIPPED = sorted(
+    os.path.relpath(p, _ROOT)
+    for p in glob.glob(os.path.join(_ROOT, "yaml", "**", "*.yaml"), recursive=True)
+    if os.sep + "bench" + os.sep not in p  # suite files of scripts/benchmark_cl.py have their own schema
+)
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    load_config(os.path.join(root, path))
+
+def test_every_method_preset_exists_for_each_benchmark():
+    names = lambda d: {os.path.basename(p) for p in _SHIPPED if p.startswith(os.path.join("yaml", d) + os.sep)}
+    assert names("mnist") >= names("fmnist") == names("cifar10_5") and len(names("fmnist")) >= 11
+
+
+@pytest.mark.parametrize("path", _SHIPPED)
+def test_shipped_yaml_files_validate(path):
+    from guided_diffusion.cli import _register_section_schemas
+
+    _register_section_schemas()  # the method, evaluation and dkdm sections
+
+    cfg = load_config(os.path.join(_ROOT, path))
+    assert cfg.name and cfg.name != "run", f"{path} should name its run folder"
