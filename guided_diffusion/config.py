@@ -169,7 +169,8 @@ class SolverConfig:
     batch_size: int = 64  # per task i > 0: B/(i+1) real images + B*i/(i+1) replay images
     init_num_steps: int = 500  # steps of the first task (GUIDE: disjoint_classifier_init_num_steps)
     num_steps: int = 300
-    init_lr: float = 0.1  # SGD, linearly decayed to 0 within each task
+    optimizer: str = "sgd"  # sgd (GUIDE: momentum, weight decay) | adam (Masip's CNN solver)
+    init_lr: float = 0.1  # linearly decayed to 0 within each task
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -409,6 +410,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
         "train.nan_policy": (cfg.train.nan_policy, ("stop", "skip")),
         "classifier.pool": (cfg.classifier.pool, ("adaptive", "attention", "spatial", "spatial_v2")),
+        "solver.optimizer": (cfg.solver.optimizer, ("sgd", "adam")),
     }
     for key, (value, options) in choices.items():
         if value not in options:

@@ -17,6 +17,7 @@ then raises ``Preempted``, which scripts turn into exit code 0 and a message on 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import signal
 import time
@@ -167,6 +168,12 @@ class _SignalFlag:
         self._old = {}
 
 
+def _no_buffer_sync() -> dict:
+    """DDP keyword that turns off the per-forward buffer broadcast (renamed in recent torch)."""
+    params = inspect.signature(DDP.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 class TrainLoop:
     """Train ``model`` for ``cfg.total_steps`` steps, resuming automatically from ``run_dir``.
 
@@ -246,8 +253,8 @@ class TrainLoop:
             self.ddp_model = DDP(
                 self.model,
                 device_ids=[self.device.index] if self.use_cuda else None,
-                broadcast_buffers=False,
                 find_unused_parameters=False,
+                **_no_buffer_sync(),
             )
         else:
             self.ddp_model = self.model

@@ -208,7 +208,10 @@ class Solver:
         data = InfiniteLoader(self.x[idx], self.y[idx], n_real, seed=step_seed(self.cfg.seed, i, 3) % (2**31))
         steps = s.init_num_steps if i == 0 else s.num_steps
         base_lr = s.init_lr if i == 0 else s.lr
-        opt = torch.optim.SGD(self.clf.parameters(), lr=base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        if s.optimizer == "adam":
+            opt = torch.optim.Adam(self.clf.parameters(), lr=base_lr, weight_decay=s.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.clf.parameters(), lr=base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
         seen_mask = torch.zeros(self.info.num_classes, dtype=torch.bool, device=self.device)
         seen_mask[list(task.seen_classes)] = True
         kinds = [k.strip() for k in s.augment.split(",") if k.strip()]
