@@ -27,12 +27,18 @@ from typing import Any, Dict, List, Optional
 import blobfile as bf
 import torch
 
+from . import faults
+
 MANIFEST_RE = re.compile(r"^checkpoint(\d{6,})\.json$")
 FORMAT_VERSION = 1
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, incomplete, corrupt or incompatible; the message names it."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """A checkpoint written in another format version: never skipped silently (that would restart the run)."""
 
 
 def _is_local(path: str) -> bool:
@@ -50,6 +56,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            faults.point("atomic_write")
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -114,7 +121,12 @@ def load_state_dict_file(path: str, map_location="cpu") -> Dict[str, torch.Tenso
 
 def load_weights(module: torch.nn.Module, path: str, what: str = "model") -> None:
     """Strictly load weights from ``path`` into ``module``; mismatches give one message naming them."""
-    sd = load_state_dict_file(path)
+    load_checked(module, load_state_dict_file(path), path, what)
+
+
+def load_checked(module: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str, what: str = "model") -> None:
+    """``module.load_state_dict(sd, strict=True)``, but a missing or unexpected key or a wrong shape
+    (another model config, channel count, ...) raises one ``CheckpointError`` naming ``path``."""
     own = module.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -157,6 +169,7 @@ def write_checkpoint(run_dir: str, step: int, files: Dict[str, Any], extra: Opti
     entries = {}
     for name, obj in files.items():
         entries[name] = atomic_torch_save(obj, bf.join(run_dir, name))
+    faults.point("checkpoint_write")
     manifest = {"format_version": FORMAT_VERSION, "step": step, "files": entries, **(extra or {})}
     path = manifest_path(run_dir, step)
     atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True))
@@ -181,9 +194,10 @@ def read_manifest(run_dir: str, step: int) -> dict:
     except (ValueError, UnicodeDecodeError) as e:
         raise CheckpointError(f"corrupt manifest {path}: {e}") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
+        raise CheckpointFormatError(
             f"{path} has checkpoint format {manifest.get('format_version')!r}; this version reads "
-            f"format {FORMAT_VERSION}"
+            f"format {FORMAT_VERSION}: resume it with the version of the project that wrote it, or start a "
+            "new run (another name or out_dir)"
         )
     return manifest
 
@@ -192,19 +206,26 @@ def verify_checkpoint(run_dir: str, step: int, check_hash: bool = True) -> Optio
     """None if the checkpoint is complete and intact, else the reason (naming the file)."""
     try:
         manifest = read_manifest(run_dir, step)
+    except CheckpointFormatError:
+        raise
     except (CheckpointError, FileNotFoundError) as e:
         return str(e)
     for name, entry in manifest["files"].items():
-        path = bf.join(run_dir, name)
-        if not bf.exists(path):
-            return f"{path} is missing"
-        size = bf.stat(path).size
-        if size != entry["size"]:
-            return f"{path} has {size} bytes, the manifest says {entry['size']} (truncated?)"
-        if check_hash:
-            digest = hashlib.sha256(read_bytes(path)).hexdigest()
-            if digest != entry["sha256"]:
-                return f"{path} does not match its sha256 in the manifest (corrupt)"
+        reason = verify_file(bf.join(run_dir, name), entry, check_hash)
+        if reason is not None:
+            return reason
+    return None
+
+
+def verify_file(path: str, entry: Dict[str, Any], check_hash: bool = True) -> Optional[str]:
+    """None if ``path`` has the size (and sha256) of its manifest ``entry``, else the reason."""
+    if not bf.exists(path):
+        return f"{path} is missing"
+    size = bf.stat(path).size
+    if size != entry["size"]:
+        return f"{path} has {size} bytes, the manifest says {entry['size']} (truncated?)"
+    if check_hash and hashlib.sha256(read_bytes(path)).hexdigest() != entry["sha256"]:
+        return f"{path} does not match its sha256 in the manifest (corrupt)"
     return None
 
 
@@ -212,7 +233,7 @@ def latest_checkpoint(run_dir: str, log=None) -> Optional[int]:
     """The step of the newest complete, intact checkpoint in ``run_dir`` (None if there is none).
 
     A newer checkpoint that is incomplete or corrupt is reported through ``log`` and skipped, so
-    that the previous good one is used.
+    that the previous good one is used. One of another format version raises ``CheckpointFormatError``.
     """
     for step in reversed(list_manifests(run_dir)):
         reason = verify_checkpoint(run_dir, step)

@@ -54,6 +54,8 @@ class ModelConfig:
     dropout: float = 0.0
     class_cond: bool = False
     num_classes: int = 0  # 0 -> the dataset's number of classes
+    parameterization: str = "score"  # score (eps network) | energy (eps = dE/dx of a scalar energy, energy.py)
+    energy_form: str = "dae"  # energy from the network output s: dae 0.5|x - s|^2 | l2 0.5|s|^2
     use_checkpoint: bool = False
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
@@ -61,6 +63,12 @@ class ModelConfig:
     use_new_attention_order: bool = False
     embedding_kind: str = "add_time_learned"  # add_time_learned | concat_time_1hot | none
     attention_backend: str = "sdpa"  # sdpa | einsum
+    arch: str = "unet"  # unet | dit (a Diffusion Transformer, guided_diffusion/dit.py: the dit_* keys below)
+    dit_patch_size: int = 2  # data.image_size must be divisible by it
+    dit_hidden_size: int = 384  # token width (divisible by 4 and by dit_num_heads)
+    dit_depth: int = 12
+    dit_num_heads: int = 6
+    dit_mlp_ratio: float = 4.0
 
 
 @dataclass
@@ -93,6 +101,7 @@ class TrainConfig:
     ema_rate: str = "0.9999"  # comma-separated list
     ema_warmup: bool = True  # effective rate min(rate, (1 + n) / (10 + n)) at step n (false: ADM's constant rate)
     schedule_sampler: str = "uniform"  # uniform | loss-second-moment
+    uncond_p: float = 0.0  # classifier-free guidance: label dropout to a null class (class_cond models)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
     nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does
     log_interval: int = 10
@@ -117,6 +126,15 @@ class SampleConfig:
     classifier_path: str = ""
     classifier_scale: float = 1.0
     out_dir: str = ""  # "" -> the run folder
+    guidance_scale: float = 1.0  # classifier-free: eps_u + s (eps_c - eps_u); 1 = conditional (needs train.uncond_p > 0)
+    compose: List[int] = field(default_factory=list)  # sample a product of these classes' conditionals
+    compose_weights: List[float] = field(default_factory=list)  # one per compose label (default 1 each)
+    mcmc: str = "none"  # none | ula | uha (score or energy) | mala | cha (energy models): corrections per step
+    mcmc_steps: int = 1  # MCMC steps after each reverse step
+    mcmc_step_size: float = 0.1  # step size = this * beta_t of the training schedule
+    mcmc_start_t: int = -1  # correct at original timesteps <= this (-1: every step)
+    mcmc_damping: float = 0.9  # uha/cha: momentum kept at each refresh
+    mcmc_leapfrog_steps: int = 3  # uha/cha
 
 
 @dataclass
@@ -404,6 +422,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "data.resize": (cfg.data.resize, ("auto", "pad", "resize", "center_crop")),
         "model.embedding_kind": (cfg.model.embedding_kind, ("add_time_learned", "concat_time_1hot", "none")),
         "model.attention_backend": (cfg.model.attention_backend, ("sdpa", "einsum")),
+        "model.arch": (cfg.model.arch, ("unet", "dit")),
         "diffusion.noise_schedule": (cfg.diffusion.noise_schedule, ("linear", "cosine")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "linear", "cosine")),
         "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
@@ -451,6 +470,69 @@ def validate(cfg: Config, where: str = "config") -> None:
             bad(f"{key} must be a comma-separated list of numbers, got {text!r}")
     if cfg.model.class_cond and cfg.model.embedding_kind == "none":
         bad("model.class_cond is true but model.embedding_kind is 'none': the model could not see the label")
+    _validate_energy_guidance(cfg, bad)
+    if cfg.model.arch == "dit":
+        m = cfg.model
+        for key in ("dit_patch_size", "dit_hidden_size", "dit_depth", "dit_num_heads"):
+            if getattr(m, key) < 1:
+                bad(f"model.{key} must be >= 1, got {getattr(m, key)}")
+        if not m.dit_mlp_ratio > 0:
+            bad(f"model.dit_mlp_ratio must be > 0, got {m.dit_mlp_ratio}")
+        if cfg.data.image_size % m.dit_patch_size:
+            bad(f"model.dit_patch_size = {m.dit_patch_size} does not divide data.image_size = {cfg.data.image_size}")
+        if m.dit_hidden_size % 4 or m.dit_hidden_size % m.dit_num_heads:
+            bad(f"model.dit_hidden_size = {m.dit_hidden_size} must be divisible by 4 and by model.dit_num_heads = "
+                f"{m.dit_num_heads}")
+        if m.class_cond and m.embedding_kind != "add_time_learned":
+            bad(f"model.arch 'dit' adds a learned label embedding: model.embedding_kind must be add_time_learned, "
+                f"got {m.embedding_kind!r}")
+
+
+def _validate_energy_guidance(cfg: Config, bad) -> None:
+    """Energy parameterisation, classifier-free guidance, compositions and MCMC samplers."""
+    m, s = cfg.model, cfg.sample
+    for key, value, options in (("model.parameterization", m.parameterization, ("score", "energy")),
+                                ("model.energy_form", m.energy_form, ("dae", "l2")),
+                                ("sample.mcmc", s.mcmc, ("none", "ula", "uha", "mala", "cha"))):
+        if value not in options:
+            bad(f"{key} = {value!r} is not one of {', '.join(options)}{_closest(str(value), options)}")
+    if m.parameterization == "energy" and cfg.diffusion.learn_sigma:
+        bad("model.parameterization 'energy' predicts eps (or x0) as a gradient: set diffusion.learn_sigma false")
+    if not 0.0 <= cfg.train.uncond_p < 1.0:
+        bad(f"train.uncond_p must be in [0, 1), got {cfg.train.uncond_p}")
+    if cfg.train.uncond_p > 0 and not m.class_cond:
+        bad("train.uncond_p > 0 (label dropout for classifier-free guidance) needs model.class_cond true")
+    if s.guidance_scale != 1.0:
+        if not m.class_cond:
+            bad(f"sample.guidance_scale = {s.guidance_scale} needs a class-conditional model (model.class_cond true); "
+                "an unconditional model samples with guidance_scale 1")
+        if cfg.train.uncond_p <= 0:
+            bad(f"sample.guidance_scale = {s.guidance_scale} needs a model trained with label dropout "
+                "(train.uncond_p > 0, e.g. 0.1): without the null class there is no unconditional prediction")
+    if s.compose:
+        if not m.class_cond:
+            bad("sample.compose needs a class-conditional model (model.class_cond true)")
+        if s.compose_weights and len(s.compose_weights) != len(s.compose):
+            bad(f"sample.compose_weights has {len(s.compose_weights)} values for {len(s.compose)} labels")
+        if s.guidance_scale != 1.0:
+            bad("sample.compose with sample.guidance_scale: give the guidance as sample.compose_weights")
+        if any(c < 0 or (m.num_classes and c >= m.num_classes) for c in s.compose):
+            bad(f"sample.compose labels must be classes of the model, got {list(s.compose)}")
+    elif s.compose_weights:
+        bad("sample.compose_weights without sample.compose")
+    if s.mcmc in ("mala", "cha") and m.parameterization != "energy":
+        bad(f"sample.mcmc = {s.mcmc!r} accepts or rejects with the model's energy: it needs "
+            "model.parameterization energy (a score model can use ula or uha)")
+    if s.mcmc != "none":
+        if s.mcmc_steps < 1 or s.mcmc_leapfrog_steps < 1:
+            bad(f"sample.mcmc_steps and sample.mcmc_leapfrog_steps must be >= 1, got {s.mcmc_steps}, "
+                f"{s.mcmc_leapfrog_steps}")
+        if not s.mcmc_step_size > 0:
+            bad(f"sample.mcmc_step_size must be > 0, got {s.mcmc_step_size}")
+        if not 0.0 <= s.mcmc_damping < 1.0:
+            bad(f"sample.mcmc_damping must be in [0, 1), got {s.mcmc_damping}")
+        if s.mcmc_start_t >= cfg.diffusion.diffusion_steps:
+            bad(f"sample.mcmc_start_t = {s.mcmc_start_t} is past the last timestep ({cfg.diffusion.diffusion_steps - 1})")
 
 
 def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:

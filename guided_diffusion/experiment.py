@@ -13,9 +13,11 @@ import blobfile as bf
 import torch
 
 from . import dist_util
+from .cfg import null_class_of
 from .checkpoint import atomic_write_text
 from .config import Config, ConfigError, dump_config, to_dict
 from .data import load_dataset, subset_by_classes, to_tensor
+from .energy import EnergyModel
 from .logger import Logger
 from .script_util import (
     create_classifier_from_config,
@@ -99,12 +101,15 @@ def dataset_info(cfg: Config) -> DataInfo:
 
 
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
-    """The UNet of ``cfg``, initialised from ``cfg.seed`` (the same weights on every rank and run)."""
+    """The network of ``cfg`` (``model.arch``: UNet or DiT), initialised from ``cfg.seed`` (same on every rank)."""
     torch.manual_seed(cfg.seed)
     try:
-        return create_model_from_config(cfg, info.num_classes, info.channels)
+        net = create_model_from_config(cfg, info.num_classes, info.channels)
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."
+        net = EnergyModel(net, cfg.model.energy_form)
+    return net
 
 
 def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
@@ -128,6 +133,8 @@ def export_config(cfg: Config, info: DataInfo) -> dict:
         "model": model_kwargs_from_config(cfg, info.num_classes, info.channels),
         "diffusion": to_dict(cfg.diffusion),
         "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels},
+        "parameterization": {"kind": cfg.model.parameterization, "energy_form": cfg.model.energy_form,
+                             "null_class": null_class_of(cfg, info.num_classes)},
     }
 
 
@@ -138,7 +145,8 @@ def count_params(model: torch.nn.Module) -> int:
 def describe(cfg: Config, info: DataInfo, model: torch.nn.Module, n_train: int) -> str:
     return (
         f"run {cfg.name}: {cfg.data.dataset} ({n_train} train images, {info.num_classes} classes, "
-        f"{info.channels}x{info.image_size}x{info.image_size}); UNet {count_params(model) / 1e6:.2f}M params; "
+        f"{info.channels}x{info.image_size}x{info.image_size}); {'DiT' if cfg.model.arch == 'dit' else 'UNet'} "
+        f"{count_params(model) / 1e6:.2f}M params; "
         f"world size {dist_util.get_world_size()}, device {dist_util.dev()}"
     )
 

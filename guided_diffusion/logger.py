@@ -385,6 +385,15 @@ class Logger:
         self._counts.clear()
         return row
 
+    def state_dict(self) -> Dict[str, Any]:
+        """The running means not yet dumped (this rank's), for a checkpoint: a run resumed between two
+        dumps then writes the same means as an uninterrupted one."""
+        return {"sums": dict(self._sums), "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self._sums = defaultdict(float, {k: float(v) for k, v in state.get("sums", {}).items()})
+        self._counts = defaultdict(int, {k: int(v) for k, v in state.get("counts", {}).items()})
+
     # -- messages
 
     def log(self, *args: Any) -> None:

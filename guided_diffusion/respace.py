@@ -85,6 +85,7 @@ class SpacedDiffusion(GaussianDiffusion):
     def __init__(self, use_timesteps: Iterable[int], **kwargs):
         base_betas = np.asarray(kwargs["betas"], dtype=np.float64)
         self.original_num_steps = len(base_betas)
+        self.original_betas = base_betas  # the training schedule (MCMC step sizes are set from it)
         self.use_timesteps = set(int(i) for i in use_timesteps)
         if not self.use_timesteps:
             raise ValueError("use_timesteps is empty")

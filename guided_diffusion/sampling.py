@@ -3,6 +3,9 @@
 Batch ``b`` of a set covers sample indices ``[b*B, (b+1)*B)`` and is drawn by rank ``b % W``. Its
 labels, its starting noise and every noise draw of the sampler come from generators seeded by
 (seed, b) alone, so the set is the same for any number of ranks (for a given batch size).
+
+Classifier-free guidance (``guidance_scale``), compositions of labels (``compose``) and MCMC
+corrections (``mcmc``) apply to any model; see ``cfg`` and ``mcmc``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ import numpy as np
 import torch
 
 from . import dist_util
+from .cfg import cfg_model, composed_model
+from .energy import is_energy_model
 from .image_util import to_uint8
+from .mcmc import MCMCSettings, sample_loop
 from .train_util import step_seed
 
 
@@ -40,11 +46,13 @@ def sample_batch(
     noise: Optional[torch.Tensor] = None,
     device=None,
     progress: bool = False,
+    mcmc: Optional[MCMCSettings] = None,
 ) -> torch.Tensor:
     """One batch of images in [-1, 1], (N,C,H,W).
 
     ``y`` goes into ``model_kwargs`` (so a ``cond_fn`` sees it); the model itself receives it only
     when ``class_cond`` (an unconditional model guided by a classifier toward ``y``, as ADM).
+    ``mcmc``: MCMC corrections after each reverse step (``mcmc.sample_loop``).
     """
     device = device or next(model.parameters()).device
     model_kwargs = {"y": y.to(device)} if y is not None else {}
@@ -57,6 +65,17 @@ def sample_batch(
     kwargs = dict(eta=eta) if use_ddim else {}
     was_training = net.training
     net.eval()
+    if mcmc is not None and mcmc.sampler != "none":
+        kw = {"y": model_kwargs["y"]} if class_cond and "y" in model_kwargs else {}
+        energy = (lambda x, t: net.energy_and_grad(x, t, **kw)) if is_energy_model(net) else None  # noqa: E731
+        try:
+            return sample_loop(
+                diffusion, model_fn, shape, mcmc, predict=lambda x, t: net(x, t, **kw), energy_and_grad=energy,
+                noise=noise.to(device) if noise is not None else None, model_kwargs=model_kwargs,
+                use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised, cond_fn=cond_fn, device=device,
+            )
+        finally:
+            net.train(was_training)
     try:
         return loop(
             model_fn,
@@ -92,13 +111,29 @@ def sample_set(
     device=None,
     progress=None,
     gather: bool = True,
+    guidance_scale: float = 1.0,
+    null_class: Optional[int] = None,
+    compose: Optional[Sequence[int]] = None,
+    compose_weights: Optional[Sequence[float]] = None,
+    mcmc: Optional[MCMCSettings] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Draw ``num_samples`` images; returns (uint8 NHWC, int64 labels), complete on every rank.
 
     Labels: ``labels[i]`` for sample i when given, else ``class_label``, else uniform over ``classes``.
     ``cond_fn_for(y)`` may return a guidance function for a batch with labels ``y``.
     With ``gather=False`` each rank returns only the batches it drew.
+    ``guidance_scale`` != 1: classifier-free guidance with ``null_class`` (``cfg.cfg_model``).
+    ``compose``: every sample from the product of the conditionals of these labels, weighted by
+    ``compose_weights`` (``cfg.composed_model``); the returned labels are then ``compose[0]``.
+    ``mcmc``: MCMC corrections during sampling; its ``stats`` accumulate over the batches.
     """
+    if (compose or guidance_scale != 1.0) and not class_cond:
+        raise ValueError("classifier-free guidance and compositions need a class-conditional model")
+    if compose:
+        model = composed_model(model, compose, compose_weights, null_class)
+        labels = [int(compose[0])] * num_samples
+    else:
+        model = cfg_model(model, guidance_scale, null_class)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     n_batches = (num_samples + batch_size - 1) // batch_size
     mine = list(range(rank, n_batches, world))
@@ -117,7 +152,7 @@ def sample_set(
         cond_fn = cond_fn_for(y) if cond_fn_for is not None else None
         x = sample_batch(
             model, diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=use_ddim, eta=eta,
-            clip_denoised=clip_denoised, cond_fn=cond_fn, noise=noise, device=device,
+            clip_denoised=clip_denoised, cond_fn=cond_fn, noise=noise, device=device, mcmc=mcmc,
         )
         batch_labels = y.numpy() if y is not None else np.zeros(n, dtype=np.int64)
         out[b] = (to_uint8(x), batch_labels.astype(np.int64))

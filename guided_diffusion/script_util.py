@@ -3,12 +3,14 @@
 Code written against guided-diffusion's ``script_util`` runs unchanged; the additions are
 ``num_classes``, ``in_channels``, ``embedding_kind`` and ``attention_backend``, and image size 32
 (channel_mult 1,2,2,2), 28 (1,2,2), 16 (1,2,2) and 8 (1,2) have default channel multipliers.
+``create_model(..., arch="dit", dit_*=...)`` builds a Diffusion Transformer (``dit.DiTModel``) instead.
 ``*_from_config`` build the same objects from the typed config of ``guided_diffusion.config``.
 """
 
 from __future__ import annotations
 
 from . import gaussian_diffusion as gd
+from .dit import DiTModel
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, UNetModel
 
@@ -138,7 +140,19 @@ def create_model(
     in_channels=3,
     embedding_kind="add_time_learned",
     attention_backend="sdpa",
+    arch="unet",
+    dit_patch_size=2,
+    dit_hidden_size=384,
+    dit_depth=12,
+    dit_num_heads=6,
+    dit_mlp_ratio=4.0,
 ):
+    if arch == "dit":  # the UNet's own options do not apply
+        return create_dit_model(image_size, in_channels=in_channels, learn_sigma=learn_sigma, class_cond=class_cond,
+                                num_classes=num_classes, patch_size=dit_patch_size, hidden_size=dit_hidden_size,
+                                depth=dit_depth, num_heads=dit_num_heads, mlp_ratio=dit_mlp_ratio)
+    if arch != "unet":
+        raise ValueError(f"arch must be one of unet, dit, got {arch!r}")
     channel_mult = _channel_mult(channel_mult, image_size)
     return UNetModel(
         image_size=image_size,
@@ -161,6 +175,14 @@ def create_model(
         embedding_kind=embedding_kind if class_cond else "none",
         attention_backend=attention_backend,
     )
+
+
+def create_dit_model(image_size, in_channels=3, learn_sigma=False, class_cond=False, num_classes=NUM_CLASSES,
+                     patch_size=2, hidden_size=384, depth=12, num_heads=6, mlp_ratio=4.0):
+    """A Diffusion Transformer with the UNet's interface (defaults: DiT-S/2's width, depth and heads)."""
+    return DiTModel(image_size=image_size, in_channels=in_channels, patch_size=patch_size, hidden_size=hidden_size,
+                    depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                    num_classes=(num_classes if class_cond else None), learn_sigma=learn_sigma)
 
 
 def create_gaussian_diffusion(
@@ -343,9 +365,12 @@ def create_classifier_and_diffusion(
 
 
 def model_kwargs_from_config(cfg, num_classes: int, in_channels: int) -> dict:
-    """``create_model`` keyword arguments from a ``Config`` (model + diffusion.learn_sigma)."""
+    """``create_model`` keyword arguments from a ``Config`` (model + diffusion.learn_sigma).
+
+    The ``arch`` and ``dit_*`` keys are included for a DiT only, so a UNet's stay ADM's.
+    """
     m = cfg.model
-    return dict(
+    kwargs = dict(
         image_size=cfg.data.image_size,
         num_channels=m.num_channels,
         num_res_blocks=m.num_res_blocks,
@@ -362,11 +387,16 @@ def model_kwargs_from_config(cfg, num_classes: int, in_channels: int) -> dict:
         resblock_updown=m.resblock_updown,
         use_fp16=m.use_fp16,
         use_new_attention_order=m.use_new_attention_order,
-        num_classes=m.num_classes or num_classes,
+        # Classifier-free guidance training adds the null class, one more label row (none without: ADM's keys).
+        num_classes=(m.num_classes or num_classes) + (1 if m.class_cond and cfg.train.uncond_p > 0 else 0),
         in_channels=in_channels,
         embedding_kind=m.embedding_kind,
         attention_backend=m.attention_backend,
     )
+    if m.arch != "unet":
+        kwargs.update(arch=m.arch, dit_patch_size=m.dit_patch_size, dit_hidden_size=m.dit_hidden_size,
+                      dit_depth=m.dit_depth, dit_num_heads=m.dit_num_heads, dit_mlp_ratio=m.dit_mlp_ratio)
+    return kwargs
 
 
 def diffusion_kwargs_from_config(cfg, timestep_respacing=None) -> dict:

@@ -30,7 +30,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ckpt
-from . import dist_util
+from . import dist_util, faults
 from .resample import LossAwareSampler
 
 
@@ -76,17 +76,34 @@ class StepContext:
 class DiffusionObjective:
     """The standard diffusion loss on the real batch: t from the schedule sampler, ADM's losses.
 
-    Draws, in this order, t (schedule sampler) and the noise from ``ctx.generator``; objectives
-    that extend this one draw the same way first, so that their data term equals this one.
+    Draws, in this order, t (schedule sampler), the noise and (with ``uncond_p`` > 0) the label
+    dropout mask from ``ctx.generator``; objectives that extend this one draw the same way first,
+    so that their data term equals this one.
+
+    ``uncond_p``: classifier-free guidance training, each label replaced by ``null_class`` with
+    this probability (``cfg.drop_labels``).
     """
 
-    def __init__(self, diffusion, schedule_sampler, class_cond: bool):
+    def __init__(self, diffusion, schedule_sampler, class_cond: bool, uncond_p: float = 0.0,
+                 null_class: Optional[int] = None):
         self.diffusion = diffusion
         self.schedule_sampler = schedule_sampler
         self.class_cond = class_cond
+        self.uncond_p = float(uncond_p) if class_cond else 0.0
+        self.null_class = null_class
+        if self.uncond_p > 0 and null_class is None:
+            raise ValueError("label dropout (uncond_p > 0) needs the model's null class")
 
     def model_kwargs(self, y):
         return {"y": y} if self.class_cond else {}
+
+    def drop_labels(self, y, ctx: StepContext):
+        """``y`` after label dropout (a draw from ``ctx.generator`` only when ``uncond_p`` > 0)."""
+        if self.uncond_p <= 0 or y is None:
+            return y
+        from .cfg import drop_labels
+
+        return drop_labels(y, self.uncond_p, self.null_class, ctx.generator)
 
     def sample_t(self, n: int, device, ctx: StepContext):
         return self.schedule_sampler.sample(n, device, generator=ctx.generator)
@@ -94,6 +111,7 @@ class DiffusionObjective:
     def __call__(self, model, x, y, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, weights = self.sample_t(x.shape[0], x.device, ctx)
         noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
+        y = self.drop_labels(y, ctx)
         losses = self.diffusion.training_losses(model, x, t, model_kwargs=self.model_kwargs(y), noise=noise)
         if isinstance(self.schedule_sampler, LossAwareSampler):
             self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
@@ -145,27 +163,60 @@ def lr_at(step: int, cfg) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-class _SignalFlag:
-    """Remembers whether SIGTERM/SIGUSR1 arrived; restores the previous handlers on close."""
+class PreemptionFlag:
+    """Remembers whether SIGTERM/SIGUSR1 arrived while it is open; ``close`` restores the handlers.
+
+    Flags nest and share one state: the outermost installs the handlers and forgets old signals,
+    inner ones (a ``TrainLoop.run`` inside the continual loop) see and keep what arrived, so a
+    signal during a task's last step still stops the continual loop at its next boundary.
+    """
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+    _depth = 0
+    _received: Optional[str] = None
+    _old: Dict[int, Any] = {}
 
     def __init__(self):
-        self.received: Optional[str] = None
-        self._old = {}
-        try:
-            for s in self.SIGNALS:
-                self._old[s] = signal.signal(s, self._handle)
-        except ValueError:  # not the main thread: signals cannot be caught here
-            self._old = {}
+        cls = PreemptionFlag
+        if cls._depth == 0:
+            cls._received = None
+            try:
+                cls._old = {s: signal.signal(s, cls._handle) for s in self.SIGNALS}
+            except ValueError:  # not the main thread: signals cannot be caught here
+                cls._old = {}
+        cls._depth += 1
+        self._open = True
 
-    def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+    @staticmethod
+    def _handle(signum, frame):
+        PreemptionFlag._received = signal.Signals(signum).name
+
+    @property
+    def received(self) -> Optional[str]:
+        return PreemptionFlag._received
 
     def close(self):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old = {}
+        cls = PreemptionFlag
+        if not self._open:
+            return
+        self._open = False
+        cls._depth -= 1
+        if cls._depth == 0:
+            for s, h in cls._old.items():
+                signal.signal(s, h)
+            cls._old = {}
+
+
+def preemption_requested() -> Optional[str]:
+    """The signal an open ``PreemptionFlag`` caught ("SIGTERM", "SIGUSR1"), else None."""
+    return PreemptionFlag._received if PreemptionFlag._depth > 0 else None
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (collective when a process group is active)."""
+    if dist_util.get_world_size() > 1 and dist_util.is_initialized():
+        return bool(dist_util.all_reduce_mean(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+    return flag
 
 
 def _no_buffer_sync() -> dict:
@@ -275,7 +326,7 @@ class TrainLoop:
         if step is None:
             return
         files = ckpt.load_checkpoint_files(self.run_dir, step, map_location="cpu")
-        self.model.load_state_dict(files[f"model{step:06d}.pt"], strict=True)
+        ckpt.load_checked(self.model, files[f"model{step:06d}.pt"], f"{self.run_dir}/model{step:06d}.pt")
         for rate, ema in zip(self.ema_rates, self.ema):
             name = f"ema_{rate}_{step:06d}.pt"
             if name not in files:
@@ -291,12 +342,30 @@ class TrainLoop:
         for key, obj in self._stateful().items():
             if key in state["components"]:
                 obj.load_state_dict(state["components"][key])
+        self._load_log_means(state.get("log_means"))
         self.step = int(state["step"])
         self._log(f"{self.tag + ': ' if self.tag else ''}resumed from step {self.step} in {self.run_dir}")
+
+    def _load_log_means(self, per_rank: Optional[List[dict]]) -> None:
+        """Restore the logger's means of the steps since its last dump (one entry per rank)."""
+        if not per_rank or not hasattr(self.logger, "load_state_dict"):
+            return
+        if len(per_rank) == self.world_size:
+            self.logger.load_state_dict(per_rank[self.rank] or {})
+        elif self.rank == 0:  # another world size: rank 0 holds the sums of all (dumps reduce over ranks)
+            merged: Dict[str, Dict[str, float]] = {"sums": {}, "counts": {}}
+            for part in filter(None, per_rank):
+                for kind in merged:
+                    for k, v in part.get(kind, {}).items():
+                        merged[kind][k] = merged[kind].get(k, 0) + v
+            self.logger.load_state_dict(merged)
 
     def save(self) -> None:
         """Write the checkpoint for the current step (rank 0 writes; everyone waits)."""
         step = self.step
+        # Collective: every rank calls save(). The means logged since the last dump are part of the state.
+        log_means = dist_util.all_gather_object(self.logger.state_dict() if hasattr(self.logger, "state_dict")
+                                                else None)
         if dist_util.is_main():
             files = {
                 f"model{step:06d}.pt": self.model.state_dict(),
@@ -305,6 +374,7 @@ class TrainLoop:
                     "step": step,
                     "world_size": self.world_size,
                     "components": {k: v.state_dict() for k, v in self._stateful().items()},
+                    "log_means": log_means,
                 },
             }
             for rate, sd in self.ema_state_dicts().items():
@@ -432,7 +502,7 @@ class TrainLoop:
         if self.step >= cfg.total_steps:
             self._log(f"{self.tag + ': ' if self.tag else ''}already complete ({self.step} steps)")
             return
-        flag = _SignalFlag()
+        flag = PreemptionFlag()
         bar = None
         if self.logger is not None and hasattr(self.logger, "progress_bar"):
             bar = self.logger.progress_bar(total=cfg.total_steps, initial=self.step, desc=self.tag or "train")
@@ -442,6 +512,7 @@ class TrainLoop:
                 x, y = next(self.data)
                 x, y = x.to(self.device), y.to(self.device)
                 terms = self.run_step(x, y)
+                faults.point("train_step")
                 if self.logger is not None:
                     for k, v in terms.items():
                         self.logger.logkv_mean(k, v)

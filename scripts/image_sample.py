@@ -12,9 +12,19 @@ Options (aliases of the config's sample section):
                                               config's classifier section, e.g. one trained
                                               with scripts/classifier_train.py)
     --out_dir D                   where to write (default: the run folder of the config)
+    --guidance_scale w            classifier-free guidance eps_u + w (eps_c - eps_u) (models trained
+                                  with train.uncond_p > 0; 1 = conditional)
+    --compose 3,8 [--compose_weights 1,1]   every sample from the product of these classes'
+                                  conditionals (Du et al. 2023); arr_1 holds the first label
+    --mcmc ula|uha|mala|cha       MCMC corrections after each reverse step (mala, cha: energy
+                                  models, model.parameterization energy); --mcmc_steps K
+                                  --mcmc_step_size c (step c * beta_t) --mcmc_start_t t (from
+                                  timestep t down; -1 all) --mcmc_damping --mcmc_leapfrog_steps
 
 Writes samples_{N}x{H}x{W}x{C}.npz (arr_0 uint8 NHWC, arr_1 int64 labels) and
-samples_{N}x{H}x{W}x{C}.png. Sample i is seeded by (seed, i // batch_size): the same set comes out
+samples_{N}x{H}x{W}x{C}.png, and prints the cost: seconds per image and model evaluations per
+image (reverse steps, MCMC evaluations; each is two network passes under guidance, K+1 for a
+K-label composition, and a forward plus a backward for an energy model), MCMC acceptance. Sample i is seeded by (seed, i // batch_size): the same set comes out
 for any number of ranks. ADM's evaluator expects RGB; grayscale sets keep C=1 unless
 --to_rgb true (data.channels stays the model's).
 """
@@ -24,13 +34,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import time  # noqa: E402
+
 import numpy as np  # noqa: E402
 
 from guided_diffusion import cli, dist_util, experiment  # noqa: E402
 from guided_diffusion.checkpoint import load_weights  # noqa: E402
 from guided_diffusion.config import ConfigError  # noqa: E402
 from guided_diffusion.guidance import classifier_cond_fn  # noqa: E402
+from guided_diffusion.cfg import null_class_of  # noqa: E402
 from guided_diffusion.image_util import save_grid, save_npz  # noqa: E402
+from guided_diffusion.mcmc import MCMCSettings  # noqa: E402
 from guided_diffusion.sampling import sample_set  # noqa: E402
 
 ALIASES = {
@@ -45,6 +59,15 @@ ALIASES = {
     "classifier_path": "sample.classifier_path",
     "classifier_scale": "sample.classifier_scale",
     "out_dir": "sample.out_dir",
+    "guidance_scale": "sample.guidance_scale",
+    "compose": "sample.compose",
+    "compose_weights": "sample.compose_weights",
+    "mcmc": "sample.mcmc",
+    "mcmc_steps": "sample.mcmc_steps",
+    "mcmc_step_size": "sample.mcmc_step_size",
+    "mcmc_start_t": "sample.mcmc_start_t",
+    "mcmc_damping": "sample.mcmc_damping",
+    "mcmc_leapfrog_steps": "sample.mcmc_leapfrog_steps",
     "seed": "seed",
 }
 
@@ -70,6 +93,10 @@ def main() -> int:
     model.to(device)
     if s.class_label >= info.num_classes:
         raise ConfigError(f"--class {s.class_label}: the model has {info.num_classes} classes")
+    bad = [c for c in s.compose if not 0 <= c < info.num_classes]
+    if bad:
+        raise ConfigError(f"--compose {bad}: the model has {info.num_classes} classes")
+    mcmc = MCMCSettings.from_config(s)
     diffusion = experiment.build_diffusion(cfg, s.timestep_respacing)
     cond_fn_for = None
     if s.classifier_path:
@@ -85,13 +112,18 @@ def main() -> int:
         from guided_diffusion.logger import progress_bar
 
         progress = lambda **kw: progress_bar(**kw)  # noqa: E731
+    start = time.time()
     images, labels = sample_set(
         model, diffusion, num_samples=s.num_samples, batch_size=s.batch_size, image_shape=info.shape,
         seed=cfg.seed, class_cond=cfg.model.class_cond, classes=range(info.num_classes),
         class_label=s.class_label, use_ddim=s.use_ddim, eta=s.eta, clip_denoised=s.clip_denoised,
-        cond_fn_for=cond_fn_for, device=device, progress=progress,
+        cond_fn_for=cond_fn_for, device=device, progress=progress, guidance_scale=s.guidance_scale,
+        null_class=null_class_of(cfg, info.num_classes), compose=s.compose, compose_weights=s.compose_weights,
+        mcmc=mcmc,
     )
+    seconds = time.time() - start
     if dist_util.is_main():
+        print(cost_line(s, mcmc, seconds, len(images), diffusion.num_timesteps), flush=True)
         if to_rgb and images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         n, h, w, c = images.shape
@@ -103,6 +135,22 @@ def main() -> int:
     dist_util.barrier()
     dist_util.cleanup()
     return 0
+
+
+def cost_line(s, mcmc, seconds: float, n: int, steps: int) -> str:
+    """Seconds and model evaluations per image (this rank's batches), and the MCMC acceptance."""
+    n_batches = max(1, -(-n // s.batch_size))
+    line = f"cost: {seconds / max(n, 1):.3f} s/image on this process"
+    if mcmc is None:
+        return line + f"; {steps} model evaluations per image ({steps} reverse steps)"
+    st = mcmc.stats
+    batches = max(1, st.get("reverse_steps", 0) // steps) if st.get("reverse_steps") else n_batches
+    evals = st.get("mcmc_evals", 0) / batches
+    line += (f"; {steps + evals:.0f} model evaluations per image ({steps} reverse steps + {evals:.0f} {mcmc.sampler} "
+             f"evaluations at {st.get('corrected_levels', 0) // batches} levels)")
+    if st.get("proposals"):
+        line += f"; acceptance {st['accepted'] / st['proposals']:.3f}"
+    return line
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import cli, dist_util, experiment  # noqa: E402
+from guided_diffusion.cfg import null_class_of  # noqa: E402
 from guided_diffusion.data import InfiniteLoader  # noqa: E402
 from guided_diffusion.image_util import save_grid  # noqa: E402
 from guided_diffusion.resample import create_named_schedule_sampler  # noqa: E402
@@ -42,7 +43,8 @@ def main() -> int:
                           world_size=dist_util.get_world_size(), seed=cfg.seed,
                           random_flip=cfg.data.random_flip)
     objective = DiffusionObjective(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
-                                   class_cond=cfg.model.class_cond)
+                                   class_cond=cfg.model.class_cond, uncond_p=cfg.train.uncond_p,
+                                   null_class=null_class_of(cfg, info.num_classes))
     loop = TrainLoop(model=model, data=data, cfg=cfg.train, run_dir=run_dir, objective=objective, seed=cfg.seed,
                      logger=logger, device=device, export_config=experiment.export_config(cfg, info))
     loop.run()
@@ -56,6 +58,7 @@ def main() -> int:
             image_shape=info.shape, seed=cfg.seed, class_cond=cfg.model.class_cond,
             classes=range(info.num_classes), use_ddim=cfg.sample.use_ddim, eta=cfg.sample.eta,
             clip_denoised=cfg.sample.clip_denoised, device=device,
+            guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, info.num_classes),
         )
         if dist_util.is_main():
             path = os.path.join(run_dir, "samples.png")

@@ -8,10 +8,14 @@ Run folder layout (``experiments/<name>/``)::
         replay_*.pt        what a method generated for this task (reused on resume)
         method_state.pt    the method's continual state after the task (Fisher, buffer, ...)
         samples.png        a grid: one row per class seen so far (EMA weights)
-        task_done.json     written last: the task is complete
+        task_done.json     written last: the task is complete (its row, and method_state.pt's size and sha256)
 
 Resume: a rerun skips finished tasks, restores the model, EMA and method state from the last
-finished one, and the unfinished task resumes from its latest checkpoint (``TrainLoop``).
+finished one, and the unfinished task resumes from its latest checkpoint (``TrainLoop``). A task
+marked done whose final checkpoint or method state is corrupt is redone from its latest intact
+checkpoint (the same steps, so the same result). SIGTERM/SIGUSR1 stop the run at the next step
+boundary, or after the current task's training or evaluation, with ``Preempted`` (exit 0).
+See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ import blobfile as bf
 import torch
 
 from .. import checkpoint as ckpt
-from .. import dist_util, experiment
+from ..config import ConfigError
+from .. import dist_util, experiment, faults
+from ..cfg import null_class_of
 from ..data import InfiniteLoader
 from ..image_util import save_grid
 from ..resample import create_named_schedule_sampler
 from ..sampling import sample_set
-from ..train_util import DiffusionObjective, TrainLoop, step_seed
+from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, any_rank, step_seed
 from .base import ContinualContext, build_method, freeze
 from .scenario import Task, build_scenario
 
@@ -45,10 +51,36 @@ def _done_path(ctx: ContinualContext, task: Task) -> str:
     return f"{ctx.task_dir(task)}/task_done.json"
 
 
-def _final_weights(task_dir: str):
-    step = ckpt.latest_checkpoint(task_dir)
+def _task_damage(ctx: ContinualContext, task: Task) -> Optional[str]:
+    """None if the finished ``task``'s final checkpoint and method state are intact, else what is wrong."""
+    tdir, path = ctx.task_dir(task), _done_path(ctx, task)
+    try:
+        done = json.loads(ckpt.read_bytes(path))
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"{path} is corrupt ({e})"
+    reason = ckpt.verify_checkpoint(tdir, task.num_steps)
+    if reason is not None:
+        return f"its final checkpoint (step {task.num_steps}) is not intact: {reason}"
+    for name, entry in done.get("files", {}).items():  # absent in runs of older versions
+        reason = ckpt.verify_file(bf.join(tdir, name), entry)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _stop_if_preempted(flag: PreemptionFlag, ctx: ContinualContext, what: str) -> None:
+    """Collective: raise ``Preempted`` on every rank if SIGTERM/SIGUSR1 reached any rank."""
+    if any_rank(flag.received is not None):
+        raise Preempted(f"{flag.received or 'a preemption signal'} received {what}: everything finished so far is "
+                        f"saved in {ctx.run_dir}; rerun the same command to resume")
+
+
+def _final_weights(task_dir: str, step: Optional[int] = None):
+    """(model state_dict, {ema rate: state_dict}) of the checkpoint at ``step`` (default: the latest intact)."""
     if step is None:
-        raise ckpt.CheckpointError(f"{task_dir} is marked done but has no complete checkpoint")
+        step = ckpt.latest_checkpoint(task_dir)
+        if step is None:
+            raise ckpt.CheckpointError(f"{task_dir} is marked done but has no complete checkpoint")
     manifest = ckpt.read_manifest(task_dir, step)
     files = {n: ckpt.load_torch(bf.join(task_dir, n)) for n in manifest["files"] if not n.startswith("opt")}
     model = files[f"model{step:06d}.pt"]
@@ -84,13 +116,28 @@ def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: in
         model, diffusion, num_samples=n, batch_size=min(n, max(cfg.sample.batch_size, per_class)),
         image_shape=ctx.info.shape, seed=seed, class_cond=cfg.model.class_cond,
         labels=classes if cfg.model.class_cond else None, use_ddim=True, eta=0.0, device=ctx.device,
+        guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, ctx.info.num_classes),
     )
     return images, labels
 
 
 def run_continual(cfg) -> ContinualContext:
-    """Run (or resume) every task of the scenario of ``cfg``; returns the context."""
+    """Run (or resume) every task of the scenario of ``cfg``; returns the context.
+
+    Raises ``Preempted`` after SIGTERM/SIGUSR1 (the work so far saved; rerun to resume).
+    """
+    flag = PreemptionFlag()
+    try:
+        return _run_continual(cfg, flag)
+    finally:
+        flag.close()
+
+
+def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     device = experiment.init_process(cfg)
+    if cfg.train.batch_size % dist_util.get_world_size():  # checked before any work (TrainLoop checks again)
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the world size "
+                          f"{dist_util.get_world_size()}: the global batch is split evenly over the ranks")
     run_dir = experiment.run_dir_of(cfg)
     root_logger = experiment.setup_run(cfg)
     x, y, info = experiment.load_split(cfg, "train")
@@ -110,11 +157,14 @@ def run_continual(cfg) -> ContinualContext:
     first = 0
     while first < len(scenario.tasks) and bf.exists(_done_path(ctx, scenario.tasks[first])):
         first += 1
+    while first > 0 and (damage := _task_damage(ctx, scenario.tasks[first - 1])) is not None:
+        root_logger.log(f"task {first - 1} is marked done but {damage}; redoing it from its latest intact checkpoint")
+        first -= 1
     ema_state = None
     if first > 0:
         prev = scenario.tasks[first - 1]
-        model_sd, ema_state = _final_weights(ctx.task_dir(prev))
-        model.load_state_dict(model_sd)
+        model_sd, ema_state = _final_weights(ctx.task_dir(prev), prev.num_steps)
+        ckpt.load_checked(model, model_sd, f"{ctx.task_dir(prev)}/model{prev.num_steps:06d}.pt")
         state_path = f"{ctx.task_dir(prev)}/method_state.pt"
         if bf.exists(state_path):
             method.load_state_dict(ckpt.load_torch(state_path))
@@ -123,6 +173,7 @@ def run_continual(cfg) -> ContinualContext:
     evaluators = _evaluators(cfg, root_logger)
     rates = [float(r) for r in cfg.train.ema_rate.split(",")]
     for task in scenario.tasks[first:]:
+        _stop_if_preempted(flag, ctx, f"before task {task.index}")
         tdir = ctx.task_dir(task)
         if dist_util.is_main():
             bf.makedirs(tdir)
@@ -141,7 +192,8 @@ def run_continual(cfg) -> ContinualContext:
         data = InfiniteLoader(xt, yt, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                               seed=step_seed(cfg.seed, task.index, 1) % (2**31), random_flip=cfg.data.random_flip)
         base = DiffusionObjective(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
-                                  class_cond=cfg.model.class_cond)
+                                  class_cond=cfg.model.class_cond, uncond_p=cfg.train.uncond_p,
+                                  null_class=null_class_of(cfg, info.num_classes))
         import dataclasses
 
         tcfg = dataclasses.replace(cfg.train, total_steps=task.num_steps)
@@ -152,13 +204,14 @@ def run_continual(cfg) -> ContinualContext:
         start_step = loop.step
         t1 = time.time()
         loop.run()
+        _stop_if_preempted(flag, ctx, f"during task {task.index}")
         train_sec = time.time() - t1
         ema_state = {r: {k: v.detach().clone() for k, v in sd.items()} for r, sd in loop.ema_state_dicts().items()}
         t2 = time.time()
         method.after_task(task)
         t_after = time.time() - t2
         if dist_util.is_main():
-            ckpt.atomic_torch_save(method.state_dict(), f"{tdir}/method_state.pt")
+            saved = {"method_state.pt": ckpt.atomic_torch_save(method.state_dict(), f"{tdir}/method_state.pt")}
         row = {"task": task.index, "classes": " ".join(map(str, task.classes)),
                "seen_classes": len(task.seen_classes), "steps": task.num_steps, "images": len(xt),
                "before_task_sec": round(t_before, 3), "train_sec": round(train_sec, 3),
@@ -178,7 +231,8 @@ def run_continual(cfg) -> ContinualContext:
         del ema_model
         if dist_util.is_main():
             append_metrics(f"{run_dir}/metrics.csv", row)
-            ckpt.atomic_write_text(_done_path(ctx, task), json.dumps(row, indent=2))
+            faults.point("task_end")
+            ckpt.atomic_write_text(_done_path(ctx, task), json.dumps({**row, "files": saved}, indent=2))
         dist_util.barrier()
         root_logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
         logger.close()

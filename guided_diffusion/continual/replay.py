@@ -14,6 +14,8 @@ Every function here runs the frozen teacher under ``torch.inference_mode`` and w
                         t <= T/3 both mirrors; t > 2T/3 untouched
   target: the teacher's prediction on (x_in, t) for distillation, or the noise n (x0 for an
   x0-predicting model) for plain generative replay.
+With ``guidance_scale`` != 1 the teacher's *generation* is classifier-free guided (``cfg.cfg_model``,
+the teacher's null class); distillation targets stay the teacher's raw prediction.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..cfg import cfg_model
 
 SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")
 
@@ -158,6 +162,8 @@ def _replay_inputs(
     t_min: int = 0,
     generator: torch.Generator,
     device,
+    guidance_scale: float = 1.0,
+    null_class: Optional[int] = None,
 ) -> ReplayBatch:
     if source not in SOURCES:
         raise ValueError(f"unknown replay source {source!r}; valid: {', '.join(SOURCES)}")
@@ -170,16 +176,18 @@ def _replay_inputs(
     full = (n, *shape)
     nfe = 0
     noise = torch.randn(full, generator=generator).to(device)
+    gen_net = cfg_model(teacher, guidance_scale, null_class) if y is not None else teacher
+    nfe_per_eval = 1 if gen_net is teacher else 2
     if source == "full_generation":
-        x0 = ddim_generate(teacher, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device)
-        nfe += n * teacher_steps
+        x0 = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device)
+        nfe += n * teacher_steps * nfe_per_eval
         ab = _abar(diffusion, t).view(-1, 1, 1, 1)
         x_in = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
     elif source == "partial_generation":
-        x_in = ddim_generate(teacher, diffusion, full, y, teacher_steps, teacher_eta, stop_t=t,
+        x_in = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, stop_t=t,
                              generator=generator, device=device)
         ts = trailing_timesteps(T, teacher_steps)
-        nfe += int(sum(int((t < tc).sum()) for tc in ts))
+        nfe += int(sum(int((t < tc).sum()) for tc in ts)) * nfe_per_eval
         x0 = None
     elif source == "gaussian":
         x_in = noise

@@ -99,10 +99,23 @@ def shard_metadata(path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
+def _whole_size(path: str) -> Optional[int]:
+    """The size a complete safetensors file must have, from its own header; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n)) if n <= 100_000_000 else None
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return 8 + n + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError, struct.error):
+        return None
+
+
 def shard_is_done(cache_dir: str, index: int, start: int, count: int, key: Dict[str, Any]) -> bool:
-    """True if shard ``index`` exists and was written by this same preparation (resume)."""
-    meta = shard_metadata(os.path.join(cache_dir, shard_name(index)))
-    if meta is None:
+    """True if shard ``index`` exists whole and was written by this same preparation (resume)."""
+    path = os.path.join(cache_dir, shard_name(index))
+    meta = shard_metadata(path)
+    if meta is None or _whole_size(path) != os.path.getsize(path):  # a truncated shard is prepared again
         return False
     if meta.get("key") != key_digest(key):
         raise CacheError(
@@ -153,6 +166,18 @@ def read_header(cache_dir: str) -> Optional[Dict[str, Any]]:
     if header.get("format") != FORMAT or header.get("version") != VERSION:
         raise CacheError(f"{path} is not a version-{VERSION} DKDM cache header")
     return header
+
+
+def damaged_shards(cache_dir: str, header: Dict[str, Any]) -> Dict[str, str]:
+    """The shards of a complete cache whose size or sha256 differ from the header's: file -> reason."""
+    out = {}
+    for shard in header["shards"]:
+        path = os.path.join(cache_dir, shard["file"])
+        if not os.path.exists(path):
+            out[shard["file"]] = f"{path} is missing"
+        elif _sha256_file(path) != (shard["sha256"], shard["size"]):
+            out[shard["file"]] = f"{path} does not match the size/sha256 in {HEADER} (truncated or corrupt)"
+    return out
 
 
 def check_key(header: Dict[str, Any], key: Dict[str, Any], cache_dir: str) -> None:

@@ -24,10 +24,11 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .. import dist_util
+from .. import dist_util, faults
 from ..logger import progress_bar
-from ..train_util import step_seed
-from .format import check_key, read_header, shard_is_done, shard_ranges, write_header, write_shard
+from ..train_util import Preempted, any_rank, preemption_requested, step_seed
+from .format import (HEADER, check_key, damaged_shards, read_header, shard_is_done, shard_ranges, write_header,
+                     write_shard)
 from .teacher import teacher_step
 
 MODES = ("dynamic", "shuffled", "iterative")
@@ -124,7 +125,16 @@ def prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepar
     header = read_header(cache_dir)
     if header is not None:
         check_key(header, key, cache_dir)
-        return {"complete_before": True, "nfe": 0, "seconds": 0.0, "shards_done": 0, "shards_skipped": 0}
+        # Rank 0 checks every shard against the header; a damaged one is prepared again (the same entries).
+        damaged = dist_util.broadcast_object(damaged_shards(cache_dir, header) if rank == 0 else None)
+        if not damaged:
+            return {"complete_before": True, "nfe": 0, "seconds": 0.0, "shards_done": 0, "shards_skipped": 0}
+        log(f"cache {cache_dir}: {'; '.join(damaged.values())}; preparing {len(damaged)} shard(s) again")
+        dist_util.barrier()
+        if rank == 0:
+            for name in [HEADER, *damaged]:
+                if os.path.exists(os.path.join(cache_dir, name)):
+                    os.remove(os.path.join(cache_dir, name))
     if rank == 0:
         os.makedirs(cache_dir, exist_ok=True)
     dist_util.barrier()
@@ -140,16 +150,22 @@ def prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepar
     start = time.time()
     done_nfe = 0
     for i in todo:
+        if preemption_requested():  # SIGTERM/SIGUSR1: stop between shards (the written ones are kept)
+            break
         a, b = ranges[i]
         t0 = time.time()
         x, t, y = prepare_shard(teacher, diffusion, spec, i, b - a, prepare_batch=prepare_batch, device=device,
                                 on_nfe=bar.update)
         write_shard(cache_dir, i, a, x, t, y, key)
+        faults.point("cache_prepare")
         nfe = int((spec.T - t).sum())
         done_nfe += nfe
         log(f"cache shard {i + 1}/{len(ranges)}: entries [{a}, {b}), {nfe} teacher NFEs, "
             f"{nfe / max(time.time() - t0, 1e-9):.1f} NFE/s (rank {rank})")
     bar.close()
+    if any_rank(preemption_requested() is not None):
+        raise Preempted(f"{preemption_requested() or 'a preemption signal'} received while preparing the cache in "
+                        f"{cache_dir}: the shards written so far are kept; rerun the same command to continue")
     seconds = time.time() - start
     totals = dist_util.all_gather_object((done_nfe, seconds)) if world > 1 and dist_util.is_initialized() \
         else [(done_nfe, seconds)]

@@ -24,7 +24,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .. import dist_util
+from .. import dist_util, faults
 from .class_metrics import class_histogram
 from .features import build_feature_extractor
 from .reference import ImageSet
@@ -131,6 +131,7 @@ class ContinualEvaluator:
             seed=ev.seed if ev.seed >= 0 else cfg.seed, class_cond=cfg.model.class_cond, labels=labels,
             use_ddim=ev.use_ddim, eta=ev.eta, device=ctx.device,
         )
+        faults.point("evaluation")
         sampler = f"{respacing or 'full'} {'DDIM eta ' + str(ev.eta) if ev.use_ddim else 'ancestral'}"
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,

@@ -15,6 +15,10 @@ the real batch in one forward pass (Masip et al. 2023, sec. 4):
 ``generative_replay`` with style ``guide`` is GUIDE's self-rehearsal: before task k the teacher
 generates ``n_per_task * k`` images of old classes (uniform labels), which are mixed into the
 task's data set; the objective is the plain diffusion loss.
+
+Classifier-free guidance (``train.uncond_p`` > 0): labels are dropped to the null class on the
+real batch and on the replay batch alike (a dropped replay label's distillation target is the
+teacher's null-class prediction), and the teacher's generation honours ``sample.guidance_scale``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import blobfile as bf
 import torch
 
 from ... import checkpoint as ckpt
-from ... import dist_util, experiment
+from ... import dist_util, experiment, faults
+from ...cfg import null_class_of
 from ...image_util import from_uint8
 from ...sampling import sample_set
 from ..base import ContinualMethod, ObjectiveWrapper, register_method
@@ -48,6 +53,7 @@ class ReplayObjective(ObjectiveWrapper):
         k = self.task.index
         t, weights = self.base.sample_t(B, x.device, ctx)
         noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
+        y = self.base.drop_labels(y, ctx)  # classifier-free guidance training (no draw when uncond_p is 0)
         x_t = diffusion.q_sample(x, t, noise=noise)
         cond = self.base.class_cond
         start = time.perf_counter()
@@ -58,7 +64,8 @@ class ReplayObjective(ObjectiveWrapper):
             nfe = B
         else:
             n_r = max(1, (m.replay_batch or B * ctx.num_microbatches) // ctx.num_microbatches)
-            replay = self.replay_batch(n_r, x, ctx)
+            replay = self.drop_replay_labels(self.replay_batch(n_r, x, ctx), ctx)
+            faults.point("replay_generation")
             nfe = replay.teacher_nfe
         replay_sec = time.perf_counter() - start
         if replay is not None:
@@ -99,7 +106,23 @@ class ReplayObjective(ObjectiveWrapper):
             shape=x.shape[1:], old_classes=self.task.old_classes if self.base.class_cond else None,
             distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
             t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
+            guidance_scale=self.method.generation_guidance, null_class=self.base.null_class,
         )
+
+    def drop_replay_labels(self, replay: ReplayBatch, ctx) -> ReplayBatch:
+        """Label dropout on the replay batch too, so that the null class keeps predicting for the old
+        classes; the distillation target of a dropped label is the teacher's null-class prediction."""
+        if self.base.uncond_p <= 0 or replay.y is None:
+            return replay
+        y = self.base.drop_labels(replay.y, ctx)
+        dropped = y != replay.y
+        target, nfe = replay.target, replay.teacher_nfe
+        if self.method.distill and bool(dropped.any()):
+            target = target.clone()
+            target[dropped] = predict_eps_raw(self.method.teacher, self.diffusion, replay.x[dropped],
+                                              replay.t[dropped], y[dropped]).to(target.dtype)
+            nfe += int(dropped.sum())
+        return ReplayBatch(replay.x, replay.t, y, target, nfe)
 
 
 def predict_eps_raw(net, diffusion, x, t, y):
@@ -113,6 +136,12 @@ def predict_eps_raw(net, diffusion, x, t, y):
 class _ReplayMethod(ContinualMethod):
     needs_teacher = True
     distill = False
+
+    @property
+    def generation_guidance(self) -> float:
+        """The classifier-free guidance scale of the teacher's generation (``sample.guidance_scale``)."""
+        ctx = getattr(self, "ctx", None)
+        return float(ctx.cfg.sample.guidance_scale) if ctx is not None else 1.0
 
     def objective(self, task, base):
         if task.index == 0 or self.teacher is None:
@@ -175,6 +204,9 @@ class GenerativeReplay(_ReplayMethod):
             from ...config import ConfigError
 
             raise ConfigError(f"method.style {mcfg.style!r} is not one of masip, guide")
+        if mcfg.style == "guide" and not ctx.cfg.model.class_cond:
+            raise ConfigError("method.style guide (GUIDE) generates images of the old classes by label: it needs a "
+                              "class-conditional model (model.class_cond: true)")
         _check_common(mcfg, ctx)
         self.replay_x = self.replay_y = None
 
@@ -189,7 +221,13 @@ class GenerativeReplay(_ReplayMethod):
         if self.mcfg.style != "guide" or task.index == 0:
             return
         path = f"{self.ctx.task_dir(task)}/replay_set.pt"
-        if not bf.exists(path):  # generated once per task, reused on resume
+        data = None
+        if bf.exists(path):  # generated once per task, reused on resume
+            try:
+                data = ckpt.load_torch(path)
+            except ckpt.CheckpointError as e:  # truncated or corrupt: made again (the same images)
+                self.ctx.logger.log(f"task {task.index}: {e}; generating the replay set again")
+        if data is None:
             n = self.mcfg.n_per_task * task.index
             cfg = self.ctx.cfg
             diffusion = experiment.build_diffusion(cfg, self.mcfg.timestep_respacing)
@@ -198,12 +236,14 @@ class GenerativeReplay(_ReplayMethod):
                 teacher, diffusion, num_samples=n, batch_size=self.mcfg.generation_batch,
                 image_shape=self.ctx.info.shape, seed=cfg.seed + 7919 * task.index, class_cond=cfg.model.class_cond,
                 classes=task.old_classes, use_ddim=self.mcfg.use_ddim, device=self.ctx.device,
+                guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, self.ctx.info.num_classes),
             )
             self.ctx.logger.log(f"task {task.index}: generated {n} replay images in {time.time() - start:.1f}s")
+            faults.point("replay_generation")
             if dist_util.is_main():
                 ckpt.atomic_torch_save({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, path)
             dist_util.barrier()
-        data = ckpt.load_torch(path)
+            data = ckpt.load_torch(path)
         self.replay_x = from_uint8(data["images"].numpy())
         self.replay_y = data["labels"].long()
 
