@@ -315,6 +315,8 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         (inner,) = typing.get_args(typ) or (Any,)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # one element (`sample.compose=3` parses as the number 3)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
