@@ -38,12 +38,36 @@ ENERGY_FORMS = ("dae", "l2")
 def energy_from_output(x: torch.Tensor, s: torch.Tensor, form: str) -> torch.Tensor:
     """Per-sample energy [N] from the network output ``s`` (first C channels) at input ``x``."""
     if form == "dae":
-        d = (x - s).float()
+        d = x - s
     elif form == "l2":
-        d = s.float()
+        d = s
     else:
         raise ValueError(f"energy form must be one of {', '.join(ENERGY_FORMS)}, got {form!r}")
-    return 0.5 * d.pow(2).flatten(1).sum(1)
+    return 0.5 * at_least_float32(d).pow(2).flatten(1).sum(1)
+
+
+def at_least_float32(v: torch.Tensor) -> torch.Tensor:
+    """``v`` in float32 if it is in a lower precision (fp16/bf16); float64 stays float64."""
+    return v.to(torch.promote_types(v.dtype, torch.float32))
+
+
+def _init_zero_output(net: nn.Module) -> bool:
+    """Re-initialise the network's last Conv/Linear layer if it is all zeros (ADM's ``zero_module``
+    output, DiT's zero final projection); returns whether it did.
+
+    The ``l2`` energy needs it: with a zero output layer W, ``s = W h`` and ``ds/dx = W dh/dx``, so
+    the prediction ``(ds/dx)^T s`` is quadratic in W and the loss gradient of *every* parameter is
+    exactly zero at initialisation: the model would never train. (``dae`` is fine: at W = 0 the
+    prediction is x and the output layer gets a gradient.)
+    """
+    last = None
+    for mod in net.modules():
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            last = mod
+    if last is None or bool(last.weight.detach().any()):
+        return False
+    last.reset_parameters()
+    return True
 
 
 def _normal(v):
@@ -66,6 +90,8 @@ class EnergyModel(nn.Module):
             raise ValueError(f"energy form must be one of {', '.join(ENERGY_FORMS)}, got {form!r}")
         self.net = net
         self.form = form
+        if form == "l2":
+            _init_zero_output(net)  # else the l2 energy has an all-zero gradient at initialisation
 
     is_energy = True  # energies are available (``is_energy_model``)
 

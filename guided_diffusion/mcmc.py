@@ -34,7 +34,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from .energy import is_energy_model
+from .energy import at_least_float32, is_energy_model
 
 SAMPLERS = ("none", "ula", "uha", "mala", "cha")
 METROPOLIS = ("mala", "cha")
@@ -153,7 +153,7 @@ def log_density(energy: torch.Tensor, x: torch.Tensor, alpha_bar: float, predict
     """
     sigma = math.sqrt(1.0 - alpha_bar)
     if predicts_xstart:
-        return -(0.5 * _sum(x.float() ** 2) - math.sqrt(alpha_bar) * energy) / sigma**2
+        return -(0.5 * _sum(at_least_float32(x) ** 2) - math.sqrt(alpha_bar) * energy) / sigma**2
     return -energy / sigma
 
 
@@ -181,7 +181,7 @@ def level_target(diffusion, index: int, predict: Callable, energy_and_grad: Opti
             log_p = log_density(e, x, ab, x0_pred)
         else:
             out = predict(x, t)
-        out = out[:, : x.shape[1]].float()
+        out = at_least_float32(out[:, : x.shape[1]])
         eps = (x - math.sqrt(ab) * out) / sigma if x0_pred else out
         return log_p, -eps / sigma
 
