@@ -175,6 +175,7 @@ class ContinualConfig:
     grid_per_class: int = 8  # samples per seen class in each task's grid (0: none)
     eval_respacing: str = "ddim25"  # sampler for grids and evaluation
     teacher_ema: bool = True  # the teacher is the EMA (first rate) of the previous task, else the raw weights
+    init_from: str = ""  # a run folder whose finished task 0 this run takes instead of training it (same data, model, diffusion, training, seed and first task; continual/warm_start.py)
 
 
 @dataclass

@@ -420,3 +420,34 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
     # predictions are 0 or 1 when trained long enough -- here we check the mask itself.
     logits = torch.zeros(2, 10).masked_fill(~torch.tensor([True, True] + [False] * 8), float("-inf"))
     assert torch.isinf(torch.nn.functional.log_softmax(logits, -1)[:, 2:]).all()
+
+
+def test_init_from_takes_another_methods_first_task_bit_identically(tmp_path):
+    """Task 0 is method-independent: an EWC run seeded with a naive run's task 0 equals an EWC run
+    that trained it itself (task 1 weights, the Fisher and the metrics rows); a source made with
+    other settings is refused, naming the differing key, before anything is written."""
+    from guided_diffusion.config import ConfigError
+    from guided_diffusion.continual.loop import run_continual
+
+    ewc = ["method.num_samples=4"]
+    src = run_continual(_cfg(tmp_path / "src", "yaml/mnist/naive.yaml", ["continual.limit_tasks=1"]))
+    own = run_continual(_cfg(tmp_path / "own", "yaml/mnist/ewc.yaml", ewc))
+    seeded = run_continual(_cfg(tmp_path / "seeded", "yaml/mnist/ewc.yaml", ewc + [f"continual.init_from={src.run_dir}"]))
+    wa, wb = _final_model(own.run_dir, 1), _final_model(seeded.run_dir, 1)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    from guided_diffusion import checkpoint as ckpt
+
+    fa, fb = (ckpt.load_torch(f"{r.run_dir}/task_0/method_state.pt") for r in (own, seeded))
+    leaves = lambda d: [v for k in sorted(d) for v in (leaves(d[k]) if isinstance(d[k], dict) else [d[k]])]  # noqa: E731
+    la, lb = leaves(fa), leaves(fb)
+    assert len(la) == len(lb) and any(torch.is_tensor(v) for v in la)  # the Fisher and the anchors
+    assert all(torch.equal(u, v) if torch.is_tensor(u) else u == v for u, v in zip(la, lb))
+    with open(f"{own.run_dir}/metrics.csv") as f, open(f"{seeded.run_dir}/metrics.csv") as g:
+        ra, rb = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert [r["final_loss"] for r in ra] == [r["final_loss"] for r in rb]
+    assert "task 0 taken from" in open(f"{seeded.run_dir}/log.txt").read()
+
+    with pytest.raises(ConfigError, match=r"train\.lr"):
+        run_continual(_cfg(tmp_path / "bad", "yaml/mnist/ewc.yaml",
+                           ewc + ["train.lr=0.5", f"continual.init_from={src.run_dir}"]))
+    assert not os.path.exists(f"{tmp_path}/bad/split_mnist_ewc/task_0")

@@ -32,7 +32,7 @@ import blobfile as bf
 import torch
 
 from .. import checkpoint as ckpt
-from ..config import ConfigError
+from ..config import ConfigError, dump_config
 from .. import dist_util, experiment, faults
 from ..cfg import null_class_of
 from ..data import InfiniteLoader
@@ -42,6 +42,7 @@ from ..sampling import sample_set
 from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, any_rank, step_seed
 from .base import ContinualContext, build_method, freeze
 from .scenario import Task, build_scenario
+from .warm_start import copy_first_task, first_task_source
 
 # Called after each task with (ctx, task, ema_model); returns metric columns for metrics.csv.
 EVALUATORS: List[Callable] = []
@@ -139,7 +140,12 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         raise ConfigError(f"train.batch_size {cfg.train.batch_size} is not divisible by the world size "
                           f"{dist_util.get_world_size()}: the global batch is split evenly over the ranks")
     run_dir = experiment.run_dir_of(cfg)
-    root_logger = experiment.setup_run(cfg)
+    if dist_util.is_main():
+        bf.makedirs(run_dir)
+    dist_util.barrier()
+    root_logger = experiment.make_logger(cfg, run_dir)
+    # Everything below up to the config's write checks the input (data, scenario, model, method, the
+    # finished tasks' files): a bad config fails here without replacing an existing run's config.yaml.
     x, y, info = experiment.load_split(cfg, "train")
     if cfg.model.class_cond is False and cfg.method and getattr(cfg.method, "requires_class_cond", False):
         raise ValueError(f"method {cfg.method.name} needs a class-conditional model (model.class_cond: true)")
@@ -169,6 +175,12 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         if bf.exists(state_path):
             method.load_state_dict(ckpt.load_torch(state_path))
         root_logger.log(f"tasks 0..{first - 1} already finished; continuing with task {first}")
+    init_step = None
+    if first == 0 and cfg.continual.init_from:  # task 0 from another run (checked before any work)
+        init_step = first_task_source(cfg, scenario.tasks[0], info.num_classes)
+    if dist_util.is_main():
+        ckpt.atomic_write_text(bf.join(run_dir, "config.yaml"), dump_config(cfg))
+    dist_util.barrier()
 
     evaluators = _evaluators(cfg, root_logger)
     rates = [float(r) for r in cfg.train.ema_rate.split(",")]
@@ -177,6 +189,9 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         tdir = ctx.task_dir(task)
         if dist_util.is_main():
             bf.makedirs(tdir)
+        if init_step is not None and task.index == 0:
+            if dist_util.is_main():
+                copy_first_task(cfg.continual.init_from, init_step, tdir, root_logger.log)
         dist_util.barrier()
         logger = experiment.make_logger(cfg, tdir)
         teacher = None
@@ -263,6 +278,7 @@ def _last_terms(tdir: str) -> Dict[str, float]:
     if secs:
         out["sec_per_step"] = sum(secs) / len(secs)
     for k, v in rows[-1].items():
-        if k in ("loss", "mse", "vb", "data_loss", "replay_loss", "replay_sec", "ewc_penalty") and v not in ("", None):
+        if k in ("loss", "mse", "vb", "data_loss", "replay_loss", "replay_sec", "ewc_penalty",
+                 "teacher_nfe") and v not in ("", None):
             out[f"final_{k}"] = float(v)
     return out

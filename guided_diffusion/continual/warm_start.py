@@ -1,0 +1,86 @@
+"""Start a continual run from another run's finished first task (``continual.init_from``).
+
+Task 0 has no old classes: every method trains it the same way (the plain diffusion loss on the
+first classes), so runs that differ only in their method share it bit for bit. A benchmark that
+compares methods trains it once and seeds every other run with it: ``copy_first_task`` copies the
+final checkpoint of ``<init_from>/task_0`` (model, EMA, optimizer, loop state, manifest last, each
+file checked against the manifest's size and sha256) and its progress logs into this run's
+``task_0``, where the training loop then finds the task complete. The method's ``after_task``
+(EWC's Fisher, the buffer, ...), the grid and the evaluation of task 0 still run in this run.
+
+The source must have been made with the same data, model, diffusion, training settings, seed and
+first task; otherwise one ``ConfigError`` names every differing key.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List
+
+import blobfile as bf
+
+from .. import checkpoint as ckpt
+from ..config import ConfigError, load_config, to_dict
+from .scenario import build_scenario
+
+# Keys that do not change what task 0 computes (logging, checkpoint cadence, threads, sinks).
+NEUTRAL_TRAIN_KEYS = ("log_interval", "save_interval", "keep_checkpoints", "num_threads", "wandb", "tensorboard",
+                      "total_steps", "sample_at_end")
+
+
+def _first_task_settings(cfg) -> Dict[str, Any]:
+    """Everything that decides the weights after task 0, flattened to ``section.key``."""
+    out: Dict[str, Any] = {"seed": cfg.seed}
+    for section in ("data", "model", "diffusion", "train"):
+        for key, value in to_dict(getattr(cfg, section)).items():
+            if section == "train" and key in NEUTRAL_TRAIN_KEYS:
+                continue
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def _differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
+    return [f"{k}: {b.get(k)!r} there, {a.get(k)!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def first_task_source(cfg, task, num_classes: int) -> int:
+    """Check that ``cfg.continual.init_from`` holds a finished task 0 that this run would have trained
+    itself; returns the step of its final checkpoint. Read-only (every rank may call it)."""
+    src_run = cfg.continual.init_from
+    src = f"{src_run}/task_0"
+    if not bf.exists(f"{src}/task_done.json") or not bf.exists(f"{src_run}/config.yaml"):
+        raise ConfigError(f"continual.init_from = {src_run!r}: {src} is not a finished first task of a continual run "
+                          "(run that config first)")
+    other = load_config(f"{src_run}/config.yaml")
+    diffs = _differences(_first_task_settings(cfg), _first_task_settings(other))
+    theirs = build_scenario(other.continual, num_classes).tasks[0]
+    if (tuple(theirs.classes), theirs.num_steps) != (tuple(task.classes), task.num_steps):
+        diffs.append(f"task 0: classes {list(theirs.classes)} x {theirs.num_steps} steps there, "
+                     f"{list(task.classes)} x {task.num_steps} steps here")
+    if diffs:
+        raise ConfigError(f"continual.init_from = {src_run!r} trained another first task; it differs in "
+                          + "; ".join(diffs))
+    if ckpt.latest_checkpoint(src) != task.num_steps:
+        raise ConfigError(f"continual.init_from: {src} has no intact checkpoint at its last step {task.num_steps}")
+    return task.num_steps
+
+
+def copy_first_task(src_run: str, step: int, task_dir: str, log) -> bool:
+    """Copy ``src_run``'s task 0 checkpoint at ``step`` and its progress logs into ``task_dir`` (rank 0,
+    before task 0's training loop). Returns False when ``task_dir`` already has a checkpoint (resume)."""
+    if ckpt.list_manifests(task_dir):
+        return False
+    src = f"{src_run}/task_0"
+    bf.makedirs(task_dir)
+    for name in ("progress.csv", "progress.jsonl"):
+        if bf.exists(f"{src}/{name}"):
+            ckpt.atomic_write_bytes(f"{task_dir}/{name}", ckpt.read_bytes(f"{src}/{name}"))
+    for name, entry in ckpt.read_manifest(src, step)["files"].items():
+        ckpt.atomic_write_bytes(f"{task_dir}/{name}", ckpt.read_bytes(f"{src}/{name}"))
+        reason = ckpt.verify_file(f"{task_dir}/{name}", entry)
+        if reason is not None:
+            raise ckpt.CheckpointError(f"copying task 0 from {src}: {reason}")
+    # The manifest goes last: until it exists the copy is not a checkpoint (an interrupted copy is redone).
+    ckpt.atomic_write_bytes(ckpt.manifest_path(task_dir, step), ckpt.read_bytes(ckpt.manifest_path(src, step)))
+    log(f"task 0 taken from {os.path.abspath(src)} (step {step}: same data, model, diffusion, training and first task)")
+    return True
