@@ -246,11 +246,26 @@ th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}.protocol{fo
 .plots img{max-width:560px;margin:4px}"""
 
 
-def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] = None) -> Tuple[str, str]:
-    """Write report.md, report.html and report_plots/ for the run(s) at ``path``; returns both paths."""
+def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] = None,
+                 copy_grids: bool = False) -> Tuple[str, str]:
+    """Write report.md, report.html and report_plots/ for the run(s) at ``path``; returns both paths.
+
+    ``copy_grids``: copy the sample grids into ``out_dir/report_grids/`` and link the copies (a report
+    that stands alone, e.g. to check in), instead of linking them in the run folders."""
     runs = [read_run(p) for p in find_runs(path)]
     out_dir = out_dir or path
     os.makedirs(out_dir, exist_ok=True)
+    if copy_grids:
+        import shutil
+
+        os.makedirs(os.path.join(out_dir, "report_grids"), exist_ok=True)
+        for run in runs:
+            copies = []
+            for t, p in run.grids:
+                dst = os.path.join(out_dir, "report_grids", f"{run.name}_task{t}.png")
+                shutil.copyfile(p, dst)
+                copies.append((t, dst))
+            run.grids = copies
     rel = lambda p: os.path.relpath(p, out_dir).replace(os.sep, "/")  # noqa: E731
     title = title or f"Report: {os.path.basename(os.path.normpath(path))}"
 

@@ -1,0 +1,419 @@
+"""The fidelity benchmark: every continual method on one scenario, same model, steps, seeds and
+evaluation, then one comparison report (``scripts/benchmark_cl.py``).
+
+A *suite* is a YAML file (``yaml/bench/split_mnist.yaml``)::
+
+    name: split_mnist
+    out_dir: experiments/bench_split_mnist        # the run folders (<label>_s<seed>/)
+    report_dir: experiments/results/split_mnist   # the report (Markdown + HTML + PNGs, small)
+    base: yaml/mnist/generative_distillation_eval.yaml   # every run: this config ...
+    settings: {continual: {num_steps: 100}}      # ... with these keys merged in (nested YAML)
+    seeds: [0, 1, 2]
+    share_first_task: true   # task 0 is the same for every method: train it once per seed
+    methods:                 # label -> the run's ``method:`` section
+      naive: {name: naive}
+      gd_full: {name: generative_distillation, source: full_generation}
+      ewc: yaml/mnist/ewc.yaml            # or a config file: its method section
+    solver:                  # the continual classifier, replaying from one method's diffusion runs
+      diffusion: gd_full
+      replays: [none, joint, plain, soft, guided]
+      settings: {solver: {num_steps: 100}}
+    scales:                  # --scale NAME: these suite keys replace the ones above (whole keys)
+      paper: {base: yaml/fmnist/generative_distillation.yaml, methods: {...}, ...}
+
+Each run is one process of ``scripts/continual_train.py`` (or ``classifier_cl_train.py``) on a
+config written to ``<out_dir>/configs/``; every config is built and validated before the first run
+starts. A rerun of the suite resumes: finished runs are skipped by the scripts themselves, a run
+cut short resumes from its checkpoints. Wall times go to ``<out_dir>/suite_times.csv``.
+
+The report (``write_report``) has the headline tables (mean and spread over seeds), the three
+claims of the papers with a verdict computed from the numbers, and, below, the per-run report of
+``evaluation.report`` (per-task tables, metric-vs-task plots, every sample grid, copied).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from .config import ConfigError, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE_KEYS = ("name", "out_dir", "report_dir", "base", "settings", "seeds", "share_first_task", "methods",
+              "solver", "scales", "description")
+
+
+@dataclass
+class Suite:
+    name: str
+    base: str
+    methods: Dict[str, Dict[str, Any]]
+    out_dir: str = "experiments/bench"
+    report_dir: str = ""
+    settings: Dict[str, Any] = field(default_factory=dict)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    share_first_task: bool = True
+    solver: Dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    path: str = ""
+    scale: str = ""
+
+
+@dataclass
+class RunSpec:
+    label: str  # the method's label in the suite
+    seed: int
+    kind: str  # continual | solver
+    config_path: str
+    run_dir: str
+    overrides: List[str] = field(default_factory=list)
+
+
+def _merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
+    """``a`` with ``b`` merged in (nested mappings merged, everything else replaced)."""
+    out = copy.deepcopy(a)
+    for k, v in (b or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _abs(path: str) -> str:
+    return path if os.path.isabs(path) or "://" in path else os.path.join(ROOT, path)
+
+
+def load_suite(path: str, scale: str = "") -> Suite:
+    """Read and check a suite file; ``scale`` picks one of its ``scales`` (keys replacing the suite's)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"suite file {path} not found")
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    unknown = [k for k in raw if k not in SUITE_KEYS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown suite key(s) {unknown}; valid: {', '.join(SUITE_KEYS)}")
+    scales = raw.pop("scales", {}) or {}
+    if scale:
+        if scale not in scales:
+            raise ConfigError(f"{path}: no scale {scale!r}; the suite has {', '.join(scales) or 'none'}")
+        raw = {**raw, **scales[scale]}
+    for key in ("name", "base", "methods"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: the suite needs '{key}'")
+    suite = Suite(**raw, path=path, scale=scale)
+    if suite.solver:
+        bad = [k for k in suite.solver if k not in ("diffusion", "replays", "settings")]
+        if bad:
+            raise ConfigError(f"{path}: unknown solver key(s) {bad}; valid: diffusion, replays, settings")
+        if suite.solver.get("diffusion") not in suite.methods:
+            raise ConfigError(f"{path}: solver.diffusion {suite.solver.get('diffusion')!r} is not one of the methods "
+                              f"({', '.join(suite.methods)})")
+    if not suite.report_dir:
+        suite.report_dir = os.path.join(suite.out_dir, "report")
+    return suite
+
+
+def _method_section(entry) -> Dict[str, Any]:
+    """A suite's method entry: the ``method:`` mapping itself, or a config file whose section is taken."""
+    if isinstance(entry, dict):
+        return copy.deepcopy(entry)
+    if not os.path.isfile(_abs(str(entry))):
+        raise ConfigError(f"method entry {entry!r}: neither a method section nor a config file")
+    with open(_abs(str(entry))) as f:
+        return (yaml.safe_load(f) or {}).get("method") or {"name": "naive"}
+
+
+def plan(suite: Suite) -> List[RunSpec]:
+    """Write every run's config (``<out_dir>/configs/``) and check it; returns the runs in order.
+
+    Per seed: the methods in the suite's order (with ``share_first_task``, the first one trains task
+    0 and the others take it, ``continual.init_from``), then the solver runs."""
+    with open(_abs(suite.base)) as f:
+        base = yaml.safe_load(f) or {}
+    out_dir = _abs(suite.out_dir)
+    cfg_dir = os.path.join(out_dir, "configs")
+    os.makedirs(cfg_dir, exist_ok=True)
+    specs: List[RunSpec] = []
+    for seed in suite.seeds:
+        first_run = None
+        for label, method in suite.methods.items():
+            name = f"{label}_s{seed}"
+            cfg = _merge(base, suite.settings)
+            cfg.update(name=name, seed=int(seed), out_dir=out_dir, method=_method_section(method))
+            if suite.share_first_task and first_run is not None:
+                cfg = _merge(cfg, {"continual": {"init_from": first_run}})
+            path = os.path.join(cfg_dir, f"{name}.yaml")
+            with open(path, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+            try:
+                load_config(path)  # every run's config is valid before anything runs
+            except ConfigError as e:
+                raise ConfigError(f"suite {suite.path}, method {label}: {e}") from None
+            run_dir = os.path.join(out_dir, name)
+            specs.append(RunSpec(label, int(seed), "continual", path, run_dir))
+            first_run = first_run or run_dir
+        if suite.solver:
+            src = next(s for s in specs if s.seed == seed and s.label == suite.solver["diffusion"])
+            with open(src.config_path) as f:
+                cfg = _merge(yaml.safe_load(f), suite.solver.get("settings", {}))
+            path = os.path.join(cfg_dir, f"solver_s{seed}.yaml")
+            with open(path, "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+            for replay in suite.solver.get("replays", ["guided"]):
+                try:
+                    load_config(path, [f"solver.replay={replay}"])
+                except ConfigError as e:
+                    raise ConfigError(f"suite {suite.path}, solver {replay}: {e}") from None
+                specs.append(RunSpec(f"solver_{replay}", int(seed), "solver", path,
+                                     os.path.join(src.run_dir, f"solver_{replay}"), [f"solver.replay={replay}"]))
+    return specs
+
+
+def command(spec: RunSpec, launcher: Sequence[str] = ()) -> List[str]:
+    script = "scripts/continual_train.py" if spec.kind == "continual" else "scripts/classifier_cl_train.py"
+    # The solver runs in one process (its cost is the replay generation).
+    launch = list(launcher) if spec.kind == "continual" else []
+    return [*launch, sys.executable, os.path.join(ROOT, script), "--config", spec.config_path, *spec.overrides]
+
+
+def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), log: Callable[[str], None] = print,
+              only: Optional[Sequence[str]] = None) -> float:
+    """Run every spec in turn (each resumes where it stopped); returns the wall seconds of this call.
+    A run that fails stops the suite with its exit code and the tail of its log (rerun to resume)."""
+    times = os.path.join(_abs(suite.out_dir), "suite_times.csv")
+    start = time.time()
+    for i, spec in enumerate(specs):
+        if only and spec.label not in only:
+            continue
+        cmd = command(spec, launcher)
+        log(f"[{i + 1}/{len(specs)}] {spec.label} seed {spec.seed}: {' '.join(cmd[-3:] if spec.overrides else cmd[-2:])}")
+        t0 = time.time()
+        with open(os.path.join(_abs(suite.out_dir), f"{spec.label}_s{spec.seed}.out"), "w") as out:
+            code = subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        sec = time.time() - t0
+        new = not os.path.exists(times)
+        with open(times, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["label", "seed", "kind", "seconds", "exit", "finished_at"])
+            w.writerow([spec.label, spec.seed, spec.kind, round(sec, 1), code, time.strftime("%Y-%m-%d %H:%M:%S")])
+        log(f"    {'done' if code == 0 else 'FAILED'} in {sec:.0f}s")
+        if code != 0:
+            with open(os.path.join(_abs(suite.out_dir), f"{spec.label}_s{spec.seed}.out")) as f:
+                tail = f.read()[-2000:]
+            raise RuntimeError(f"{spec.label} (seed {spec.seed}) exited with {code}; rerun the same command to "
+                               f"resume. Its output ends with:\n{tail}")
+    return time.time() - start
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _rows(path: str) -> List[Dict[str, str]]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v) -> Optional[float]:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _cell(values: Sequence[Optional[float]], digits: int = 3) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return ""
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}g}"
+    return f"{np.mean(vals):.{digits}g} ± {np.std(vals, ddof=1):.2g}"
+
+
+def _wall(times: List[Dict[str, str]], label: str, seed: int) -> Optional[float]:
+    secs = [_num(r["seconds"]) for r in times if r["label"] == label and int(r["seed"]) == seed]
+    return sum(s for s in secs if s is not None) if secs else None
+
+
+def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
+    """(header, rows, per-label means) of the diffusion runs: final metrics, mean over seeds."""
+    from .evaluation.class_metrics import accuracy_matrix, average_accuracy, forgetting
+
+    times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    cols = [("eval_fid", "FID ↓"), ("eval_kld", "KLD ↓"), ("eval_ard", "ARD ↓"), ("eval_class_acc", "class acc ↑")]
+    header = ["method", "seeds"] + [n for _, n in cols] + ["avg acc ↑", "forgetting ↓", "s/step", "teacher NFE/step",
+                                                          "wall min"]
+    rows, means = [], {}
+    for label in suite.methods:
+        runs = [s for s in specs if s.kind == "continual" and s.label == label]
+        per: Dict[str, List[Optional[float]]] = {k: [] for k in [c for c, _ in cols] + ["avg", "fgt", "sps", "nfe",
+                                                                                    "wall"]}
+        done = 0
+        for s in runs:
+            rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
+            if not rows_:
+                continue
+            done += 1
+            last = rows_[-1]
+            for c, _ in cols:
+                per[c].append(_num(last.get(c)))
+            keys = sorted({int(k[len("eval_acc_task_"):]) for r in rows_ for k in r if k.startswith("eval_acc_task_")})
+            if keys:
+                r = accuracy_matrix([{j: v for j in keys if (v := _num(x.get(f"eval_acc_task_{j}"))) is not None}
+                                     for x in rows_], len(rows_))
+                per["avg"].append(float(average_accuracy(r)))
+                per["fgt"].append(float(forgetting(r)))
+            later = [x for x in rows_ if (_num(x.get("task")) or 0) > 0] or rows_
+            per["sps"].append(_mean([_num(x.get("sec_per_step")) for x in later]))
+            per["nfe"].append(_mean([_num(x.get("final_teacher_nfe")) for x in later]))
+            per["wall"].append((_wall(times, label, s.seed) or 0) / 60 or None)
+        means[label] = {k: _mean(v) for k, v in per.items()}
+        rows.append([label, f"{done}/{len(runs)}"] + [_cell(per[c]) for c, _ in cols]
+                    + [_cell(per["avg"]), _cell(per["fgt"]), _cell(per["sps"]), _cell(per["nfe"]), _cell(per["wall"])])
+    return header, rows, means
+
+
+def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
+    header = ["replay", "seeds", "final avg acc ↑", "forgetting ↓", "replay generation s", "wall min"]
+    times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    rows, means = [], {}
+    for replay in suite.solver.get("replays", []) if suite.solver else []:
+        runs = [s for s in specs if s.kind == "solver" and s.label == f"solver_{replay}"]
+        acc, fgt, gen, wall = [], [], [], []
+        for s in runs:
+            rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
+            if not rows_:
+                continue
+            acc.append(_num(rows_[-1].get("avg_acc")))
+            fgt.append(_num(rows_[-1].get("forgetting")))
+            gen.append(sum(_num(r.get("gen_sec")) or 0 for r in rows_))
+            wall.append((_wall(times, s.label, s.seed) or 0) / 60 or None)
+        means[replay] = {"acc": _mean(acc), "fgt": _mean(fgt)}
+        rows.append([replay, f"{len(acc)}/{len(runs)}", _cell(acc), _cell(fgt), _cell(gen), _cell(wall)])
+    return header, rows, means
+
+
+def _verdict(ok: Optional[bool]) -> str:
+    return "**not measured**" if ok is None else ("**confirmed**" if ok else "**not confirmed**")
+
+
+def claims(m: Dict[str, Dict[str, Optional[float]]], s: Dict[str, Dict[str, Optional[float]]]) -> List[str]:
+    """The papers' three claims, each with the numbers that decide it (no threshold tuned to a result)."""
+    def get(label, key):
+        return (m.get(label) or {}).get(key)
+
+    out = []
+    gd, gr, joint = (get("gd_full", "eval_fid"), get("gr_masip", "eval_fid"), get("joint", "eval_fid"))
+    gdk, grk = get("gd_full", "eval_kld"), get("gr_masip", "eval_kld")
+    ok = None if None in (gd, gr, gdk, grk) else (gd < gr and gdk < grk)
+    gap = "" if None in (gd, gr, joint) or gr == joint else \
+        f"; GD closes {100 * (gr - gd) / (gr - joint):.0f}% of the FID gap between generative replay and joint"
+    out.append(f"1. *Generative distillation keeps the generator's quality far better than generative replay, close "
+               f"to joint training* — final FID GD {_f(gd)} vs GR {_f(gr)} vs joint {_f(joint)}, KLD GD {_f(gdk)} vs "
+               f"GR {_f(grk)}{gap}: {_verdict(ok)} (GD better on both FID and KLD).")
+    dyn, full = get("gd_dynamic_cache", "eval_fid"), get("gd_full", "eval_fid")
+    dn, fn = get("gd_dynamic_cache", "nfe"), get("gd_full", "nfe")
+    ds, fs = get("gd_dynamic_cache", "sps"), get("gd_full", "sps")
+    ok = None if None in (dyn, full, dn, fn) else (dyn <= 1.1 * full and dn < fn)
+    out.append(f"2. *Distillation from the dynamic cache matches full-generation distillation at a fraction of the "
+               f"teacher cost* — final FID cache {_f(dyn)} vs full generation {_f(full)}; teacher NFEs per step "
+               f"{_f(dn)} vs {_f(fn)}; seconds per step {_f(ds)} vs {_f(fs)}: {_verdict(ok)} (FID within 10% and "
+               f"fewer teacher NFEs).")
+    ga, pa = (s.get("guided") or {}).get("acc"), (s.get("plain") or {}).get("acc")
+    ok = None if None in (ga, pa) else ga > pa
+    out.append(f"3. *Guided replay gives the classifier a higher final average accuracy than plain replay* — "
+               f"guided {_f(ga)} vs plain {_f(pa)} (soft {_f((s.get('soft') or {}).get('acc'))}, joint "
+               f"{_f((s.get('joint') or {}).get('acc'))}, none {_f((s.get('none') or {}).get('acc'))}): {_verdict(ok)}.")
+    return out
+
+
+def _f(v: Optional[float]) -> str:
+    return "n/a" if v is None else f"{v:.4g}"
+
+
+def _md(header, rows) -> str:
+    from .evaluation.report import _md_table
+
+    return _md_table(header, rows)
+
+
+def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec: Optional[float] = None) -> str:
+    """Write ``<report_dir>/README.md`` (headline, claims, protocol) and the per-run report beside it."""
+    from .evaluation.report import build_report
+
+    report_dir = _abs(suite.report_dir)
+    os.makedirs(report_dir, exist_ok=True)
+    detail, _ = build_report(_abs(suite.out_dir), report_dir, f"{suite.name}: every run", copy_grids=True)
+    mh, mr, mm = method_table(suite, specs)
+    sh, sr, sm = solver_table(suite, specs)
+    times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    total = sum(_num(r["seconds"]) or 0 for r in times)
+    commit = _git("rev-parse", "HEAD")
+    dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
+    import torch
+
+    with open(_abs(suite.base)) as f:
+        base_text = f.read()
+    lines = [
+        f"# Fidelity benchmark: {suite.name}{f' (scale {suite.scale})' if suite.scale else ''}", "",
+        suite.description.strip(), "",
+        f"- command: `{command_line}`",
+        f"- commit: `{commit}`{dirty}",
+        f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; suite wall time {total / 60:.1f} min (sum of the runs' "
+        f"processes{'' if wall_sec is None else f'; this invocation {wall_sec / 60:.1f} min'})",
+        f"- seeds: {', '.join(map(str, suite.seeds))}; base config `{suite.base}` with `{suite.path}`'s settings "
+        f"(every run's resolved config is in `{os.path.relpath(os.path.join(_abs(suite.out_dir), 'configs'), ROOT)}`)",
+        "",
+        "## Generator (continual diffusion model), after the last task", "",
+        "FID: domain-classifier features (the offline metric of this project), generated samples against the test "
+        "images of all seen classes; KLD/ARD: class histogram of the samples (evaluation classifier) against the "
+        "true one; class acc: the evaluation classifier's accuracy on class-conditional samples; avg acc / "
+        "forgetting: the same accuracy per task over the task sequence. s/step and teacher NFE/step: tasks 1+ "
+        "(where the methods differ). Mean ± std over seeds.", "",
+        _md(mh, mr), "",
+    ]
+    if sr:
+        lines += ["## Classifier (solver) with replay from the generator", "",
+                  f"The classifier learns task after task; replay comes from the `{suite.solver['diffusion']}` "
+                  "generator of the previous task (`none`: fine-tuning, `joint`: all real data so far).", "",
+                  _md(sh, sr), ""]
+    lines += ["## The papers' claims, checked", ""] + claims(mm, sm) + [""]
+    lines += ["## Details", "", f"Per-run tables, metric-vs-task plots and every sample grid: "
+              f"[{os.path.basename(detail)}]({os.path.basename(detail)}) "
+              f"([HTML](report.html)).", "", "## Base config", "", "```yaml", base_text.strip(), "```", "",
+              "## Suite", "", "```yaml", open(suite.path).read().strip(), "```", ""]
+    path = os.path.join(report_dir, "README.md")
+    from .checkpoint import atomic_write_text
+
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _git(*args) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+__all__ = ["Suite", "RunSpec", "load_suite", "plan", "run_suite", "write_report", "claims", "method_table",
+           "solver_table"]
