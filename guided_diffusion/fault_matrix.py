@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from . import checkpoint as ckpt
+from . import faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COST_COLUMNS = ("sec_per_step", "steps_this_run", "img_per_sec")  # and every column ending in _sec
@@ -53,20 +54,28 @@ class Case:
     script: str = "scripts/continual_train.py"
 
     def args(self, out_dir: str) -> List[str]:
-        return [self.script, "--config", self.config, *self.overrides, f"name={self.name}", f"out_dir={out_dir}"]
+        """The command's arguments; ``{work}`` in an override is the folder that holds ``out_dir``."""
+        work = os.path.dirname(os.path.abspath(out_dir))
+        return [self.script, "--config", self.config, *(o.replace("{work}", work) for o in self.overrides),
+                f"name={self.name}", f"out_dir={out_dir}"]
 
 
 CASES = {
+    # generative distillation (replay generated every step), no evaluation: the default test suite's case
+    "gd": Case("gd", "yaml/mnist/generative_distillation.yaml", "gd", TINY + [
+        "method.teacher_steps=1", "method.replay_batch=4"]),
     # generative distillation (replay generated every step) with the per-task evaluation hook
     "gd_eval": Case("gd_eval", "yaml/mnist/generative_distillation_eval.yaml", "gd_eval", TINY + [
         "method.teacher_steps=1", "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=8",
-        "evaluation.respacing=ddim2", "evaluation.metrics=fid,kld,ard,class_acc", "evaluation.train_classifier=false"]),
+        "evaluation.respacing=ddim2", "evaluation.metrics=fid,kld,ard,class_acc", "evaluation.train_classifier=false",
+        "evaluation.classifier_path={work}/eval_classifier_mnist5k.safetensors"]),
     # generative distillation from a DKDM dynamic cache, prepared in 3 shards before tasks 1 and 2
     "dynamic_cache": Case("dynamic_cache", "yaml/mnist/gd_dynamic_cache.yaml", "dyn", TINY + [
         "method.cache_respacing=5", "method.rho=0.4", "method.replay_batch=4", "method.prepare_batch=8",
         "method.shard_size=6"]),
 }
 
+MATRIX_CASES = ("gd_eval", "dynamic_cache")  # scripts/fault_injection.py's default ("gd" is part of gd_eval)
 LAUNCHERS = {"1": (), "mpiexec2": ("mpiexec", "-n", "2")}
 
 
@@ -94,20 +103,22 @@ class Outcome:
                 f"{self.resumed} resumed ({'; '.join(self.resumed_at)}); {state} ({self.seconds:.0f}s)")
 
 
-def child_env(fault: Optional[str] = None) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "GDCL_FAULT" and k != "GD_PROGRESS"}
+def child_env(fault: Optional[str] = None, trace: Optional[str] = None) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (faults.ENV, faults.TRACE_ENV, "GD_PROGRESS")}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if fault:
-        env["GDCL_FAULT"] = fault
+        env[faults.ENV] = fault
+    if trace:
+        env[faults.TRACE_ENV] = trace
     return env
 
 
 def launch(case: Case, out_dir: str, launcher: Sequence[str] = (), fault: Optional[str] = None,
-           timeout: float = 600) -> subprocess.CompletedProcess:
+           timeout: float = 600, trace: Optional[str] = None) -> subprocess.CompletedProcess:
     """Run the case's command (under ``launcher``) to its end; ``random:<s>`` kills it after s seconds."""
     cmd = [*launcher, sys.executable, *case.args(out_dir)]
     delay = float(fault.split(":", 1)[1]) if fault and fault.startswith("random:") else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(None if delay is not None else fault),
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(None if delay is not None else fault, trace),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=delay if delay is not None else timeout)
@@ -194,16 +205,91 @@ def compare_runs(ref_dir: str, run_dir: str) -> List[str]:
 # ---------------------------------------------------------------------------------------------- the matrix
 
 
+# A small domain classifier for the evaluation columns (2 epochs, ~20 s; 0.9 test accuracy on mnist5k),
+# trained once per work folder so that every run of a case is evaluated with the same one.
+CLASSIFIER = ["scripts/train_eval_classifier.py", "--config", "yaml/mnist/generative_distillation_eval.yaml",
+              "--epochs", "2", "--width", "16", "--feature_dim", "32", "--lr", "0.003", "train.num_threads=1"]
+
+
+def prepare_work(work: str) -> None:
+    """What the cases share, made once in ``work``: the evaluation classifier."""
+    path = os.path.join(work, "eval_classifier_mnist5k.safetensors")
+    if os.path.exists(path):
+        return
+    os.makedirs(work, exist_ok=True)
+    p = subprocess.run([sys.executable, *CLASSIFIER, "--out", path], cwd=ROOT, env=child_env(), capture_output=True,
+                       text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"training the evaluation classifier failed ({p.returncode}):\n{p.stderr[-3000:]}")
+
+
 def reference(case: Case, work: str, launcher: str = "1") -> str:
-    """The uninterrupted run of ``case`` (made once per work folder); returns its run folder."""
+    """The uninterrupted run of ``case`` (made once per work folder); returns its run folder.
+
+    Beside it (in its out_dir): ``trace.txt``, every fault point the run reached (``GDCL_FAULT_TRACE``),
+    and ``done``, the run's wall time in seconds."""
+    if any("{work}/eval_classifier" in o for o in case.overrides):
+        prepare_work(work)
     out_dir = os.path.join(work, f"{case.label}-{launcher}-ref")
     run_dir = os.path.join(out_dir, case.name)
     if not os.path.exists(os.path.join(out_dir, "done")):
-        p = launch(case, out_dir, LAUNCHERS[launcher])
+        if os.path.exists(out_dir):
+            import shutil
+
+            shutil.rmtree(out_dir)  # a reference run that did not finish: start it again from nothing
+        os.makedirs(out_dir)
+        start = time.time()
+        p = launch(case, out_dir, LAUNCHERS[launcher], trace=os.path.join(out_dir, "trace.txt"))
         if p.returncode != 0:
             raise RuntimeError(f"the uninterrupted run failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
-        open(os.path.join(out_dir, "done"), "w").close()
+        with open(os.path.join(out_dir, "done"), "w") as f:
+            f.write(f"{time.time() - start:.3f}\n")
     return run_dir
+
+
+def reference_trace(case: Case, work: str, launcher: str = "1"):
+    """(the fault points the uninterrupted run reached as (name, n, rank), its wall time in seconds)."""
+    out_dir = os.path.dirname(reference(case, work, launcher))
+    with open(os.path.join(out_dir, "done")) as f:
+        seconds = float(f.read().strip() or 0)
+    return faults.read_trace(os.path.join(out_dir, "trace.txt")), seconds
+
+
+def plan(case: Case, work: str, launcher: str = "1", seed: int = 0, per_point: int = 1, random_kills: int = 2,
+         chains: int = 1) -> List[List[str]]:
+    """Fault chains for (case, launcher), drawn with ``seed`` from the uninterrupted run's trace:
+
+    * for every fault point that run reached, ``per_point`` kills at occurrences drawn at random
+      (a random rank under several processes; ``atomic_write`` gets twice as many: every file is one);
+    * ``random_kills`` SIGKILLs of the whole process group at a time uniform in [10 %, 90 %] of
+      that run's wall time (the start-up included);
+    * ``chains`` chains of three kills in a row at random points (the rerun killed again, twice).
+    """
+    import random
+
+    rng = random.Random(f"{case.label}/{launcher}/{seed}")
+    trace, seconds = reference_trace(case, work, launcher)
+    multi = len(LAUNCHERS[launcher]) > 0
+
+    def spec(entry) -> str:
+        name, n, rank = entry
+        return f"{name}:{n}@{rank}" if multi else f"{name}:{n}"
+
+    by_name: Dict[str, List] = {}
+    for entry in trace:
+        by_name.setdefault(entry[0], []).append(entry)
+    out: List[List[str]] = []
+    for name in sorted(by_name):
+        k = min(len(by_name[name]), per_point * (2 if name == "atomic_write" else 1))
+        out += [[spec(e)] for e in sorted(rng.sample(by_name[name], k), key=trace.index)]
+    out += [[f"random:{rng.uniform(0.1, 0.9) * seconds:.2f}"] for _ in range(random_kills)]
+    for _ in range(chains):
+        # Three kills at three different points; counts restart in every rerun, so each is drawn from
+        # the first half of the trace (where a rerun, which skips finished work, still gets to).
+        half = trace[: max(1, len(trace) // 2)]
+        names = rng.sample(sorted({e[0] for e in half}), min(3, len({e[0] for e in half})))
+        out.append([spec(rng.choice([e for e in half if e[0] == name])) for name in names])
+    return out
 
 
 def resume_point(stdout: str) -> str:

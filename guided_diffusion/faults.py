@@ -21,6 +21,10 @@ computed), ``cache_prepare`` (a DKDM cache shard written, the header not yet), `
 (a checkpoint's files written, its manifest not yet), ``atomic_write`` (a file's temporary copy
 written, not yet renamed into place) and ``task_end`` (a task's metrics row written, its
 ``task_done.json`` not yet). See docs/reliability.md.
+
+``GDCL_FAULT_TRACE=<file>`` appends one line ``<name> <n> <rank>`` to that file every time a point
+is reached (with or without ``GDCL_FAULT``): the fault-injection matrix records an uninterrupted
+run's trace and picks its kill points from it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from typing import Dict, List, Tuple
 
 ENV = "GDCL_FAULT"
+TRACE_ENV = "GDCL_FAULT_TRACE"
 ACTIONS = ("kill", "term", "usr1", "hang", "exit")
 _RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 _counts: Dict[str, int] = {}
@@ -60,14 +65,30 @@ def _rank() -> int:
     return 0
 
 
+def read_trace(path: str) -> List[Tuple[str, int, int]]:
+    """The (name, n, rank) lines of a ``GDCL_FAULT_TRACE`` file, in the order they were written."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            name, n, rank = line.split()
+            out.append((name, int(n), int(rank)))
+    return out
+
+
 def point(name: str) -> None:
     """A named fault point: a no-op unless ``GDCL_FAULT`` names it (see the module docstring)."""
     text = os.environ.get(ENV)
+    trace = os.environ.get(TRACE_ENV)
+    if not text and not trace:
+        return
+    n = _counts[name] = _counts.get(name, 0) + 1
+    if trace:
+        with open(trace, "a") as f:  # one short append per line: lines of several ranks do not interleave
+            f.write(f"{name} {n} {_rank()}\n")
     if not text:
         return
     if text not in _parsed:
         _parsed[text] = parse(text)
-    n = _counts[name] = _counts.get(name, 0) + 1
     for spec_name, count, rank, action in _parsed[text]:
         if spec_name == name and count == n and rank in (-1, _rank()):
             sys.stderr.write(f"GDCL_FAULT: {action} at {name} #{n} (pid {os.getpid()}, rank {_rank()})\n")
