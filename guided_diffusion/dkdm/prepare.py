@@ -26,7 +26,7 @@ import torch
 
 from .. import dist_util, faults
 from ..logger import progress_bar
-from ..train_util import Preempted, any_rank, preemption_requested, step_seed
+from ..train_util import PreemptionFlag, Preempted, any_rank, preemption_requested, step_seed
 from .format import (HEADER, check_key, damaged_shards, read_header, shard_is_done, shard_ranges, write_header,
                      write_shard)
 from .teacher import teacher_step
@@ -113,8 +113,19 @@ def prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepar
     """Prepare (or finish, or reuse) the cache of ``spec`` in ``cache_dir``; collective over ranks.
 
     Returns stats: ``nfe`` and ``seconds`` (this call, all ranks), ``shards_done`` /
-    ``shards_skipped`` (this rank), ``complete_before`` (the cache already existed).
+    ``shards_skipped`` (this rank), ``complete_before`` (the cache already existed). SIGTERM/SIGUSR1
+    stop it after the current shard with ``Preempted`` (the finished shards kept; a rerun continues).
     """
+    flag = PreemptionFlag()  # standalone (scripts/dynamic_prepare.py) or nested in a continual run's
+    try:
+        return _prepare_cache(teacher, diffusion, spec, cache_dir, prepare_batch=prepare_batch, device=device,
+                              rank=rank, world_size=world_size, logger=logger, show_progress=show_progress)
+    finally:
+        flag.close()
+
+
+def _prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepare_batch, device, rank, world_size,
+                   logger, show_progress) -> Dict[str, Any]:
     import os
 
     rank = dist_util.get_rank() if rank is None else rank
