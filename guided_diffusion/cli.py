@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import traceback
 from typing import Callable, Dict, List, Optional, Tuple
@@ -88,6 +89,18 @@ def run_main(fn: Callable[[], int]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr, flush=True)
         code = 130
+    except RuntimeError as e:  # a lost rank, as the other ranks see it: one line (dist.timeout_s bounds the wait)
+        from .dist_util import describe_failure
+
+        line = describe_failure(e)
+        if line is None:
+            raise
+        if "GD_TRACEBACK" in os.environ:
+            traceback.print_exc()
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # No normal exit: tearing down a process group with a lost peer can block for good (gloo).
+        os._exit(3)
     sys.exit(code)
 
 

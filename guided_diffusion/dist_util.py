@@ -56,7 +56,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "init", "cleanup", "is_initialized", "launcher", "get_rank", "get_world_size", "get_local_rank",
+    "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank", "get_world_size", "get_local_rank",
     "is_main", "dev", "backend", "barrier", "broadcast_object", "all_gather_object", "all_reduce_mean",
     "all_gather_tensor", "sync_params", "load_state_dict", "main_first", "rank0_first",
     "autocast_context", "seed_all", "expand_nodelist", "detect",
@@ -66,6 +66,10 @@ __all__ = [
 _MPI_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 _MPI_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _MPI_LOCAL = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+class RankFailure(RuntimeError):
+    """A collective gave up: another rank died or hangs (raised by ``barrier``; see ``describe_failure``)."""
 
 
 @dataclass
@@ -435,10 +439,34 @@ def barrier() -> None:
         else:
             dist.barrier()
     except RuntimeError as e:
-        raise RuntimeError(
+        raise RankFailure(
             f"rank {get_rank()}: barrier failed after {time.time() - start:.1f}s (timeout_s={_STATE.timeout_s:g}); "
             f"another rank died or is hung: {e}"
         ) from e
+
+
+# Words of the errors gloo and NCCL raise when a peer is gone or does not answer in time.
+_PEER_FAILURE = ("timed out", "timeout", "connection closed by peer", "connection reset by peer", "broken pipe",
+                 "nccl communicator was aborted", "watchdog caught collective operation timeout")
+
+
+def describe_failure(e: BaseException) -> Optional[str]:
+    """One line for an error from a collective whose peer died or hung (the others' view of a lost
+    rank); None for any other error. With ``dist.timeout_s`` (``init(timeout_s=)``) every collective
+    gives up after that long, so a script can print this and exit instead of waiting forever."""
+    if isinstance(e, RankFailure):
+        return str(e)
+    dist_error = getattr(dist, "DistError", ())
+    text = str(e).strip()
+    if not (is_initialized() and get_world_size() > 1):
+        return None
+    if not (isinstance(e, dist_error) if dist_error else False) and not (
+            isinstance(e, RuntimeError) and any(w in text.lower() for w in _PEER_FAILURE)):
+        return None
+    first = text.splitlines()[0] if text else type(e).__name__
+    return (f"rank {get_rank()} of {get_world_size()}: a collective operation failed ({first}); another rank "
+            f"died or is hung (each collective waits at most dist.timeout_s={_STATE.timeout_s:g}s): see that "
+            "rank's own error above; rerun the same command to resume from the latest checkpoint")
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:
