@@ -255,7 +255,9 @@ def sample_loop(diffusion, model, shape, settings: MCMCSettings, *, predict: Cal
     """
     if settings.sampler in METROPOLIS and energy_and_grad is None:
         raise ValueError(f"MCMC sampler {settings.sampler!r} needs an energy model (model.parameterization: energy)")
-    device = device or (noise.device if noise is not None else next(model.parameters()).device)
+    if device is None:  # ``model`` may be a plain function (no parameters to ask)
+        params = getattr(model, "parameters", None)
+        device = noise.device if noise is not None else (next(params()).device if params else torch.device("cpu"))
     img = noise if noise is not None else torch.randn(*shape, device=device)
     orig_t = _original_timesteps(diffusion)
     betas = _training_betas(diffusion)

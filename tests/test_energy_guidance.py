@@ -715,3 +715,48 @@ def test_image_sample_script_with_mcmc_and_composition(tmp_path):
     data = np.load(tmp_path / "s" / "samples_4x8x8x1.npz")
     assert data["arr_0"].shape == (4, 8, 8, 1) and list(data["arr_1"]) == [0, 0, 0, 0]
     assert os.path.exists(tmp_path / "s" / "samples_4x8x8x1.png")
+
+
+# --------------------------------------------------------------------------- continual replay (CFG)
+
+
+def test_replay_label_dropout_targets_the_teachers_null_prediction():
+    # Generative distillation with uncond_p > 0: replay labels are dropped too, and the distillation
+    # target of a dropped replay sample is the (energy) teacher's null-class prediction on its input.
+    import types
+
+    from guided_diffusion.continual.methods.generative import ReplayObjective
+    from guided_diffusion.continual.replay import ReplayBatch
+
+    teacher = EnergyModel(tiny_net(), "dae")
+    diffusion = create_gaussian_diffusion(steps=100)
+    base = DiffusionObjective(diffusion, UniformSampler(diffusion), class_cond=True, uncond_p=0.5, null_class=NULL)
+    method = types.SimpleNamespace(teacher=teacher, distill=True)
+    obj = ReplayObjective(base, method, types.SimpleNamespace(index=1, old_classes=(0, 1)))
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    t = torch.randint(0, 100, (n,), generator=g)
+    y = torch.randint(0, 2, (n,), generator=g)
+    with torch.no_grad():
+        target = teacher(x, t, y=y)
+    ctx = StepContext(0, 0, 1, torch.Generator().manual_seed(1), 0, 1)
+    out = obj.drop_replay_labels(ReplayBatch(x, t, y, target, n), ctx)
+    dropped = out.y == NULL
+    assert 10 < int(dropped.sum()) < 54 and torch.equal(out.y[~dropped], y[~dropped])
+    with torch.no_grad():
+        null_pred = teacher(x, t, y=torch.full_like(y, NULL))
+    torch.testing.assert_close(out.target[dropped], null_pred[dropped], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.target[~dropped], target[~dropped])
+    assert out.teacher_nfe == n + int(dropped.sum())
+
+
+def test_sample_loop_with_a_plain_function_and_no_device():
+    base = create_gaussian_diffusion(steps=1000)
+    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="4")
+    net = GaussianDataNet(0.25, base.alphas_cumprod)
+    st = MCMCSettings("ula", steps=1)
+    fn = lambda x, t, **kw: net(x, t)  # noqa: E731
+    torch.manual_seed(0)
+    x = sample_loop(diffusion, fn, (5, 1, 2, 2), st, predict=fn)
+    assert x.shape == (5, 1, 2, 2) and st.stats["corrected_levels"] == 3 and st.stats["mcmc_evals"] == 3
