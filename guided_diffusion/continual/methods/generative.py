@@ -199,10 +199,10 @@ class GenerativeReplay(_ReplayMethod):
         generation_batch: int = 256
 
     def __init__(self, mcfg, ctx):
+        from ...config import ConfigError
+
         super().__init__(mcfg, ctx)
         if mcfg.style not in ("masip", "guide"):
-            from ...config import ConfigError
-
             raise ConfigError(f"method.style {mcfg.style!r} is not one of masip, guide")
         if mcfg.style == "guide" and not ctx.cfg.model.class_cond:
             raise ConfigError("method.style guide (GUIDE) generates images of the old classes by label: it needs a "
