@@ -11,6 +11,8 @@ Options (aliases of the config's sample section):
     --classifier_path P --classifier_scale s   ADM classifier guidance (classifier from the
                                               config's classifier section, e.g. one trained
                                               with scripts/classifier_train.py)
+    --classes 0,1,2,3             samples spread over these classes, class by class (one grid row
+                                  per class when num_samples is a multiple); default: uniform over all
     --out_dir D                   where to write (default: the run folder of the config)
     --guidance_scale w            classifier-free guidance eps_u + w (eps_c - eps_u) (models trained
                                   with train.uncond_p > 0; 1 = conditional)
@@ -79,6 +81,16 @@ def main() -> int:
         i = argv.index("--to_rgb")
         to_rgb = argv[i + 1].lower() in ("1", "true", "yes")
         del argv[i : i + 2]
+    only_classes = None
+    if "--classes" in argv:
+        i = argv.index("--classes")
+        if i + 1 >= len(argv):
+            raise ConfigError("--classes needs a comma-separated list of class labels, e.g. --classes 0,1,2,3")
+        try:
+            only_classes = [int(c) for c in argv[i + 1].split(",") if c.strip()]
+        except ValueError:
+            raise ConfigError(f"--classes {argv[i + 1]!r}: expected class labels like 0,1,2,3") from None
+        del argv[i : i + 2]
     cfg, args = cli.parse(__doc__.splitlines()[0], argv=argv, aliases=ALIASES)
     if cli.maybe_dry_run(cfg, args):
         return 0
@@ -96,6 +108,16 @@ def main() -> int:
     bad = [c for c in s.compose if not 0 <= c < info.num_classes]
     if bad:
         raise ConfigError(f"--compose {bad}: the model has {info.num_classes} classes")
+    labels, nrow = None, None
+    if only_classes is not None:
+        if not only_classes or any(not 0 <= c < info.num_classes for c in only_classes):
+            raise ConfigError(f"--classes {only_classes}: the model has {info.num_classes} classes")
+        if s.compose or s.class_label >= 0:
+            raise ConfigError("--classes cannot be combined with --compose or --class")
+        if not cfg.model.class_cond and not s.classifier_path:
+            raise ConfigError("--classes needs a class-conditional model (model.class_cond) or a classifier")
+        nrow = -(-s.num_samples // len(only_classes))  # samples per class: a grid row each
+        labels = [only_classes[i // nrow] for i in range(s.num_samples)]
     mcmc = MCMCSettings.from_config(s)
     diffusion = experiment.build_diffusion(cfg, s.timestep_respacing)
     cond_fn_for = None
@@ -116,7 +138,7 @@ def main() -> int:
     images, labels = sample_set(
         model, diffusion, num_samples=s.num_samples, batch_size=s.batch_size, image_shape=info.shape,
         seed=cfg.seed, class_cond=cfg.model.class_cond, classes=range(info.num_classes),
-        class_label=s.class_label, use_ddim=s.use_ddim, eta=s.eta, clip_denoised=s.clip_denoised,
+        class_label=s.class_label, labels=labels, use_ddim=s.use_ddim, eta=s.eta, clip_denoised=s.clip_denoised,
         cond_fn_for=cond_fn_for, device=device, progress=progress, guidance_scale=s.guidance_scale,
         null_class=null_class_of(cfg, info.num_classes), compose=s.compose, compose_weights=s.compose_weights,
         mcmc=mcmc,
@@ -130,7 +152,7 @@ def main() -> int:
         stem = os.path.join(out_dir, f"samples_{n}x{h}x{w}x{c}")
         os.makedirs(out_dir, exist_ok=True)
         save_npz(stem + ".npz", images, labels)
-        save_grid(images[:100], stem + ".png")
+        save_grid(images[:100], stem + ".png", nrow=nrow)
         print(f"wrote {stem}.npz and {stem}.png", flush=True)
     dist_util.barrier()
     dist_util.cleanup()

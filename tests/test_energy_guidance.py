@@ -715,6 +715,15 @@ def test_image_sample_script_with_mcmc_and_composition(tmp_path):
     data = np.load(tmp_path / "s" / "samples_4x8x8x1.npz")
     assert data["arr_0"].shape == (4, 8, 8, 1) and list(data["arr_1"]) == [0, 0, 0, 0]
     assert os.path.exists(tmp_path / "s" / "samples_4x8x8x1.png")
+    # --classes: samples class by class (a grid row each), here with guidance and CHA.
+    cmd = [sys.executable, "scripts/image_sample.py", *over, "--model_path", path, "--num_samples", "4",
+           "--batch_size", "2", "--timestep_respacing", "3", "--use_ddim", "false", "--mcmc", "cha",
+           "--mcmc_leapfrog_steps", "2", "--guidance_scale", "2", "--classes", "0,2", "--out_dir", str(tmp_path / "c")]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("cost:"))
+    assert "9 model evaluations per image (3 reverse steps + 6 cha evaluations at 2 levels)" in line, line
+    assert list(np.load(tmp_path / "c" / "samples_4x8x8x1.npz")["arr_1"]) == [0, 0, 2, 2]
 
 
 # --------------------------------------------------------------------------- continual replay (CFG)
