@@ -437,7 +437,7 @@ class TrainLoop:
         self.opt.zero_grad(set_to_none=True)
         n_micro = x.shape[0] // self.microbatch
         terms_sum: Dict[str, float] = {}
-        bad_term = None
+        bad: List[str] = []  # the non-finite loss terms, in the objective's order
         for i in range(n_micro):
             sl = slice(i * self.microbatch, (i + 1) * self.microbatch)
             ctx = StepContext(step, i, n_micro, gen, self.rank, self.world_size)
@@ -450,20 +450,20 @@ class TrainLoop:
             for k, v in terms.items():
                 v = float(v)
                 terms_sum[k] = terms_sum.get(k, 0.0) + v / n_micro
-                if bad_term is None and not math.isfinite(v):
-                    bad_term = k
-            if bad_term is None and not torch.isfinite(loss.detach()).all():
-                bad_term = "loss"
+                if not math.isfinite(v) and k not in bad:
+                    bad.append(k)
+            if not bad and not torch.isfinite(loss.detach()).all():
+                bad.append("loss")
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         )
         fp16_overflow = self.scaler.is_enabled() and not torch.isfinite(grad_norm)
-        if bad_term is None and not torch.isfinite(grad_norm) and not fp16_overflow:
-            bad_term = "gradient"
-        if self._any_rank(bad_term is not None):
+        if not bad and not torch.isfinite(grad_norm) and not fp16_overflow:
+            bad.append("gradient")
+        if self._any_rank(bool(bad)):
             where = f"{self.tag}, " if self.tag else ""
-            msg = (f"non-finite {bad_term or 'value on another rank'} at {where}step {step} "
+            msg = (f"non-finite {', '.join(bad) or 'value on another rank'} at {where}step {step} "
                    f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms_sum.items())})")
             if self.cfg.nan_policy == "stop":
                 raise NonFiniteError(msg + "; stopping (set train.nan_policy=skip to skip such steps). "
