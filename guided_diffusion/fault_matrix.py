@@ -309,22 +309,24 @@ def inject(case: Case, faults, work: str, launcher: str = "1", ref_dir: Optional
     tag = "+".join(faults).replace(":", "_").replace("@", "r").replace(".", "p")
     out_dir = os.path.join(work, f"{case.label}-{launcher}-{tag}")
     o = Outcome(case.label, launcher, faults)
-    for fault in faults + [None]:
+    for i, fault in enumerate(faults + [None]):
         p = launch(case, out_dir, LAUNCHERS[launcher], fault)
-        fired = fault is not None and "GDCL_FAULT:" in p.stderr and p.returncode != 0
-        if o.fired and (fired or p.returncode == 0):
-            o.resumed += 1
-            o.resumed_at.append(resume_point(p.stdout))
+        fired = fault is not None and p.returncode != 0 and ("GDCL_FAULT:" in p.stderr)
+        if fired or p.returncode == 0:
+            if o.fired:  # a rerun after a kill that went on: to the next kill, or to the end
+                o.resumed += 1
+                o.resumed_at.append(resume_point(p.stdout))
         if fired:
             o.fired.append(fault)
-        elif p.returncode != 0:
+            continue
+        if p.returncode != 0:
             o.note = f"{fault or 'rerun'}: exit {p.returncode}: {p.stderr.strip()[-1500:]}"
             break
-        elif fault is not None:
-            o.missed.append(fault)
-    else:
+        # Exit 0: the run is complete; the faults left were not reached (a finished run does nothing more).
+        o.missed += [f for f in faults[i:] if f is not None]
         o.finished = True
         o.mismatches = compare_runs(ref_dir, os.path.join(out_dir, case.name))
+        break
     o.seconds = time.time() - start
     return o
 

@@ -19,12 +19,15 @@ every non-timing cell of metrics.csv (``fault_matrix.compare_runs``).
 
 Prints one line per chain and the summary "N kill points tried, N runs killed, N runs resumed,
 N mismatches, N failed reruns"; exits 1 when a rerun failed or a run differs. ``--work`` keeps the
-run folders (default: a fresh temporary folder, removed at the end unless --keep).
+run folders (default: a fresh temporary folder, removed at the end unless --keep). The runs use a
+copy of the code (guided_diffusion/, scripts/, yaml/ in <work>/src, with the commit and any local
+changes noted), so that editing the working tree meanwhile cannot mix two versions in one comparison.
 """
 
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +35,24 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import fault_matrix as fm  # noqa: E402
+
+
+def snapshot_code(work: str) -> str:
+    """Copy the code the runs execute into ``<work>/src``; returns a line naming its version."""
+    src = os.path.join(work, "src")
+    if not os.path.exists(src):
+        for name in ("guided_diffusion", "scripts", "yaml"):
+            shutil.copytree(os.path.join(fm.ROOT, name), os.path.join(src, name),
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    def git(*args):
+        p = subprocess.run(["git", *args], cwd=fm.ROOT, capture_output=True, text=True)
+        return p.stdout if p.returncode == 0 else "?"
+
+    changed = [ln[3:] for ln in git("status", "--porcelain", "--", "guided_diffusion", "scripts", "yaml").splitlines()
+               if len(ln) > 3]
+    return f"code: commit {git('rev-parse', '--short', 'HEAD').strip()}" + (
+        f" + local changes in {', '.join(changed)}" if changed else "") + f" (copied to {src})"
 
 
 def main() -> int:
@@ -47,6 +68,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the drawn kill points")
     p.add_argument("--work", default="", help="folder for the runs (kept); default: a temporary one")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--no-snapshot", action="store_true", help="run the working tree itself, not a copy of it")
     args = p.parse_args()
 
     cases = [c for c in args.cases.split(",") if c]
@@ -62,6 +84,9 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="gdcl-faults-")
     os.makedirs(work, exist_ok=True)
     print(f"fault injection in {work}: cases {', '.join(cases)}; launchers {', '.join(launchers)}", flush=True)
+    if not args.no_snapshot:
+        print(snapshot_code(work), flush=True)
+        fm.ROOT = os.path.join(work, "src")
     start = time.time()
     outcomes = []
     try:
