@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import os
 import platform
 import subprocess
@@ -48,6 +47,7 @@ import numpy as np
 import yaml
 
 from .config import ConfigError, load_config
+from .evaluation.report import _md_table, _num
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE_KEYS = ("name", "out_dir", "report_dir", "base", "settings", "seeds", "share_first_task", "methods",
@@ -225,14 +225,6 @@ def _rows(path: str) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _num(v) -> Optional[float]:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals else None
@@ -348,12 +340,6 @@ def _f(v: Optional[float]) -> str:
     return "n/a" if v is None else f"{v:.4g}"
 
 
-def _md(header, rows) -> str:
-    from .evaluation.report import _md_table
-
-    return _md_table(header, rows)
-
-
 def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec: Optional[float] = None) -> str:
     """Write ``<report_dir>/README.md`` (headline, claims, protocol) and the per-run report beside it."""
     from .evaluation.report import build_report
@@ -389,13 +375,13 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         "true one; class acc: the evaluation classifier's accuracy on class-conditional samples; avg acc / "
         "forgetting: the same accuracy per task over the task sequence. s/step and teacher NFE/step: tasks 1+ "
         "(where the methods differ). Mean ± std over seeds.", "",
-        _md(mh, mr), "",
+        _md_table(mh, mr), "",
     ]
     if sr:
         lines += ["## Classifier (solver) with replay from the generator", "",
                   f"The classifier learns task after task; replay comes from the `{suite.solver['diffusion']}` "
                   "generator of the previous task (`none`: fine-tuning, `joint`: all real data so far).", "",
-                  _md(sh, sr), ""]
+                  _md_table(sh, sr), ""]
     lines += ["## The papers' claims, checked", ""] + claims(mm, sm) + [""]
     lines += ["## Details", "", f"Per-run tables, metric-vs-task plots and every sample grid: "
               f"[{os.path.basename(detail)}]({os.path.basename(detail)}) "
