@@ -624,7 +624,7 @@ def test_composition_weights_by_hand():
 def test_composition_of_one_label_is_conditional_sampling(energy, mcmc):
     net = tiny_net()
     model = EnergyModel(net, "dae") if energy else net
-    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="6")
+    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="4")
     kw = dict(num_samples=3, batch_size=3, image_shape=(1, 8, 8), seed=1, class_cond=True, classes=range(K),
               use_ddim=False)
     outs = []
@@ -692,7 +692,7 @@ def test_valid_configs():
 # --------------------------------------------------------------------------------- image_sample.py
 
 
-def test_image_sample_script_with_mcmc_and_composition(tmp_path):
+def test_image_sample_script_with_mcmc_and_composition(tmp_path, monkeypatch, capsys):
     from guided_diffusion import checkpoint as ckpt
 
     over = ["data.dataset=digits", "data.image_size=8", "model.class_cond=true", "model.parameterization=energy", "train.uncond_p=0.1",
@@ -715,13 +715,17 @@ def test_image_sample_script_with_mcmc_and_composition(tmp_path):
     data = np.load(tmp_path / "s" / "samples_4x8x8x1.npz")
     assert data["arr_0"].shape == (4, 8, 8, 1) and list(data["arr_1"]) == [0, 0, 0, 0]
     assert os.path.exists(tmp_path / "s" / "samples_4x8x8x1.png")
-    # --classes: samples class by class (a grid row each), here with guidance and CHA.
-    cmd = [sys.executable, "scripts/image_sample.py", *over, "--model_path", path, "--num_samples", "4",
-           "--batch_size", "2", "--timestep_respacing", "3", "--use_ddim", "false", "--mcmc", "cha",
-           "--mcmc_leapfrog_steps", "2", "--guidance_scale", "2", "--classes", "0,2", "--out_dir", str(tmp_path / "c")]
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr[-3000:]
-    line = next(ln for ln in p.stdout.splitlines() if ln.startswith("cost:"))
+    # --classes: samples class by class (a grid row each), here with guidance and CHA; in this process
+    # (main() as the script runs it, without a second interpreter start).
+    import runpy
+
+    main = runpy.run_path(os.path.join(ROOT, "scripts", "image_sample.py"), run_name="image_sample")["main"]
+    monkeypatch.setattr(sys, "argv", ["image_sample.py", *over, "train.num_threads=1", "--model_path", path,
+                                      "--num_samples", "4", "--batch_size", "2", "--timestep_respacing", "3",
+                                      "--use_ddim", "false", "--mcmc", "cha", "--mcmc_leapfrog_steps", "2",
+                                      "--guidance_scale", "2", "--classes", "0,2", "--out_dir", str(tmp_path / "c")])
+    assert main() == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("cost:"))
     assert "9 model evaluations per image (3 reverse steps + 6 cha evaluations at 2 levels)" in line, line
     assert list(np.load(tmp_path / "c" / "samples_4x8x8x1.npz")["arr_1"]) == [0, 0, 2, 2]
 
