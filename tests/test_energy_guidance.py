@@ -144,17 +144,21 @@ def test_energy_training_loss_reaches_every_parameter_through_the_double_backwar
         assert abs(fd - float(p.grad.view(-1)[i])) <= 1e-5 * max(1.0, abs(fd)), (name, fd, float(p.grad.view(-1)[i]))
 
 
-def test_energy_gradients_same_for_both_attention_backends():
+def test_energy_gradients_same_for_both_attention_backends_and_gradient_checkpointing():
     a = EnergyModel(tiny_net(dtype=F64), "dae")
     b = EnergyModel(tiny_net(dtype=F64, attention_backend="einsum"), "dae")
+    c = EnergyModel(tiny_net(dtype=F64, use_checkpoint=True), "dae")
     b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
     diffusion = create_gaussian_diffusion(steps=100)
     x0, t, y = inputs(dtype=F64)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
-    for m in (a, b):
+    for m in (a, b, c):
+        m.train()
         diffusion.training_losses(m, x0, t, model_kwargs={"y": y}, noise=noise)["loss"].mean().backward()
-    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+    for (n, pa), pb, pc in zip(a.named_parameters(), b.parameters(), c.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, msg=n)
+        torch.testing.assert_close(pa.grad, pc.grad, msg=n)
 
 
 def test_l2_energy_of_a_fresh_model_trains():
