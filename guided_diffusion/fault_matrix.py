@@ -190,7 +190,8 @@ def compare_runs(ref_dir: str, run_dir: str) -> List[str]:
         for name in ckpt.read_manifest(a, sa)["files"]:
             _diff(ckpt.load_torch(os.path.join(a, name)), ckpt.load_torch(os.path.join(b, name)), f"{task}/{name}", out)
         if os.path.exists(os.path.join(a, "method_state.pt")):
-            _diff(ckpt.load_torch(os.path.join(a, "method_state.pt")), ckpt.load_torch(os.path.join(b, "method_state.pt")),
+            _diff(ckpt.load_torch(os.path.join(a, "method_state.pt")),
+                  ckpt.load_torch(os.path.join(b, "method_state.pt")),
                   f"{task}/method_state.pt", out)
     ra, rb = _rows(os.path.join(ref_dir, "metrics.csv")), _rows(os.path.join(run_dir, "metrics.csv"))
     if len(ra) != len(rb):
@@ -241,7 +242,8 @@ def reference(case: Case, work: str, launcher: str = "1") -> str:
         start = time.time()
         p = launch(case, out_dir, LAUNCHERS[launcher], trace=os.path.join(out_dir, "trace.txt"))
         if p.returncode != 0:
-            raise RuntimeError(f"the uninterrupted run failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+            raise RuntimeError(f"the uninterrupted run failed ({p.returncode}):\n{p.stdout[-2000:]}\n"
+                               f"{p.stderr[-3000:]}")
         with open(os.path.join(out_dir, "done"), "w") as f:
             f.write(f"{time.time() - start:.3f}\n")
     return run_dir

@@ -91,7 +91,8 @@ def write_npz(path, classes, n_per_class=4, size=28):
 
 def test_bad_input_gives_one_clear_error(tmp_path):
     """As a real process: exit code 2 and one line (moved from tests/test_scripts.py)."""
-    p = subprocess.run([sys.executable, "scripts/image_train.py", "--config", "yaml/mnist/iid.yaml", "train.totl_steps=3"],
+    p = subprocess.run([sys.executable, "scripts/image_train.py", "--config", "yaml/mnist/iid.yaml",
+                        "train.totl_steps=3"],
                        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=120)
     one_error(p.returncode, p.stderr, "unknown key 'train.totl_steps'", "did you mean 'total_steps'")
 
@@ -156,7 +157,7 @@ def test_missing_dataset_and_weights(tmp_path):
     one_error(code, err, f"{tmp_path}/teacher.pt")
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints of another model
+# ------------------------------------------------------------------------------------ checkpoints of another model
 
 
 def _weights_of(tmp_path, *overrides, channels=1):
