@@ -173,7 +173,8 @@ class ContinualConfig:
     first_task_num_steps: int = -1  # -1: num_steps
     limit_tasks: int = -1  # stop after this many tasks (-1: all)
     grid_per_class: int = 8  # samples per seen class in each task's grid (0: none)
-    eval_respacing: str = "ddim25"  # sampler for grids and evaluation
+    eval_respacing: str = "ddim25"  # sampler steps for grids and evaluation (ADM's respacing spec)
+    eval_use_ddim: bool = True  # grids: DDIM (eta 0) on those steps, else ancestral (better for short-trained models)
     teacher_ema: bool = True  # the teacher is the EMA (first rate) of the previous task, else the raw weights
     init_from: str = ""  # a run folder whose finished task 0 this run takes instead of training it (same data, model, diffusion, training, seed and first task; continual/warm_start.py)
 

@@ -116,7 +116,8 @@ def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: in
     images, labels = sample_set(
         model, diffusion, num_samples=n, batch_size=min(n, max(cfg.sample.batch_size, per_class)),
         image_shape=ctx.info.shape, seed=seed, class_cond=cfg.model.class_cond,
-        labels=classes if cfg.model.class_cond else None, use_ddim=True, eta=0.0, device=ctx.device,
+        labels=classes if cfg.model.class_cond else None, use_ddim=cfg.continual.eval_use_ddim, eta=0.0,
+        device=ctx.device,
         guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, ctx.info.num_classes),
     )
     return images, labels
