@@ -438,7 +438,13 @@ def test_init_from_takes_another_methods_first_task_bit_identically(tmp_path):
     from guided_diffusion import checkpoint as ckpt
 
     fa, fb = (ckpt.load_torch(f"{r.run_dir}/task_0/method_state.pt") for r in (own, seeded))
-    leaves = lambda d: [v for k in sorted(d) for v in (leaves(d[k]) if isinstance(d[k], dict) else [d[k]])]  # noqa: E731
+    def leaves(obj):
+        if isinstance(obj, dict):
+            return [v for k in sorted(obj) for v in leaves(obj[k])]
+        if isinstance(obj, (list, tuple)):
+            return [v for item in obj for v in leaves(item)]
+        return [obj]
+
     la, lb = leaves(fa), leaves(fb)
     assert len(la) == len(lb) and any(torch.is_tensor(v) for v in la)  # the Fisher and the anchors
     assert all(torch.equal(u, v) if torch.is_tensor(u) else u == v for u, v in zip(la, lb))
