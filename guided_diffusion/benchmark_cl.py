@@ -185,33 +185,74 @@ def command(spec: RunSpec, launcher: Sequence[str] = ()) -> List[str]:
     return [*launch, sys.executable, os.path.join(ROOT, script), "--config", spec.config_path, *spec.overrides]
 
 
+class SuiteRunError(RuntimeError):
+    """A run of the suite failed; the message names it and ends with its output."""
+
+
+def waves(specs: List[RunSpec]) -> List[List[RunSpec]]:
+    """Runs that may go at the same time: the first continual run of each seed (it trains task 0 for
+    the others), the other continual runs, then the solver runs (they read the finished generators)."""
+    firsts = [next(s for s in specs if s.kind == "continual" and s.seed == seed)
+              for seed in dict.fromkeys(s.seed for s in specs if s.kind == "continual")]
+    rest = [s for s in specs if s.kind == "continual" and s not in firsts]
+    return [w for w in (firsts, rest, [s for s in specs if s.kind == "solver"]) if w]
+
+
 def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), log: Callable[[str], None] = print,
-              only: Optional[Sequence[str]] = None) -> float:
-    """Run every spec in turn (each resumes where it stopped); returns the wall seconds of this call.
-    A run that fails stops the suite with its exit code and the tail of its log (rerun to resume)."""
-    times = os.path.join(_abs(suite.out_dir), "suite_times.csv")
+              only: Optional[Sequence[str]] = None, jobs: int = 1, threads: int = 0) -> float:
+    """Run every spec (each resumes where it stopped); returns the wall seconds of this call.
+
+    ``jobs`` > 1 runs up to that many processes at once within each of ``waves``, each with
+    ``threads // jobs`` threads (``threads``: default the CPU count); one process at a time keeps each
+    run's own ``train.num_threads``. A failed run stops the suite (``SuiteRunError``; rerun to resume)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    out_dir = _abs(suite.out_dir)
+    times = os.path.join(out_dir, "suite_times.csv")
+    lock = threading.Lock()
+    threads = threads or os.cpu_count() or 1
     start = time.time()
-    for i, spec in enumerate(specs):
-        if only and spec.label not in only:
-            continue
-        cmd = command(spec, launcher)
-        log(f"[{i + 1}/{len(specs)}] {spec.label} seed {spec.seed}: {' '.join(cmd[-3:] if spec.overrides else cmd[-2:])}")
+    index = {id(s): i for i, s in enumerate(specs)}
+
+    def one(spec: RunSpec, extra: List[str]) -> None:
+        cmd = command(spec, launcher) + extra
+        log(f"[{index[id(spec)] + 1}/{len(specs)}] {spec.label} seed {spec.seed}: "
+            f"{' '.join(cmd[cmd.index('--config'):])}")
         t0 = time.time()
-        with open(os.path.join(_abs(suite.out_dir), f"{spec.label}_s{spec.seed}.out"), "w") as out:
+        out_path = os.path.join(out_dir, f"{spec.label}_s{spec.seed}.out")
+        with open(out_path, "w") as out:
             code = subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         sec = time.time() - t0
-        new = not os.path.exists(times)
-        with open(times, "a", newline="") as f:
-            w = csv.writer(f)
-            if new:
-                w.writerow(["label", "seed", "kind", "seconds", "exit", "finished_at"])
-            w.writerow([spec.label, spec.seed, spec.kind, round(sec, 1), code, time.strftime("%Y-%m-%d %H:%M:%S")])
-        log(f"    {'done' if code == 0 else 'FAILED'} in {sec:.0f}s")
+        with lock:
+            new = not os.path.exists(times)
+            with open(times, "a", newline="") as f:
+                w = csv.writer(f)
+                if new:
+                    w.writerow(["label", "seed", "kind", "seconds", "exit", "finished_at", "threads"])
+                w.writerow([spec.label, spec.seed, spec.kind, round(sec, 1), code, time.strftime("%Y-%m-%d %H:%M:%S"),
+                            extra[0].split("=")[1] if extra else ""])
+        log(f"    {spec.label} seed {spec.seed}: {'done' if code == 0 else 'FAILED'} in {sec:.0f}s")
         if code != 0:
-            with open(os.path.join(_abs(suite.out_dir), f"{spec.label}_s{spec.seed}.out")) as f:
+            with open(out_path) as f:
                 tail = f.read()[-2000:]
-            raise RuntimeError(f"{spec.label} (seed {spec.seed}) exited with {code}; rerun the same command to "
-                               f"resume. Its output ends with:\n{tail}")
+            raise SuiteRunError(f"{spec.label} (seed {spec.seed}) exited with {code}; rerun the same command to "
+                                f"resume. Its output ends with:\n{tail}")
+
+    for wave in waves(specs):
+        wave = [s for s in wave if not only or s.label in only]
+        if not wave:
+            continue
+        n = max(1, min(jobs, len(wave)))
+        extra = [f"train.num_threads={max(1, threads // n)}"] if jobs > 1 else []
+        pool = ThreadPoolExecutor(n)
+        try:
+            for f in [pool.submit(one, s, extra) for s in wave]:
+                f.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # runs already started finish; queued ones never start
+            raise
+        pool.shutdown(wait=True)
     return time.time() - start
 
 
@@ -364,8 +405,9 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         f"- commit: `{commit}`{dirty}",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; suite wall time {total / 60:.1f} min (sum of the runs' "
-        f"processes{'' if wall_sec is None else f'; this invocation {wall_sec / 60:.1f} min'})",
+        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; "
+        + ("" if wall_sec is None else f"wall clock of the suite command: {wall_sec / 60:.1f} min; ")
+        + f"sum of the runs' process times: {total / 60:.1f} min",
         f"- seeds: {', '.join(map(str, suite.seeds))}; base config `{suite.base}` with `{suite.path}`'s settings "
         f"(every run's resolved config is in `{os.path.relpath(os.path.join(_abs(suite.out_dir), 'configs'), ROOT)}`)",
         "",
@@ -401,5 +443,5 @@ def _git(*args) -> str:
         return "unknown"
 
 
-__all__ = ["Suite", "RunSpec", "load_suite", "plan", "run_suite", "write_report", "claims", "method_table",
-           "solver_table"]
+__all__ = ["Suite", "RunSpec", "SuiteRunError", "load_suite", "plan", "waves", "run_suite", "write_report", "claims",
+           "method_table", "solver_table"]

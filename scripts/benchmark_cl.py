@@ -8,6 +8,7 @@ Usage:
                                                                                       # at the papers' sizes (GPU)
     python scripts/benchmark_cl.py --suite ... --report-only     # rebuild the report from the logs
     python scripts/benchmark_cl.py --suite ... --plan            # print the runs and their configs, run nothing
+    python scripts/benchmark_cl.py --suite ... --jobs 2          # two runs at once, one thread each
     python scripts/benchmark_cl.py --suite ... --launcher "mpiexec -n 2"   # each diffusion run on 2 ranks
 
 The suite file (see guided_diffusion/benchmark_cl.py) names a base config, the settings shared by
@@ -27,7 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import cli  # noqa: E402
-from guided_diffusion.benchmark_cl import load_suite, plan, run_suite, write_report  # noqa: E402
+from guided_diffusion.benchmark_cl import SuiteRunError, load_suite, plan, run_suite, write_report  # noqa: E402
 
 
 def main() -> int:
@@ -38,6 +39,8 @@ def main() -> int:
     p.add_argument("--seeds", default="", help="comma-separated seeds (default: the suite's)")
     p.add_argument("--only", default="", help="comma-separated labels to run (the others are only reported)")
     p.add_argument("--launcher", default="", help='prefix of each diffusion run, e.g. "mpiexec -n 2"')
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once (after the run that trains task 0), each with CPUs/jobs threads")
     p.add_argument("--plan", action="store_true", help="write and check the configs, print the runs, run nothing")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the run folders")
     args = p.parse_args()
@@ -53,7 +56,12 @@ def main() -> int:
     wall = None
     if not args.report_only:
         start = time.time()
-        run_suite(suite, specs, shlex.split(args.launcher), only=[x for x in args.only.split(",") if x] or None)
+        try:
+            run_suite(suite, specs, shlex.split(args.launcher), only=[x for x in args.only.split(",") if x] or None,
+                      jobs=args.jobs)
+        except SuiteRunError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            return 1
         wall = time.time() - start
     command_line = "python scripts/benchmark_cl.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     path = write_report(suite, specs, command_line, wall)

@@ -93,3 +93,53 @@ def test_tables_and_claims_from_run_logs(tmp_path):
     assert text.count("**confirmed**") == 3, text
     means["gd_full"]["eval_fid"] = 40.0  # worse than generative replay: the claim is not confirmed
     assert bcl.claims(means, smeans)[0].endswith("**not confirmed** (GD better on both FID and KLD).")
+
+
+def test_waves_order_the_runs_by_what_they_need(tmp_path):
+    suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1]))
+    specs = bcl.plan(suite)
+    w = bcl.waves(specs)
+    assert [(s.label, s.seed) for s in w[0]] == [("naive", 0), ("naive", 1)]  # they train task 0
+    assert {s.kind for s in w[1]} == {"continual"} and len(w[1]) == 2 * (len(suite.methods) - 1)
+    assert {s.kind for s in w[2]} == {"solver"}
+    assert sum(map(len, w)) == len(specs)
+
+
+@pytest.mark.slow
+def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
+    """A 2-method, 2-task suite through the real scripts (two runs at once), then its report."""
+    import subprocess
+    import sys
+
+    raw = {
+        "name": "tiny", "out_dir": str(tmp_path / "runs"), "report_dir": str(tmp_path / "report"),
+        "base": "yaml/mnist/generative_distillation_eval.yaml", "seeds": [0],
+        "settings": {
+            "data": {"image_size": 16}, "model": {"channel_mult": "1,2", "attention_resolutions": "8"},
+            "diffusion": {"diffusion_steps": 50},
+            "train": {"batch_size": 8, "save_interval": 2, "log_interval": 2},
+            "continual": {"limit_tasks": 2, "num_steps": 2, "first_task_num_steps": 2, "grid_per_class": 1,
+                          "eval_respacing": "5"},
+            "evaluation": {"num_samples": 8, "batch_size": 8, "respacing": "5", "metrics": "fid,kld,class_acc",
+                           "classifier_path": str(tmp_path / "clf.safetensors"), "classifier_epochs": 1}},
+        "methods": {"naive": {"name": "naive"}, "joint": {"name": "joint"},
+                    "gd_full": {"name": "generative_distillation", "teacher_steps": 1, "replay_batch": 4}},
+        "solver": {"diffusion": "gd_full", "replays": ["plain"],
+                   "settings": {"solver": {"init_num_steps": 2, "num_steps": 2, "batch_size": 8,
+                                           "respacing": "ddim2", "eval_batch_size": 64}}},
+    }
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "scripts/benchmark_cl.py", "--suite", str(path), "--jobs", "2"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    report = (tmp_path / "report" / "README.md").read_text()
+    assert "| gd_full | 1/1 |" in report and "| plain | 1/1 |" in report
+    assert "task 0 taken from" in (tmp_path / "runs" / "gd_full_s0" / "log.txt").read_text()
+    assert (tmp_path / "report" / "report_grids" / "gd_full_s0_task1.png").exists()
+    with open(tmp_path / "runs" / "suite_times.csv") as f:
+        rows = list(csv.DictReader(f))
+    threads = {r["label"]: r["threads"] for r in rows}
+    assert rows[0]["label"] == "naive" and threads["naive"] == str(os.cpu_count())  # alone: every core
+    assert threads["joint"] == threads["gd_full"] == str(max(1, os.cpu_count() // 2))  # two at once
