@@ -329,3 +329,19 @@ def test_report_from_fake_runs(tmp_path):
     assert "| 0.75 |" in row_a and "| 0.2 |" in row_a
     md1, _ = build_report(str(tmp_path / "run_a"))  # a single run folder works too
     assert os.path.dirname(md1) == str(tmp_path / "run_a")
+
+
+def test_report_of_unevaluated_run_drops_empty_columns(tmp_path):
+    from guided_diffusion.evaluation.report import build_report
+
+    run = tmp_path / "demo"
+    run.mkdir()
+    with open(run / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["task", "classes", "steps", "sec_per_step", "train_sec", "final_loss"])
+        w.writeheader()
+        w.writerow(dict(task=0, classes="0 1", steps=5, sec_per_step=0.25, train_sec=1.25, final_loss=0.3))
+    md, _ = build_report(str(run))
+    text = open(md).read()
+    header = next(line for line in text.splitlines() if line.startswith("| method |"))
+    assert header == "| method | tasks done | sec/step | train s |"
+    assert "No run was evaluated" in text

@@ -270,8 +270,12 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
     title = title or f"Report: {os.path.basename(os.path.normpath(path))}"
 
     summaries = [_summary(r) for r in runs]
-    s_header = list(summaries[0].keys())
+    # Columns empty for every run are left out (e.g. no evaluation was configured); say so once.
+    s_header = [k for k in summaries[0] if k in ("method", "tasks done") or any(s[k] for s in summaries)]
     s_rows = [[s[k] for k in s_header] for s in summaries]
+    no_eval = not any(s[name] for s in summaries for name in SUMMARY.values())
+    eval_hint = ("No run was evaluated (set `evaluation.enabled: true`, e.g. with "
+                 "`yaml/mnist/generative_distillation_eval.yaml`, for FID, KLD and class accuracy per task).")
     plots = []
     for metric, name in PLOT_METRICS.items():
         png = os.path.join(out_dir, "report_plots", f"{metric}.png")
@@ -281,12 +285,12 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
     md = [f"# {title}", "", f"{len(runs)} run(s). Final metrics are those after the last finished task; "
           "`avg acc` and `forgetting` come from the generator's accuracy matrix (the evaluation classifier's "
           "accuracy on each task's classes of class-conditional samples, after each task).", "",
-          "## Summary", "", _md_table(s_header, s_rows), ""]
+          "## Summary", "", _md_table(s_header, s_rows), ""] + ([eval_hint, ""] if no_eval else [])
     hp = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
           f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
           f"<p>{len(runs)} run(s). Final metrics are those after the last finished task; <i>avg acc</i> and "
           "<i>forgetting</i> come from the generator's accuracy matrix.</p>",
-          "<h2>Summary</h2>", _html_table(s_header, s_rows)]
+          "<h2>Summary</h2>", _html_table(s_header, s_rows)] + ([f"<p>{html.escape(eval_hint)}</p>"] if no_eval else [])
     if plots:
         md += ["## Metrics after each task", ""] + [f"![{n}]({p})" for _, n, p in plots] + [""]
         hp += ["<h2>Metrics after each task</h2><div class='plots'>"]
