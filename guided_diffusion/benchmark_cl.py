@@ -78,6 +78,7 @@ class RunSpec:
     config_path: str
     run_dir: str
     overrides: List[str] = field(default_factory=list)
+    needs: Optional[str] = None  # label of the run (same seed) that must finish first
 
 
 def _merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
@@ -144,7 +145,7 @@ def plan(suite: Suite) -> List[RunSpec]:
     os.makedirs(cfg_dir, exist_ok=True)
     specs: List[RunSpec] = []
     for seed in suite.seeds:
-        first_run = None
+        first_run, first_label = None, None
         for label, method in suite.methods.items():
             name = f"{label}_s{seed}"
             cfg = _merge(base, suite.settings)
@@ -159,8 +160,10 @@ def plan(suite: Suite) -> List[RunSpec]:
             except ConfigError as e:
                 raise ConfigError(f"suite {suite.path}, method {label}: {e}") from None
             run_dir = os.path.join(out_dir, name)
-            specs.append(RunSpec(label, int(seed), "continual", path, run_dir))
-            first_run = first_run or run_dir
+            needs = first_label if suite.share_first_task and first_run is not None else None
+            specs.append(RunSpec(label, int(seed), "continual", path, run_dir, needs=needs))
+            if first_run is None:
+                first_run, first_label = run_dir, label
         if suite.solver:
             src = next(s for s in specs if s.seed == seed and s.label == suite.solver["diffusion"])
             with open(src.config_path) as f:
@@ -174,7 +177,8 @@ def plan(suite: Suite) -> List[RunSpec]:
                 except ConfigError as e:
                     raise ConfigError(f"suite {suite.path}, solver {replay}: {e}") from None
                 specs.append(RunSpec(f"solver_{replay}", int(seed), "solver", path,
-                                     os.path.join(src.run_dir, f"solver_{replay}"), [f"solver.replay={replay}"]))
+                                     os.path.join(src.run_dir, f"solver_{replay}"), [f"solver.replay={replay}"],
+                                     needs=src.label))
     return specs
 
 
@@ -189,29 +193,23 @@ class SuiteRunError(RuntimeError):
     """A run of the suite failed; the message names it and ends with its output."""
 
 
-def waves(specs: List[RunSpec]) -> List[List[RunSpec]]:
-    """Runs that may go at the same time: the first continual run of each seed (it trains task 0 for
-    the others), the other continual runs, then the solver runs (they read the finished generators)."""
-    firsts = [next(s for s in specs if s.kind == "continual" and s.seed == seed)
-              for seed in dict.fromkeys(s.seed for s in specs if s.kind == "continual")]
-    rest = [s for s in specs if s.kind == "continual" and s not in firsts]
-    return [w for w in (firsts, rest, [s for s in specs if s.kind == "solver"]) if w]
-
-
 def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), log: Callable[[str], None] = print,
               only: Optional[Sequence[str]] = None, jobs: int = 1, threads: int = 0) -> float:
     """Run every spec (each resumes where it stopped); returns the wall seconds of this call.
 
-    ``jobs`` > 1 runs up to that many processes at once within each of ``waves``, each with
-    ``threads // jobs`` threads (``threads``: default the CPU count); one process at a time keeps each
-    run's own ``train.num_threads``. A failed run stops the suite (``SuiteRunError``; rerun to resume)."""
+    A run starts once the run it ``needs`` has finished (the run that trains task 0 for the others;
+    the diffusion run a solver reads), up to ``jobs`` at once, in plan order. Each process gets
+    ``threads`` (default: the CPU count) divided by the number of runs that can go at that moment,
+    so a run alone gets every core. A failed run stops the suite (``SuiteRunError``; rerun to resume):
+    runs already started finish, no other starts."""
     import threading
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     out_dir = _abs(suite.out_dir)
     times = os.path.join(out_dir, "suite_times.csv")
     lock = threading.Lock()
     threads = threads or os.cpu_count() or 1
+    jobs = max(1, jobs)
     start = time.time()
     index = {id(s): i for i, s in enumerate(specs)}
 
@@ -239,20 +237,29 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
             raise SuiteRunError(f"{spec.label} (seed {spec.seed}) exited with {code}; rerun the same command to "
                                 f"resume. Its output ends with:\n{tail}")
 
-    for wave in waves(specs):
-        wave = [s for s in wave if not only or s.label in only]
-        if not wave:
-            continue
-        n = max(1, min(jobs, len(wave)))
-        extra = [f"train.num_threads={max(1, threads // n)}"] if jobs > 1 else []
-        pool = ThreadPoolExecutor(n)
-        try:
-            for f in [pool.submit(one, s, extra) for s in wave]:
-                f.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # runs already started finish; queued ones never start
-            raise
-        pool.shutdown(wait=True)
+    pending = [s for s in specs if not only or s.label in only]
+    done = {(s.label, s.seed) for s in specs if s not in pending}  # runs left out are taken as finished
+    running: Dict[Any, RunSpec] = {}
+    pool = ThreadPoolExecutor(jobs)
+    try:
+        while pending or running:
+            ready = [s for s in pending if s.needs is None or (s.needs, s.seed) in done]
+            while ready and len(running) < jobs:
+                spec = ready.pop(0)
+                pending.remove(spec)
+                at_once = min(jobs, len(running) + 1 + len(ready))
+                extra = [f"train.num_threads={max(1, threads // at_once)}"] if jobs > 1 else []
+                running[pool.submit(one, spec, extra)] = spec
+            if not running:  # what is left waits for a run that is neither pending nor done
+                raise SuiteRunError("runs wait for runs that are not in the suite: "
+                                    + ", ".join(f"{s.label} needs {s.needs}" for s in pending))
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                spec = running.pop(fut)
+                fut.result()
+                done.add((spec.label, spec.seed))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     return time.time() - start
 
 
@@ -443,5 +450,5 @@ def _git(*args) -> str:
         return "unknown"
 
 
-__all__ = ["Suite", "RunSpec", "SuiteRunError", "load_suite", "plan", "waves", "run_suite", "write_report", "claims",
+__all__ = ["Suite", "RunSpec", "SuiteRunError", "load_suite", "plan", "run_suite", "write_report", "claims",
            "method_table", "solver_table"]

@@ -8,7 +8,7 @@ Usage:
                                                                                       # at the papers' sizes (GPU)
     python scripts/benchmark_cl.py --suite ... --report-only     # rebuild the report from the logs
     python scripts/benchmark_cl.py --suite ... --plan            # print the runs and their configs, run nothing
-    python scripts/benchmark_cl.py --suite ... --jobs 2          # two runs at once, one thread each
+    python scripts/benchmark_cl.py --suite ... --jobs 2          # two runs at once (CPUs shared)
     python scripts/benchmark_cl.py --suite ... --launcher "mpiexec -n 2"   # each diffusion run on 2 ranks
 
 The suite file (see guided_diffusion/benchmark_cl.py) names a base config, the settings shared by
@@ -40,7 +40,7 @@ def main() -> int:
     p.add_argument("--only", default="", help="comma-separated labels to run (the others are only reported)")
     p.add_argument("--launcher", default="", help='prefix of each diffusion run, e.g. "mpiexec -n 2"')
     p.add_argument("--jobs", type=int, default=1,
-                   help="runs at once (after the run that trains task 0), each with CPUs/jobs threads")
+                   help="runs at once, each once what it needs has finished, with the CPUs shared among them")
     p.add_argument("--plan", action="store_true", help="write and check the configs, print the runs, run nothing")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from the run folders")
     args = p.parse_args()

@@ -95,14 +95,55 @@ def test_tables_and_claims_from_run_logs(tmp_path):
     assert bcl.claims(means, smeans)[0].endswith("**not confirmed** (GD better on both FID and KLD).")
 
 
-def test_waves_order_the_runs_by_what_they_need(tmp_path):
+def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
+    """The scheduler with the processes faked: order, parallelism, threads, and a failure."""
+    import threading
+    import time
+
     suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1]))
     specs = bcl.plan(suite)
-    w = bcl.waves(specs)
-    assert [(s.label, s.seed) for s in w[0]] == [("naive", 0), ("naive", 1)]  # they train task 0
-    assert {s.kind for s in w[1]} == {"continual"} and len(w[1]) == 2 * (len(suite.methods) - 1)
-    assert {s.kind for s in w[2]} == {"solver"}
-    assert sum(map(len, w)) == len(specs)
+    first = {seed: next(s for s in specs if s.seed == seed) for seed in (0, 1)}
+    assert all(s.needs == first[s.seed].label for s in specs if s.kind == "continual" and s is not first[s.seed])
+    assert all(s.needs == "gd_full" for s in specs if s.kind == "solver") and first[0].needs is None
+
+    lock, events, live = threading.Lock(), [], [0, 0]  # (start|end, label, seed, threads); now, most at once
+
+    def fake_call(cmd, cwd, stdout, stderr):
+        cfg = cmd[cmd.index("--config") + 1]
+        spec = next(s for s in specs if s.config_path == cfg and s.overrides == cmd[cmd.index(cfg) + 1:-1])
+        with lock:
+            events.append(("start", spec.label, spec.seed, cmd[-1]))
+            live[0] += 1
+            live[1] = max(live)
+        time.sleep(0.01)
+        with lock:
+            live[0] -= 1
+            events.append(("end", spec.label, spec.seed, cmd[-1]))
+        return 3 if spec.label == "fail_me" else 0
+
+    monkeypatch.setattr(bcl.subprocess, "call", fake_call)
+    bcl.run_suite(suite, specs, log=lambda m: None, jobs=3, threads=6)
+    assert live[1] == 3
+    pos = {(kind, label, seed): i for i, (kind, label, seed, _) in enumerate(events)}
+    for s in specs:
+        assert ("start", s.label, s.seed) in pos
+        if s.needs:
+            assert pos[("end", s.needs, s.seed)] < pos[("start", s.label, s.seed)], s.label
+    threads = {(label, seed): t for kind, label, seed, t in events if kind == "start"}
+    assert threads[("naive", 0)] == "train.num_threads=3"  # both seeds' first runs go together
+    assert threads[("joint", 0)] == "train.num_threads=2"  # three at once
+    with open(tmp_path / "runs" / "suite_times.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(specs)
+
+    # a failed run stops the suite: what needs it never starts
+    specs[0].label = "fail_me"
+    for s in specs:
+        s.needs = "fail_me" if s.needs == "naive" and s.seed == 0 else s.needs
+    events.clear()
+    with pytest.raises(bcl.SuiteRunError, match="fail_me .seed 0. exited with 3"):
+        bcl.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2)
+    started = {(label, seed) for kind, label, seed, _ in events if kind == "start"}
+    assert not any(s.seed == 0 and s.needs == "fail_me" and (s.label, 0) in started for s in specs)
 
 
 @pytest.mark.slow
