@@ -295,6 +295,25 @@ def test_continual_run_with_evaluation(tmp_path):
     md, page = build_report(ctx.run_dir)
     assert "eval_fid" in open(md).read() and os.path.exists(os.path.join(ctx.run_dir, "report_plots", "eval_fid.png"))
 
+    # A run seeded with this run's task 0 (continual.init_from) takes its grid and evaluation as they
+    # are; with other evaluation settings it computes its own.
+    seeded = run_continual(load_config(os.path.join(ROOT, "yaml/mnist/ewc.yaml"), tiny[:-1] + [
+        "name=seeded", "continual.limit_tasks=1", "method.num_samples=4", f"continual.init_from={ctx.run_dir}"]))
+    with open(f"{seeded.run_dir}/metrics.csv") as f:
+        mine = list(csv.DictReader(f))[0]
+    evals = lambda r: {k: v for k, v in r.items() if k.startswith("eval_") and k != "eval_sec" and v}  # noqa: E731
+    assert len(evals(rows[0])) > 8 and evals(mine) == evals(rows[0])
+    assert mine["eval_sec"] == "0.0" and float(rows[0]["eval_sec"]) > 0
+    with open(f"{seeded.run_dir}/task_0/samples.png", "rb") as f, open(f"{ctx.run_dir}/task_0/samples.png", "rb") as g:
+        assert f.read() == g.read()
+    assert "grid and evaluation taken from" in open(f"{seeded.run_dir}/log.txt").read()
+    other = run_continual(load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"), tiny[:-1] + [
+        "name=other", "continual.limit_tasks=1", "evaluation.num_samples=6", f"continual.init_from={ctx.run_dir}"]))
+    with open(f"{other.run_dir}/metrics.csv") as f:
+        theirs = list(csv.DictReader(f))[0]
+    assert theirs["eval_samples"] == "6" and float(theirs["eval_sec"]) > 0
+    assert "grid and evaluation taken from" not in open(f"{other.run_dir}/log.txt").read()
+
 
 def test_report_from_fake_runs(tmp_path):
     from PIL import Image

@@ -42,7 +42,7 @@ from ..sampling import sample_set
 from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, any_rank, step_seed
 from .base import ContinualContext, build_method, freeze
 from .scenario import Task, build_scenario
-from .warm_start import copy_first_task, first_task_source
+from .warm_start import copy_first_task, first_task_results, first_task_source
 
 # Called after each task with (ctx, task, ema_model); returns metric columns for metrics.csv.
 EVALUATORS: List[Callable] = []
@@ -234,15 +234,27 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
                "steps_this_run": task.num_steps - start_step,
                "after_task_sec": round(t_after, 3)}
         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
+        reused = None
+        if init_step is not None and task.index == 0 and not EVALUATORS:
+            reused = first_task_results(cfg, cfg.continual.init_from)
+        if reused is not None:  # the same weights, seeds and settings: the same grid and numbers
+            cols, grid = reused
+            row.update(cols)
+            if grid is not None and dist_util.is_main():
+                ckpt.atomic_write_bytes(f"{tdir}/samples.png", ckpt.read_bytes(grid))
+            root_logger.log(f"task 0: grid and evaluation taken from {cfg.continual.init_from} (same settings)")
+            evaluators_now = []
+        else:
+            evaluators_now = evaluators
         ema_model = copy.deepcopy(model)
         ema_model.load_state_dict(ema_state[rates[0]])
         ema_model.eval()
-        if cfg.continual.grid_per_class > 0:
+        if cfg.continual.grid_per_class > 0 and reused is None:
             images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
             if dist_util.is_main():
                 n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
                 save_grid(images, f"{tdir}/samples.png", nrow=n_col)
-        for evaluator in evaluators:
+        for evaluator in evaluators_now:
             row.update(evaluator(ctx, task, ema_model))
         del ema_model
         if dist_util.is_main():

@@ -6,7 +6,9 @@ compares methods trains it once and seeds every other run with it: ``copy_first_
 final checkpoint of ``<init_from>/task_0`` (model, EMA, optimizer, loop state, manifest last, each
 file checked against the manifest's size and sha256) and its progress logs into this run's
 ``task_0``, where the training loop then finds the task complete. The method's ``after_task``
-(EWC's Fisher, the buffer, ...), the grid and the evaluation of task 0 still run in this run.
+(EWC's Fisher, the buffer, ...) still runs in this run. The grid and the evaluation of task 0 are
+taken from the source too (``first_task_results``) when they were made with the same sampling,
+grid and evaluation settings: the same EMA weights and seeds give the same images and numbers.
 
 The source must have been made with the same data, model, diffusion, training settings, seed and
 first task; otherwise one ``ConfigError`` names every differing key.
@@ -14,8 +16,9 @@ first task; otherwise one ``ConfigError`` names every differing key.
 
 from __future__ import annotations
 
+import csv
 import os
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import blobfile as bf
 
@@ -84,3 +87,42 @@ def copy_first_task(src_run: str, step: int, task_dir: str, log) -> bool:
     ckpt.atomic_write_bytes(ckpt.manifest_path(task_dir, step), ckpt.read_bytes(ckpt.manifest_path(src, step)))
     log(f"task 0 taken from {os.path.abspath(src)} (step {step}: same data, model, diffusion, training and first task)")
     return True
+
+
+def _results_settings(cfg) -> Dict[str, Any]:
+    """Everything besides the weights that decides task 0's grid and evaluation."""
+    out: Dict[str, Any] = {}
+    for section in ("sample", "evaluation"):
+        if hasattr(cfg, section):
+            out.update({f"{section}.{k}": v for k, v in to_dict(getattr(cfg, section)).items()})
+    for key in ("grid_per_class", "eval_respacing", "eval_use_ddim"):
+        out[f"continual.{key}"] = getattr(cfg.continual, key)
+    return out
+
+
+def first_task_results(cfg, src_run: str) -> Optional[Tuple[Dict[str, str], Optional[str]]]:
+    """Task 0's evaluation columns (``eval_*``) and grid path in ``src_run``, when that run made them
+    with this run's settings (``None`` otherwise: this run computes its own). ``eval_sec`` is 0, as
+    ``train_sec`` is: this run spent nothing on them."""
+    try:
+        other = load_config(f"{src_run}/config.yaml")
+    except (ConfigError, OSError):
+        return None
+    if _differences(_results_settings(cfg), _results_settings(other)):
+        return None
+    path = f"{src_run}/metrics.csv"
+    if not bf.exists(path):
+        return None
+    with bf.BlobFile(path, "r") as f:
+        row = next((r for r in csv.DictReader(f) if r.get("task") == "0"), None)
+    if row is None:
+        return None
+    grid = f"{src_run}/task_0/samples.png"
+    if cfg.continual.grid_per_class > 0 and not bf.exists(grid):
+        return None
+    cols = {k: v for k, v in row.items() if k and k.startswith("eval_") and v not in ("", None)}
+    if getattr(cfg.evaluation, "enabled", False) and not cols:
+        return None
+    if "eval_sec" in cols:
+        cols["eval_sec"] = "0.0"
+    return cols, grid if cfg.continual.grid_per_class > 0 else None
