@@ -457,3 +457,34 @@ def test_init_from_takes_another_methods_first_task_bit_identically(tmp_path):
         run_continual(_cfg(tmp_path / "bad", "yaml/mnist/ewc.yaml",
                            ewc + ["train.lr=0.5", f"continual.init_from={src.run_dir}"]))
     assert not os.path.exists(f"{tmp_path}/bad/split_mnist_ewc/task_0")
+
+
+def test_soft_target_kd_by_hand_and_finite_with_trimmed_logits():
+    """The soft replay loss: T^2 KL(p_teacher over the old classes || p_student over its logits), by
+    hand in numpy; finite when the student's unseen logits are -inf and the teacher's are large."""
+    import numpy as np
+
+    from guided_diffusion.continual.solver import soft_target_kd
+
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(5, 10, generator=g) * 3
+    teacher[:, 4:] = 50.0  # the previous classifier's untrained logits: must not matter
+    student = torch.randn(5, 10, generator=g) * 3
+    student[:, 6:] = float("-inf")  # trimmed: classes 0..5 seen, 0..3 old
+    old, T = [0, 1, 2, 3], 2.0
+    kd = soft_target_kd(student, teacher, old, T)
+
+    t, s = teacher.double().numpy()[:, old] / T, student.double().numpy()[:, :6] / T
+    pt = np.exp(t - t.max(1, keepdims=True))
+    pt /= pt.sum(1, keepdims=True)
+    log_ps = s - s.max(1, keepdims=True) - np.log(np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True))
+    want = (pt * (np.log(pt) - log_ps[:, old])).sum(1).mean() * T * T
+    assert torch.isfinite(kd) and abs(kd.item() - want) < 1e-5
+
+    # zero when the student copies the teacher on the old classes and gives the new ones nothing
+    copy = torch.full((5, 10), float("-inf"))
+    copy[:, old] = teacher[:, old]
+    assert abs(soft_target_kd(copy, teacher, old, T).item()) < 1e-6
+    # positive as soon as the student puts mass on a new class
+    copy[:, 4] = teacher[:, 0]
+    assert soft_target_kd(copy, teacher, old, T).item() > 0.1

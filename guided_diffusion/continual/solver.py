@@ -5,11 +5,12 @@ Per task i (REFERENCE.md §2.4 GUIDE, §1.4 Masip):
   from the diffusion model after task i-1 (its continual run folder), regenerated every
   ``generation_interval`` steps;
 - ``replay``: ``plain`` (hard labels = the conditioning class), ``soft`` (targets = the previous
-  classifier's logits at temperature T, loss (1/(i+1)) CE_real + (i/(i+1)) T^2 KL(p_teacher || p_student),
-  the standard KD direction, not Masip's reversed one), ``guided`` (GUIDE: the sampling of an old
-  class y is guided, on the predicted x0, toward the most likely *new* class of the classifier being
-  trained, with a per-sample scale ~ U[scale_min, scale_max]), ``joint`` (real data of all seen
-  classes), ``none`` (fine-tuning);
+  classifier's logits on the old classes at temperature T, loss (1/(i+1)) CE_real + (i/(i+1)) T^2
+  KL(p_teacher || p_student), the standard KD direction, not Masip's reversed one:
+  ``soft_target_kd``), ``guided`` (GUIDE: the sampling of an old class y is guided, on the
+  predicted x0, toward the most likely *new* class of the classifier being trained, with a
+  per-sample scale ~ U[scale_min, scale_max]), ``joint`` (real data of all seen classes), ``none``
+  (fine-tuning);
 - SGD with momentum and weight decay, lr linearly decayed within the task; logits outside the
   classes seen so far are masked during training (``trim_logits``);
 - after the task: accuracy on each seen task's test split (argmax over all logits), average
@@ -36,11 +37,23 @@ from ..classifiers import create_classifier_net
 from ..config import ConfigError
 from ..data import InfiniteLoader
 from ..sampling import sample_batch
-from ..train_util import step_seed
+from ..train_util import NonFiniteError, step_seed
 from .loop import _final_weights, append_metrics
 from .scenario import Scenario, Task, build_scenario, select
 
 REPLAYS = ("none", "joint", "plain", "soft", "guided")
+
+
+def soft_target_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, old_classes: List[int],
+                   T: float) -> torch.Tensor:
+    """T^2 KL(p_teacher || p_student), averaged over rows: the standard KD direction (not Masip's
+    reversed cross-entropy, REFERENCE.md §1.4). The teacher (the classifier after the previous task)
+    gives a distribution over the old classes only; the student's is over all its logits (those of
+    unseen classes may be -inf, trimmed), so mass it puts on the new classes counts against it."""
+    old = torch.as_tensor(old_classes, device=student_logits.device)
+    log_pt = F.log_softmax(teacher_logits.float().index_select(1, old) / T, -1)
+    log_ps = F.log_softmax(student_logits.float() / T, -1).index_select(1, old)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean() * T * T
 
 
 # ------------------------------------------------------------------ augmentation
@@ -243,12 +256,14 @@ class Solver:
             if s.replay == "soft" and gen_mode:
                 T = s.temperature
                 real = F.cross_entropy(logits[:n_real], yr)
-                kd = F.kl_div(F.log_softmax(logits[n_real:] / T, -1), F.log_softmax(soft_gen / T, -1),
-                              reduction="batchmean", log_target=True) * T * T
+                kd = soft_target_kd(logits[n_real:], soft_gen, list(task.old_classes), T)
                 loss = real / (i + 1) + kd * i / (i + 1)
             else:
                 labels = torch.cat([yr, y_gen]) if gen_mode else yr
                 loss = F.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"solver ({s.replay} replay), task {i}, step {step + 1}: the loss is "
+                                         f"{loss.item()}; nothing of this task was saved")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
