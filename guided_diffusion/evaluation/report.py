@@ -205,12 +205,14 @@ def _plot(runs: List[Run], metric: str, title: str, path: str) -> bool:
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    floors = []  # a companion line per distinct series: runs on the same data share one floor
     for (label, pts), run in zip(series, [r for r in runs if any(_num(x.get(metric)) is not None for x in r.rows)]):
         xs, ys = zip(*pts)
         line, = ax.plot(xs, ys, marker="o", label=label)
         other = COMPANIONS.get(metric)
         floor = [(int(_num(r.get("task")) or 0), v) for r in run.rows if other and (v := _num(r.get(other[0]))) is not None]
-        if floor:
+        if floor and not any(np.allclose(np.asarray(floor), np.asarray(f)) for f in floors if len(f) == len(floor)):
+            floors.append(floor)
             fx, fy = zip(*floor)
             ax.plot(fx, fy, ls="--", marker=".", color=line.get_color(), label=f"  {other[1]}")
     ax.set_xlabel("after task")
