@@ -205,6 +205,8 @@ class SolverConfig:
     use_old_grad: bool = False
     use_new_grad: bool = True
     guid_to_new_classes: bool = True
+    noised_classifier: bool = False  # guided: guide with a second classifier trained on q_sample(x, t) of the same
+    # batches and applied to x_t (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
     temperature: float = 2.0  # soft replay: distillation temperature
     eval_batch_size: int = 256
     log_interval: int = 50

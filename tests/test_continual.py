@@ -396,6 +396,19 @@ def test_guidance_moves_prediction_toward_new_class():
     p_guided = torch.softmax(clf(guided), -1)[:, 3]
     assert (p_guided > p_plain).all(), (p_plain, p_guided)
 
+    # the noised-classifier variant: the same classifier on x_t, no pass through the denoiser; ancestral too
+    from guided_diffusion.continual.solver import noised_cond_fn
+
+    cond_n = noised_cond_fn(clf, seen, (3,), scales)
+    assert not getattr(cond_n, "needs_pred_xstart", False)
+    for loop in (diffusion.ddim_sample_loop, diffusion.p_sample_loop):
+        torch.manual_seed(1)
+        plain = loop(net, (6, 1, 6, 6), noise=noise, model_kwargs={"y": y})
+        torch.manual_seed(1)
+        guided = loop(net, (6, 1, 6, 6), noise=noise, model_kwargs={"y": y}, cond_fn=cond_n)
+        p_plain, p_guided = (torch.softmax(clf(v), -1)[:, 3] for v in (plain, guided))
+        assert (p_guided > p_plain).all(), (loop.__name__, p_plain, p_guided)
+
 
 def test_solver_batch_composition_and_trimmed_logits(tmp_path):
     from guided_diffusion.continual.loop import run_continual
@@ -415,6 +428,18 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
         assert [int(r["replay_per_batch"]) for r in rows] == [0, 6]  # ... and B*i/(i+1) replay
         assert int(rows[1]["gen_images"]) == 2 * 6  # regenerated every step
         assert 0 <= float(rows[1]["avg_acc"]) <= 1
+    # GUIDE's train_noised_classifier: a second classifier trained on q_sample(x, t) guides on x_t
+    c = cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(
+        **{**cfg.solver.__dict__, "replay": "guided", "noised_classifier": True})})
+    solver = run_solver(c)
+    assert solver.run_dir.endswith("solver_guided_noised") and solver.nclf is not None
+    assert os.path.exists(f"{solver.run_dir}/noised_classifier_task_1.pt")
+    with open(f"{solver.run_dir}/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert int(rows[1]["gen_images"]) == 2 * 6 and float(rows[1]["gen_sec"]) > 0
+    with pytest.raises(ConfigError, match="noised_classifier"):
+        run_solver(cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(
+            **{**cfg.solver.__dict__, "replay": "plain", "noised_classifier": True})}))
     # Trimmed logits: after task 0 the classifier was trained on classes 0 and 1 only, so the
     # unseen classes' logits received no gradient pushing them up; all its task-0 test
     # predictions are 0 or 1 when trained long enough -- here we check the mask itself.

@@ -9,8 +9,9 @@ Per task i (REFERENCE.md §2.4 GUIDE, §1.4 Masip):
   KL(p_teacher || p_student), the standard KD direction, not Masip's reversed one:
   ``soft_target_kd``), ``guided`` (GUIDE: the sampling of an old class y is guided, on the
   predicted x0, toward the most likely *new* class of the classifier being trained, with a
-  per-sample scale ~ U[scale_min, scale_max]), ``joint`` (real data of all seen classes), ``none``
-  (fine-tuning);
+  per-sample scale ~ U[scale_min, scale_max]; with ``noised_classifier`` a second classifier, trained
+  on q_sample(x, t) of the same batches, guides on x_t instead: ADM's classic guidance, GUIDE's
+  ``train_noised_classifier``), ``joint`` (real data of all seen classes), ``none`` (fine-tuning);
 - SGD with momentum and weight decay, lr linearly decayed within the task; logits outside the
   classes seen so far are masked during training (``trim_logits``);
 - after the task: accuracy on each seen task's test split (argmax over all logits), average
@@ -123,6 +124,23 @@ def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s):
     return cond_fn
 
 
+def noised_cond_fn(nclf, seen_mask, new_classes, scales):
+    """ADM's classic guidance with GUIDE's target: scale * grad_{x_t} log p(target | x_t) from the noised
+    classifier applied to x_t itself, target = its most likely new class. No gradient through the UNet."""
+    new = torch.as_tensor(new_classes, device=seen_mask.device)
+
+    def cond_fn(x, t, y=None, **kwargs):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            logits = nclf(x).float().masked_fill(~seen_mask, float("-inf"))
+            target = new[logits[:, new].argmax(dim=1)]
+            obj = F.log_softmax(logits, dim=-1)[torch.arange(len(x)), target]
+            grad = torch.autograd.grad(obj.sum(), x)[0]
+        return scales.to(x.device).view(-1, 1, 1, 1) * grad
+
+    return cond_fn
+
+
 # ------------------------------------------------------------------ the solver loop
 
 
@@ -135,6 +153,9 @@ class Solver:
             raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
         if s.use_old_grad and s.use_new_grad:
             raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
+        if s.noised_classifier and s.replay != "guided":
+            raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
+                              f"{s.replay!r}")
         self.cfg, self.s = cfg, s
         self.x, self.y, self.xt, self.yt = x, y, xt, yt
         self.info, self.scenario, self.device = info, scenario, device
@@ -142,6 +163,9 @@ class Solver:
         self.diffusion_run = s.diffusion_run or experiment.run_dir_of(cfg)
         torch.manual_seed(cfg.seed + 2)
         self.clf = create_classifier_net(s.arch, info.num_classes, info.channels).to(device)
+        # GUIDE's train_noised_classifier: a second classifier, trained on noised batches, guides on x_t
+        self.nclf = create_classifier_net(s.arch, info.num_classes, info.channels).to(device) \
+            if s.noised_classifier else None
         self.acc: Dict[int, Dict[int, float]] = {}
         self.gen_sec = 0.0
         self.gen_images = 0
@@ -182,12 +206,18 @@ class Solver:
             if s.replay == "guided":
                 scales = s.scale_min + (s.scale_max - s.scale_min) * torch.rand(len(yc), generator=gen)
                 self.clf.eval()
-                cond_fn = guide_cond_fn(self.clf, prev_clf, seen_mask, task.classes, old_mask, scales, s)
+                if self.nclf is not None:
+                    self.nclf.eval()
+                    cond_fn = noised_cond_fn(self.nclf, seen_mask, task.classes, scales)
+                else:
+                    cond_fn = guide_cond_fn(self.clf, prev_clf, seen_mask, task.classes, old_mask, scales, s)
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
             xs = sample_batch(model, diffusion, (len(yc), *self.info.shape), y=yc, class_cond=True,
                               use_ddim=s.use_ddim, cond_fn=cond_fn, noise=noise, device=self.device)
             chunks.append(xs.detach().clone())
         self.clf.train()
+        if self.nclf is not None:
+            self.nclf.train()
         self.gen_sec += time.perf_counter() - start
         self.gen_images += n
         return torch.cat(chunks), y.to(self.device)
@@ -233,6 +263,11 @@ class Solver:
             model = self.diffusion_after(i - 1)
             diffusion = experiment.build_diffusion(self.cfg, s.respacing)
         x_gen = y_gen = soft_gen = None
+        if self.nclf is not None:  # the noised classifier learns the same batches at random noise levels
+            noiser = experiment.build_diffusion(self.cfg, "")
+            opt_n = torch.optim.Adam(self.nclf.parameters(), lr=base_lr, weight_decay=s.weight_decay) \
+                if s.optimizer == "adam" else \
+                torch.optim.SGD(self.nclf.parameters(), lr=base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, i, 4) % (2**63))
         start = time.time()
         losses = []
@@ -268,6 +303,21 @@ class Solver:
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            if self.nclf is not None:
+                for g in opt_n.param_groups:
+                    g["lr"] = base_lr * (1 - step / steps)
+                t = torch.randint(0, noiser.num_timesteps, (len(xb),), generator=gen).to(self.device)
+                xn = noiser.q_sample(xb.detach(), t, noise=torch.randn(xb.shape, generator=gen).to(self.device))
+                n_logits = self.nclf(xn).float()
+                if s.trim_logits:
+                    n_logits = n_logits.masked_fill(~seen_mask, float("-inf"))
+                n_loss = F.cross_entropy(n_logits, torch.cat([yr, y_gen]) if gen_mode else yr)
+                if not torch.isfinite(n_loss):
+                    raise NonFiniteError(f"solver noised classifier, task {i}, step {step + 1}: the loss is "
+                                         f"{n_loss.item()}; nothing of this task was saved")
+                opt_n.zero_grad(set_to_none=True)
+                n_loss.backward()
+                opt_n.step()
             bar.update(1)
             if (step + 1) % s.log_interval == 0:
                 self.logger.logkv("task", i)
@@ -285,6 +335,8 @@ class Solver:
             first += 1
         if first > 0:
             self.clf.load_state_dict(ckpt.load_torch(f"{self.run_dir}/classifier_task_{first - 1}.pt"))
+            if self.nclf is not None:
+                self.nclf.load_state_dict(ckpt.load_torch(f"{self.run_dir}/noised_classifier_task_{first - 1}.pt"))
             for k in range(first):
                 row = json.loads(ckpt.read_bytes(f"{self.run_dir}/task_{k}.done.json"))
                 self.acc[k] = {int(j): v for j, v in row["acc"].items()}
@@ -304,6 +356,9 @@ class Solver:
             row.update({f"acc_task{j}": round(a, 4) for j, a in acc.items()})
             if dist_util.is_main():
                 ckpt.atomic_torch_save(self.clf.state_dict(), f"{self.run_dir}/classifier_task_{task.index}.pt")
+                if self.nclf is not None:  # before the done file: a finished task has both
+                    ckpt.atomic_torch_save(self.nclf.state_dict(),
+                                           f"{self.run_dir}/noised_classifier_task_{task.index}.pt")
                 append_metrics(f"{self.run_dir}/metrics.csv", row)
                 ckpt.atomic_write_text(f"{self.run_dir}/task_{task.index}.done.json",
                                        json.dumps({**row, "acc": {str(k): v for k, v in acc.items()}}, indent=2))
@@ -317,7 +372,7 @@ def run_solver(cfg) -> Solver:
     device = experiment.init_process(cfg)
     if dist_util.get_world_size() > 1:
         raise ConfigError("the solver runs in one process (its cost is the replay generation); launch it without mpiexec")
-    run_dir = f"{experiment.run_dir_of(cfg)}/solver_{cfg.solver.replay}"
+    run_dir = f"{experiment.run_dir_of(cfg)}/solver_{cfg.solver.replay}" + ("_noised" if cfg.solver.noised_classifier else "")
     logger = experiment.setup_run(cfg, run_dir=run_dir)
     x, y, info = experiment.load_split(cfg, "train")
     xt, yt, _ = experiment.load_split(cfg, "test")
