@@ -214,7 +214,7 @@ def _plot(runs: List[Run], metric: str, title: str, path: str) -> bool:
         if floor and not any(np.allclose(np.asarray(floor), np.asarray(f)) for f in floors if len(f) == len(floor)):
             floors.append(floor)
             fx, fy = zip(*floor)
-            ax.plot(fx, fy, ls="--", marker=".", color=line.get_color(), label=f"  {other[1]}")
+            ax.plot(fx, fy, ls="--", marker=".", color="0.35", label=other[1])
     ax.set_xlabel("after task")
     ax.set_ylabel(title)
     ax.set_title(title)
