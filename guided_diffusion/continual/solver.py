@@ -57,6 +57,24 @@ def soft_target_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, o
     return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean() * T * T
 
 
+def _optimizer(params, s, lr: float) -> torch.optim.Optimizer:
+    """The solver's optimizer (``solver.optimizer``): Adam, or SGD with momentum; both with weight decay."""
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def _update(opt: torch.optim.Optimizer, loss: torch.Tensor, lr: float, what: str) -> None:
+    """One step at ``lr``; a non-finite loss stops the run, naming ``what`` (task and step)."""
+    if not torch.isfinite(loss):
+        raise NonFiniteError(f"{what}: the loss is {loss.item()}; nothing of this task was saved")
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 # ------------------------------------------------------------------ augmentation
 
 
@@ -251,10 +269,7 @@ class Solver:
         data = InfiniteLoader(self.x[idx], self.y[idx], n_real, seed=step_seed(self.cfg.seed, i, 3) % (2**31))
         steps = s.init_num_steps if i == 0 else s.num_steps
         base_lr = s.init_lr if i == 0 else s.lr
-        if s.optimizer == "adam":
-            opt = torch.optim.Adam(self.clf.parameters(), lr=base_lr, weight_decay=s.weight_decay)
-        else:
-            opt = torch.optim.SGD(self.clf.parameters(), lr=base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        opt = _optimizer(self.clf.parameters(), s, base_lr)
         seen_mask = torch.zeros(self.info.num_classes, dtype=torch.bool, device=self.device)
         seen_mask[list(task.seen_classes)] = True
         kinds = [k.strip() for k in s.augment.split(",") if k.strip()]
@@ -265,16 +280,13 @@ class Solver:
         x_gen = y_gen = soft_gen = None
         if self.nclf is not None:  # the noised classifier learns the same batches at random noise levels
             noiser = experiment.build_diffusion(self.cfg, "")
-            opt_n = torch.optim.Adam(self.nclf.parameters(), lr=base_lr, weight_decay=s.weight_decay) \
-                if s.optimizer == "adam" else \
-                torch.optim.SGD(self.nclf.parameters(), lr=base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+            opt_n = _optimizer(self.nclf.parameters(), s, base_lr)
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, i, 4) % (2**63))
         start = time.time()
         losses = []
         bar = self.logger.progress_bar(total=steps, desc=f"solver task {i}")
         for step in range(steps):
-            for g in opt.param_groups:
-                g["lr"] = base_lr * (1 - step / steps)
+            lr = base_lr * (1 - step / steps)
             xr, yr = next(data)
             xr, yr = xr.to(self.device), yr.to(self.device)
             if gen_mode and step % s.generation_interval == 0:
@@ -283,6 +295,7 @@ class Solver:
                     with torch.no_grad():
                         soft_gen = prev_clf(x_gen).float()
             xb = torch.cat([xr, x_gen]) if gen_mode else xr
+            labels = torch.cat([yr, y_gen]) if gen_mode else yr
             if kinds:
                 xb = augment(xb.cpu(), kinds, gen).to(self.device)
             logits = self.clf(xb).float()
@@ -294,30 +307,17 @@ class Solver:
                 kd = soft_target_kd(logits[n_real:], soft_gen, list(task.old_classes), T)
                 loss = real / (i + 1) + kd * i / (i + 1)
             else:
-                labels = torch.cat([yr, y_gen]) if gen_mode else yr
                 loss = F.cross_entropy(logits, labels)
-            if not torch.isfinite(loss):
-                raise NonFiniteError(f"solver ({s.replay} replay), task {i}, step {step + 1}: the loss is "
-                                         f"{loss.item()}; nothing of this task was saved")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _update(opt, loss, lr, f"solver ({s.replay} replay), task {i}, step {step + 1}")
             losses.append(loss.item())
             if self.nclf is not None:
-                for g in opt_n.param_groups:
-                    g["lr"] = base_lr * (1 - step / steps)
                 t = torch.randint(0, noiser.num_timesteps, (len(xb),), generator=gen).to(self.device)
                 xn = noiser.q_sample(xb.detach(), t, noise=torch.randn(xb.shape, generator=gen).to(self.device))
                 n_logits = self.nclf(xn).float()
                 if s.trim_logits:
                     n_logits = n_logits.masked_fill(~seen_mask, float("-inf"))
-                n_loss = F.cross_entropy(n_logits, torch.cat([yr, y_gen]) if gen_mode else yr)
-                if not torch.isfinite(n_loss):
-                    raise NonFiniteError(f"solver noised classifier, task {i}, step {step + 1}: the loss is "
-                                         f"{n_loss.item()}; nothing of this task was saved")
-                opt_n.zero_grad(set_to_none=True)
-                n_loss.backward()
-                opt_n.step()
+                _update(opt_n, F.cross_entropy(n_logits, labels), lr,
+                        f"solver noised classifier, task {i}, step {step + 1}")
             bar.update(1)
             if (step + 1) % s.log_interval == 0:
                 self.logger.logkv("task", i)
