@@ -243,20 +243,18 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
             if grid is not None and dist_util.is_main():
                 ckpt.atomic_write_bytes(f"{tdir}/samples.png", ckpt.read_bytes(grid))
             root_logger.log(f"task 0: grid and evaluation taken from {cfg.continual.init_from} (same settings)")
-            evaluators_now = []
         else:
-            evaluators_now = evaluators
-        ema_model = copy.deepcopy(model)
-        ema_model.load_state_dict(ema_state[rates[0]])
-        ema_model.eval()
-        if cfg.continual.grid_per_class > 0 and reused is None:
-            images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
-            if dist_util.is_main():
-                n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
-                save_grid(images, f"{tdir}/samples.png", nrow=n_col)
-        for evaluator in evaluators_now:
-            row.update(evaluator(ctx, task, ema_model))
-        del ema_model
+            ema_model = copy.deepcopy(model)
+            ema_model.load_state_dict(ema_state[rates[0]])
+            ema_model.eval()
+            if cfg.continual.grid_per_class > 0:
+                images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
+                if dist_util.is_main():
+                    n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
+                    save_grid(images, f"{tdir}/samples.png", nrow=n_col)
+            for evaluator in evaluators:
+                row.update(evaluator(ctx, task, ema_model))
+            del ema_model
         if dist_util.is_main():
             append_metrics(f"{run_dir}/metrics.csv", row)
             faults.point("task_end")
