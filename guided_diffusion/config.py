@@ -58,6 +58,7 @@ class ModelConfig:
     energy_form: str = "dae"  # energy from the network output s: dae 0.5|x - s|^2 | l2 0.5|s|^2
     use_checkpoint: bool = False
     use_scale_shift_norm: bool = True
+    norm_groups: int = 32  # GroupNorm groups (ADM: 32; at 32 channels that is an instance norm: see docs/recipe.md)
     resblock_updown: bool = False
     use_fp16: bool = False  # accepted for ADM compatibility; precision comes from train.precision
     use_new_attention_order: bool = False
@@ -101,6 +102,8 @@ class TrainConfig:
     ema_rate: str = "0.9999"  # comma-separated list
     ema_warmup: bool = True  # effective rate min(rate, (1 + n) / (10 + n)) at step n (false: ADM's constant rate)
     schedule_sampler: str = "uniform"  # uniform | loss-second-moment
+    loss_weighting: str = "none"  # none (ADM) | min_snr: loss x min(SNR, gamma)/SNR (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
     uncond_p: float = 0.0  # classifier-free guidance: label dropout to a null class (class_cond models)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
     nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does
@@ -432,6 +435,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "diffusion.noise_schedule": (cfg.diffusion.noise_schedule, ("linear", "cosine")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "linear", "cosine")),
         "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
+        "train.loss_weighting": (cfg.train.loss_weighting, ("none", "min_snr")),
         "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
         "train.nan_policy": (cfg.train.nan_policy, ("stop", "skip")),
         "classifier.pool": (cfg.classifier.pool, ("adaptive", "attention", "spatial", "spatial_v2")),
@@ -457,8 +461,18 @@ def validate(cfg: Config, where: str = "config") -> None:
         bad(f"data.channels must be 0 (dataset's own), 1 or 3, got {cfg.data.channels}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         bad(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.model.norm_groups < 1:
+        bad(f"model.norm_groups must be >= 1, got {cfg.model.norm_groups}")
+    if cfg.model.arch == "unet" and cfg.model.norm_groups != 32:
+        widths = {int(float(v) * cfg.model.num_channels) for v in (cfg.model.channel_mult or "1").split(",") if v.strip()}
+        uneven = sorted(w for w in widths | {cfg.model.num_channels} if w % cfg.model.norm_groups)
+        if uneven:
+            bad(f"model.norm_groups = {cfg.model.norm_groups} does not divide the UNet's widths {uneven} "
+                f"(model.num_channels x model.channel_mult)")
     if cfg.model.num_classes < 0:
         bad(f"model.num_classes must be >= 0, got {cfg.model.num_classes}")
+    if not cfg.train.min_snr_gamma > 0:
+        bad(f"train.min_snr_gamma must be > 0, got {cfg.train.min_snr_gamma}")
     if cfg.train.microbatch == 0 or cfg.train.microbatch < -1:
         bad(f"train.microbatch must be -1 (off) or > 0, got {cfg.train.microbatch}")
     try:

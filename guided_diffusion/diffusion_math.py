@@ -204,6 +204,28 @@ def learned_range_log_variance(s: Schedule, t, v, shape):
 
 
 # ----------------------------------------------------------------------------------------------
+# Loss weighting
+
+
+def snr(alpha_bar):
+    """Signal-to-noise ratio of x_t: alpha_bar / (1 - alpha_bar) (Kingma et al. 2021)."""
+    return alpha_bar / (1 - alpha_bar)
+
+
+def min_snr_weight(alpha_bar, gamma: float, target: str = "eps"):
+    """Min-SNR-gamma loss weight (Hang et al. 2023, eq. 9-10): the weight that turns the plain MSE on
+    ``target`` into min(SNR, gamma) times the MSE on x0 -- min(SNR, gamma) / SNR for an eps target,
+    min(SNR, gamma) for an x0 target."""
+    s = snr(alpha_bar)
+    w = torch.clamp(s, max=gamma) if isinstance(s, torch.Tensor) else np.minimum(s, gamma)
+    if target == "eps":
+        return w / s
+    if target == "x0":
+        return w
+    raise ValueError(f"min-SNR weighting is defined for eps or x0 targets, got {target!r}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Reverse steps
 
 

@@ -34,9 +34,12 @@ class GroupNorm32(nn.GroupNorm):
         return None if p is None else p.to(dtype)
 
 
-def normalization(channels):
-    """ADM's normalization layer: GroupNorm32 with 32 groups over `channels`."""
-    return GroupNorm32(32, channels)
+def normalization(channels, groups=32):
+    """ADM's normalization layer: GroupNorm32 with 32 groups over `channels` (``groups`` other than
+    ADM's 32: see ``UNetModel``'s ``norm_groups``)."""
+    if channels % groups:
+        raise ValueError(f"GroupNorm: {channels} channels are not divisible into {groups} groups")
+    return GroupNorm32(groups, channels)
 
 
 def conv_nd(dims, *args, **kwargs):

@@ -146,6 +146,7 @@ def create_model(
     dit_depth=12,
     dit_num_heads=6,
     dit_mlp_ratio=4.0,
+    norm_groups=32,
 ):
     if arch == "dit":  # the UNet's own options do not apply
         return create_dit_model(image_size, in_channels=in_channels, learn_sigma=learn_sigma, class_cond=class_cond,
@@ -174,6 +175,7 @@ def create_model(
         use_new_attention_order=use_new_attention_order,
         embedding_kind=embedding_kind if class_cond else "none",
         attention_backend=attention_backend,
+        norm_groups=norm_groups,
     )
 
 
@@ -393,6 +395,8 @@ def model_kwargs_from_config(cfg, num_classes: int, in_channels: int) -> dict:
         embedding_kind=m.embedding_kind,
         attention_backend=m.attention_backend,
     )
+    if m.norm_groups != 32:  # ADM's 32 stays implicit, so ADM-style kwargs stay ADM's
+        kwargs.update(norm_groups=m.norm_groups)
     if m.arch != "unet":
         kwargs.update(arch=m.arch, dit_patch_size=m.dit_patch_size, dit_hidden_size=m.dit_hidden_size,
                       dit_depth=m.dit_depth, dit_num_heads=m.dit_num_heads, dit_mlp_ratio=m.dit_mlp_ratio)

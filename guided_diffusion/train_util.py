@@ -34,6 +34,9 @@ from . import dist_util, faults
 from .resample import LossAwareSampler
 
 
+LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
 class Preempted(Exception):
     """Raised after a checkpoint was written because a preemption signal arrived."""
 
@@ -82,10 +85,14 @@ class DiffusionObjective:
 
     ``uncond_p``: classifier-free guidance training, each label replaced by ``null_class`` with
     this probability (``cfg.drop_labels``).
+
+    ``loss_weighting``: ``none`` (ADM) or ``min_snr`` -- each sample's loss times the min-SNR-gamma
+    weight of its timestep (Hang et al. 2023; ``diffusion_math.min_snr_weight``), folded into the
+    weights ``sample_t`` returns so that every objective built on this one weights its data term alike.
     """
 
     def __init__(self, diffusion, schedule_sampler, class_cond: bool, uncond_p: float = 0.0,
-                 null_class: Optional[int] = None):
+                 null_class: Optional[int] = None, loss_weighting: str = "none", min_snr_gamma: float = 5.0):
         self.diffusion = diffusion
         self.schedule_sampler = schedule_sampler
         self.class_cond = class_cond
@@ -93,6 +100,35 @@ class DiffusionObjective:
         self.null_class = null_class
         if self.uncond_p > 0 and null_class is None:
             raise ValueError("label dropout (uncond_p > 0) needs the model's null class")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss weighting {loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = float(min_snr_gamma)
+
+    @classmethod
+    def from_config(cls, cfg, diffusion, num_classes: int) -> "DiffusionObjective":
+        """The objective a config trains with (``train.schedule_sampler``, ``train.uncond_p``,
+        ``train.loss_weighting``): one place for every script and the continual loop."""
+        from .cfg import null_class_of
+        from .resample import create_named_schedule_sampler
+
+        return cls(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
+                   class_cond=cfg.model.class_cond, uncond_p=cfg.train.uncond_p,
+                   null_class=null_class_of(cfg, num_classes), loss_weighting=cfg.train.loss_weighting,
+                   min_snr_gamma=cfg.train.min_snr_gamma)
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """The per-sample weight of the loss at timesteps ``t`` (ones without a weighting)."""
+        if self.loss_weighting == "none":
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        from .diffusion_math import min_snr_weight
+
+        ab = torch.as_tensor(self.diffusion.alphas_cumprod, dtype=torch.float64)[t.cpu()]
+        mean_type = getattr(getattr(self.diffusion, "model_mean_type", None), "name", "EPSILON")
+        if mean_type not in ("EPSILON", "START_X"):
+            raise ValueError(f"min-SNR weighting needs an eps or x0 model, not {mean_type}")
+        w = min_snr_weight(ab, self.min_snr_gamma, "x0" if mean_type == "START_X" else "eps")
+        return w.to(torch.float32).to(t.device)
 
     def model_kwargs(self, y):
         return {"y": y} if self.class_cond else {}
@@ -106,7 +142,11 @@ class DiffusionObjective:
         return drop_labels(y, self.uncond_p, self.null_class, ctx.generator)
 
     def sample_t(self, n: int, device, ctx: StepContext):
-        return self.schedule_sampler.sample(n, device, generator=ctx.generator)
+        """(t, weights): the schedule sampler's draw; weights = importance weights x loss weighting."""
+        t, weights = self.schedule_sampler.sample(n, device, generator=ctx.generator)
+        if self.loss_weighting != "none":
+            weights = weights * self.loss_weight(t)
+        return t, weights
 
     def __call__(self, model, x, y, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, weights = self.sample_t(x.shape[0], x.device, ctx)
@@ -496,11 +536,14 @@ class TrainLoop:
                 rate = min(rate, (1 + n) / (10 + n))
             torch._foreach_lerp_(ema, [p.detach() for p in self.params], 1.0 - rate)
 
-    def run(self) -> None:
-        """Train until ``total_steps``; save at ``save_interval`` and at the end."""
+    def run(self, until: Optional[int] = None) -> None:
+        """Train until ``total_steps`` (or until step ``until``, e.g. a learning curve's next point: the
+        learning-rate schedule still spans ``total_steps``); save at ``save_interval`` and at the end."""
         cfg = self.cfg
-        if self.step >= cfg.total_steps:
-            self._log(f"{self.tag + ': ' if self.tag else ''}already complete ({self.step} steps)")
+        end = cfg.total_steps if until is None else min(int(until), cfg.total_steps)
+        if self.step >= end:
+            if until is None:
+                self._log(f"{self.tag + ': ' if self.tag else ''}already complete ({self.step} steps)")
             return
         flag = PreemptionFlag()
         bar = None
@@ -508,7 +551,7 @@ class TrainLoop:
             bar = self.logger.progress_bar(total=cfg.total_steps, initial=self.step, desc=self.tag or "train")
         try:
             t_last, n_last = time.time(), self.step
-            while self.step < cfg.total_steps:
+            while self.step < end:
                 x, y = next(self.data)
                 x, y = x.to(self.device), y.to(self.device)
                 terms = self.run_step(x, y)
@@ -519,7 +562,7 @@ class TrainLoop:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{terms.get('loss', float('nan')):.4f}", refresh=False)
-                done = self.step >= cfg.total_steps
+                done = self.step >= end
                 if self.logger is not None and (self.step % cfg.log_interval == 0 or done):
                     dt = time.time() - t_last
                     self.logger.logkv("step", self.step)

@@ -307,6 +307,8 @@ class ResBlock(TimestepBlock):
         use_checkpoint=False,
         up=False,
         down=False,
+        *,
+        norm_groups=32,
     ):
         super().__init__()
         self.channels = channels
@@ -318,7 +320,7 @@ class ResBlock(TimestepBlock):
         self.use_scale_shift_norm = use_scale_shift_norm
 
         self.in_layers = nn.Sequential(
-            normalization(channels),
+            normalization(channels, norm_groups),
             nn.SiLU(),
             conv_nd(dims, channels, self.out_channels, 3, padding=1),
         )
@@ -337,7 +339,7 @@ class ResBlock(TimestepBlock):
             linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels),
         )
         self.out_layers = nn.Sequential(
-            normalization(self.out_channels),
+            normalization(self.out_channels, norm_groups),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_module(conv_nd(dims, self.out_channels, self.out_channels, 3, padding=1)),
@@ -388,6 +390,7 @@ class AttentionBlock(nn.Module):
         use_new_attention_order=False,
         *,
         attention_backend="sdpa",
+        norm_groups=32,
     ):
         super().__init__()
         _check_backend(attention_backend)
@@ -401,7 +404,7 @@ class AttentionBlock(nn.Module):
             self.num_heads = channels // num_head_channels
         self.use_checkpoint = use_checkpoint
         self.attention_backend = attention_backend
-        self.norm = normalization(channels)
+        self.norm = normalization(channels, norm_groups)
         self.qkv = conv_nd(1, channels, channels * 3, 1)
         attention_cls = QKVAttention if use_new_attention_order else QKVAttentionLegacy
         self.attention = attention_cls(self.num_heads, backend=attention_backend)
@@ -459,6 +462,7 @@ def _build_encoder(
     resblock_updown,
     use_new_attention_order,
     attention_backend,
+    norm_groups=32,
 ):
     """Build `input_blocks` and `middle_block` on `net` (shared by both models, ADM's order).
 
@@ -469,12 +473,13 @@ def _build_encoder(
 
     def res(ch_in, ch_out=None, **kw):
         return ResBlock(ch_in, time_embed_dim, dropout, out_channels=ch_out, dims=dims,
-                        use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm, **kw)
+                        use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm,
+                        norm_groups=norm_groups, **kw)
 
     def attn(ch):
         return AttentionBlock(ch, use_checkpoint=use_checkpoint, num_heads=num_heads,
                               num_head_channels=num_head_channels, use_new_attention_order=use_new_attention_order,
-                              attention_backend=attention_backend)
+                              attention_backend=attention_backend, norm_groups=norm_groups)
 
     ch = int(channel_mult[0] * model_channels)
     net.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
@@ -529,6 +534,10 @@ class UNetModel(nn.Module):
         outputs 4mc - num_classes and one_hot(y) is appended), or `"none"`. None picks
         `"add_time_learned"` when num_classes is set and `"none"` otherwise.
     :param attention_backend: `"sdpa"` (default) or `"einsum"` (ADM's computation).
+    :param norm_groups: GroupNorm groups (ADM: 32). With 32 channels, 32 groups is an instance norm
+        that removes every channel's spatial mean: a small net then cannot tell an image's overall
+        brightness, and its samples get grey, noisy backgrounds (docs/recipe.md). Not part of the
+        state_dict: ADM checkpoints load with any value (and behave as ADM's only with 32).
     """
 
     def __init__(
@@ -555,6 +564,7 @@ class UNetModel(nn.Module):
         *,
         embedding_kind=None,
         attention_backend="sdpa",
+        norm_groups=32,
     ):
         super().__init__()
         if embedding_kind is None:
@@ -588,6 +598,7 @@ class UNetModel(nn.Module):
         self.num_heads_upsample = num_heads_upsample
         self.embedding_kind = embedding_kind
         self.attention_backend = attention_backend
+        self.norm_groups = norm_groups
 
         time_embed_dim = model_channels * 4
         time_out = time_embed_dim
@@ -609,7 +620,7 @@ class UNetModel(nn.Module):
         ch, input_block_chans, ds = _build_encoder(
             self, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout, channel_mult,
             conv_resample, dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,
-            resblock_updown, use_new_attention_order, attention_backend,
+            resblock_updown, use_new_attention_order, attention_backend, norm_groups,
         )
 
         self.output_blocks = nn.ModuleList([])
@@ -619,7 +630,8 @@ class UNetModel(nn.Module):
                 out_ch = int(model_channels * mult)
                 layers = [
                     ResBlock(ch + ich, time_embed_dim, dropout, out_channels=out_ch, dims=dims,
-                             use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm)
+                             use_checkpoint=use_checkpoint, use_scale_shift_norm=use_scale_shift_norm,
+                             norm_groups=norm_groups)
                 ]
                 ch = out_ch
                 if ds in attention_resolutions:
@@ -627,12 +639,12 @@ class UNetModel(nn.Module):
                         AttentionBlock(ch, use_checkpoint=use_checkpoint, num_heads=num_heads_upsample,
                                        num_head_channels=num_head_channels,
                                        use_new_attention_order=use_new_attention_order,
-                                       attention_backend=attention_backend)
+                                       attention_backend=attention_backend, norm_groups=norm_groups)
                     )
                 if level and i == num_res_blocks:
                     layers.append(
                         ResBlock(ch, time_embed_dim, dropout, out_channels=ch, dims=dims, use_checkpoint=use_checkpoint,
-                                 use_scale_shift_norm=use_scale_shift_norm, up=True)
+                                 use_scale_shift_norm=use_scale_shift_norm, up=True, norm_groups=norm_groups)
                         if resblock_updown
                         else Upsample(ch, conv_resample, dims=dims, out_channels=ch)
                     )
@@ -642,7 +654,7 @@ class UNetModel(nn.Module):
 
         input_ch = int(channel_mult[0] * model_channels)
         self.out = nn.Sequential(
-            normalization(ch),
+            normalization(ch, norm_groups),
             nn.SiLU(),
             zero_module(conv_nd(dims, input_ch, out_channels, 3, padding=1)),
         )

@@ -23,7 +23,6 @@ from guided_diffusion import cli, dist_util, experiment  # noqa: E402
 from guided_diffusion.cfg import null_class_of  # noqa: E402
 from guided_diffusion.data import InfiniteLoader  # noqa: E402
 from guided_diffusion.image_util import save_grid  # noqa: E402
-from guided_diffusion.resample import create_named_schedule_sampler  # noqa: E402
 from guided_diffusion.sampling import sample_set  # noqa: E402
 from guided_diffusion.train_util import DiffusionObjective, TrainLoop  # noqa: E402
 
@@ -42,9 +41,7 @@ def main() -> int:
     data = InfiniteLoader(x, y, cfg.train.batch_size, rank=dist_util.get_rank(),
                           world_size=dist_util.get_world_size(), seed=cfg.seed,
                           random_flip=cfg.data.random_flip)
-    objective = DiffusionObjective(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
-                                   class_cond=cfg.model.class_cond, uncond_p=cfg.train.uncond_p,
-                                   null_class=null_class_of(cfg, info.num_classes))
+    objective = DiffusionObjective.from_config(cfg, diffusion, info.num_classes)
     loop = TrainLoop(model=model, data=data, cfg=cfg.train, run_dir=run_dir, objective=objective, seed=cfg.seed,
                      logger=logger, device=device, export_config=experiment.export_config(cfg, info))
     loop.run()

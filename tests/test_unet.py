@@ -158,6 +158,28 @@ def test_keys_28px_one_channel():
         assert net(x, torch.tensor([1, 2]), torch.tensor([0, 9])).shape == (2, 1, 28, 28)
 
 
+def test_norm_groups_same_keys_other_normalisation():
+    kw = dict(image_size=28, in_channels=1, model_channels=32, out_channels=1, num_res_blocks=1,
+              attention_resolutions=(4,), channel_mult=(1, 2, 2), num_classes=10, num_head_channels=32)
+    torch.manual_seed(0)
+    adm = UNetModel(**kw)
+    torch.manual_seed(0)
+    net = UNetModel(**kw, norm_groups=8)
+    assert shapes(adm) == shapes(net)  # the same state_dict: ADM checkpoints load either way
+    groups = {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8} and {m.num_groups for m in adm.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    net.load_state_dict(adm.state_dict(), strict=True)
+    # With 32 groups of one channel, the first norm removes each channel's spatial mean: a constant
+    # offset of the input leaves its output unchanged; with 8 groups of 4 channels it does not.
+    norm_adm, norm_8 = adm.input_blocks[1][0].in_layers[0], net.input_blocks[1][0].in_layers[0]
+    h = torch.randn(2, 32, 28, 28)
+    shift = torch.randn(1, 32, 1, 1)
+    assert torch.allclose(norm_adm(h), norm_adm(h + shift), atol=1e-5)
+    assert not torch.allclose(norm_8(h), norm_8(h + shift), atol=1e-3)
+    with pytest.raises(ValueError, match="not divisible into 5 groups"):
+        UNetModel(**kw, norm_groups=5)
+
+
 # --------------------------------------------------------------------------------------------
 # Golden outputs from guided-diffusion itself (see fixtures/README.md)
 

@@ -24,12 +24,10 @@ import copy
 import csv
 import io
 import json
-import os
 import time
 from typing import Callable, Dict, List, Optional
 
 import blobfile as bf
-import torch
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, dump_config
@@ -37,7 +35,6 @@ from .. import dist_util, experiment, faults
 from ..cfg import null_class_of
 from ..data import InfiniteLoader
 from ..image_util import save_grid
-from ..resample import create_named_schedule_sampler
 from ..sampling import sample_set
 from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, any_rank, step_seed
 from .base import ContinualContext, build_method, freeze
@@ -207,9 +204,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         xt, yt = method.task_data(task, *ctx.real_data(task.classes))
         data = InfiniteLoader(xt, yt, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                               seed=step_seed(cfg.seed, task.index, 1) % (2**31), random_flip=cfg.data.random_flip)
-        base = DiffusionObjective(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
-                                  class_cond=cfg.model.class_cond, uncond_p=cfg.train.uncond_p,
-                                  null_class=null_class_of(cfg, info.num_classes))
+        base = DiffusionObjective.from_config(cfg, diffusion, info.num_classes)
         import dataclasses
 
         tcfg = dataclasses.replace(cfg.train, total_steps=task.num_steps)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..cfg import cfg_model
+from ..diffusion_math import min_snr_weight
 
 SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")
 
@@ -215,8 +216,6 @@ def replay_criterion(name: str, pred: torch.Tensor, target: torch.Tensor, t: tor
     if name == "smooth_l1":
         return F.smooth_l1_loss(pred, target, reduction="none").mean(dim=dims).mean()
     if name == "min_snr":
-        ab = _abar(diffusion, t)
-        snr = ab / (1 - ab)
-        w = torch.clamp(snr, max=min_snr_gamma) / snr
+        w = min_snr_weight(_abar(diffusion, t), min_snr_gamma, "x0" if _predicts_xstart(diffusion) else "eps")
         return (w * ((pred - target) ** 2).mean(dim=dims)).mean()
     raise ValueError(f"unknown criterion {name!r}; valid: mse, smooth_l1, min_snr")

@@ -114,12 +114,25 @@ class ContinualEvaluator:
         return self._ref_cache[key]
 
     def __call__(self, ctx, task, ema_model) -> Dict:
+        out = self.evaluate(ema_model, task.seen_classes, ctx.info.shape, ctx.device,
+                            f"after task {task.index}")
+        if self.cfg.model.class_cond:
+            for t in ctx.scenario.tasks[: task.index + 1]:
+                accs = [out.get(f"eval_acc_class_{c}") for c in t.classes]
+                accs = [a for a in accs if a is not None]
+                if accs:
+                    out[f"eval_acc_task_{t.index}"] = round(float(np.mean(accs)), 6)
+        return out
+
+    def evaluate(self, ema_model, classes, image_shape, device, when: str = "") -> Dict:
+        """The ``eval_*`` columns for ``ema_model`` against the real images of ``classes`` (no per-task
+        columns): samples drawn with the evaluation sampler, compared as the module docstring says."""
         from .. import experiment
         from ..sampling import sample_set
 
         cfg, ev = self.cfg, self.ev
         t0 = time.time()
-        seen = [int(c) for c in task.seen_classes]
+        seen = [int(c) for c in classes]
         ref, ref_feats = self._reference(seen)
         respacing = ev.respacing or cfg.continual.eval_respacing
         diffusion = experiment.build_diffusion(cfg, respacing)
@@ -127,15 +140,15 @@ class ContinualEvaluator:
         if cfg.model.class_cond:
             labels = proportional_labels(seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
         images, drawn = sample_set(
-            ema_model, diffusion, num_samples=ev.num_samples, batch_size=ev.batch_size, image_shape=ctx.info.shape,
+            ema_model, diffusion, num_samples=ev.num_samples, batch_size=ev.batch_size, image_shape=image_shape,
             seed=ev.seed if ev.seed >= 0 else cfg.seed, class_cond=cfg.model.class_cond, labels=labels,
-            use_ddim=ev.use_ddim, eta=ev.eta, device=ctx.device,
+            use_ddim=ev.use_ddim, eta=ev.eta, device=device,
         )
         faults.point("evaluation")
         sampler = f"{respacing or 'full'} {'DDIM eta ' + str(ev.eta) if ev.use_ddim else 'ancestral'}"
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
-                           f"{what}EMA samples after task {task.index}, {sampler}")
+                           f"{what}EMA samples{' ' + when if when else ''}, {sampler}")
         metrics = ev.metric_list
         out: Dict = {}
         protocols: List[str] = []
@@ -152,8 +165,8 @@ class ContinualEvaluator:
                 from .features import extract_features
 
                 feats = ref_feats[extractor.name] = extract_features(extractor, ref.images, ev.feature_batch_size,
-                                                                     ctx.device)
-            rows = evaluate_sets(extractor, samples, ref, names, batch_size=ev.feature_batch_size, device=ctx.device,
+                                                                     device)
+            rows = evaluate_sets(extractor, samples, ref, names, batch_size=ev.feature_batch_size, device=device,
                                  reference_features=feats)
             for r in rows:
                 out[f"eval_{r.name}"] = round(r.value, 6)
@@ -163,16 +176,10 @@ class ContinualEvaluator:
                 seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
             real = ImageSet(self._real_like(like), None, ref.num_classes, "real train images")
             rows = evaluate_sets(self.features, real, ref, ["fid"], batch_size=ev.feature_batch_size,
-                                 device=ctx.device, reference_features=ref_feats[self.features.name])
+                                 device=device, reference_features=ref_feats[self.features.name])
             out["eval_fid_real"] = round(rows[0].value, 6)
             protocols.append(f"eval_fid_real: {len(real)} real {cfg.data.dataset} train images of the seen classes "
                              "(same class counts) vs the same reference")
-        if cfg.model.class_cond:
-            for t in ctx.scenario.tasks[: task.index + 1]:
-                accs = [out.get(f"eval_acc_class_{c}") for c in t.classes]
-                accs = [a for a in accs if a is not None]
-                if accs:
-                    out[f"eval_acc_task_{t.index}"] = round(float(np.mean(accs)), 6)
         out["eval_samples"] = len(samples)
         out["eval_ref_images"] = len(ref)
         out["eval_sec"] = round(time.time() - t0, 3)
