@@ -30,7 +30,12 @@ def main() -> int:
     if cli.maybe_dry_run(cfg, args):
         return 0
     ctx = run_continual(cfg)
-    ctx.logger.log(f"all tasks done: see {ctx.run_dir}/metrics.csv and task_*/samples.png")
+    if dist_util.is_main():
+        from guided_diffusion.evaluation.report import task_summary
+
+        ctx.logger.log("\n" + task_summary(ctx.run_dir))
+    ctx.logger.log(f"all tasks done: see {ctx.run_dir}/metrics.csv and task_*/samples.png; a report: "
+                   f"python scripts/report.py {ctx.run_dir}")
     ctx.logger.close()
     dist_util.cleanup()
     return 0

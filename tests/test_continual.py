@@ -124,6 +124,34 @@ def test_min_snr_is_per_sample():
     expect = (w * torch.tensor([1.0, 4.0])).mean()
     torch.testing.assert_close(replay_criterion("min_snr", pred, target, t, diffusion), expect)
     torch.testing.assert_close(replay_criterion("mse", pred, target, t, diffusion), torch.tensor(2.5))
+    # train.loss_weighting=min_snr: the replay MSE takes the data term's per-sample weights -- the same
+    # number as Masip's min_snr criterion, from one implementation (diffusion_math.min_snr_weight).
+    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.train_util import DiffusionObjective
+
+    base = DiffusionObjective(diffusion, UniformSampler(diffusion), class_cond=False, loss_weighting="min_snr")
+    torch.testing.assert_close(base.loss_weight(t), w)
+    torch.testing.assert_close(replay_criterion("mse", pred, target, t, diffusion, weights=base.loss_weight(t)),
+                               expect)
+    # An x0-predicting model: min(SNR, gamma) on its x0 loss (Hang et al. eq. 10).
+    x0_diffusion = create_gaussian_diffusion(steps=1000, predict_xstart=True)
+    x0_base = DiffusionObjective(x0_diffusion, UniformSampler(x0_diffusion), class_cond=False, loss_weighting="min_snr")
+    torch.testing.assert_close(x0_base.loss_weight(t), torch.clamp(snr, max=5.0))
+    # No weighting: ones (ADM's loss); sample_t's weights are the sampler's alone.
+    plain = DiffusionObjective(diffusion, UniformSampler(diffusion), class_cond=False)
+    assert torch.equal(plain.loss_weight(t), torch.ones(2))
+
+
+def test_replay_criterion_min_snr_twice_refused():
+    from guided_diffusion.config import ConfigError, load_config
+
+    import guided_diffusion.continual.methods  # noqa: F401
+    from guided_diffusion.continual.methods.generative import check_replay_weighting
+
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/generative_distillation.yaml"),
+                      ["train.loss_weighting=min_snr", "method.criterion=min_snr"])
+    with pytest.raises(ConfigError, match="already takes the data term's weighting"):
+        check_replay_weighting(cfg.method, cfg)
 
 
 # ------------------------------------------------------------------ objectives

@@ -208,14 +208,19 @@ def _replay_inputs(
 
 
 def replay_criterion(name: str, pred: torch.Tensor, target: torch.Tensor, t: torch.Tensor, diffusion,
-                     min_snr_gamma: float = 5.0) -> torch.Tensor:
-    """Per-sample replay loss, averaged: mse, smooth_l1, or min_snr (per-sample min(SNR, g)/SNR)."""
+                     min_snr_gamma: float = 5.0, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-sample replay loss, averaged: mse, smooth_l1, or min_snr (per-sample min(SNR, g)/SNR).
+
+    ``weights``: per-sample weights of the data term (``train.loss_weighting``), so that the replay
+    term weights its timesteps as the data term does (Masip et al. use one criterion for both)."""
     dims = list(range(1, pred.ndim))
     if name == "mse":
-        return ((pred - target) ** 2).mean(dim=dims).mean()
-    if name == "smooth_l1":
-        return F.smooth_l1_loss(pred, target, reduction="none").mean(dim=dims).mean()
-    if name == "min_snr":
+        per = ((pred - target) ** 2).mean(dim=dims)
+    elif name == "smooth_l1":
+        per = F.smooth_l1_loss(pred, target, reduction="none").mean(dim=dims)
+    elif name == "min_snr":
         w = min_snr_weight(_abar(diffusion, t), min_snr_gamma, "x0" if _predicts_xstart(diffusion) else "eps")
-        return (w * ((pred - target) ** 2).mean(dim=dims)).mean()
-    raise ValueError(f"unknown criterion {name!r}; valid: mse, smooth_l1, min_snr")
+        per = w * ((pred - target) ** 2).mean(dim=dims)
+    else:
+        raise ValueError(f"unknown criterion {name!r}; valid: mse, smooth_l1, min_snr")
+    return (per * weights).mean() if weights is not None else per.mean()

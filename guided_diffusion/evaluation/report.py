@@ -187,6 +187,28 @@ def _task_table(run: Run) -> Tuple[List[str], List[List[str]]]:
     return cols, [[_fmt(r.get(c)) if c != "classes" else str(r.get(c, "")) for c in cols] for r in run.rows]
 
 
+def task_summary(run_dir: str) -> str:
+    """A plain-text table of a run's finished tasks, for the end of a run: per task the classes seen,
+    the training steps and seconds, and (evaluated runs) the evaluation classifier's accuracy on the
+    model's class-conditional samples, the domain FID and its real-data floor."""
+    run = read_run(run_dir)
+    if not run.rows:
+        return f"{run_dir}: no finished task"
+    cols = [("task", "task"), ("seen_classes", "classes seen"), ("steps", "steps"), ("train_sec", "train s"),
+            ("eval_class_acc", "sample acc"), ("eval_fid", "FID"), ("eval_fid_real", "FID real floor"),
+            ("eval_sec", "eval s")]
+    cols = [(k, n) for k, n in cols if any(r.get(k) not in (None, "") for r in run.rows)]
+    table = [[n for _, n in cols]] + [[_fmt(r.get(k)) for k, _ in cols] for r in run.rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table]
+    out = "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
+    r = _acc_matrix(run)
+    if r is not None and len(run.rows) > 1:
+        out += (f"\naverage sample accuracy over tasks {_fmt(average_accuracy(r))}, forgetting "
+                f"{_fmt(forgetting(r))} (evaluation classifier on each task's classes)")
+    return out
+
+
 # Drawn dashed on a metric's plot: eval_fid_real, the FID of as many real images (the floor).
 COMPANIONS = {"eval_fid": ("eval_fid_real", "real-data floor")}
 

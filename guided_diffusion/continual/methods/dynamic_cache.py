@@ -33,7 +33,7 @@ from ...experiment import build_diffusion
 from ...train_util import step_seed
 from ..base import ContinualMethod, register_method
 from ..replay import ReplayBatch
-from .generative import ReplayObjective
+from .generative import ReplayObjective, check_replay_weighting
 
 
 class CacheReplayObjective(ReplayObjective):
@@ -88,6 +88,7 @@ class DynamicDistillation(ContinualMethod):
         super().__init__(mcfg, ctx)
         if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
             raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
+        check_replay_weighting(mcfg, ctx.cfg)
         if mcfg.mode not in MODES:
             raise ConfigError(f"method.mode {mcfg.mode!r} is not one of {', '.join(MODES)}")
         if mcfg.lambd < 0:

@@ -85,7 +85,9 @@ class ReplayObjective(ObjectiveWrapper):
             pred_r, target, t_r = out_data[:, :C], teacher_target, t
         else:
             pred_r, target, t_r = out[B:, :C], replay.target, replay.t
-        replay_loss = replay_criterion(m.criterion, pred_r.float(), target.float(), t_r, diffusion, m.min_snr_gamma)
+        weights_r = self.base.loss_weight(t_r) if self.base.loss_weighting != "none" else None
+        replay_loss = replay_criterion(m.criterion, pred_r.float(), target.float(), t_r, diffusion, m.min_snr_gamma,
+                                       weights=weights_r)
         if m.weight_replay_loss:
             w = k / (k + 1)
             loss = (1 - w) * data_loss + w * m.lambd * replay_loss
@@ -253,6 +255,16 @@ class GenerativeReplay(_ReplayMethod):
         return torch.cat([x, self.replay_x]), torch.cat([y, self.replay_y])
 
 
+def check_replay_weighting(mcfg, cfg) -> None:
+    """The replay term takes the data term's ``train.loss_weighting``; Masip's ``criterion: min_snr``
+    on top of ``train.loss_weighting: min_snr`` would weight the replay term twice."""
+    from ...config import ConfigError
+
+    if mcfg.criterion == "min_snr" and cfg.train.loss_weighting != "none":
+        raise ConfigError(f"method.criterion min_snr with train.loss_weighting {cfg.train.loss_weighting}: the replay "
+                          "term already takes the data term's weighting; set method.criterion mse")
+
+
 def _check_common(mcfg, ctx):
     from ...config import ConfigError
 
@@ -261,6 +273,7 @@ def _check_common(mcfg, ctx):
                           "(sampling respacing is continual.eval_respacing / method.timestep_respacing)")
     if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
         raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
+    check_replay_weighting(mcfg, ctx.cfg)
     if mcfg.teacher_steps < 1:
         raise ConfigError(f"method.teacher_steps must be >= 1, got {mcfg.teacher_steps}")
     if not 0 <= mcfg.replay_start_timestep < ctx.diffusion.num_timesteps:
