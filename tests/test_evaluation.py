@@ -154,6 +154,18 @@ def test_accuracy_summaries():
     assert forgetting(r, after_task=0) == 0.0
     m = accuracy_matrix([{0: 0.9}, {0: 0.6, 1: 0.8}])
     assert m.shape == (2, 2) and np.isnan(m[0, 1]) and m[1, 1] == 0.8
+    # CLoG (Zhang et al. 2024): AIQ = mean over rows i of mean(r[i, :i+1]); AFQ = mean of the last row;
+    # FR = forgetting. For FID (lower is better) the same with the drop measured upward.
+    from guided_diffusion.evaluation.class_metrics import clog_metrics
+
+    c = clog_metrics(r)
+    assert c["aiq"] == pytest.approx((0.9 + (0.6 + 0.8) / 2 + (0.5 + 0.7 + 0.95) / 3) / 3)
+    assert c["afq"] == pytest.approx((0.5 + 0.7 + 0.95) / 3) and c["fr"] == pytest.approx(forgetting(r))
+    fid = np.array([[20.0, np.nan, np.nan], [30.0, 25.0, np.nan], [50.0, 24.0, 22.0]])
+    f = clog_metrics(fid, higher_is_better=False)
+    assert f["afq"] == pytest.approx(32.0) and f["aiq"] == pytest.approx((20 + 27.5 + 32) / 3)
+    # task 0: best before the last 20, last 50 (+30); task 1: best 25, last 24 (-1): mean 14.5
+    assert f["fr"] == pytest.approx(14.5)
 
 
 # ------------------------------------------------------------------ extractors and files
@@ -284,7 +296,7 @@ def test_continual_run_with_evaluation(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["task"] for r in rows] == ["0", "1"]
     for col in ("eval_fid", "eval_kld", "eval_ard", "eval_class_acc", "eval_precision", "eval_recall",
-                "eval_acc_task_0", "eval_fid_real", "eval_protocol"):
+                "eval_acc_task_0", "eval_fid_real", "eval_protocol", "eval_fid_task_0", "eval_fid_task_1"):
         assert rows[1][col] != "", col
     assert "eval_acc_task_1" in rows[1] and rows[0].get("eval_acc_task_1", "") == ""
     assert int(rows[1]["eval_samples"]) == 12 and int(rows[1]["eval_ref_images"]) == 200

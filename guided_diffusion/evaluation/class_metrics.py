@@ -88,6 +88,24 @@ def forgetting(acc, after_task: int = -1) -> float:
     return float(np.mean(drops))
 
 
+def average_incremental(acc) -> float:
+    """Mean over tasks i of the mean quality over tasks 0..i after task i: the average incremental
+    accuracy (Rebuffi et al. 2017), CLoG's average incremental quality (AIQ, Zhang et al. 2024)."""
+    r = _matrix(acc)
+    return float(np.mean([np.mean(r[i, : i + 1]) for i in range(r.shape[0])]))
+
+
+def clog_metrics(quality, higher_is_better: bool = True) -> Dict[str, float]:
+    """CLoG's three numbers from a quality matrix Q (row i: after task i; column j: task j's classes):
+    AIQ (``average_incremental``), AFQ (mean of the last row: average final quality) and FR (forgetting
+    rate: mean over j < T-1 of how much task j's quality fell from its best before the last task to
+    its last value; positive = forgotten). ``higher_is_better=False`` for FID-like qualities."""
+    q = _matrix(quality)
+    sign = 1.0 if higher_is_better else -1.0
+    return {"aiq": average_incremental(q), "afq": float(np.mean(q[-1])),
+            "fr": forgetting(sign * q) if q.shape[0] > 1 else 0.0}
+
+
 def accuracy_matrix(rows: Sequence[Dict[int, float]], num_tasks: Optional[int] = None) -> np.ndarray:
     """Square matrix from per-row {task: accuracy} dicts (row i = after task i); NaN where unknown."""
     n = num_tasks or len(rows)

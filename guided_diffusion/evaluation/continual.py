@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import dist_util, faults
 from .class_metrics import class_histogram
-from .features import build_feature_extractor
+from .features import build_feature_extractor, extract_features
 from .reference import ImageSet
 from .settings import classifier_path_of, evaluation_of, train_classifier_from_config
 from .suite import evaluate_sets
@@ -114,8 +114,9 @@ class ContinualEvaluator:
         return self._ref_cache[key]
 
     def __call__(self, ctx, task, ema_model) -> Dict:
+        tasks = {f"task_{t.index}": list(t.classes) for t in ctx.scenario.tasks[: task.index + 1]}
         out = self.evaluate(ema_model, task.seen_classes, ctx.info.shape, ctx.device,
-                            f"after task {task.index}")
+                            f"after task {task.index}", groups=tasks)
         if self.cfg.model.class_cond:
             for t in ctx.scenario.tasks[: task.index + 1]:
                 accs = [out.get(f"eval_acc_class_{c}") for c in t.classes]
@@ -124,9 +125,11 @@ class ContinualEvaluator:
                     out[f"eval_acc_task_{t.index}"] = round(float(np.mean(accs)), 6)
         return out
 
-    def evaluate(self, ema_model, classes, image_shape, device, when: str = "") -> Dict:
-        """The ``eval_*`` columns for ``ema_model`` against the real images of ``classes`` (no per-task
-        columns): samples drawn with the evaluation sampler, compared as the module docstring says."""
+    def evaluate(self, ema_model, classes, image_shape, device, when: str = "", groups=None) -> Dict:
+        """The ``eval_*`` columns for ``ema_model`` against the real images of ``classes``: samples
+        drawn with the evaluation sampler, compared as the module docstring says. ``groups``
+        ({name: classes}, class-conditional models): also ``eval_fid_{name}``, the FID of the samples
+        of those classes against the reference images of those classes (CLoG's per-task quality)."""
         from .. import experiment
         from ..sampling import sample_set
 
@@ -152,22 +155,23 @@ class ContinualEvaluator:
         metrics = ev.metric_list
         out: Dict = {}
         protocols: List[str] = []
-        groups = [(self.features, [m for m in metrics if m not in CLASS_METRICS])]
+        extractors = [(self.features, [m for m in metrics if m not in CLASS_METRICS])]
         if self.classifier is self.features:
-            groups = [(self.features, metrics)]
+            extractors = [(self.features, metrics)]
         elif self.classifier is not None:
-            groups.append((self.classifier, [m for m in metrics if m in CLASS_METRICS]))
-        for extractor, names in groups:
+            extractors.append((self.classifier, [m for m in metrics if m in CLASS_METRICS]))
+        for extractor, names in extractors:
             if not names:
                 continue
             feats = ref_feats.get(extractor.name)
             if feats is None:
-                from .features import extract_features
-
                 feats = ref_feats[extractor.name] = extract_features(extractor, ref.images, ev.feature_batch_size,
                                                                      device)
+            sample_feats = extract_features(extractor, samples.images, ev.feature_batch_size, device)
             rows = evaluate_sets(extractor, samples, ref, names, batch_size=ev.feature_batch_size, device=device,
-                                 reference_features=feats)
+                                 reference_features=feats, sample_features=sample_feats)
+            if "fid" in names and groups and samples.labels is not None:
+                out.update(self._group_fids(groups, samples.labels, sample_feats["pool"], ref.labels, feats["pool"]))
             for r in rows:
                 out[f"eval_{r.name}"] = round(r.value, 6)
             protocols.append(f"{extractor.describe()}: {', '.join(r.name for r in rows if not r.name.startswith('acc_'))}")
@@ -180,11 +184,26 @@ class ContinualEvaluator:
             out["eval_fid_real"] = round(rows[0].value, 6)
             protocols.append(f"eval_fid_real: {len(real)} real {cfg.data.dataset} train images of the seen classes "
                              "(same class counts) vs the same reference")
+        if any(k.startswith("eval_fid_task_") for k in out):
+            protocols.append("eval_fid_task_j: FID of the samples of task j's classes against the reference images "
+                             "of task j's classes (same features)")
         out["eval_samples"] = len(samples)
         out["eval_ref_images"] = len(ref)
         out["eval_sec"] = round(time.time() - t0, 3)
         out["eval_protocol"] = (f"{len(samples)} {samples.description} vs {ref.description}; "
                                 + "; ".join(protocols))
+        return out
+
+
+    @staticmethod
+    def _group_fids(groups, labels, feats, ref_labels, ref_feats) -> Dict:
+        from .frechet import fid_from_features
+
+        out = {}
+        for name, classes in groups.items():
+            mine, theirs = np.isin(labels, list(classes)), np.isin(ref_labels, list(classes))
+            if mine.sum() >= 2 and theirs.sum() >= 2:
+                out[f"eval_fid_{name}"] = round(float(fid_from_features(feats[mine], ref_feats[theirs])), 6)
         return out
 
 

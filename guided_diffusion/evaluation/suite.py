@@ -55,17 +55,20 @@ def evaluate_sets(
     ref_cache: str = "",
     progress=None,
     reference_features: Optional[Dict[str, np.ndarray]] = None,
+    sample_features: Optional[Dict[str, np.ndarray]] = None,
 ) -> List[MetricRow]:
     """Metrics of ``samples`` against ``reference`` (an ``ImageSet``, or a statistics dict as
     ``load_reference_stats`` returns). Metrics that the inputs cannot give are skipped silently
     unless asked for alone; unknown names raise. ``ref_cache``: an ``.npz`` to reuse/write the
-    reference statistics. ``reference_features``: precomputed features of the reference images."""
+    reference statistics. ``reference_features`` / ``sample_features``: precomputed features of the
+    reference images / of the samples (``extract_features`` with this extractor)."""
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(ALL_METRICS)}")
     want = set(metrics)
     rows: List[MetricRow] = []
-    feats = extract_features(extractor, samples.images, batch_size, device, progress)
+    feats = sample_features if sample_features is not None else extract_features(
+        extractor, samples.images, batch_size, device, progress)
     n = len(samples)
     ref_is_images = isinstance(reference, ImageSet)
     ref_desc = reference.description if ref_is_images else f"statistics of {reference.get('source') or 'a reference'}"
