@@ -51,7 +51,8 @@ from .evaluation.report import _md_table, _num
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE_KEYS = ("name", "out_dir", "report_dir", "base", "settings", "seeds", "share_first_task", "methods",
-              "solver", "scales", "description")
+              "solver", "scales", "description", "learning_curve")
+CURVE_KEYS = ("classes", "points", "num_samples")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Suite:
     seeds: List[int] = field(default_factory=lambda: [0])
     share_first_task: bool = True
     solver: Dict[str, Any] = field(default_factory=dict)
+    learning_curve: Dict[str, Any] = field(default_factory=dict)  # task 0's learning curve (CURVE_KEYS)
     description: str = ""
     path: str = ""
     scale: str = ""
@@ -118,6 +120,10 @@ def load_suite(path: str, scale: str = "") -> Suite:
         if suite.solver.get("diffusion") not in suite.methods:
             raise ConfigError(f"{path}: solver.diffusion {suite.solver.get('diffusion')!r} is not one of the methods "
                               f"({', '.join(suite.methods)})")
+    if suite.learning_curve:
+        bad = [k for k in suite.learning_curve if k not in CURVE_KEYS]
+        if bad:
+            raise ConfigError(f"{path}: unknown learning_curve key(s) {bad}; valid: {', '.join(CURVE_KEYS)}")
     if not suite.report_dir:
         suite.report_dir = os.path.join(suite.out_dir, "report")
     return suite
@@ -144,6 +150,26 @@ def plan(suite: Suite) -> List[RunSpec]:
     cfg_dir = os.path.join(out_dir, "configs")
     os.makedirs(cfg_dir, exist_ok=True)
     specs: List[RunSpec] = []
+    if suite.learning_curve:
+        # Task 0's learning curve: IID training on its classes with the suite's model and evaluation.
+        lc = suite.learning_curve
+        cfg = _merge(base, suite.settings)
+        cfg.update(name="curve_task0", seed=int(suite.seeds[0]), out_dir=out_dir)
+        cfg.pop("method", None)
+        path = os.path.join(cfg_dir, "curve_task0.yaml")
+        with open(path, "w") as f:
+            yaml.safe_dump(cfg, f, sort_keys=False)
+        try:
+            load_config(path)
+        except ConfigError as e:
+            raise ConfigError(f"suite {suite.path}, learning_curve: {e}") from None
+        classes = lc.get("classes", "0,1")
+        classes = ",".join(map(str, classes)) if isinstance(classes, (list, tuple)) else str(classes)
+        run_dir = os.path.join(out_dir, "curve_task0")
+        specs.append(RunSpec("curve_task0", int(suite.seeds[0]), "curve", path, run_dir,
+                             ["--classes", classes, "--points", str(lc.get("points", "4k:64k")),
+                              "--num_samples", str(int(lc.get("num_samples", 500))), "--out", run_dir,
+                              "--label", "task 0 (IID, its classes)"]))
     for seed in suite.seeds:
         first_run, first_label = None, None
         for label, method in suite.methods.items():
@@ -182,8 +208,12 @@ def plan(suite: Suite) -> List[RunSpec]:
     return specs
 
 
+SCRIPTS = {"continual": "scripts/continual_train.py", "solver": "scripts/classifier_cl_train.py",
+           "curve": "scripts/learning_curve.py"}
+
+
 def command(spec: RunSpec, launcher: Sequence[str] = ()) -> List[str]:
-    script = "scripts/continual_train.py" if spec.kind == "continual" else "scripts/classifier_cl_train.py"
+    script = SCRIPTS[spec.kind]
     # The solver runs in one process (its cost is the replay generation).
     launch = list(launcher) if spec.kind == "continual" else []
     return [*launch, sys.executable, os.path.join(ROOT, script), "--config", spec.config_path, *spec.overrides]
@@ -292,19 +322,37 @@ def _wall(times: List[Dict[str, str]], label: str, seed: int) -> Optional[float]
     return sum(s for s in secs if s is not None) if secs else None
 
 
+def _matrix_of(rows_: List[Dict[str, str]], prefix: str):
+    """The task x task matrix of columns ``{prefix}{j}`` (row i: after task i), or None."""
+    from .evaluation.class_metrics import accuracy_matrix
+
+    keys = sorted({int(k[len(prefix):]) for r in rows_ for k in r if k.startswith(prefix) and k[len(prefix):].isdigit()})
+    if not keys:
+        return None
+    return accuracy_matrix([{j: v for j in keys if (v := _num(x.get(f"{prefix}{j}"))) is not None} for x in rows_],
+                           len(rows_))
+
+
 def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
-    """(header, rows, per-label means) of the diffusion runs: final metrics, mean over seeds."""
-    from .evaluation.class_metrics import accuracy_matrix, average_accuracy, forgetting
+    """(header, rows, values) of the diffusion runs: final metrics as mean ± std over seeds, and
+    ``values[label][key]``: the per-seed numbers (for the claims' spread).
+
+    Keys: the final ``eval_*`` metrics; ``avg``/``fgt`` (accuracy after the last task, forgetting);
+    CLoG's ``aiq_acc``/``afq_acc``/``fr_acc`` (sample accuracy per task) and ``aiq_fid``/``afq_fid``/
+    ``fr_fid`` (per-task FID); ``fid0`` (FID after task 0); ``sps``/``nfe`` (tasks 1+); ``wall``."""
+    from .evaluation.class_metrics import clog_metrics
 
     times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     cols = [("eval_fid", "FID ↓"), ("eval_kld", "KLD ↓"), ("eval_ard", "ARD ↓"), ("eval_class_acc", "class acc ↑")]
-    header = ["method", "seeds"] + [n for _, n in cols] + ["avg acc ↑", "forgetting ↓", "s/step", "teacher NFE/step",
-                                                          "wall min"]
-    rows, means = [], {}
+    extra = [("aiq_acc", "AIQ acc ↑"), ("fr_acc", "FR acc ↓"), ("aiq_fid", "AIQ FID ↓"), ("afq_fid", "AFQ FID ↓"),
+             ("fr_fid", "FR FID ↓")]
+    header = (["method", "seeds"] + [n for _, n in cols] + ["avg acc ↑", "forgetting ↓"] + [n for _, n in extra]
+              + ["s/step", "teacher NFE/step", "wall min"])
+    keys = [c for c, _ in cols] + ["avg", "fgt"] + [k for k, _ in extra] + ["afq_acc", "fid0", "sps", "nfe", "wall"]
+    rows, values = [], {}
     for label in suite.methods:
         runs = [s for s in specs if s.kind == "continual" and s.label == label]
-        per: Dict[str, List[Optional[float]]] = {k: [] for k in [c for c, _ in cols] + ["avg", "fgt", "sps", "nfe",
-                                                                                    "wall"]}
+        per: Dict[str, List[Optional[float]]] = {k: [] for k in keys}
         done = 0
         for s in runs:
             rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
@@ -314,26 +362,37 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
             last = rows_[-1]
             for c, _ in cols:
                 per[c].append(_num(last.get(c)))
-            keys = sorted({int(k[len("eval_acc_task_"):]) for r in rows_ for k in r if k.startswith("eval_acc_task_")})
-            if keys:
-                r = accuracy_matrix([{j: v for j in keys if (v := _num(x.get(f"eval_acc_task_{j}"))) is not None}
-                                     for x in rows_], len(rows_))
-                per["avg"].append(float(average_accuracy(r)))
-                per["fgt"].append(float(forgetting(r)))
+            per["fid0"].append(_num(rows_[0].get("eval_fid")))
+            acc = _matrix_of(rows_, "eval_acc_task_")
+            if acc is not None:
+                q = clog_metrics(acc)
+                per["avg"].append(q["afq"])
+                per["fgt"].append(q["fr"])
+                per["aiq_acc"].append(q["aiq"])
+                per["afq_acc"].append(q["afq"])
+                per["fr_acc"].append(q["fr"])
+            fid = _matrix_of(rows_, "eval_fid_task_")
+            if fid is not None:
+                q = clog_metrics(fid, higher_is_better=False)
+                per["aiq_fid"].append(q["aiq"])
+                per["afq_fid"].append(q["afq"])
+                per["fr_fid"].append(q["fr"])
             later = [x for x in rows_ if (_num(x.get("task")) or 0) > 0] or rows_
             per["sps"].append(_mean([_num(x.get("sec_per_step")) for x in later]))
             per["nfe"].append(_mean([_num(x.get("final_teacher_nfe")) for x in later]))
             per["wall"].append((_wall(times, label, s.seed) or 0) / 60 or None)
-        means[label] = {k: _mean(v) for k, v in per.items()}
+        values[label] = {k: [v for v in vals if v is not None] for k, vals in per.items()}
         rows.append([label, f"{done}/{len(runs)}"] + [_cell(per[c]) for c, _ in cols]
-                    + [_cell(per["avg"]), _cell(per["fgt"]), _cell(per["sps"]), _cell(per["nfe"]), _cell(per["wall"])])
-    return header, rows, means
+                    + [_cell(per["avg"]), _cell(per["fgt"])] + [_cell(per[k]) for k, _ in extra]
+                    + [_cell(per["sps"]), _cell(per["nfe"]), _cell(per["wall"])])
+    return header, rows, values
 
 
 def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
+    """(header, rows, values) of the classifier runs; ``values[replay]["acc"|"fgt"]``: per-seed numbers."""
     header = ["replay", "seeds", "final avg acc ↑", "forgetting ↓", "replay generation s", "wall min"]
     times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
-    rows, means = [], {}
+    rows, values = [], {}
     for replay in suite.solver.get("replays", []) if suite.solver else []:
         runs = [s for s in specs if s.kind == "solver" and s.label == f"solver_{replay}"]
         acc, fgt, gen, wall = [], [], [], []
@@ -345,48 +404,117 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
             fgt.append(_num(rows_[-1].get("forgetting")))
             gen.append(sum(_num(r.get("gen_sec")) or 0 for r in rows_))
             wall.append((_wall(times, s.label, s.seed) or 0) / 60 or None)
-        means[replay] = {"acc": _mean(acc), "fgt": _mean(fgt)}
+        values[replay] = {"acc": [v for v in acc if v is not None], "fgt": [v for v in fgt if v is not None]}
         rows.append([replay, f"{len(acc)}/{len(runs)}", _cell(acc), _cell(fgt), _cell(gen), _cell(wall)])
-    return header, rows, means
+    return header, rows, values
 
 
-def _verdict(ok: Optional[bool]) -> str:
-    return "**not measured**" if ok is None else ("**confirmed**" if ok else "**not confirmed**")
+# The verdict rule. With n >= 2 seeds per side, a difference "exceeds the spread" when the means differ
+# by more than the sum of the two sample standard deviations (mean +- 1 std intervals do not overlap).
+# Then the claim is confirmed (right direction) or not confirmed (wrong direction); otherwise, and
+# always with a single seed, it is not resolved.
+RULE = ("a claim is *confirmed* when the difference of the means over seeds is in the claimed direction and "
+        "larger than the sum of the two standard deviations over seeds (the mean ± std intervals do not overlap), "
+        "*not confirmed* when it is that large in the other direction, *not resolved* otherwise (and always with "
+        "fewer than two seeds a side)")
 
 
-def claims(m: Dict[str, Dict[str, Optional[float]]], s: Dict[str, Dict[str, Optional[float]]]) -> List[str]:
-    """The papers' three claims, each with the numbers that decide it (no threshold tuned to a result)."""
+def compare(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> Optional[str]:
+    """'better' / 'worse' when ``a`` beats / loses to ``b`` by more than the spread, 'tie' when the
+    difference is within it, None when a side has fewer than two seeds (see ``RULE``)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    diff = float(np.mean(a) - np.mean(b)) * (1.0 if higher_is_better else -1.0)
+    spread = float(np.std(a, ddof=1) + np.std(b, ddof=1))
+    if diff > spread:
+        return "better"
+    if -diff > spread:
+        return "worse"
+    return "tie"
+
+
+def _verdict(v: Optional[str]) -> str:
+    return {"confirmed": "**confirmed**", "not confirmed": "**not confirmed**", "not resolved": "**not resolved**",
+            None: "**not measured**"}[v]
+
+
+def _both(outcomes: Sequence[Optional[str]]) -> str:
+    """A claim that needs every comparison to go the claimed way."""
+    if any(o == "worse" for o in outcomes):
+        return "not confirmed"
+    if outcomes and all(o == "better" for o in outcomes):
+        return "confirmed"
+    return "not resolved"
+
+
+def _ms(vals: Sequence[float]) -> str:
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.4g} (1 seed)"
+    return f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1):.2g}"
+
+
+def claims(m: Dict[str, Dict[str, List[float]]], s: Dict[str, Dict[str, List[float]]]) -> List[str]:
+    """The papers' three claims, each judged by ``RULE`` against the spread over seeds."""
     def get(label, key):
-        return (m.get(label) or {}).get(key)
+        return (m.get(label) or {}).get(key) or []
 
     out = []
     # against the better of the two generative-replay variants (Masip's, the paper's own baseline, and GUIDE's)
-    grs = [g for g in ("gr_masip", "gr_guide") if get(g, "eval_fid") is not None] or ["gr_masip"]
-    best = min(grs, key=lambda g: get(g, "eval_fid"))
-    gd, gr, joint = (get("gd_full", "eval_fid"), get(best, "eval_fid"), get("joint", "eval_fid"))
+    grs = [g for g in ("gr_masip", "gr_guide") if get(g, "eval_fid")] or ["gr_masip"]
+    best = min(grs, key=lambda g: np.mean(get(g, "eval_fid")) if get(g, "eval_fid") else np.inf)
+    gd, gr, joint = get("gd_full", "eval_fid"), get(best, "eval_fid"), get("joint", "eval_fid")
     gdk, grk = get("gd_full", "eval_kld"), get(best, "eval_kld")
-    ok = None if None in (gd, gr, gdk, grk) else (gd < gr and gdk < grk)
-    gap = "" if None in (gd, gr, joint) or gr == joint else \
-        f"; GD closes {100 * (gr - gd) / (gr - joint):.0f}% of the FID gap between generative replay and joint"
+    if not (gd and gr and gdk and grk):
+        v = None
+    else:
+        v = _both([compare(gd, gr, False), compare(gdk, grk, False)])
+    gap = ""
+    if gd and gr and joint and np.mean(gr) != np.mean(joint):
+        gap = (f"; GD closes {100 * (np.mean(gr) - np.mean(gd)) / (np.mean(gr) - np.mean(joint)):.0f}% of the FID gap "
+               "between generative replay and joint")
     out.append(f"1. *Generative distillation keeps the generator's quality far better than generative replay, close "
-               f"to joint training* — final FID GD {_f(gd)} vs GR {_f(gr)} ({best}, the better generative replay"
-               + "".join(f"; {g} {_f(get(g, 'eval_fid'))}" for g in grs if g != best)
-               + f") vs joint {_f(joint)}, KLD GD {_f(gdk)} vs GR {_f(grk)}{gap}: {_verdict(ok)} (GD better on both "
-               "FID and KLD).")
+               f"to joint training* — final FID GD {_ms(gd)} vs GR {_ms(gr)} ({best}, the better generative replay"
+               + "".join(f"; {g} {_ms(get(g, 'eval_fid'))}" for g in grs if g != best)
+               + f") vs joint {_ms(joint)}; KLD GD {_ms(gdk)} vs GR {_ms(grk)}{gap}: {_verdict(v)} (GD better than GR "
+               "on both FID and KLD by more than the spread).")
     dyn, full = get("gd_dynamic_cache", "eval_fid"), get("gd_full", "eval_fid")
     dn, fn = get("gd_dynamic_cache", "nfe"), get("gd_full", "nfe")
     ds, fs = get("gd_dynamic_cache", "sps"), get("gd_full", "sps")
-    ok = None if None in (dyn, full, dn, fn) else (dyn <= 1.1 * full and dn < fn)
+    if not (dyn and full and dn and fn):
+        v = None
+    elif len(dyn) < 2 or len(full) < 2:
+        v = "not resolved"
+    else:
+        # Equivalence: the cache's FID is no worse than full generation's by more than both 10% and the spread.
+        spread = float(np.std(dyn, ddof=1) + np.std(full, ddof=1))
+        excess = float(np.mean(dyn) - np.mean(full))
+        fewer = float(np.mean(dn)) < float(np.mean(fn))
+        v = "confirmed" if (excess <= max(0.1 * float(np.mean(full)), spread) and fewer) else "not confirmed"
     out.append(f"2. *Distillation from the dynamic cache matches full-generation distillation at a fraction of the "
-               f"teacher cost* — final FID cache {_f(dyn)} vs full generation {_f(full)}; teacher NFEs per step "
-               f"{_f(dn)} vs {_f(fn)}; seconds per step {_f(ds)} vs {_f(fs)}: {_verdict(ok)} (FID within 10% and "
-               f"fewer teacher NFEs).")
-    ga, pa = (s.get("guided") or {}).get("acc"), (s.get("plain") or {}).get("acc")
-    ok = None if None in (ga, pa) else ga > pa
+               f"teacher cost* — final FID cache {_ms(dyn)} vs full generation {_ms(full)}; teacher NFEs per step "
+               f"{_ms(dn)} vs {_ms(fn)}; seconds per step {_ms(ds)} vs {_ms(fs)}: {_verdict(v)} (the cache's FID "
+               "no worse than full generation's by more than 10% or the spread, whichever is larger, with fewer "
+               "teacher NFEs).")
+    ga, pa = (s.get("guided") or {}).get("acc") or [], (s.get("plain") or {}).get("acc") or []
+    v = None if not (ga and pa) else _both([compare(ga, pa, True)])
     out.append(f"3. *Guided replay gives the classifier a higher final average accuracy than plain replay* — "
-               f"guided {_f(ga)} vs plain {_f(pa)} (soft {_f((s.get('soft') or {}).get('acc'))}, joint "
-               f"{_f((s.get('joint') or {}).get('acc'))}, none {_f((s.get('none') or {}).get('acc'))}): {_verdict(ok)}.")
+               f"guided {_ms(ga)} vs plain {_ms(pa)} (soft {_ms((s.get('soft') or {}).get('acc') or [])}, joint "
+               f"{_ms((s.get('joint') or {}).get('acc') or [])}, none {_ms((s.get('none') or {}).get('acc') or [])}): "
+               f"{_verdict(v)}.")
     return out
+
+
+def convergence_check(m: Dict[str, Dict[str, List[float]]]) -> str:
+    """Is task 0 trained? Its FID (shared by every method) within 1.5x of joint training's final FID."""
+    first = next((m[label]["fid0"] for label in m if m[label].get("fid0")), [])
+    joint = (m.get("joint") or {}).get("eval_fid") or []
+    if not first or not joint:
+        return "Task 0 against joint training: not measured."
+    ratio = float(np.mean(first)) / float(np.mean(joint))
+    return (f"Task 0 converged? FID after task 0 {_ms(first)} vs joint training's final FID {_ms(joint)}: ratio "
+            f"{ratio:.2f} (at most 1.5 asked): {'yes' if ratio <= 1.5 else '**no**'}.")
 
 
 def _f(v: Optional[float]) -> str:
@@ -428,15 +556,32 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         "images of all seen classes; KLD/ARD: class histogram of the samples (evaluation classifier) against the "
         "true one; class acc: the evaluation classifier's accuracy on class-conditional samples; avg acc / "
         "forgetting: the same accuracy per task over the task sequence. s/step and teacher NFE/step: tasks 1+ "
-        "(where the methods differ). Mean ± std over seeds.", "",
-        _md_table(mh, mr), "",
+        "(where the methods differ). CLoG's metrics (Zhang et al. 2024) from the quality of each task's classes "
+        "after each task: AIQ (average incremental quality: the mean over tasks t of the mean quality of tasks "
+        "0..t after task t), AFQ (average final quality, after the last task; for accuracy it is avg acc) and FR "
+        "(forgetting rate: how far each old task fell from its best, on average), for the sample accuracy and for "
+        "the per-task FID (task j's samples against task j's test images). Mean ± std over seeds.", "",
+        _md_table(mh, mr), "", convergence_check(mm), "",
     ]
+    curve = next((sp for sp in specs if sp.kind == "curve"), None)
+    if curve is not None and os.path.isfile(os.path.join(curve.run_dir, "curve.csv")):
+        from .learning_curve import curve_table, plot_curves
+
+        plots = os.path.join(report_dir, "report_plots")
+        os.makedirs(plots, exist_ok=True)
+        plot_curves([curve.run_dir], os.path.join(plots, "curve_task0.png"),
+                    title="task 0's classes, IID: the learning curve of the suite's model")
+        lines += ["## Task 0's learning curve", "",
+                  "The suite's model trained IID on task 0's classes (`scripts/learning_curve.py`, the same "
+                  "evaluation), evaluated as the images seen double: where more training stops paying. "
+                  f"Task 0 of every run trains for {_task0_images(suite)} images.", "",
+                  "![task 0 learning curve](report_plots/curve_task0.png)", "", curve_table([curve.run_dir]), ""]
     if sr:
         lines += ["## Classifier (solver) with replay from the generator", "",
                   f"The classifier learns task after task; replay comes from the `{suite.solver['diffusion']}` "
                   "generator of the previous task (`none`: fine-tuning, `joint`: all real data so far).", "",
                   _md_table(sh, sr), ""]
-    lines += ["## The papers' claims, checked", ""] + claims(mm, sm) + [""]
+    lines += ["## The papers' claims, checked", "", f"Rule: {RULE}.", ""] + claims(mm, sm) + [""]
     lines += ["## Details", "", f"Per-run tables, metric-vs-task plots and every sample grid: "
               f"[{os.path.basename(detail)}]({os.path.basename(detail)}) "
               f"([HTML](report.html)).", "", "## Base config", "", "```yaml", base_text.strip(), "```", "",
@@ -448,6 +593,16 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
     return path
 
 
+def _task0_images(suite: Suite) -> str:
+    """Images seen by task 0 in the suite's runs (first_task_num_steps x batch), from the base + settings."""
+    with open(_abs(suite.base)) as f:
+        cfg = _merge(yaml.safe_load(f) or {}, suite.settings)
+    c, t = cfg.get("continual", {}), cfg.get("train", {})
+    steps = c.get("first_task_num_steps", -1)
+    steps = c.get("num_steps", 500) if steps in (-1, None) else steps
+    return f"{int(steps) * int(t.get('batch_size', 64)):,} ({steps} steps of {t.get('batch_size', 64)})"
+
+
 def _git(*args) -> str:
     try:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -456,4 +611,4 @@ def _git(*args) -> str:
 
 
 __all__ = ["Suite", "RunSpec", "SuiteRunError", "load_suite", "plan", "run_suite", "write_report", "claims",
-           "method_table", "solver_table"]
+           "method_table", "solver_table", "compare", "convergence_check", "RULE"]

@@ -45,6 +45,24 @@ def test_plan_writes_valid_configs_sharing_the_first_task(tmp_path):
     assert all(s.run_dir.endswith(f"gd_full_s{s.seed}/{s.label}") for s in solver)
 
 
+def test_plan_learning_curve_of_task0(tmp_path):
+    import guided_diffusion.continual.methods  # noqa: F401
+    import guided_diffusion.evaluation.settings  # noqa: F401
+
+    suite = bcl.load_suite(_suite(tmp_path, learning_curve={"classes": [0, 1], "points": "4k:16k"}))
+    specs = bcl.plan(suite)
+    curve = [s for s in specs if s.kind == "curve"]
+    assert len(curve) == 1 and curve[0].needs is None
+    cmd = bcl.command(curve[0])
+    assert cmd[1].endswith("scripts/learning_curve.py")
+    assert cmd[cmd.index("--classes") + 1] == "0,1" and cmd[cmd.index("--points") + 1] == "4k:16k"
+    cfg = load_config(curve[0].config_path)  # the suite's model and evaluation, no method section
+    run = load_config(next(s for s in specs if s.kind == "continual").config_path)
+    assert (cfg.model, cfg.evaluation, cfg.train) == (run.model, run.evaluation, run.train) and cfg.method == {}
+    with pytest.raises(ConfigError, match="unknown learning_curve key"):
+        bcl.load_suite(_suite(tmp_path, learning_curve={"clases": [0, 1]}))
+
+
 def test_bad_suites_fail_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="unknown suite key"):
         bcl.load_suite(_suite(tmp_path, sedes=[0]))
@@ -75,24 +93,43 @@ def test_tables_and_claims_from_run_logs(tmp_path):
         if s.kind == "continual" and s.label in fid:
             f = fid[s.label][s.seed]
             _write(f"{s.run_dir}/metrics.csv", [
-                {"task": 0, "sec_per_step": 1.0, "eval_fid": 3.0, "eval_kld": 0.01, "final_teacher_nfe": ""},
+                {"task": 0, "sec_per_step": 1.0, "eval_fid": 3.0, "eval_kld": 0.01, "final_teacher_nfe": "",
+                 "eval_acc_task_0": 0.9, "eval_acc_task_1": "", "eval_fid_task_0": 4.0, "eval_fid_task_1": ""},
                 {"task": 1, "sec_per_step": 2.0 if s.label != "gd_dynamic_cache" else 1.2, "eval_fid": f,
-                 "eval_kld": f / 100, "final_teacher_nfe": 48 if s.label == "gd_full" else 16},
+                 "eval_kld": f / 100, "final_teacher_nfe": 48 if s.label == "gd_full" else 16,
+                 "eval_acc_task_0": 0.7, "eval_acc_task_1": 0.8, "eval_fid_task_0": 8.0, "eval_fid_task_1": 6.0},
             ])
         if s.kind == "solver" and s.label in ("solver_plain", "solver_guided"):
             _write(f"{s.run_dir}/metrics.csv", [{"task": 1, "avg_acc": 0.80 if s.label == "solver_plain" else 0.85,
                                                  "forgetting": 0.1, "gen_sec": 3}])
-    header, rows, means = bcl.method_table(suite, specs)
+    header, rows, values = bcl.method_table(suite, specs)
     row = dict(zip(header, rows[[r[0] for r in rows].index("gd_full")]))
     assert row["seeds"] == "2/2" and row["FID ↓"].startswith("11 ± 1.4")  # mean 11, sample std sqrt(2)
-    assert means["gd_full"]["sps"] == 2.0  # tasks 1+ only
-    assert means["gd_full"]["nfe"] == 48
-    _, srows, smeans = bcl.solver_table(suite, specs)
-    assert smeans["guided"]["acc"] == pytest.approx(0.85) and smeans["none"]["acc"] is None
-    text = "\n".join(bcl.claims(means, smeans))
+    assert values["gd_full"]["sps"] == [2.0, 2.0]  # tasks 1+ only
+    assert values["gd_full"]["nfe"] == [48, 48] and values["gd_full"]["fid0"] == [3.0, 3.0]
+    # CLoG: AIQ = (0.9 + (0.7 + 0.8) / 2) / 2, FR = 0.9 - 0.7; per-task FID AFQ (8 + 6) / 2, FR 8 - 4
+    assert values["gd_full"]["aiq_acc"] == pytest.approx([0.825, 0.825])
+    assert values["gd_full"]["fr_acc"] == pytest.approx([0.2, 0.2]) == values["gd_full"]["fgt"]
+    assert values["gd_full"]["afq_fid"] == [7.0, 7.0] and values["gd_full"]["fr_fid"] == [4.0, 4.0]
+    _, srows, svalues = bcl.solver_table(suite, specs)
+    assert svalues["guided"]["acc"] == pytest.approx([0.85, 0.85]) and svalues["none"]["acc"] == []
+    text = "\n".join(bcl.claims(values, svalues))
+    # GD 11 +- 1.4 vs GR 32 +- 2.8: 21 apart, more than 1.4 + 2.8: confirmed (and so for the others)
     assert text.count("**confirmed**") == 3, text
-    means["gd_full"]["eval_fid"] = 40.0  # worse than generative replay: the claim is not confirmed
-    assert bcl.claims(means, smeans)[0].endswith("**not confirmed** (GD better on both FID and KLD).")
+    assert "ratio 0.60" in bcl.convergence_check(values)  # task 0's FID 3 vs joint's 5
+    values["gd_full"]["eval_fid"] = [40.0, 42.0]  # worse than generative replay beyond the spread
+    assert "**not confirmed** (GD better than GR" in bcl.claims(values, svalues)[0]
+    values["gd_full"]["eval_fid"] = [20.0, 44.0]  # better on average, but within the spread (17 + 2.8)
+    assert "**not resolved** (GD better than GR" in bcl.claims(values, svalues)[0]
+    one = {k: {m: v[:1] for m, v in d.items()} for k, d in values.items()}  # a single seed: no spread
+    assert bcl.claims(one, svalues)[0].count("**not resolved**") == 1 and "(1 seed)" in bcl.claims(one, svalues)[0]
+
+
+def test_compare_rule():
+    assert bcl.compare([1.0, 1.2], [3.0, 3.2], higher_is_better=False) == "better"
+    assert bcl.compare([1.0, 1.2], [3.0, 3.2], higher_is_better=True) == "worse"
+    assert bcl.compare([1.0, 3.0], [2.0, 4.0], higher_is_better=True) == "tie"  # 1 apart, spread 2.8
+    assert bcl.compare([1.0], [3.0, 3.2], higher_is_better=False) is None
 
 
 def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
