@@ -59,7 +59,8 @@ class DKDMObjective:
     """
 
     def __init__(self, teacher, teacher_diffusion, diffusion, cache: DynamicCache, class_cond: bool,
-                 clip_denoised: bool = True):
+                 clip_denoised: bool = True, loss_weight=None):
+        self.loss_weight = loss_weight  # t -> per-sample weights (train.loss_weighting), or None
         self.teacher = teacher
         self.teacher_diffusion = teacher_diffusion
         self.diffusion = diffusion
@@ -79,7 +80,7 @@ class DKDMObjective:
             raise RuntimeError("DKDMObjective: a step must start with microbatch 0")
         part = self._batch.slice(ctx.microbatch * n, (ctx.microbatch + 1) * n)
         losses = student_losses(model, self.diffusion, part, self.class_cond)
-        loss = losses["loss"].mean()
+        loss = (losses["loss"] * self.loss_weight(part.t)).mean() if self.loss_weight else losses["loss"].mean()
         terms = {k: v.detach().mean() for k, v in losses.items()}
         terms["teacher_nfe"] = torch.tensor(float(n * ctx.num_microbatches))  # per rank and step
         terms["restarts"] = torch.tensor(float(self._batch.restarts))

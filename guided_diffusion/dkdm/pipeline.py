@@ -101,8 +101,13 @@ def train(cfg: Config, device, logger):
     n_student = sum(p.numel() for p in model.parameters())
     logger.log(f"student {n_student / 1e6:.2f}M params; {cfg.train.batch_size // dist_util.get_world_size()} "
                f"teacher NFEs per rank and step")
+    weighting = None
+    if cfg.train.loss_weighting != "none":  # the student weights its chain's timesteps as on real data
+        from ..train_util import DiffusionObjective
+
+        weighting = DiffusionObjective.from_config(cfg, s.diffusion, s.info.num_classes).loss_weight
     objective = DKDMObjective(s.teacher.net, s.teacher.diffusion, s.diffusion, cache, cfg.model.class_cond,
-                              cfg.dkdm.clip_denoised)
+                              cfg.dkdm.clip_denoised, loss_weight=weighting)
     loop = TrainLoop(model=model, data=EmptyBatches(cfg.train.batch_size // dist_util.get_world_size()),
                      cfg=cfg.train, run_dir=experiment.run_dir_of(cfg), objective=objective, seed=cfg.seed,
                      logger=logger, device=device, export_config=experiment.export_config(cfg, s.info))
