@@ -183,6 +183,9 @@ def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, 
         if images in rows:
             prev_step = step
             continue
+        if loop.step > step:  # a point added before where the resumed run already is: its weights are gone
+            logger.log(f"point {images} images (step {step}) lies before the run's step {loop.step}: skipped")
+            continue
         loop.run(until=step)
         if loop.step < step:  # preempted inside run() raises; this is a safety net
             break

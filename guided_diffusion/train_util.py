@@ -104,6 +104,7 @@ class DiffusionObjective:
             raise ValueError(f"loss weighting {loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = float(min_snr_gamma)
+        self._alpha_bar = torch.tensor(np.asarray(diffusion.alphas_cumprod), dtype=torch.float64)
 
     @classmethod
     def from_config(cls, cfg, diffusion, num_classes: int) -> "DiffusionObjective":
@@ -123,7 +124,7 @@ class DiffusionObjective:
             return torch.ones(t.shape, dtype=torch.float32, device=t.device)
         from .diffusion_math import min_snr_weight
 
-        ab = torch.as_tensor(self.diffusion.alphas_cumprod, dtype=torch.float64)[t.cpu()]
+        ab = self._alpha_bar[t.cpu()]
         mean_type = getattr(getattr(self.diffusion, "model_mean_type", None), "name", "EPSILON")
         if mean_type not in ("EPSILON", "START_X"):
             raise ValueError(f"min-SNR weighting needs an eps or x0 model, not {mean_type}")

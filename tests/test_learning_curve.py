@@ -87,5 +87,10 @@ def test_curve_rows_and_resume_bit_identical(tmp_path):
     assert lc.read_curve(b) == again
     with open(f"{b}/curve.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
+    # Points added later: one past the run is trained on; one before where it stands cannot be (skipped).
+    rows = lc.run_curve(cfg, [0, 1], [8, 16, 48, 64], b, grid_per_class=0)
+    assert [r["images"] for r in rows][-1] == 64 and 8 not in [int(float(r["images"])) for r in rows]
+    with open(f"{b}/log.txt") as f:
+        assert "point 8 images (step 1) lies before the run's step 6: skipped" in f.read()
     table = lc.curve_table([a, b])
     assert "| a | 16 | 2 |" in table and "FID plateau" in table

@@ -28,6 +28,7 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import blobfile as bf
+import numpy as np
 
 from .. import checkpoint as ckpt
 from ..config import ConfigError, dump_config
@@ -118,6 +119,24 @@ def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: in
         guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, ctx.info.num_classes),
     )
     return images, labels
+
+
+def _grid_from_evaluation(ctx: ContinualContext, task: Task, evaluators):
+    """The grid's images taken from the evaluation's samples (the first ``grid_per_class`` of each seen
+    class) when the evaluation drew them with the grid's sampler and has enough of every class: no
+    second sampling pass. None otherwise."""
+    cfg = ctx.cfg
+    k = cfg.continual.grid_per_class
+    sampler = (cfg.continual.eval_respacing, bool(cfg.continual.eval_use_ddim), 0.0)
+    for ev in evaluators:
+        last = getattr(ev, "last_samples", None)
+        if last is None or last[2] != sampler or not cfg.model.class_cond:
+            continue
+        images, labels, _ = last
+        picks = [np.flatnonzero(labels == c)[:k] for c in task.seen_classes]
+        if all(len(p) == k for p in picks):
+            return images[np.concatenate(picks)]
+    return None
 
 
 def run_continual(cfg) -> ContinualContext:
@@ -242,13 +261,15 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
             ema_model = copy.deepcopy(model)
             ema_model.load_state_dict(ema_state[rates[0]])
             ema_model.eval()
+            for evaluator in evaluators:
+                row.update(evaluator(ctx, task, ema_model))
             if cfg.continual.grid_per_class > 0:
-                images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
+                images = _grid_from_evaluation(ctx, task, evaluators)
+                if images is None:
+                    images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
                 if dist_util.is_main():
                     n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
                     save_grid(images, f"{tdir}/samples.png", nrow=n_col)
-            for evaluator in evaluators:
-                row.update(evaluator(ctx, task, ema_model))
             del ema_model
         if dist_util.is_main():
             append_metrics(f"{run_dir}/metrics.csv", row)

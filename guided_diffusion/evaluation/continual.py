@@ -77,6 +77,7 @@ class ContinualEvaluator:
             self.features = build_feature_extractor("inception", weights_path=self.ev.inception_path or None)
         self._test = None
         self._train = None
+        self.last_samples = None  # (uint8 NHWC images, labels, sampler) of the latest evaluation
         self._ref_cache: Dict[tuple, tuple] = {}
 
     def _load(self, split: str):
@@ -148,6 +149,7 @@ class ContinualEvaluator:
             use_ddim=ev.use_ddim, eta=ev.eta, device=device,
         )
         faults.point("evaluation")
+        self.last_samples = (images, drawn, (respacing, bool(ev.use_ddim), float(ev.eta)))
         sampler = f"{respacing or 'full'} {'DDIM eta ' + str(ev.eta) if ev.use_ddim else 'ancestral'}"
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
