@@ -68,6 +68,13 @@ def test_impossible_values():
         load_config(None, ["model.class_cond=true", "model.embedding_kind=none"])
     with pytest.raises(ConfigError, match="ema_rate"):
         load_config(None, ["train.ema_rate=0.9,1.5"])
+    with pytest.raises(ConfigError, match="train.loss_weighting = 'min_snrr' is not one of none, min_snr"):
+        load_config(None, ["train.loss_weighting=min_snrr"])
+    with pytest.raises(ConfigError, match="train.min_snr_gamma must be > 0"):
+        load_config(None, ["train.min_snr_gamma=0"])
+    with pytest.raises(ConfigError, match=r"model.norm_groups = 8 does not divide the UNet's widths \[36\]"):
+        load_config(None, ["model.norm_groups=8", "model.num_channels=36", "model.channel_mult=1,2"])
+    assert load_config(None, ["model.norm_groups=8", "model.num_channels=32", "model.channel_mult=1,2,2"])
 
 
 def test_missing_and_bad_files(tmp_path):
