@@ -128,24 +128,35 @@ def _last_loss(run_dir: str, step: int) -> Optional[float]:
 
 
 def plateau(rows: Sequence[Dict], key: str = "eval_fid", gain: float = PLATEAU_GAIN,
-            lower_is_better: bool = True) -> Optional[int]:
-    """The plateau: the first point N (images) from which no measured doubling (M -> 2M, M >= N)
-    improves ``key`` by ``gain`` or more (relative; for accuracies, the error 1 - acc). None when
-    the last measured doubling still improves that much, or no doubling was measured. A stall
-    followed by a further drop (noisy short runs do this) is not a plateau."""
-    vals = {}
+            lower_is_better: bool = True, floor_key: Optional[str] = "eval_fid_real") -> Optional[int]:
+    """The plateau: the first point N (images) from which every measured doubling (M -> 2M, M >= N)
+    is flat -- it improves ``key`` by less than ``gain`` (relative; for accuracies, the error
+    1 - acc), or ``key`` at M is already within ``gain`` of the real-data floor (``floor_key``: the
+    same metric for real images; below it, further gains are the estimate's noise). None when the
+    last measured doubling is not flat, or no doubling was measured. A stall followed by a further
+    drop (noisy short runs do this) is not a plateau."""
+    vals, floors = {}, {}
     for r in rows:
         v = r.get(key)
         if v not in (None, ""):
-            vals[int(float(r["images"]))] = float(v) if lower_is_better else 1.0 - float(v)
+            n = int(float(r["images"]))
+            vals[n] = float(v) if lower_is_better else 1.0 - float(v)
+            f = r.get(floor_key) if floor_key and lower_is_better else None
+            if f not in (None, ""):
+                floors[n] = float(f)
     pairs = [n for n in sorted(vals) if 2 * n in vals]
     if not pairs:
         return None
-    flat = [vals[n] > 0 and vals[2 * n] > (1.0 - gain) * vals[n] for n in pairs]
-    if not flat[-1]:
+
+    def flat(n):
+        at_floor = n in floors and vals[n] <= (1.0 + gain) * floors[n]
+        return at_floor or (vals[n] > 0 and vals[2 * n] > (1.0 - gain) * vals[n])
+
+    flags = [flat(n) for n in pairs]
+    if not flags[-1]:
         return None
-    i = len(flat) - 1
-    while i > 0 and flat[i - 1]:
+    i = len(flags) - 1
+    while i > 0 and flags[i - 1]:
         i -= 1
     return pairs[i]
 
@@ -221,7 +232,7 @@ def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, 
                    f"{cols.get('eval_fid_real')}), class acc {cols.get('eval_class_acc')}, train {train_sec:.0f} s")
     out = [rows[p] for p in points if p in rows]
     n_fid = plateau(out)
-    logger.log("plateau (doubling improves FID < 10%): "
+    logger.log("plateau (doubling improves FID < 10%, or FID within 10% of the real-data floor): "
                + (f"reached at {n_fid} images" if n_fid else "not reached within the points"))
     logger.close()
     return out
@@ -298,7 +309,8 @@ def curve_table(run_dirs: Sequence[str]) -> str:
     for d in run_dirs:
         rows = read_curve(d)
         n = plateau(rows)
-        out += f"\n- {label_of(d)}: FID plateau " + (f"at {n} images" if n else "not reached") + "."
+        out += (f"\n- {label_of(d)}: FID plateau (doubling gains < 10%, or within 10% of the real-data floor) "
+                + (f"at {n} images" if n else "not reached") + ".")
     return out + "\n"
 
 

@@ -34,6 +34,11 @@ def test_plateau_is_the_first_doubling_that_gains_less_than_ten_percent():
                                                        (64000, 153.0))]
     assert lc.plateau(stall) is None
     assert lc.plateau(stall + [{"images": 128000, "eval_fid": 150.0}]) == 64000
+    # At the real-data floor a further drop is the estimate's noise: flat from there.
+    floor = [{"images": n, "eval_fid": f, "eval_fid_real": 16.7} for n, f in ((8000, 27.0), (16000, 20.5),
+                                                                             (32000, 17.5), (64000, 14.4))]
+    assert lc.plateau(floor) == 32000  # 17.5 <= 1.1 x 16.7; the doublings before gain > 10%
+    assert lc.plateau(floor, floor_key=None) is None
     acc = [{"images": 1000, "eval_class_acc": 0.5}, {"images": 2000, "eval_class_acc": 0.9},
            {"images": 4000, "eval_class_acc": 0.905}]
     # errors 0.5 -> 0.1 (-80%), 0.1 -> 0.095 (-5%): plateau at 2000.
