@@ -7,7 +7,7 @@ Usage:
 
 Options:
     --modes M          students to train: baseline, iterative, shuffled, dynamic (default all four)
-    --baseline_images N  the baseline's fixed teacher set (default: as many teacher NFEs as the cache modes)
+    --baseline_images N  the baseline's fixed teacher set (default: as many as the real training images)
     --out DIR          results.csv, README.md, grids/ (default experiments/results/<name>)
     --report-only      rebuild README.md from results.csv
 Any config key: key.sub=value. --dry-run prints the resolved config.

@@ -476,13 +476,13 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
         "evaluation.num_samples=12", "evaluation.batch_size=6", "evaluation.respacing=5", "evaluation.use_ddim=false",
         "evaluation.metrics=fid,class_acc", f"evaluation.classifier_path={clf}", "evaluation.train_classifier=false"])
     out = str(tmp_path / "res")
-    T = 20
-    assert ablation.baseline_images(cfg, T) == 4  # max(B, B * 3 steps / 20)
+    assert ablation.baseline_images(cfg) == 1621  # the real training set of digits (as DKDM's 50K for CIFAR-10)
     rows = ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
     assert list(rows) == ["teacher", "student_baseline", "student_dynamic"]
     for name, r in rows.items():
         assert r["eval_fid"] > 0 and 0 <= r["eval_class_acc"] <= 1 and r["eval_samples"] == 12, name
-    assert rows["student_baseline"]["teacher_nfe"] == 10 * T and rows["student_dynamic"]["teacher_nfe"] == 4 * 3
+    # the baseline's set: 10 images of the 5-step sampler; the cache: one NFE a sample and step
+    assert rows["student_baseline"]["teacher_nfe"] == 10 * 5 and rows["student_dynamic"]["teacher_nfe"] == 4 * 3
     assert rows["student_baseline"]["train_steps"] == rows["student_dynamic"]["train_steps"] == 3
     with np.load(tmp_path / "dk_baseline" / "teacher_set.npz") as f:
         assert f["arr_0"].shape == (10, 8, 8, 1) and set(f["arr_1"]) <= {0, 1, 2}

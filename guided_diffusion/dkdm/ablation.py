@@ -5,9 +5,9 @@ Students, all of the config's ``model`` (the same architecture, seed, batch, ste
 
 - ``baseline``: DKDM's data-free baseline -- the teacher generates a fixed set of images once
   (its sampler: ``sample.timestep_respacing``, ``sample.use_ddim``), and the student is trained on
-  them with the plain diffusion loss, as on a data set (``train.loss_weighting`` included). By
-  default the set costs the teacher as many network evaluations as the cache modes spend over the
-  run: ``B x total_steps / T`` images of a T-step chain (``--baseline_images`` sets it).
+  them with the plain diffusion loss, as on a data set (``train.loss_weighting`` included). As in
+  DKDM (50K teacher samples for CIFAR-10's 50K images) the set is as large as the real training set
+  of ``data.dataset`` (``--baseline_images`` sets another size).
 - ``iterative``, ``shuffled``, ``dynamic``: ``dkdm.mode`` (Xiang et al. 2025, sec. 4.4), trained by
   ``pipeline.train`` (one teacher NFE per student sample and step).
 
@@ -45,9 +45,10 @@ COLUMNS = ["model", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_
            "eval_precision", "eval_recall", "eval_sec"]
 
 
-def baseline_images(cfg, T: int) -> int:
-    """Images of the fixed set that cost the teacher the cache modes' NFEs: B * total_steps / T."""
-    return max(cfg.train.batch_size, int(round(cfg.train.batch_size * cfg.train.total_steps / T)))
+def baseline_images(cfg) -> int:
+    """Images of the baseline's fixed teacher set: as many as the real training set (DKDM's baseline)."""
+    x, _, _ = experiment.load_split(cfg, "train")
+    return len(x)
 
 
 def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
@@ -75,8 +76,7 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
 def train_baseline(cfg, device, logger, n_images: int = 0):
     """The data-free baseline student: plain diffusion training on a fixed set of teacher images."""
     setup = build_setup(cfg, device)
-    T = setup.diffusion.num_timesteps
-    n = n_images or baseline_images(cfg, T)
+    n = n_images or baseline_images(cfg)
     run_dir = experiment.run_dir_of(cfg)
     images, labels = _teacher_set(cfg, setup, n, os.path.join(run_dir, "teacher_set.npz"), device, logger.log)
     x, y = from_uint8(images), torch.as_tensor(labels, dtype=torch.long)
@@ -90,7 +90,8 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
                      logger=logger, device=device, export_config=experiment.export_config(cfg, setup.info),
                      tag="baseline")
     loop.run()
-    return loop, setup, n * T
+    sampler = experiment.build_diffusion(cfg, cfg.sample.timestep_respacing)
+    return loop, setup, n * sampler.num_timesteps
 
 
 def _read(path: str) -> Dict[str, Dict[str, str]]:
