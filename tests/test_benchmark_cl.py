@@ -137,7 +137,7 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     import threading
     import time
 
-    suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1]))
+    suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1], learning_curve={}))
     specs = bcl.plan(suite)
     first = {seed: next(s for s in specs if s.seed == seed) for seed in (0, 1)}
     assert all(s.needs == first[s.seed].label for s in specs if s.kind == "continual" and s is not first[s.seed])
@@ -200,6 +200,7 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
                           "eval_respacing": "5"},
             "evaluation": {"num_samples": 8, "batch_size": 8, "respacing": "5", "metrics": "fid,kld,class_acc",
                            "classifier_path": str(tmp_path / "clf.safetensors"), "classifier_epochs": 1}},
+        "learning_curve": {"classes": [0, 1], "points": "16,32", "num_samples": 8},
         "methods": {"naive": {"name": "naive"}, "joint": {"name": "joint"},
                     "gd_full": {"name": "generative_distillation", "teacher_steps": 1, "replay_batch": 4}},
         "solver": {"diffusion": "gd_full", "replays": ["plain"],
@@ -214,10 +215,13 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     report = (tmp_path / "report" / "README.md").read_text()
     assert "| gd_full | 1/1 |" in report and "| plain | 1/1 |" in report
+    assert "## Task 0's learning curve" in report and (tmp_path / "report" / "report_plots" / "curve_task0.png").exists()
+    assert "Task 0 converged?" in report and "Rule: a claim is *confirmed*" in report
     assert "task 0 taken from" in (tmp_path / "runs" / "gd_full_s0" / "log.txt").read_text()
     assert (tmp_path / "report" / "report_grids" / "gd_full_s0_task1.png").exists()
     with open(tmp_path / "runs" / "suite_times.csv") as f:
         rows = list(csv.DictReader(f))
     threads = {r["label"]: r["threads"] for r in rows}
-    assert rows[0]["label"] == "naive" and threads["naive"] == str(os.cpu_count())  # alone: every core
-    assert threads["joint"] == threads["gd_full"] == str(max(1, os.cpu_count() // 2))  # two at once
+    # the curve and task 0 go first, two at once; then the runs that take task 0
+    assert {rows[0]["label"], rows[1]["label"]} == {"curve_task0", "naive"}
+    assert threads["naive"] == threads["joint"] == threads["gd_full"] == str(max(1, os.cpu_count() // 2))
