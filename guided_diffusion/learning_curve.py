@@ -134,7 +134,7 @@ def plateau(rows: Sequence[Dict], key: str = "eval_fid", gain: float = PLATEAU_G
     1 - acc), or ``key`` at M is already within ``gain`` of the real-data floor (``floor_key``: the
     same metric for real images; below it, further gains are the estimate's noise). None when the
     last measured doubling is not flat, or no doubling was measured. A stall followed by a further
-    drop (noisy short runs do this) is not a plateau."""
+    drop (noisy short runs do this) is not a plateau. The last point counts when it is at the floor."""
     vals, floors = {}, {}
     for r in rows:
         v = r.get(key)
@@ -144,13 +144,16 @@ def plateau(rows: Sequence[Dict], key: str = "eval_fid", gain: float = PLATEAU_G
             f = r.get(floor_key) if floor_key and lower_is_better else None
             if f not in (None, ""):
                 floors[n] = float(f)
-    pairs = [n for n in sorted(vals) if 2 * n in vals]
+    def at_floor(n):
+        return n in floors and vals[n] <= (1.0 + gain) * floors[n]
+
+    # Points that can be judged: a measured doubling, or already at the floor (the last point too).
+    pairs = [n for n in sorted(vals) if 2 * n in vals or at_floor(n)]
     if not pairs:
         return None
 
     def flat(n):
-        at_floor = n in floors and vals[n] <= (1.0 + gain) * floors[n]
-        return at_floor or (vals[n] > 0 and vals[2 * n] > (1.0 - gain) * vals[n])
+        return at_floor(n) or (vals[n] > 0 and vals[2 * n] > (1.0 - gain) * vals[n])
 
     flags = [flat(n) for n in pairs]
     if not flags[-1]:
@@ -249,7 +252,8 @@ def label_of(run_dir: str) -> str:
 def plot_curves(run_dirs: Sequence[str], out_path: str, title: str = "", labels: Optional[Sequence[str]] = None
                 ) -> bool:
     """FID (log-log) and class accuracy against images seen, one line per run; the real-data floor
-    grey and dashed. Returns False when no run has a point yet."""
+    dashed (one grey line when the runs share it, else one per run in its colour). Returns False
+    when no run has a point yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,13 +269,22 @@ def plot_curves(run_dirs: Sequence[str], out_path: str, title: str = "", labels:
         label = labels[i] if labels else label_of(d)
         xs = [int(float(r["images"])) for r in rows]
         ticks.update(xs)
+        color = None
         for ax, key in zip(axes, ("eval_fid", "eval_class_acc")):
             pts = [(x, float(r[key])) for x, r in zip(xs, rows) if r.get(key) not in (None, "")]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=label)
-        floors += [float(r["eval_fid_real"]) for r in rows if r.get("eval_fid_real") not in (None, "")]
+                color = ax.plot(*zip(*pts), marker="o", label=label, color=color)[0].get_color()
+        real = [float(r["eval_fid_real"]) for r in rows if r.get("eval_fid_real") not in (None, "")]
+        if real:
+            floors.append((float(np.median(real)), color))
     if floors:
-        axes[0].axhline(float(np.median(floors)), color="grey", linestyle="--", label="real data (floor)")
+        values = [f for f, _ in floors]
+        if max(values) <= 1.05 * min(values):  # one reference set: one floor
+            axes[0].axhline(float(np.median(values)), color="grey", linestyle="--", label="real data (floor)")
+        else:
+            for j, (f, color) in enumerate(floors):
+                axes[0].axhline(f, color=color, linestyle="--", alpha=0.6,
+                                label="real data (floor of each)" if j == 0 else None)
     axes[0].set_ylabel("FID (domain features) ↓")
     axes[0].set_yscale("log")
     axes[1].set_ylabel("class accuracy of samples ↑")

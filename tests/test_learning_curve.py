@@ -39,6 +39,11 @@ def test_plateau_is_the_first_doubling_that_gains_less_than_ten_percent():
                                                                              (32000, 17.5), (64000, 14.4))]
     assert lc.plateau(floor) == 32000  # 17.5 <= 1.1 x 16.7; the doublings before gain > 10%
     assert lc.plateau(floor, floor_key=None) is None
+    # The last point counts when it reaches the floor (no doubling of it measured): 28 px, 10 classes.
+    last = [{"images": n, "eval_fid": f, "eval_fid_real": 34.5} for n, f in ((32000, 76.1), (64000, 42.1),
+                                                                            (128000, 34.9))]
+    assert lc.plateau(last) == 128000
+    assert lc.plateau(last[:2]) is None  # 76 -> 42 still gains; 42 > 1.1 x 34.5
     acc = [{"images": 1000, "eval_class_acc": 0.5}, {"images": 2000, "eval_class_acc": 0.9},
            {"images": 4000, "eval_class_acc": 0.905}]
     # errors 0.5 -> 0.1 (-80%), 0.1 -> 0.095 (-5%): plateau at 2000.
