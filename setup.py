@@ -6,10 +6,12 @@ setup(
     description="Continual learning of diffusion models on an ADM (guided-diffusion) core",
     packages=find_packages(include=["guided_diffusion", "guided_diffusion.*"]),
     python_requires=">=3.9",
+    license="MIT",
     # torch is a range so that a local CPU build (e.g. 2.13.0) satisfies it: install torch first.
     install_requires=[
         "torch>=2.3",
         "numpy>=1.24",
+        "scipy>=1.9",  # FID's matrix square root (evaluation/frechet.py)
         "pyyaml>=6.0",
         "blobfile>=2.0",
         "tqdm>=4.60",

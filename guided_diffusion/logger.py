@@ -18,7 +18,8 @@ Files in ``dir`` (rank 0 alone writes; other ranks' loggers never touch the disk
 - ``log.txt``: the messages of ``log`` and the key/value tables.
 
 Optional sinks, imported only when enabled: ``wandb`` (True, a project name, or a dict of
-``wandb.init`` arguments; ``WANDB_MODE=offline`` works as wandb defines it) and ``tensorboard=True``
+``wandb.init`` arguments; ``WANDB_MODE=offline`` works as wandb defines it; the run id is kept in
+``<dir>/wandb_id.txt``, so a restarted run resumes its W&B run) and ``tensorboard=True``
 (``torch.utils.tensorboard``, needs the ``tensorboard`` package).
 
 ADM-style module functions (``configure``, ``logkv``, ``logkv_mean``, ``dumpkvs``, ``log``) forward
@@ -35,6 +36,7 @@ import math
 import numbers
 import os
 import sys
+import uuid
 from collections import defaultdict
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
@@ -231,6 +233,25 @@ class _TensorBoardSink:
         self.writer.close()
 
 
+WANDB_ID_FILE = "wandb_id.txt"
+
+
+def _stable_run_id(dir: str) -> str:
+    """The W&B run id of this run folder: read from ``wandb_id.txt``, or made and written there once."""
+    path = os.path.join(dir, WANDB_ID_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            run_id = f.read().strip()
+        if run_id:
+            return run_id
+    run_id = uuid.uuid4().hex[:12]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(run_id + "\n")
+    os.replace(tmp, path)
+    return run_id
+
+
 class _WandbSink:
     def __init__(self, dir: str, spec: Union[bool, str, Dict[str, Any]]):
         try:
@@ -246,6 +267,9 @@ class _WandbSink:
         elif isinstance(spec, dict):
             kwargs.update(spec)
         kwargs.setdefault("dir", dir)  # mode comes from WANDB_MODE unless given here
+        if "id" not in kwargs:  # one W&B run per run folder: a restarted (preempted) run continues it
+            kwargs["id"] = _stable_run_id(dir)
+            kwargs.setdefault("resume", "allow")
         self.wandb = wandb
         self.run = wandb.init(**kwargs)
 

@@ -158,11 +158,17 @@ def test_wandb_sink_with_a_stand_in_module(tmp_path, monkeypatch):
         log.logkv("loss", 0.5)
         log.logkv("name", "text is not logged to wandb")
         log.dumpkvs(3)
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    assert len(run_id) == 12
     assert calls == [
-        ("init", {"project": "p", "mode": "offline", "dir": str(tmp_path)}),
+        ("init", {"project": "p", "mode": "offline", "dir": str(tmp_path), "id": run_id, "resume": "allow"}),
         ("log", {"step": 3, "loss": 0.5}, 3),
         ("finish",),
     ]
+    # a restart (preemption) in the same run folder continues the same W&B run
+    calls.clear()
+    L.Logger(str(tmp_path), rank=0, formats=(), wandb="p").close()
+    assert calls[0] == ("init", {"project": "p", "dir": str(tmp_path), "id": run_id, "resume": "allow"})
     # other ranks never start a wandb run
     calls.clear()
     L.Logger(str(tmp_path), rank=1, wandb=True).close()
