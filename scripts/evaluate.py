@@ -1,17 +1,26 @@
 """Evaluate a set of images against a reference: FID, sFID, IS, precision/recall, KLD, ARD, accuracy.
 
-Usage:
-    python scripts/evaluate.py SAMPLES REFERENCE [options]
-    python scripts/evaluate.py experiments/run/samples_1000x28x28x1.npz mnist5k            # domain features
-    python scripts/evaluate.py mnist5k mnist5k --samples_split train --ref_split test        # real vs real
-    python scripts/evaluate.py samples.npz ref_batch.npz --features inception --inception_path P.pth
-    torchrun --nproc_per_node 2 scripts/evaluate.py samples.npz mnist5k                    # sharded features
+Usage (ADM's order, as its ``evaluator.py REF_BATCH SAMPLE_BATCH``; or name both, and nothing is guessed):
+    python scripts/evaluate.py REFERENCE SAMPLES [options]
+    python scripts/evaluate.py --ref REFERENCE --samples SAMPLES [options]
+    python scripts/evaluate.py mnist5k experiments/run/samples_1000x28x28x1.npz            # domain features
+    python scripts/evaluate.py --ref mnist5k --ref_split test --samples mnist5k --samples_split train  # real vs real
+    python scripts/evaluate.py VIRTUAL_imagenet64_labeled.npz samples.npz --features inception --inception_path P.pth
+    torchrun --nproc_per_node 2 scripts/evaluate.py mnist5k samples.npz                    # sharded features
+
+Swapped inputs are refused, not evaluated: in the positional form, a SAMPLES that holds only
+statistics, a REFERENCE named ``samples*`` (``image_sample.py``'s files) beside a SAMPLES that is
+not, or a data set name as SAMPLES beside a file as REFERENCE, stop with an error; ``--ref`` /
+``--samples`` say it explicitly. (Before this version the order was SAMPLES REFERENCE.)
 
 SAMPLES and REFERENCE are each an ADM-format ``.npz`` (``arr_0`` uint8 NHWC, optional ``arr_1``
 labels), an image folder, or a data set name (``mnist5k``, ``digits``, ``cifar10`` with
 --data_dir ...; split by --samples_split / --ref_split, default test). REFERENCE may also be a
-statistics ``.npz`` (``mu``, ``sigma`` [, ``mu_s``, ``sigma_s``]: ADM's reference batches or one
-written by --save_ref), which gives FID / sFID only. Labels of SAMPLES (``arr_1``) are read as the
+statistics ``.npz`` (``mu``, ``sigma`` [, ``mu_s``, ``sigma_s``]: one written by --save_ref), which
+gives FID / sFID only. ADM's reference batches (``VIRTUAL_*.npz``: ``arr_0`` images and Inception
+``mu``/``sigma``) are read as ADM reads them: with --features inception, FID / sFID against the
+stored statistics and the other metrics from the images; with domain features, everything from the
+images (the stored statistics are Inception's). Labels of SAMPLES (``arr_1``) are read as the
 intended classes of class-conditional samples (per-class accuracy); those of REFERENCE give the
 true class histogram (KLD, ARD).
 
@@ -52,8 +61,11 @@ from guided_diffusion.data import dataset_names  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[1:]))
-    p.add_argument("samples", help=".npz, image folder or data set name")
-    p.add_argument("reference", help=".npz (images or statistics), image folder or data set name")
+    p.add_argument("reference", nargs="?", help="REF: .npz (images, statistics or ADM's reference batch), image "
+                   "folder or data set name (ADM's order: REF first)")
+    p.add_argument("samples", nargs="?", help="SAMPLES: .npz, image folder or data set name")
+    p.add_argument("--ref", dest="ref_named", metavar="REFERENCE", help="the reference, named (instead of REF)")
+    p.add_argument("--samples", dest="samples_named", metavar="SAMPLES", help="the samples, named (instead of SAMPLES)")
     p.add_argument("--config", help="YAML whose evaluation/data sections give defaults")
     p.add_argument("--features", choices=("domain", "inception"), help="feature extractor (default: domain)")
     p.add_argument("--classifier_path", help="domain classifier .safetensors")
@@ -69,7 +81,48 @@ def parse_args(argv=None):
     p.add_argument("--json", help="also write the rows as JSON here")
     p.add_argument("--device", default="", help="cpu | cuda (default: the rank's device)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved protocol and exit")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    positional = [a for a in (args.reference, args.samples) if a is not None]
+    named = [a for a in (args.ref_named, args.samples_named) if a is not None]
+    if positional and named:
+        p.error("give REF SAMPLES as two positional arguments, or --ref and --samples, not a mix")
+    if named:
+        if len(named) != 2:
+            p.error("--ref and --samples go together")
+        args.reference, args.samples = args.ref_named, args.samples_named
+    elif len(positional) != 2:
+        p.error("two inputs are needed: REF SAMPLES (ADM's order) or --ref R --samples S")
+    else:
+        problem = swapped_inputs(args.reference, args.samples)
+        if problem:
+            raise ConfigError(f"{problem}; the order is ADM's, REF SAMPLES (it was SAMPLES REFERENCE before): "
+                              f"swap them, or name them with --ref / --samples")
+    return args
+
+
+def _stats_only(path: str) -> bool:
+    if not (path.endswith(".npz") and os.path.isfile(path)):
+        return False
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "mu" in z.files and "arr_0" not in z.files
+    except Exception:  # unreadable: load_image_set names the problem later
+        return False
+
+
+def swapped_inputs(reference: str, samples: str) -> str:
+    """Why the positional REF SAMPLES look swapped, or "" (see the manual: three signs)."""
+    if _stats_only(samples):
+        return f"SAMPLES {samples!r} holds only statistics (mu, sigma): that is a reference"
+    ref_name, smp_name = (os.path.basename(os.path.normpath(x)).lower() for x in (reference, samples))
+    if ref_name.startswith("samples") and not smp_name.startswith("samples"):
+        return f"REF {reference!r} is named like image_sample.py's samples and SAMPLES {samples!r} is not"
+    names = dataset_names()
+    if samples in names and reference not in names:
+        return f"SAMPLES {samples!r} is a real data set and REF {reference!r} a file"
+    return ""
 
 
 def main() -> int:
@@ -108,16 +161,22 @@ def main() -> int:
         extractor.to(device)
     samples = load_image_set(args.samples, split=args.samples_split, classes=classes, data_dir=args.data_dir,
                              limit=args.limit)
-    reference = None
+    reference, reference_stats = None, None
     if args.reference.endswith(".npz") and os.path.isfile(args.reference):
         stats = load_reference_stats(args.reference)
         import numpy as np
 
         with np.load(args.reference, allow_pickle=False) as z:
             has_images = "arr_0" in z.files
-        if stats is not None and not has_images:
+        if stats is not None:
             stats["source"] = stats.get("source") or args.reference
-            reference = stats
+            if not has_images:
+                reference = stats
+            elif features == "inception" and not classes:  # ADM's reference batch, read as ADM does
+                reference_stats = stats
+            elif dist_util.is_main():
+                why = "--classes keeps a subset" if classes else "they are Inception's, the features are domain"
+                print(f"note: {args.reference} carries statistics; not used ({why}): FID from its images")
     if reference is None:
         reference = load_image_set(args.reference, split=args.ref_split, classes=classes, data_dir=args.data_dir)
     progress = None
@@ -126,7 +185,7 @@ def main() -> int:
 
         progress = lambda **kw: progress_bar(**kw)  # noqa: E731
     rows = evaluate_sets(extractor, samples, reference, metrics, batch_size=batch_size, device=device,
-                         ref_cache=args.save_ref or "", progress=progress)
+                         ref_cache=args.save_ref or "", progress=progress, reference_stats=reference_stats)
     if dist_util.is_main():
         ref_desc = reference.description if hasattr(reference, "description") else f"statistics of {reference.get('source')}"
         print(f"samples:   {samples.description}")

@@ -376,3 +376,54 @@ def test_report_of_unevaluated_run_drops_empty_columns(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| method |"))
     assert header == "| method | tasks done | sec/step | train s |"
     assert "No run was evaluated" in text
+
+
+def test_reference_batch_statistics_give_fid_and_images_the_rest():
+    """ADM's reference batches: FID against the stored mu/sigma, precision/recall from arr_0."""
+    ext = _extractor()
+    x, y = _images(180)
+    ref = ImageSet(x[:60], y[:60], 10, "toy ref")
+    other = ImageSet(x[120:], y[120:], 10, "other")
+    samples = ImageSet(x[60:120], y[60:120], 10, "toy samples")
+    plain = {r.name: r.value for r in evaluate_sets(ext, samples, ref, batch_size=32)}
+    mu, sigma = feature_statistics(extract_features(ext, other.images, 32)["pool"])
+    stats = {"mu": mu, "sigma": sigma, "extractor": ""}
+    mixed = {r.name: r.value for r in evaluate_sets(ext, samples, ref, batch_size=32, reference_stats=stats)}
+    vs_other = {r.name: r.value for r in evaluate_sets(ext, samples, other, ["fid"], batch_size=32)}
+    assert mixed["fid"] == pytest.approx(vs_other["fid"], rel=1e-9) and mixed["fid"] != pytest.approx(plain["fid"])
+    assert mixed["precision"] == plain["precision"] and mixed["recall"] == plain["recall"]
+    with pytest.raises(ValueError, match="computed with 'other'"):
+        evaluate_sets(ext, samples, ref, ["fid"], batch_size=32, reference_stats=dict(stats, extractor="other"))
+
+
+def _evaluate_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_cli", os.path.join(ROOT, "scripts", "evaluate.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_evaluate_script_takes_adm_order_and_refuses_swapped_inputs(tmp_path):
+    cli = _evaluate_cli()
+    x, y = _images(40)
+    ref, smp, stats = str(tmp_path / "ref_batch.npz"), str(tmp_path / "samples_40x8x8x1.npz"), str(tmp_path / "s.npz")
+    np.savez(ref, arr_0=x[:20], arr_1=y[:20])
+    np.savez(smp, arr_0=x[20:], arr_1=y[20:])
+    np.savez(stats, mu=np.zeros(4), sigma=np.eye(4))
+    a = cli.parse_args([ref, smp])  # ADM: evaluator.py REF_BATCH SAMPLE_BATCH
+    assert (a.reference, a.samples) == (ref, smp)
+    a = cli.parse_args(["--samples", smp, "--ref", ref])
+    assert (a.reference, a.samples) == (ref, smp)
+    a = cli.parse_args(["--ref", smp, "--samples", "mnist5k"])  # named: nothing is guessed
+    assert (a.reference, a.samples) == (smp, "mnist5k")
+    for swapped, why in (([smp, ref], "named like image_sample.py's samples"),
+                         ([ref, stats], "holds only statistics"),
+                         ([ref, "mnist5k"], "is a real data set")):
+        with pytest.raises(ConfigError, match=why):
+            cli.parse_args(swapped)
+    for bad in ([ref], [ref, "--samples", smp], ["--ref", ref]):
+        with pytest.raises(SystemExit):
+            cli.parse_args(bad)
+    assert cli.swapped_inputs("mnist5k", "mnist5k") == ""  # real vs real

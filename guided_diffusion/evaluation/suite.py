@@ -42,6 +42,11 @@ def _stats(feats: np.ndarray) -> Dict[str, np.ndarray]:
     return {"mu": s.mu, "sigma": s.sigma}
 
 
+def _check_extractor(stats: Dict, extractor: FeatureExtractor) -> None:
+    if stats.get("extractor") and stats["extractor"] != extractor.name:
+        raise ValueError(f"the reference statistics were computed with {stats['extractor']!r}, not {extractor.name!r}")
+
+
 def evaluate_sets(
     extractor: FeatureExtractor,
     samples: ImageSet,
@@ -56,12 +61,16 @@ def evaluate_sets(
     progress=None,
     reference_features: Optional[Dict[str, np.ndarray]] = None,
     sample_features: Optional[Dict[str, np.ndarray]] = None,
+    reference_stats: Optional[Dict] = None,
 ) -> List[MetricRow]:
     """Metrics of ``samples`` against ``reference`` (an ``ImageSet``, or a statistics dict as
     ``load_reference_stats`` returns). Metrics that the inputs cannot give are skipped silently
     unless asked for alone; unknown names raise. ``ref_cache``: an ``.npz`` to reuse/write the
     reference statistics. ``reference_features`` / ``sample_features``: precomputed features of the
-    reference images / of the samples (``extract_features`` with this extractor)."""
+    reference images / of the samples (``extract_features`` with this extractor). ``reference_stats``:
+    statistics stored beside the reference images (ADM's reference batches carry ``mu``/``sigma``
+    of the Inception pool features): FID and sFID use them, the other metrics the images, as ADM's
+    evaluator does."""
     unknown = sorted(set(metrics) - set(ALL_METRICS))
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; valid: {', '.join(ALL_METRICS)}")
@@ -76,7 +85,13 @@ def evaluate_sets(
 
     # Reference features / statistics.
     ref_feats, ref_stats = reference_features, None
-    if ref_is_images:
+    if ref_is_images and reference_stats is not None:
+        _check_extractor(reference_stats, extractor)
+        ref_stats = reference_stats
+        base += " (FID: its stored statistics)"
+        if ref_feats is None and want & {"precision", "recall", "kld", "ard"}:
+            ref_feats = extract_features(extractor, reference.images, batch_size, device, progress)
+    elif ref_is_images:
         sha = reference.sha256()
         ref_stats = cached_reference_stats(ref_cache, extractor.name, sha)
         need_feats = bool(want & {"precision", "recall", "kld", "ard"}) or ref_stats is None
@@ -95,10 +110,7 @@ def evaluate_sets(
                                          source=reference.description, source_sha256=sha)
     else:
         ref_stats = reference
-        if reference.get("extractor") and reference["extractor"] != extractor.name:
-            raise ValueError(
-                f"the reference statistics were computed with {reference['extractor']!r}, not {extractor.name!r}"
-            )
+        _check_extractor(reference, extractor)
 
     if "fid" in want:
         s = _stats(feats["pool"])
