@@ -121,7 +121,7 @@ class SampleConfig:
     model_path: str = ""
     num_samples: int = 64
     batch_size: int = 16
-    use_ddim: bool = True
+    use_ddim: Optional[bool] = None  # unset: DDIM iff timestep_respacing starts with "ddim" (ADM; resolve_use_ddim)
     timestep_respacing: str = "ddim50"
     eta: float = 0.0
     clip_denoised: bool = True
@@ -177,7 +177,7 @@ class ContinualConfig:
     limit_tasks: int = -1  # stop after this many tasks (-1: all)
     grid_per_class: int = 8  # samples per seen class in each task's grid (0: none)
     eval_respacing: str = "ddim25"  # sampler steps for grids and evaluation (ADM's respacing spec)
-    eval_use_ddim: bool = True  # grids: DDIM (eta 0) on those steps, else ancestral (better for short-trained models)
+    eval_use_ddim: Optional[bool] = None  # grids: DDIM (eta 0) or ancestral; unset: DDIM iff eval_respacing starts with "ddim"
     teacher_ema: bool = True  # the teacher is the EMA (first rate) of the previous task, else the raw weights
     init_from: str = ""  # a run folder whose finished task 0 this run takes instead of training it (same data, model, diffusion, training, seed and first task; continual/warm_start.py)
 
@@ -201,7 +201,7 @@ class SolverConfig:
     augment: str = ""  # comma list of crop, flip, rotation, jitter, erasing
     generation_interval: int = 1  # regenerate the replay batch every this many steps
     respacing: str = "ddim25"
-    use_ddim: bool = True
+    use_ddim: Optional[bool] = None  # unset: DDIM iff respacing starts with "ddim"
     guidance_batch: int = 64  # images per guided sampling chunk (memory bound)
     scale_min: float = 1.0  # guided: per-sample scale ~ U[scale_min, scale_max]
     scale_max: float = 1.0
@@ -555,6 +555,32 @@ def _validate_energy_guidance(cfg: Config, bad) -> None:
             bad(f"sample.mcmc_start_t = {s.mcmc_start_t} is past the last timestep ({cfg.diffusion.diffusion_steps - 1})")
 
 
+def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
+    """The one rule of every sampler's ``use_ddim`` (ADM's): DDIM when it is set true; when it is
+    not set, DDIM exactly when the respacing names it (``ddim50``); otherwise ancestral steps
+    (``"250"``: 250 ancestral steps, as ADM's ``--timestep_respacing 250``; ``""``: the full chain).
+    The pairs: ``sample.{use_ddim, timestep_respacing}``, ``continual.{eval_use_ddim, eval_respacing}``,
+    ``evaluation.{use_ddim, respacing}`` (respacing "" follows the continual pair), ``solver.{use_ddim,
+    respacing}`` and a method's ``{use_ddim, timestep_respacing}``. A loaded config holds the result."""
+    if use_ddim is not None:
+        return bool(use_ddim)
+    return str(respacing or "").strip().lower().startswith("ddim")
+
+
+def resolve_samplers(cfg: Config) -> None:
+    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place)."""
+    cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
+    cfg.continual.eval_use_ddim = resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
+    cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
+    ev = cfg.evaluation
+    if not isinstance(ev, dict) and hasattr(ev, "use_ddim"):
+        ev.use_ddim = (resolve_use_ddim(ev.use_ddim, ev.respacing) if ev.respacing
+                       else (cfg.continual.eval_use_ddim if ev.use_ddim is None else bool(ev.use_ddim)))
+    m = cfg.method
+    if not isinstance(m, dict) and hasattr(m, "use_ddim") and hasattr(m, "timestep_respacing"):
+        m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
+
+
 def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:
     """Read ``path`` (YAML), apply ``overrides`` (``key.sub=value``), validate; raise ConfigError."""
     where = path or "defaults"
@@ -577,6 +603,7 @@ def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> C
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _validate_sections(cfg, where)
+    resolve_samplers(cfg)
     validate(cfg, where)
     return cfg
 

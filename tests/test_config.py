@@ -120,3 +120,28 @@ def test_shipped_yaml_files_validate(path):
 
     cfg = load_config(os.path.join(_ROOT, path))
     assert cfg.name and cfg.name != "run", f"{path} should name its run folder"
+
+
+def test_use_ddim_follows_adm_unless_set(tmp_path):
+    """ADM: --timestep_respacing 250 is 250 ancestral steps; DDIM only when asked or named (ddimN)."""
+    import guided_diffusion.continual.methods  # noqa: F401  (method schemas)
+    import guided_diffusion.evaluation  # noqa: F401  (evaluation schema)
+    from guided_diffusion.config import resolve_use_ddim
+
+    assert [resolve_use_ddim(None, r) for r in ("250", "", "ddim50", "DDIM25")] == [False, False, True, True]
+    assert resolve_use_ddim(True, "250") is True and resolve_use_ddim(False, "ddim50") is False
+    cfg = load_config(None, ["sample.timestep_respacing=250"])
+    assert cfg.sample.use_ddim is False  # was DDIM-250 before
+    assert load_config(None).sample.use_ddim is True  # the default respacing is ddim50
+    assert load_config(None, ["sample.timestep_respacing=250", "sample.use_ddim=true"]).sample.use_ddim is True
+    cfg = load_config(None, ["continual.eval_respacing=50", "solver.respacing=ddim10"])
+    assert cfg.continual.eval_use_ddim is False and cfg.solver.use_ddim is True
+    # evaluation: its own respacing, or (respacing "") the continual grids' sampler
+    cfg = load_config(None, ["evaluation.enabled=true", "continual.eval_respacing=50"])
+    assert cfg.evaluation.use_ddim is False
+    cfg = load_config(None, ["evaluation.respacing=ddim20", "continual.eval_respacing=50"])
+    assert cfg.evaluation.use_ddim is True
+    cfg = load_config(None, ["method.name=generative_replay", "method.style=guide", "method.timestep_respacing=100"])
+    assert cfg.method.use_ddim is False
+    # the loaded value is explicit, so a dumped config.yaml reloads to the same sampler
+    assert load_config(write(tmp_path, dump_config(cfg))) == cfg

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..config import ConfigError, register_section_schema
+from ..config import ConfigError, register_section_schema, resolve_use_ddim
 from .suite import ALL_METRICS
 
 
@@ -34,7 +34,7 @@ class EvaluationConfig:
     num_samples: int = 1000  # generated samples per evaluation
     batch_size: int = 100  # sampling batch (global)
     respacing: str = ""  # sampler of the evaluation samples ("" -> continual.eval_respacing)
-    use_ddim: bool = True
+    use_ddim: Optional[bool] = None  # unset: DDIM iff respacing starts with "ddim"; respacing "": the continual grids' sampler
     eta: float = 0.0
     seed: int = -1  # -1: the run's seed (the same noise after every task)
     features: str = "domain"  # domain | inception: the features of FID / precision / recall
@@ -81,7 +81,12 @@ register_section_schema("evaluation", None, EvaluationConfig)
 def evaluation_of(cfg) -> EvaluationConfig:
     """The config's evaluation section (defaults when the section is empty or unregistered)."""
     ev = cfg.evaluation
-    return ev if isinstance(ev, EvaluationConfig) else EvaluationConfig(**(ev or {}))
+    if isinstance(ev, EvaluationConfig):
+        return ev
+    ev = EvaluationConfig(**(ev or {}))
+    ev.use_ddim = (resolve_use_ddim(ev.use_ddim, ev.respacing) if ev.respacing
+                   else resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing))
+    return ev
 
 
 def classifier_path_of(cfg) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import blobfile as bf
 import torch
@@ -197,7 +198,7 @@ class GenerativeReplay(_ReplayMethod):
         weight_replay_loss: bool = True
         n_per_task: int = 1000  # guide: images generated per old task
         timestep_respacing: str = "ddim50"  # guide: the generation sampler
-        use_ddim: bool = True
+        use_ddim: Optional[bool] = None  # unset: DDIM iff timestep_respacing starts with "ddim"
         generation_batch: int = 256
 
     def __init__(self, mcfg, ctx):
