@@ -21,7 +21,7 @@ A *suite* is a YAML file (``yaml/bench/split_mnist.yaml``)::
     scales:                  # --scale NAME: these suite keys replace the ones above (whole keys)
       paper: {base: yaml/fmnist/generative_distillation.yaml, methods: {...}, ...}
 
-Each run is one process of ``scripts/continual_train.py`` (or ``classifier_cl_train.py``) on a
+Each run is one process of ``scripts/image_train.py`` (or ``classifier_cl_train.py``) on a
 config written to ``<out_dir>/configs/``; every config is built and validated before the first run
 starts. A rerun of the suite resumes: finished runs are skipped by the scripts themselves, a run
 cut short resumes from its checkpoints. Wall times go to ``<out_dir>/suite_times.csv``.
@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import yaml
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, merge_trees, read_tree
 from .evaluation.report import _md_table, _num
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,11 +84,13 @@ class RunSpec:
 
 
 def _merge(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
-    """``a`` with ``b`` merged in (nested mappings merged, everything else replaced)."""
-    out = copy.deepcopy(a)
-    for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
+    """``a`` with ``b`` merged in: the configs' one merge (``config.merge_trees``), on copies."""
+    return merge_trees(copy.deepcopy(a), copy.deepcopy(b or {}))
+
+
+def _read(path: str) -> Dict[str, Any]:
+    """A config file as the loader reads it (its ``base`` files merged in)."""
+    return read_tree(_abs(path))
 
 
 def _abs(path: str) -> str:
@@ -135,8 +137,7 @@ def _method_section(entry) -> Dict[str, Any]:
         return copy.deepcopy(entry)
     if not os.path.isfile(_abs(str(entry))):
         raise ConfigError(f"method entry {entry!r}: neither a method section nor a config file")
-    with open(_abs(str(entry))) as f:
-        return (yaml.safe_load(f) or {}).get("method") or {"name": "naive"}
+    return _read(str(entry)).get("method") or {"name": "naive"}
 
 
 def plan(suite: Suite) -> List[RunSpec]:
@@ -144,8 +145,7 @@ def plan(suite: Suite) -> List[RunSpec]:
 
     Per seed: the methods in the suite's order (with ``share_first_task``, the first one trains task
     0 and the others take it, ``continual.init_from``), then the solver runs."""
-    with open(_abs(suite.base)) as f:
-        base = yaml.safe_load(f) or {}
+    base = _read(suite.base)
     out_dir = _abs(suite.out_dir)
     cfg_dir = os.path.join(out_dir, "configs")
     os.makedirs(cfg_dir, exist_ok=True)
@@ -192,8 +192,7 @@ def plan(suite: Suite) -> List[RunSpec]:
                 first_run, first_label = run_dir, label
         if suite.solver:
             src = next(s for s in specs if s.seed == seed and s.label == suite.solver["diffusion"])
-            with open(src.config_path) as f:
-                cfg = _merge(yaml.safe_load(f), suite.solver.get("settings", {}))
+            cfg = _merge(read_tree(src.config_path), suite.solver.get("settings", {}))
             path = os.path.join(cfg_dir, f"solver_s{seed}.yaml")
             with open(path, "w") as f:
                 yaml.safe_dump(cfg, f, sort_keys=False)
@@ -208,7 +207,7 @@ def plan(suite: Suite) -> List[RunSpec]:
     return specs
 
 
-SCRIPTS = {"continual": "scripts/continual_train.py", "solver": "scripts/classifier_cl_train.py",
+SCRIPTS = {"continual": "scripts/image_train.py", "solver": "scripts/classifier_cl_train.py",
            "curve": "scripts/learning_curve.py"}
 
 
@@ -595,8 +594,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
 
 def _task0_images(suite: Suite) -> str:
     """Images seen by task 0 in the suite's runs (first_task_num_steps x batch), from the base + settings."""
-    with open(_abs(suite.base)) as f:
-        cfg = _merge(yaml.safe_load(f) or {}, suite.settings)
+    cfg = _merge(_read(suite.base), suite.settings)
     c, t = cfg.get("continual", {}), cfg.get("train", {})
     steps = c.get("first_task_num_steps", -1)
     steps = c.get("num_steps", 500) if steps in (-1, None) else steps

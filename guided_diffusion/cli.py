@@ -1,7 +1,9 @@
 """Command-line plumbing shared by the scripts: ``--config``, overrides, ``--dry-run``, clean errors.
 
-Overrides are ``key.sub=value`` words. Scripts may also accept ADM-style flags (``--model_path P``)
-that are aliases of config keys; an unknown flag fails with the closest valid one.
+Overrides are ``key.sub=value`` words. Scripts also accept flags that are aliases of config keys:
+their own (``--model_path P``) and ADM's (``adm_flags``: ``--num_channels 128``); an unknown flag
+fails with the closest valid one. ``--help`` prints the script's docstring (its manual) and every
+flag with its key, type and default.
 """
 
 from __future__ import annotations
@@ -11,41 +13,79 @@ import difflib
 import os
 import sys
 import traceback
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .config import Config, ConfigError, dump_config, load_config
+from .config import Config, ConfigError, dump_config, given_sections, key_doc, load_config
 
 
-def parse(description: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str, str]] = None,
-          default_config: Optional[str] = None) -> Tuple[Config, argparse.Namespace]:
-    """Parse ``--config PATH [--dry-run] [key.sub=value ...] [--alias value ...]`` into a Config."""
-    aliases = aliases or {}
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+# Which scripts read the sections that a training config may carry for a companion script.
+READERS = {
+    "solver": "scripts/classifier_cl_train.py",
+    "classifier": "scripts/classifier_train.py and image_sample.py",
+    "dkdm": "scripts/dynamic_prepare.py, dynamic_train.py",
+    "evaluation": "continual runs and scripts/evaluate.py --config",
+    "sample": "scripts/image_sample.py",
+    "continual": "continual runs",
+    "method": "continual runs",
+}
+
+
+def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str, str]] = None,
+          default_config: Optional[str] = None, adm: Optional[str] = None,
+          options: Sequence[Tuple[Sequence[str], Dict]] = (),
+          uses: Union[None, Sequence[str], Callable[[Config, List[str]], Sequence[str]]] = None,
+          program: str = "") -> Tuple[Config, argparse.Namespace]:
+    """Parse ``--config PATH [--dry-run] [key.sub=value ...] [--flag value ...]`` into a Config.
+
+    ``doc``: the script's docstring, printed whole by ``--help`` (its manual). ``aliases``: the
+    script's own flags (name -> config key); ``adm``: a script kind whose ADM flags are accepted
+    too (``adm_flags.flags_for``); ``options``: the script's plain options, as argparse
+    ``(names, kwargs)`` pairs, listed by ``--help``. ``uses``: the config sections the script
+    reads (or a function of the config and the sections it sets that gives them); a section the
+    config sets that is not among them is named in a warning (``args.given_sections``: the set ones). Every flag's
+    translation is kept in ``args.translations`` and printed by ``--dry-run``."""
+    from . import adm_flags
+
+    table: Dict[str, Union[str, Callable]] = dict(adm_flags.flags_for(adm)) if adm else {}
+    table.update(aliases or {})
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=_flags_help(table, adm), allow_abbrev=False)  # --class is not --classes
     p.add_argument("--config", default=default_config, help="YAML experiment file (see yaml/)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    if aliases:
-        p.epilog = "flags (aliases of config keys):\n" + "\n".join(f"  --{a:<22} {k}" for a, k in aliases.items())
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config (and the flags' keys) and exit")
+    for names, kwargs in options:
+        p.add_argument(*names, **kwargs)
     args, rest = p.parse_known_args(argv)
-    overrides = []
+    overrides: List[str] = []
+    translations: List[Tuple[str, List[str]]] = []
+    world = None
     i = 0
     while i < len(rest):
         word = rest[i]
         if word.startswith("--"):
-            name, _, value = word[2:].partition("=")
-            key = aliases.get(name) or aliases.get(name.replace("-", "_"))
-            if key is None:
+            name, eq, value = word[2:].partition("=")
+            name_u = name.replace("-", "_")
+            target = table.get(name) or table.get(name_u)
+            if target is None:
                 if "." in name:
-                    key = name
+                    target = name
+                elif name_u in adm_flags.NO_EQUIVALENT:
+                    raise ConfigError(f"ADM's flag --{name} has no equivalent here: {adm_flags.NO_EQUIVALENT[name_u]}")
                 else:
-                    match = difflib.get_close_matches(name, list(aliases) + ["config", "dry-run"], n=1)
+                    match = difflib.get_close_matches(name, list(table) + ["config", "dry-run"], n=1)
                     hint = f" (did you mean --{match[0]}?)" if match else ""
                     raise ConfigError(f"unknown flag --{name}{hint}; config keys are set as key.sub=value")
-            if not _:
+            if not eq:
                 if i + 1 >= len(rest):
                     raise ConfigError(f"flag --{name} needs a value")
                 value = rest[i + 1]
                 i += 1
-            overrides.append(f"{key}={value}")
+            if not isinstance(target, str) and world is None:
+                from .dist_util import detect
+
+                world = max(1, detect().world_size)
+            words = adm_flags.translate(name, value, target, world or 1)
+            translations.append((f"--{name} {value}", words))
+            overrides.extend(words)
         elif "=" in word:
             overrides.append(word)
         else:
@@ -54,7 +94,44 @@ def parse(description: str, argv: Optional[List[str]] = None, aliases: Optional[
     _register_section_schemas()
     cfg = load_config(args.config, overrides)
     args.overrides = overrides
+    args.translations = translations
+    args.given_sections = given_sections(args.config, overrides)
+    if callable(uses):
+        uses = uses(cfg, args.given_sections)
+    if uses is not None:
+        unused = [sec for sec in args.given_sections if sec not in uses]
+        if unused:
+            from .dist_util import detect
+
+            if detect().rank == 0:
+                where = args.config or "the overrides"
+                named = ", ".join(f"{sec} (read by {READERS[sec]})" if sec in READERS else sec for sec in unused)
+                print(f"warning: {program or 'this script'} does not read the section(s) {named} of {where}: "
+                      f"they have no effect here", file=sys.stderr, flush=True)
+    args.unused_sections = [] if uses is None else unused
     return cfg, args
+
+
+def _flags_help(table: Dict, adm: Optional[str]) -> str:
+    """--help's list of flags: what each sets, its type and default (from the config's fields)."""
+    from . import adm_flags
+
+    if not table:
+        return "Any config key: key.sub=value (e.g. train.lr=2e-4). --dry-run prints every key's value."
+    lines = ["flags (each sets config keys; ADM's names where ADM has the flag):"]
+    for name in sorted(table):
+        target = table[name]
+        doc = key_doc(target) if isinstance(target, str) else None
+        if doc is not None:
+            tname, default, comment = doc
+            text = f"{target} ({tname}, default {default!r})" + (f": {comment}" if comment else "")
+        else:
+            text = adm_flags.describe(target)
+        lines.append(f"  --{name:<26} {text}")
+    lines += ["", "Any config key: key.sub=value (e.g. train.lr=2e-4). --dry-run prints every key's value."]
+    if adm:
+        lines.append("ADM flags without an equivalent are refused: " + ", ".join(f"--{k}" for k in adm_flags.NO_EQUIVALENT))
+    return "\n".join(lines)
 
 
 def _register_section_schemas() -> None:
@@ -106,6 +183,8 @@ def run_main(fn: Callable[[], int]) -> None:
 
 def maybe_dry_run(cfg: Config, args) -> bool:
     if args.dry_run:
+        for flag, words in getattr(args, "translations", []):
+            print(f"# {flag} -> {' '.join(words)}")
         print(dump_config(cfg), end="")
         return True
     return False

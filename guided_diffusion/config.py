@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -70,6 +71,7 @@ class ModelConfig:
     dit_depth: int = 12
     dit_num_heads: int = 6
     dit_mlp_ratio: float = 4.0
+    init_path: str = ""  # start training (a continual run: task 0) from these weights: ADM / DDPM-IP / GUIDE .pt or ours (strict)
 
 
 @dataclass
@@ -581,20 +583,53 @@ def resolve_samplers(cfg: Config) -> None:
         m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
 
 
+def merge_trees(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key (recursively), anything else replaces.
+    The one merge of configs: ``base:`` files, the benchmark suites' ``settings``."""
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
+    """A YAML config file as a dict, with its ``base`` (a path or a list of paths, relative to the
+    file; later ones win, the file itself last) merged under it. Each file's own keys are checked
+    against the schema here, so an error names the file that holds the bad key."""
+    if path in _chain:
+        raise ConfigError(f"{path}: 'base' includes itself ({' -> '.join(_chain + (path,))})")
+    try:
+        with open(path) as f:
+            tree = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}" + (f" (base of {_chain[-1]})" if _chain else "")) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    bases = tree.pop("base", None)
+    try:
+        from_dict(Config, {k: v for k, v in tree.items() if k not in _SECTION_SELECTOR})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if bases is None:
+        return tree
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: base must be a path or a list of paths, got {bases!r}")
+    merged: Dict[str, Any] = {}
+    for b in bases:
+        merged = merge_trees(merged, read_tree(os.path.normpath(os.path.join(os.path.dirname(path), b)),
+                                               _chain + (path,)))
+    return merge_trees(merged, tree)
+
+
 def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:
-    """Read ``path`` (YAML), apply ``overrides`` (``key.sub=value``), validate; raise ConfigError."""
+    """Read ``path`` (YAML, with its ``base`` files), apply ``overrides`` (``key.sub=value``),
+    validate; raise ConfigError."""
     where = path or "defaults"
-    tree: Dict[str, Any] = {}
-    if path:
-        try:
-            with open(path) as f:
-                tree = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    tree: Dict[str, Any] = read_tree(path) if path else {}
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_path(tree, keys, value)
@@ -615,3 +650,75 @@ def dump_config(cfg: Config) -> str:
 def parse_list(text: str, typ=int) -> tuple:
     """'16,8' -> (16, 8)."""
     return tuple(typ(v) for v in str(text).split(",") if v.strip())
+
+
+# ----------------------------------------------------------------------------------------------
+# Documentation of the keys (for --help): type, default and the comment beside each field.
+
+def _field_comments(cls: type) -> Dict[str, str]:
+    import inspect
+    import re
+
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out: Dict[str, str] = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:\s*[^=]+=.*?#\s*(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def key_doc(key: str) -> Optional[Tuple[str, Any, str]]:
+    """(type name, default, comment) of ``section.key`` (registered section schemas included), or None."""
+    section, _, name = key.partition(".")
+    if not name:
+        f = {x.name: x for x in dataclasses.fields(Config)}.get(section)
+        if f is None or dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING
+                                                 else None):
+            return None
+        return _describe_field(Config, f)
+    f = {x.name: x for x in dataclasses.fields(Config)}.get(section)
+    if f is None:
+        return None
+    cls = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        cls = _SECTION_DEFAULT.get(section)
+    if cls is None:
+        return None
+    fields = {x.name: x for x in dataclasses.fields(cls)}
+    return _describe_field(cls, fields[name]) if name in fields else None
+
+
+def _describe_field(cls: type, f: "dataclasses.Field") -> Tuple[str, Any, str]:
+    hints = typing.get_type_hints(cls)
+    typ = hints.get(f.name, f.type)
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    if typing.get_origin(typ) is typing.Union and args:
+        typ = args[0]
+    tname = getattr(typ, "__name__", str(typ))
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        default = None
+    return tname, default, _field_comments(cls).get(f.name, "")
+
+
+def given_sections(path: Optional[str], overrides: Optional[List[str]] = None) -> List[str]:
+    """The top-level sections a YAML file and its overrides set (not the defaults)."""
+    tree: Dict[str, Any] = {}
+    if path:
+        try:
+            tree = read_tree(path)
+        except ConfigError:
+            tree = {}
+    names = [k for k, v in tree.items() if isinstance(v, dict) and v] if isinstance(tree, dict) else []
+    for text in overrides or []:
+        head = text.split("=", 1)[0].split(".")[0].strip()
+        if "." in text.split("=", 1)[0] and head not in names:
+            names.append(head)
+    return names

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import blobfile as bf
 import torch
@@ -100,6 +100,33 @@ def dataset_info(cfg: Config) -> DataInfo:
     return DataInfo(arrays.num_classes, d.channels or arrays.images.shape[-1], d.image_size)
 
 
+def info_for_weights(cfg: Config, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> DataInfo:
+    """Classes and channels of the network to load ``state_dict`` into: from the config when it
+    says (``data.channels`` and ``model.num_classes``), else from the data set when it can be read
+    (so that weights of another model are refused by the strict load), else from the weights
+    themselves (a UNet's first convolution and label embedding). Sampling a released checkpoint
+    thus needs its config, not its training data."""
+    if cfg.data.channels and (cfg.model.num_classes or not cfg.model.class_cond):
+        return DataInfo(cfg.model.num_classes if cfg.model.class_cond else 0, cfg.data.channels, cfg.data.image_size)
+    try:
+        return dataset_info(cfg)
+    except (FileNotFoundError, ConfigError) as e:
+        unreadable = e
+    sd = state_dict or {}
+    prefix = "net." if cfg.model.parameterization == "energy" else ""
+    channels, classes = cfg.data.channels, cfg.model.num_classes if cfg.model.class_cond else 0
+    first = sd.get(prefix + "input_blocks.0.0.weight")
+    if not channels and first is not None and first.dim() == 4:
+        channels = int(first.shape[1])
+    emb = sd.get(prefix + "label_emb.weight")
+    if not classes and emb is not None and cfg.model.class_cond:
+        classes = int(emb.shape[0]) - (1 if cfg.train.uncond_p > 0 else 0)
+    if channels and (classes or not cfg.model.class_cond):
+        return DataInfo(classes, channels, cfg.data.image_size)
+    raise ConfigError(f"the data set is not readable ({unreadable}) and the weights do not say the model's channels "
+                      "and classes: set data.channels and model.num_classes")
+
+
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
     """The network of ``cfg`` (``model.arch``: UNet or DiT), initialised from ``cfg.seed`` (same on every rank)."""
     torch.manual_seed(cfg.seed)
@@ -110,6 +137,22 @@ def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
     if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."
         net = EnergyModel(net, cfg.model.energy_form)
     return net
+
+
+def init_weights(cfg: Config, model: torch.nn.Module, log=None) -> None:
+    """``model.init_path``: strictly load those weights (ADM / DDPM-IP / GUIDE ``.pt``, or ours) into
+    the freshly built network at the start of training (a continual run: before task 0). A resumed
+    run's checkpoint replaces them afterwards, so rerunning the command still resumes."""
+    from .checkpoint import load_weights
+
+    path = cfg.model.init_path
+    if not path:
+        return
+    if not bf.exists(path):
+        raise ConfigError(f"model.init_path = {path!r}: no such file")
+    load_weights(model, path, what="model (model.init_path)")
+    if log is not None:
+        log(f"initial weights from {path} (model.init_path)")
 
 
 def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):

@@ -178,6 +178,7 @@ def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, 
     logger = experiment.setup_run(cfg, run_dir)
     x, y, info = experiment.load_split(cfg, "train", classes=classes)
     model = experiment.build_model(cfg, info)
+    experiment.init_weights(cfg, model, logger.log)
     diffusion = experiment.build_diffusion(cfg)
     logger.log(experiment.describe(cfg, info, model, len(x)) + f"; classes {list(classes)}; points (images) "
                + ", ".join(map(str, points)) + f" = steps {', '.join(map(str, steps))} at batch {B}")

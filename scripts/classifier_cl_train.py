@@ -25,7 +25,7 @@ from guided_diffusion.continual.solver import run_solver  # noqa: E402
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__.splitlines()[0])
+    cfg, args = cli.parse(__doc__, program="classifier_cl_train.py")
     if cli.maybe_dry_run(cfg, args):
         return 0
     solver = run_solver(cfg)

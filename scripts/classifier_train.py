@@ -39,7 +39,7 @@ class EvalHook(TrainHook):
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__.splitlines()[0])
+    cfg, args = cli.parse(__doc__, adm="classifier", program="classifier_train.py")
     if cli.maybe_dry_run(cfg, args):
         return 0
     c = cfg.classifier

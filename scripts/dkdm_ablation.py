@@ -19,7 +19,6 @@ teacher and each student's EMA are evaluated against the real test images of ``d
 ``evaluation`` section). A rerun resumes every stage. See guided_diffusion/dkdm/ablation.py.
 """
 
-import argparse
 import os
 import shlex
 import sys
@@ -31,20 +30,18 @@ from guided_diffusion.dkdm import ablation, config as dkdm_config  # noqa: E402
 
 
 def main() -> int:
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print(__doc__)
-        return 0
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--modes", default=",".join(ablation.MODES))
-    p.add_argument("--baseline_images", type=int, default=0)
-    p.add_argument("--out", default="")
-    p.add_argument("--report-only", action="store_true")
-    own, rest = p.parse_known_args(sys.argv[1:])
+    options = [
+        (["--modes"], dict(default=",".join(ablation.MODES), help=f"students to train (default {','.join(ablation.MODES)})")),
+        (["--baseline_images"], dict(type=int, default=0, help="the baseline's fixed teacher set (default 0: as many "
+                                     "as the real training set)")),
+        (["--out"], dict(default="", help="results folder (default experiments/results/<name>)")),
+        (["--report-only"], dict(action="store_true", help="only rewrite the README from results.csv")),
+    ]
     import guided_diffusion.evaluation.settings  # noqa: F401  (the evaluation section's schema)
 
-    cfg, args = cli.parse(__doc__.splitlines()[0], rest)
+    cfg, own = cli.parse(__doc__, options=options, program="dkdm_ablation.py")
     dkdm_config.check(cfg)
-    if cli.maybe_dry_run(cfg, args):
+    if cli.maybe_dry_run(cfg, own):
         return 0
     out = own.out or os.path.join("experiments", "results", cfg.name)
     modes = [m.strip() for m in own.modes.split(",") if m.strip()]

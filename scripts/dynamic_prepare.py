@@ -26,7 +26,7 @@ from guided_diffusion.dkdm import pipeline  # noqa: E402
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__.splitlines()[0])
+    cfg, args = cli.parse(__doc__, program="dynamic_prepare.py")
     dkdm_config.check(cfg)
     if cli.maybe_dry_run(cfg, args):
         return 0

@@ -28,7 +28,7 @@ from guided_diffusion.dkdm import pipeline  # noqa: E402
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__.splitlines()[0])
+    cfg, args = cli.parse(__doc__, adm="train", program="dynamic_train.py")
     dkdm_config.check(cfg)
     if cli.maybe_dry_run(cfg, args):
         return 0

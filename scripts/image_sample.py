@@ -36,12 +36,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import argparse  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from guided_diffusion import cli, dist_util, experiment  # noqa: E402
-from guided_diffusion.checkpoint import load_weights  # noqa: E402
+from guided_diffusion.checkpoint import load_checked, load_state_dict_file, load_weights  # noqa: E402
 from guided_diffusion.config import ConfigError  # noqa: E402
 from guided_diffusion.guidance import classifier_cond_fn  # noqa: E402
 from guided_diffusion.cfg import null_class_of  # noqa: E402
@@ -74,24 +75,29 @@ ALIASES = {
 }
 
 
+def _class_list(text: str):
+    try:
+        out = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected class labels like 0,1,2,3, got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("expected class labels like 0,1,2,3")
+    return out
+
+
+OPTIONS = [
+    (["--classes"], dict(type=_class_list, default=None, metavar="0,1,2",
+                         help="samples spread over these classes, class by class (default: uniform over all)")),
+    (["--to_rgb"], dict(type=lambda v: str(v).lower() in ("1", "true", "yes", "on"), default=False, metavar="BOOL",
+                        help="write grayscale sets as RGB (ADM's evaluator expects 3 channels; default false)")),
+]
+USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist")
+
+
 def main() -> int:
-    argv = sys.argv[1:]
-    to_rgb = False
-    if "--to_rgb" in argv:
-        i = argv.index("--to_rgb")
-        to_rgb = argv[i + 1].lower() in ("1", "true", "yes")
-        del argv[i : i + 2]
-    only_classes = None
-    if "--classes" in argv:
-        i = argv.index("--classes")
-        if i + 1 >= len(argv):
-            raise ConfigError("--classes needs a comma-separated list of class labels, e.g. --classes 0,1,2,3")
-        try:
-            only_classes = [int(c) for c in argv[i + 1].split(",") if c.strip()]
-        except ValueError:
-            raise ConfigError(f"--classes {argv[i + 1]!r}: expected class labels like 0,1,2,3") from None
-        del argv[i : i + 2]
-    cfg, args = cli.parse(__doc__.splitlines()[0], argv=argv, aliases=ALIASES)
+    cfg, args = cli.parse(__doc__, aliases=ALIASES, adm="sample", options=OPTIONS, uses=USES,
+                          program="image_sample.py")
+    to_rgb, only_classes = args.to_rgb, args.classes
     if cli.maybe_dry_run(cfg, args):
         return 0
     s = cfg.sample
@@ -99,9 +105,11 @@ def main() -> int:
         raise ConfigError("no model to sample: give --model_path (or sample.model_path in the config)")
     device = experiment.init_process(cfg)
     out_dir = s.out_dir or experiment.run_dir_of(cfg)
-    info = experiment.dataset_info(cfg)
+    weights = load_state_dict_file(s.model_path)
+    info = experiment.info_for_weights(cfg, weights)  # no data set needed when the weights tell
     model = experiment.build_model(cfg, info)
-    load_weights(model, s.model_path, what="model")
+    load_checked(model, weights, s.model_path, what="model")
+    del weights
     model.to(device)
     if s.class_label >= info.num_classes:
         raise ConfigError(f"--class {s.class_label}: the model has {info.num_classes} classes")

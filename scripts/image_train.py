@@ -1,17 +1,24 @@
-"""Train a diffusion model on one dataset (IID training).
+"""Train a diffusion model: IID training on one data set, or a continual run task after task.
+
+One entry point, as GUIDE's: a config with a ``method`` or ``continual`` section runs the continual
+loop (the same as scripts/continual_train.py), any other config trains one model on the data set.
 
 Usage (one process, CPU or one GPU):
     python scripts/image_train.py --config yaml/mnist/iid.yaml
+    python scripts/image_train.py --config yaml/mnist/generative_distillation.yaml     # continual
 Several processes on one machine (gloo on CPU, NCCL on GPUs):
     mpiexec -n 2 python scripts/image_train.py --config yaml/mnist/iid.yaml
     torchrun --nproc_per_node 2 scripts/image_train.py --config yaml/mnist/iid.yaml
 Override any config key:  train.total_steps=2000 model.num_channels=64 name=my_run
+ADM's flags:  --num_channels 128 --num_res_blocks 3 --lr 1e-4 --batch_size 32 (per process, as ADM's)
+    --resume_checkpoint P (start from these weights)   (the list: --help; what they set: --dry-run)
 Print the resolved config: --dry-run
 
-The run writes to experiments/<name>/: config.yaml, progress.csv/.jsonl, log.txt, checkpoints
+An IID run writes to experiments/<name>/: config.yaml, progress.csv/.jsonl, log.txt, checkpoints
 (model/ema/opt/state + a manifest per step, EMA weights also as .safetensors + .json) and, at the
-end, samples.png. Rerunning the same command resumes from the latest complete checkpoint; SIGTERM
-or SIGUSR1 writes a checkpoint at the next step and exits 0.
+end, samples.png. A continual run: task_{k}/ folders and metrics.csv (see continual_train.py).
+Rerunning the same command resumes from the latest complete checkpoint; SIGTERM or SIGUSR1 writes
+a checkpoint at the next step and exits 0.
 """
 
 import os
@@ -21,21 +28,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import cli, dist_util, experiment  # noqa: E402
 from guided_diffusion.cfg import null_class_of  # noqa: E402
+from guided_diffusion.continual.loop import USES, is_continual, train_continual  # noqa: E402
 from guided_diffusion.data import InfiniteLoader  # noqa: E402
 from guided_diffusion.image_util import save_grid  # noqa: E402
 from guided_diffusion.sampling import sample_set  # noqa: E402
 from guided_diffusion.train_util import DiffusionObjective, TrainLoop  # noqa: E402
 
 
+IID_USES = ("data", "model", "diffusion", "train", "sample", "dist")
+
+
 def main() -> int:
-    cfg, args = cli.parse(__doc__.splitlines()[0], default_config=None)
+    cfg, args = cli.parse(__doc__, adm="train", program="image_train.py",
+                          uses=lambda cfg, given: USES if is_continual(cfg, given) else IID_USES)
     if cli.maybe_dry_run(cfg, args):
         return 0
+    if is_continual(cfg, args.given_sections):
+        return train_continual(cfg)
     device = experiment.init_process(cfg)
     run_dir = experiment.run_dir_of(cfg)
     logger = experiment.setup_run(cfg)
     x, y, info = experiment.load_split(cfg, "train")
     model = experiment.build_model(cfg, info)
+    experiment.init_weights(cfg, model, logger.log)
     diffusion = experiment.build_diffusion(cfg)
     logger.log(experiment.describe(cfg, info, model, len(x)))
     data = InfiniteLoader(x, y, cfg.train.batch_size, rank=dist_util.get_rank(),

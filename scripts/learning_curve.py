@@ -22,26 +22,26 @@ seconds, seconds per image, FID, floor, class accuracy, ...), curve.png, grid_<i
 prints the plateau: the first point whose doubling improves FID by less than 10%. A rerun resumes.
 """
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import cli, learning_curve as lc  # noqa: E402
-from guided_diffusion.config import ConfigError  # noqa: E402
+from guided_diffusion.config import ConfigError, load_config  # noqa: E402
 
 
-def _own_args(argv):
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--classes", default="all")
-    p.add_argument("--points", default="4k:64k")
-    p.add_argument("--num_samples", type=int, default=500)
-    p.add_argument("--out", default="")
-    p.add_argument("--label", default="")
-    p.add_argument("--plot", nargs="+", default=None)
-    p.add_argument("--title", default="")
-    return p.parse_known_args(argv)
+OPTIONS = [
+    (["--classes"], dict(default="all", help="class subset: 0,1 or all (default all)")),
+    (["--points"], dict(default="4k:64k", help="images seen at each evaluation: 4k,8k,16k or 4k:64k (doublings); "
+                        "default 4k:64k")),
+    (["--num_samples"], dict(type=int, default=500, help="samples per evaluation (default 500; sets "
+                             "evaluation.num_samples)")),
+    (["--out"], dict(default="", help="run folder (default experiments/curves/<name>)")),
+    (["--label"], dict(default="", help="the curve's name in plots (default: the run folder's)")),
+    (["--plot"], dict(nargs="+", default=None, metavar="RUN", help="only draw these runs' curves into --out")),
+    (["--title"], dict(default="", help="the plot's title")),
+]
 
 
 def _points(text: str):
@@ -53,10 +53,7 @@ def _points(text: str):
 
 
 def main() -> int:
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):
-        print(__doc__)
-        return 0
-    own, rest = _own_args(sys.argv[1:])
+    cfg, own = cli.parse(__doc__, adm="train", options=OPTIONS, program="learning_curve.py")
     if own.plot:
         missing = [d for d in own.plot if not os.path.isfile(os.path.join(d, "curve.csv"))]
         if missing:
@@ -66,8 +63,8 @@ def main() -> int:
         print(lc.curve_table(own.plot), end="")
         print(f"wrote {out}")
         return 0
-    cfg, args = cli.parse(__doc__.splitlines()[0], rest + [f"evaluation.num_samples={own.num_samples}"])
-    if cli.maybe_dry_run(cfg, args):
+    cfg = load_config(own.config, own.overrides + [f"evaluation.num_samples={own.num_samples}"])
+    if cli.maybe_dry_run(cfg, own):
         return 0
     from guided_diffusion import experiment
 

@@ -36,14 +36,15 @@ ALIASES = {
 }
 
 
+OPTIONS = [
+    (["--force"], dict(type=lambda v: str(v).lower() in ("1", "true", "yes", "on"), default=False, metavar="BOOL",
+                       help="retrain even when the classifier file exists (default false)")),
+]
+
+
 def main() -> int:
-    argv = sys.argv[1:]
-    force = False
-    if "--force" in argv:
-        i = argv.index("--force")
-        force = argv[i + 1].lower() in ("1", "true", "yes")
-        del argv[i : i + 2]
-    cfg, args = cli.parse(__doc__.splitlines()[0], argv=argv, aliases=ALIASES)
+    cfg, args = cli.parse(__doc__, aliases=ALIASES, options=OPTIONS, program="train_eval_classifier.py")
+    force = args.force
     if cli.maybe_dry_run(cfg, args):
         return 0
     path = classifier_path_of(cfg)

@@ -112,6 +112,19 @@ def test_every_method_preset_exists_for_each_benchmark():
     assert names("mnist") >= names("fmnist") == names("cifar10_5") and len(names("fmnist")) >= 11
 
 
+def _bases():
+    out = set()
+    for path in _SHIPPED:
+        with open(os.path.join(_ROOT, path)) as f:
+            b = (yaml.safe_load(f) or {}).get("base") or []
+        for name in [b] if isinstance(b, str) else b:
+            out.add(os.path.normpath(os.path.join(os.path.dirname(path), name)))
+    return out
+
+
+_BASES = _bases()
+
+
 @pytest.mark.parametrize("path", _SHIPPED)
 def test_shipped_yaml_files_validate(path):
     from guided_diffusion.cli import _register_section_schemas
@@ -119,7 +132,30 @@ def test_shipped_yaml_files_validate(path):
     _register_section_schemas()  # the method, evaluation and dkdm sections
 
     cfg = load_config(os.path.join(_ROOT, path))
-    assert cfg.name and cfg.name != "run", f"{path} should name its run folder"
+    if path not in _BASES:  # common.yaml / split.yaml: the presets' shared parts, not runs
+        assert cfg.name and cfg.name != "run", f"{path} should name its run folder"
+
+
+def test_presets_inherit_and_an_error_names_the_file(tmp_path):
+    """``base:`` (a path or a list, relative to the file; later ones win, the file last)."""
+    assert {"yaml/mnist/common.yaml", "yaml/mnist/split.yaml"} <= _BASES
+    ewc = load_config(os.path.join(_ROOT, "yaml/mnist/ewc.yaml"))
+    assert (ewc.model.num_channels, ewc.model.norm_groups, ewc.continual.scenario) == (32, 8, "split_mnist")
+    (tmp_path / "a.yaml").write_text("model: {num_channels: 48, dropout: 0.1}\ntrain: {lr: 0.5}\n")
+    (tmp_path / "b.yaml").write_text("model: {num_channels: 64}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "c.yaml").write_text("base: [../a.yaml, ../b.yaml]\nname: c\ntrain: {lr: 0.25}\n")
+    c = load_config(str(tmp_path / "sub" / "c.yaml"))
+    assert (c.model.num_channels, c.model.dropout, c.train.lr, c.name) == (64, 0.1, 0.25, "c")
+    (tmp_path / "b.yaml").write_text("model: {num_chanels: 64}\n")
+    with pytest.raises(ConfigError, match=r"b\.yaml: .*num_chanels"):
+        load_config(str(tmp_path / "sub" / "c.yaml"))
+    (tmp_path / "b.yaml").write_text("base: sub/c.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(str(tmp_path / "sub" / "c.yaml"))
+    (tmp_path / "b.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml .base of"):
+        load_config(str(tmp_path / "sub" / "c.yaml"))
 
 
 def test_use_ddim_follows_adm_unless_set(tmp_path):

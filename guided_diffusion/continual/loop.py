@@ -167,7 +167,9 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     if cfg.model.class_cond is False and cfg.method and getattr(cfg.method, "requires_class_cond", False):
         raise ValueError(f"method {cfg.method.name} needs a class-conditional model (model.class_cond: true)")
     scenario = build_scenario(cfg.continual, info.num_classes)
-    model = experiment.build_model(cfg, info).to(device)
+    model = experiment.build_model(cfg, info)
+    experiment.init_weights(cfg, model, root_logger.log)  # task 0 starts from them (finished tasks replace them)
+    model = model.to(device)
     diffusion = experiment.build_diffusion(cfg)
     ctx = ContinualContext(cfg, scenario, x, y, info, model, diffusion, device, run_dir, root_logger,
                            dist_util.get_rank(), dist_util.get_world_size())
@@ -309,3 +311,27 @@ def _last_terms(tdir: str) -> Dict[str, float]:
                  "teacher_nfe") and v not in ("", None):
             out[f"final_{k}"] = float(v)
     return out
+
+
+# The sections a continual run reads (scripts warn about the others a config sets).
+USES = ("data", "model", "diffusion", "train", "sample", "dist", "continual", "method", "evaluation")
+
+
+def is_continual(cfg, given_sections) -> bool:
+    """A config describes a continual run when it sets a ``method`` or a ``continual`` section."""
+    return bool(cfg.method) or "continual" in given_sections or "method" in given_sections
+
+
+def train_continual(cfg) -> int:
+    """The continual entry point of image_train.py and continual_train.py: every task, then the
+    per-task summary (sample accuracy and FID when evaluated)."""
+    ctx = run_continual(cfg)
+    if dist_util.is_main():
+        from ..evaluation.report import task_summary
+
+        ctx.logger.log("\n" + task_summary(ctx.run_dir))
+    ctx.logger.log(f"all tasks done: see {ctx.run_dir}/metrics.csv and task_*/samples.png; a report: "
+                   f"python scripts/report.py {ctx.run_dir}")
+    ctx.logger.close()
+    dist_util.cleanup()
+    return 0
