@@ -139,3 +139,21 @@ def test_image_train_runs_a_continual_config(tmp_path):
     # continual_train.py refuses an IID config rather than running something else.
     p = run(["scripts/continual_train.py", "--config", "yaml/mnist/iid.yaml", "--dry-run"], check=False)
     assert p.returncode == 2 and "no method or continual section" in p.stderr
+
+
+def test_ddpm_ip_teacher_preset_is_dkdms_57m_cnn():
+    """yaml/cifar10_32/ddpm_ip_teacher.yaml builds DDPM-IP's CIFAR-10 UNet from the config alone (no
+    CIFAR-10 files): DKDM's 57M-CNN teacher; dkdm.yaml's student is its 14M."""
+    import guided_diffusion.dkdm.config  # noqa: F401  (the dkdm section)
+    from guided_diffusion import experiment
+    from guided_diffusion.config import load_config
+
+    cfg = load_config(os.path.join(ROOT, "yaml/cifar10_32/ddpm_ip_teacher.yaml"), ["data.data_dir=/nonexistent"])
+    info = experiment.info_for_weights(cfg)
+    assert (info.channels, info.num_classes) == (3, 0)
+    teacher = experiment.build_model(cfg, info)
+    assert round(sum(p.numel() for p in teacher.parameters()) / 1e6) == 57
+    assert teacher.state_dict()["out.2.weight"].shape[0] == 6  # learn_sigma: eps and the variance
+    student = load_config(os.path.join(ROOT, "yaml/cifar10_32/dkdm.yaml"))
+    assert student.dkdm.teacher_model["num_channels"] == cfg.model.num_channels
+    assert round(sum(p.numel() for p in experiment.build_model(student, info).parameters()) / 1e6) == 14
