@@ -119,10 +119,11 @@ def peak_memory_mb(device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=["mnist_demo", "mnist", "small", "adm_cifar10"], choices=list(CONFIGS))
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--iters", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--configs", nargs="+", default=["mnist_demo", "mnist", "small", "adm_cifar10"], choices=list(CONFIGS),
+                   help="models to time (default: all)")
+    p.add_argument("--batch", type=int, default=32, help="training and sampling batch (default 32)")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations after a warm-up; the median (default 5)")
     p.add_argument("--ddim-steps", type=int, default=5, help="DDIM steps timed (reported as DDIM-50 img/s)")
     p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
                    help="default: bf16 on CUDA, fp32 on CPU (a CPU without AVX512-BF16/AMX runs bf16 ~10x slower)")

@@ -157,3 +157,15 @@ def test_ddpm_ip_teacher_preset_is_dkdms_57m_cnn():
     student = load_config(os.path.join(ROOT, "yaml/cifar10_32/dkdm.yaml"))
     assert student.dkdm.teacher_model["num_channels"] == cfg.model.num_channels
     assert round(sum(p.numel() for p in experiment.build_model(student, info).parameters()) / 1e6) == 14
+
+
+@pytest.mark.parametrize("script", sorted(f for f in os.listdir(os.path.join(ROOT, "scripts")) if f.endswith(".py")))
+def test_every_scripts_help_is_its_docstring(script):
+    import ast
+
+    with open(os.path.join(ROOT, "scripts", script)) as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ""
+    out = run([f"scripts/{script}", "--help"]).stdout
+    lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
+    shown = [ln for ln in lines if ln in out]
+    assert lines and len(shown) == len(lines), f"{script} --help leaves out: {[ln for ln in lines if ln not in out][:3]}"
