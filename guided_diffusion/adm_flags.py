@@ -155,8 +155,9 @@ def flags_for(kind: str) -> Dict[str, Target]:
         table.update(batch_size=_per_process_batch("train.batch_size"), use_fp16=_use_fp16,
                      lr_anneal_steps=_lr_anneal_steps, resume_checkpoint=_resume_checkpoint)
         return table
-    if kind == "sample":
-        return {**MODEL_FLAGS, **SAMPLE_FLAGS}
+    if kind == "sample":  # image_sample.py and classifier_sample.py: the classifier's architecture too
+        arch = {k: v for k, v in CLASSIFIER_FLAGS.items() if k.startswith("classifier_")}
+        return {**MODEL_FLAGS, **arch, **SAMPLE_FLAGS}
     if kind == "classifier":
         table = dict(CLASSIFIER_FLAGS)
         table.update(batch_size=_per_process_batch("classifier.batch_size"))

@@ -54,6 +54,8 @@ def test_adm_flags_set_the_keys_adm_means(monkeypatch):
     assert (cfg.sample.timestep_respacing, cfg.sample.use_ddim) == ("250", False)
     cfg, _ = cli.parse("doc", ["--timestep_respacing", "ddim250"], adm="sample")
     assert cfg.sample.use_ddim is True
+    cfg, _ = cli.parse("doc", ["--classifier_width", "64", "--classifier_scale", "2.5"], adm="sample")
+    assert (cfg.classifier.width, cfg.sample.classifier_scale) == (64, 2.5)  # classifier_sample.py's flags
     with pytest.raises(ConfigError, match="train forever"):
         cli.parse("doc", ["--lr_anneal_steps", "0"], adm="train")
     with pytest.raises(ConfigError, match="no equivalent"):
