@@ -2,8 +2,8 @@
 evaluation, then one comparison report with the papers' claims checked.
 
 Usage:
-    python scripts/benchmark_cl.py --suite yaml/bench/split_mnist.yaml            # CPU, ~1 hour, 1 seed
-    python scripts/benchmark_cl.py --suite yaml/bench/split_mnist.yaml --seeds 0,1,2
+    python scripts/benchmark_cl.py --suite yaml/bench/split_mnist.yaml --jobs 2   # CPU, 3 seeds: hours; resumes
+    python scripts/benchmark_cl.py --suite yaml/bench/split_mnist.yaml --seeds 0     # one seed (claims: not resolved)
     python scripts/benchmark_cl.py --suite yaml/bench/split_mnist.yaml --scale paper   # split Fashion-MNIST
                                                                                       # at the papers' sizes (GPU)
     python scripts/benchmark_cl.py --suite ... --report-only     # rebuild the report from the logs
