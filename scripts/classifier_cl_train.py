@@ -2,8 +2,8 @@
 
 Usage (after the diffusion run of the same config has finished):
     python scripts/continual_train.py --config yaml/mnist/generative_distillation.yaml
-    python scripts/classifier_cl_train.py --config yaml/mnist/generative_distillation.yaml solver.replay=guided
-    python scripts/classifier_cl_train.py --config yaml/mnist/generative_distillation.yaml solver.replay=plain
+    python scripts/classifier_cl_train.py --config yaml/mnist/solver.yaml solver.replay=guided
+    python scripts/classifier_cl_train.py --config yaml/mnist/solver.yaml solver.replay=plain
 The ``solver`` section sets the classifier (arch cnn | resnet18), the replay (none, joint, plain,
 soft, guided), steps, SGD learning rates, augmentation and GUIDE's guidance options
 (scale_min/max, use_old_grad, use_new_grad, guid_to_new_classes). The diffusion model of task

@@ -315,6 +315,8 @@ TINY = [
 
 
 def _cfg(tmp_path, method_yaml, extra=()):
+    import guided_diffusion.evaluation  # noqa: F401  (the evaluation section's schema: the main job's preset has one)
+
     cfg = load_config(os.path.join(ROOT, method_yaml), TINY + [f"out_dir={tmp_path}", *extra])
     return cfg
 
@@ -442,7 +444,7 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
     from guided_diffusion.continual.loop import run_continual
     from guided_diffusion.continual.solver import run_solver
 
-    cfg = _cfg(tmp_path, "yaml/mnist/generative_distillation.yaml",
+    cfg = _cfg(tmp_path, "yaml/mnist/solver.yaml",
                ["solver.init_num_steps=3", "solver.num_steps=2", "solver.batch_size=12", "solver.respacing=ddim5",
                 "solver.log_interval=1", "solver.augment=crop,flip,rotation,jitter,erasing",
                 "solver.generation_interval=1"])

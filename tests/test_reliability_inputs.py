@@ -114,7 +114,7 @@ def test_guide_and_guidance_need_a_class_conditional_model(tmp_path):
               "GUIDE", "class-conditional model")
     one_error(*continual("generative_distillation", tmp_path, "model.class_cond=false", "sample.guidance_scale=3")[::2],
               "sample.guidance_scale", "class-conditional")
-    code, _, err = run_script("classifier_cl_train.py", "--config", "yaml/mnist/generative_distillation.yaml",
+    code, _, err = run_script("classifier_cl_train.py", "--config", "yaml/mnist/solver.yaml",
                               "solver.replay=guided", "model.class_cond=false", f"out_dir={tmp_path}")
     one_error(code, err, "solver.replay guided needs a class-conditional diffusion model")
 
