@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Union
 
-from .config import ConfigError
+from .config import ConfigError, parse_bool
 
 # model_and_diffusion_defaults(): every script that builds the UNet.
 MODEL_FLAGS: Dict[str, str] = {
@@ -119,7 +119,7 @@ def _per_process_batch(key: str) -> Translation:
 
 
 def _use_fp16(value: str, world_size: int) -> List[str]:
-    on = str(value).strip().lower() in ("true", "1", "yes", "on")
+    on = parse_bool(value, "--use_fp16")
     return ["model.use_fp16=" + ("true" if on else "false")] + (["train.precision=fp16"] if on else [])
 
 
@@ -170,8 +170,8 @@ def describe(target: Target) -> str:
     return target if isinstance(target, str) else (target.__doc__ or "")
 
 
-def translate(name: str, value: str, target: Target, world_size: int) -> List[str]:
-    """The ``key=value`` overrides that flag ``--name value`` stands for."""
+def translate(value: str, target: Target, world_size: int) -> List[str]:
+    """The ``key=value`` overrides that a flag with ``target`` (its ``flags_for`` entry) and ``value`` stands for."""
     if isinstance(target, str):
         return [f"{target}={value}"]
     return target(value, world_size)

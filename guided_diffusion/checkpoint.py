@@ -22,7 +22,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import blobfile as bf
 import torch
@@ -117,6 +117,15 @@ def load_state_dict_file(path: str, map_location="cpu") -> Dict[str, torch.Tenso
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state_dict of tensors")
     return obj
+
+
+def unet_shapes(sd: Dict[str, torch.Tensor], prefix: str = "") -> Tuple[Optional[int], Optional[int], int]:
+    """(input channels, output channels, label rows) of an ADM UNet state_dict (keys under ``prefix``);
+    None for a channel count the weights do not hold, 0 rows without a label embedding."""
+    first, out, emb = (sd.get(prefix + k) for k in ("input_blocks.0.0.weight", "out.2.weight", "label_emb.weight"))
+    c_in = int(first.shape[1]) if first is not None and first.dim() == 4 else None
+    c_out = int(out.shape[0]) if out is not None else None
+    return c_in, c_out, int(emb.shape[0]) if emb is not None else 0
 
 
 def load_weights(module: torch.nn.Module, path: str, what: str = "model") -> None:

@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .config import Config, ConfigError, dump_config, given_sections, key_doc, load_config
+from .config import Config, ConfigError, config_from_tree, dump_config, given_sections, key_doc, parse_bool, read_config_tree
 
 
 # Which scripts read the sections that a training config may carry for a companion script.
@@ -83,7 +83,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                 from .dist_util import detect
 
                 world = max(1, detect().world_size)
-            words = adm_flags.translate(name, value, target, world or 1)
+            words = adm_flags.translate(value, target, world or 1)
             translations.append((f"--{name} {value}", words))
             overrides.extend(words)
         elif "=" in word:
@@ -92,10 +92,11 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
             raise ConfigError(f"unexpected argument '{word}': overrides look like key.sub=value")
         i += 1
     _register_section_schemas()
-    cfg = load_config(args.config, overrides)
+    tree = read_config_tree(args.config, overrides)
+    args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
+    cfg = config_from_tree(tree, args.config or "defaults")
     args.overrides = overrides
     args.translations = translations
-    args.given_sections = given_sections(args.config, overrides)
     if callable(uses):
         uses = uses(cfg, args.given_sections)
     if uses is not None:
@@ -108,8 +109,16 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                 named = ", ".join(f"{sec} (read by {READERS[sec]})" if sec in READERS else sec for sec in unused)
                 print(f"warning: {program or 'this script'} does not read the section(s) {named} of {where}: "
                       f"they have no effect here", file=sys.stderr, flush=True)
-    args.unused_sections = [] if uses is None else unused
     return cfg, args
+
+
+def bool_type(flag: str) -> Callable[[str], bool]:
+    """An argparse ``type`` for a script's true/false option, spelled as in configs (``config.parse_bool``)."""
+    def parse_flag(value: str) -> bool:
+        return parse_bool(value, flag)
+
+    parse_flag.__name__ = "true/false"  # argparse's message: invalid true/false value
+    return parse_flag
 
 
 def _flags_help(table: Dict, adm: Optional[str]) -> str:

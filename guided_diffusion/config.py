@@ -569,6 +569,19 @@ def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
     return str(respacing or "").strip().lower().startswith("ddim")
 
 
+def resolve_evaluation_use_ddim(use_ddim: Optional[bool], respacing: str, cfg: Config) -> bool:
+    """``evaluation.use_ddim``: the rule on its own respacing; with respacing "" (the evaluation
+    samples with the continual grids' sampler) an unset value follows ``continual.eval_use_ddim``."""
+    if use_ddim is None and not respacing:
+        return resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
+    return resolve_use_ddim(use_ddim, respacing)
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    """A true/false value as configs spell it (true/false, yes/no, 1/0, on/off), or ConfigError."""
+    return _coerce(value, bool, where)
+
+
 def resolve_samplers(cfg: Config) -> None:
     """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place)."""
     cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
@@ -576,8 +589,7 @@ def resolve_samplers(cfg: Config) -> None:
     cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
     ev = cfg.evaluation
     if not isinstance(ev, dict) and hasattr(ev, "use_ddim"):
-        ev.use_ddim = (resolve_use_ddim(ev.use_ddim, ev.respacing) if ev.respacing
-                       else (cfg.continual.eval_use_ddim if ev.use_ddim is None else bool(ev.use_ddim)))
+        ev.use_ddim = resolve_evaluation_use_ddim(ev.use_ddim, ev.respacing, cfg)
     m = cfg.method
     if not isinstance(m, dict) and hasattr(m, "use_ddim") and hasattr(m, "timestep_respacing"):
         m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
@@ -625,14 +637,18 @@ def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
     return merge_trees(merged, tree)
 
 
-def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:
-    """Read ``path`` (YAML, with its ``base`` files), apply ``overrides`` (``key.sub=value``),
-    validate; raise ConfigError."""
-    where = path or "defaults"
+def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None) -> Dict[str, Any]:
+    """The raw settings of a config: ``path`` (YAML, with its ``base`` files) and ``overrides``
+    (``key.sub=value``) applied on top; nothing validated beyond each file's own keys."""
     tree: Dict[str, Any] = read_tree(path) if path else {}
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_path(tree, keys, value)
+    return tree
+
+
+def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
+    """Validate raw settings (``read_config_tree``) into a Config; raise ConfigError naming ``where``."""
     try:
         cfg = from_dict(Config, tree)
     except ConfigError as e:
@@ -641,6 +657,12 @@ def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> C
     resolve_samplers(cfg)
     validate(cfg, where)
     return cfg
+
+
+def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:
+    """Read ``path`` (YAML, with its ``base`` files), apply ``overrides`` (``key.sub=value``),
+    validate; raise ConfigError."""
+    return config_from_tree(read_config_tree(path, overrides), path or "defaults")
 
 
 def dump_config(cfg: Config) -> str:
@@ -672,23 +694,18 @@ def _field_comments(cls: type) -> Dict[str, str]:
 
 
 def key_doc(key: str) -> Optional[Tuple[str, Any, str]]:
-    """(type name, default, comment) of ``section.key`` (registered section schemas included), or None."""
+    """(type name, default, comment) of ``section.key`` (registered section schemas included) or of a
+    top-level ``key``; None for an unknown key."""
     section, _, name = key.partition(".")
-    if not name:
-        f = {x.name: x for x in dataclasses.fields(Config)}.get(section)
-        if f is None or dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING
-                                                 else None):
-            return None
-        return _describe_field(Config, f)
-    f = {x.name: x for x in dataclasses.fields(Config)}.get(section)
-    if f is None:
+    top = {f.name: f for f in dataclasses.fields(Config)}.get(section)
+    if top is None:
         return None
-    cls = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-        cls = _SECTION_DEFAULT.get(section)
+    if not name:
+        return None if top.default_factory is not dataclasses.MISSING else _describe_field(Config, top)
+    cls = top.default_factory if dataclasses.is_dataclass(top.default_factory) else _SECTION_DEFAULT.get(section)
     if cls is None:
         return None
-    fields = {x.name: x for x in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     return _describe_field(cls, fields[name]) if name in fields else None
 
 
@@ -708,17 +725,6 @@ def _describe_field(cls: type, f: "dataclasses.Field") -> Tuple[str, Any, str]:
     return tname, default, _field_comments(cls).get(f.name, "")
 
 
-def given_sections(path: Optional[str], overrides: Optional[List[str]] = None) -> List[str]:
-    """The top-level sections a YAML file and its overrides set (not the defaults)."""
-    tree: Dict[str, Any] = {}
-    if path:
-        try:
-            tree = read_tree(path)
-        except ConfigError:
-            tree = {}
-    names = [k for k, v in tree.items() if isinstance(v, dict) and v] if isinstance(tree, dict) else []
-    for text in overrides or []:
-        head = text.split("=", 1)[0].split(".")[0].strip()
-        if "." in text.split("=", 1)[0] and head not in names:
-            names.append(head)
-    return names
+def given_sections(tree: Dict[str, Any]) -> List[str]:
+    """The top-level sections that raw settings (``read_config_tree``) set, as opposed to the defaults."""
+    return [k for k, v in tree.items() if isinstance(v, dict) and v]

@@ -112,15 +112,15 @@ def info_for_weights(cfg: Config, state_dict: Optional[Dict[str, torch.Tensor]] 
         return dataset_info(cfg)
     except (FileNotFoundError, ConfigError) as e:
         unreadable = e
-    sd = state_dict or {}
+    from .checkpoint import unet_shapes
+
     prefix = "net." if cfg.model.parameterization == "energy" else ""
+    c_in, _, rows = unet_shapes(state_dict or {}, prefix)
     channels, classes = cfg.data.channels, cfg.model.num_classes if cfg.model.class_cond else 0
-    first = sd.get(prefix + "input_blocks.0.0.weight")
-    if not channels and first is not None and first.dim() == 4:
-        channels = int(first.shape[1])
-    emb = sd.get(prefix + "label_emb.weight")
-    if not classes and emb is not None and cfg.model.class_cond:
-        classes = int(emb.shape[0]) - (1 if cfg.train.uncond_p > 0 else 0)
+    if not channels and c_in:
+        channels = c_in
+    if not classes and rows and cfg.model.class_cond:
+        classes = rows - (1 if cfg.train.uncond_p > 0 else 0)  # classifier-free guidance: the null label's row
     if channels and (classes or not cfg.model.class_cond):
         return DataInfo(classes, channels, cfg.data.image_size)
     raise ConfigError(f"the data set is not readable ({unreadable}) and the weights do not say the model's channels "

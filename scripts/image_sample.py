@@ -88,7 +88,7 @@ def _class_list(text: str):
 OPTIONS = [
     (["--classes"], dict(type=_class_list, default=None, metavar="0,1,2",
                          help="samples spread over these classes, class by class (default: uniform over all)")),
-    (["--to_rgb"], dict(type=lambda v: str(v).lower() in ("1", "true", "yes", "on"), default=False, metavar="BOOL",
+    (["--to_rgb"], dict(type=cli.bool_type("--to_rgb"), default=False, metavar="BOOL",
                         help="write grayscale sets as RGB (ADM's evaluator expects 3 channels; default false)")),
 ]
 USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist")

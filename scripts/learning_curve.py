@@ -22,13 +22,15 @@ seconds, seconds per image, FID, floor, class accuracy, ...), curve.png, grid_<i
 prints the plateau: the first point whose doubling improves FID by less than 10%. A rerun resumes.
 """
 
+import dataclasses
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from guided_diffusion import cli, learning_curve as lc  # noqa: E402
-from guided_diffusion.config import ConfigError, load_config  # noqa: E402
+from guided_diffusion.config import ConfigError  # noqa: E402
+from guided_diffusion.evaluation.settings import evaluation_of  # noqa: E402
 
 
 OPTIONS = [
@@ -63,7 +65,8 @@ def main() -> int:
         print(lc.curve_table(own.plot), end="")
         print(f"wrote {out}")
         return 0
-    cfg = load_config(own.config, own.overrides + [f"evaluation.num_samples={own.num_samples}"])
+    # --num_samples sets the evaluation's sample count (its checks rerun on the replaced section).
+    cfg.evaluation = dataclasses.replace(evaluation_of(cfg), num_samples=own.num_samples)
     if cli.maybe_dry_run(cfg, own):
         return 0
     from guided_diffusion import experiment

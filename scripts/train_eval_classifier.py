@@ -37,7 +37,7 @@ ALIASES = {
 
 
 OPTIONS = [
-    (["--force"], dict(type=lambda v: str(v).lower() in ("1", "true", "yes", "on"), default=False, metavar="BOOL",
+    (["--force"], dict(type=cli.bool_type("--force"), default=False, metavar="BOOL",
                        help="retrain even when the classifier file exists (default false)")),
 ]
 

@@ -179,5 +179,13 @@ def test_use_ddim_follows_adm_unless_set(tmp_path):
     assert cfg.evaluation.use_ddim is True
     cfg = load_config(None, ["method.name=generative_replay", "method.style=guide", "method.timestep_respacing=100"])
     assert cfg.method.use_ddim is False
+    # the same rule where a config's evaluation section is still a plain mapping (evaluation_of)
+    from guided_diffusion.evaluation.settings import evaluation_of
+
+    raw = Config()
+    raw.continual.eval_respacing, raw.continual.eval_use_ddim = "50", False
+    for section, want in (({}, False), ({"use_ddim": True}, True), ({"respacing": "ddim10"}, True)):
+        raw.evaluation = dict(section)
+        assert evaluation_of(raw).use_ddim is want, section
     # the loaded value is explicit, so a dumped config.yaml reloads to the same sampler
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg

@@ -15,6 +15,7 @@ from guided_diffusion.continual.replay import (ddim_generate, mirror_noise, repl
                                                trailing_timesteps)
 from guided_diffusion.continual.scenario import build_scenario
 from guided_diffusion.script_util import create_gaussian_diffusion
+import guided_diffusion.evaluation  # noqa: E402,F401  (the evaluation section's schema: the mnist presets have one)
 from guided_diffusion.train_util import DiffusionObjective, StepContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -315,8 +316,6 @@ TINY = [
 
 
 def _cfg(tmp_path, method_yaml, extra=()):
-    import guided_diffusion.evaluation  # noqa: F401  (the evaluation section's schema: the main job's preset has one)
-
     cfg = load_config(os.path.join(ROOT, method_yaml), TINY + [f"out_dir={tmp_path}", *extra])
     return cfg
 

@@ -74,13 +74,11 @@ def state_sha256(module: torch.nn.Module) -> str:
 
 def _shape_facts(sd: Dict[str, torch.Tensor]) -> Tuple[int, int, int]:
     """(input channels, output channels, classes) read from an ADM UNet state_dict."""
-    try:
-        c_in = sd["input_blocks.0.0.weight"].shape[1]
-        c_out = sd["out.2.weight"].shape[0]
-    except KeyError as e:
-        raise ckpt.CheckpointError(f"the teacher is not an ADM UNet state_dict (no {e})") from None
-    classes = sd["label_emb.weight"].shape[0] if "label_emb.weight" in sd else 0
-    return int(c_in), int(c_out), int(classes)
+    c_in, c_out, classes = ckpt.unet_shapes(sd)
+    missing = [k for k, v in (("input_blocks.0.0.weight", c_in), ("out.2.weight", c_out)) if v is None]
+    if missing:
+        raise ckpt.CheckpointError(f"the teacher is not an ADM UNet state_dict (no '{missing[0]}')")
+    return c_in, c_out, classes
 
 
 def load_teacher(cfg: Config, device) -> Teacher:

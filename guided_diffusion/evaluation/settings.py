@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..config import ConfigError, register_section_schema, resolve_use_ddim
+from ..config import ConfigError, register_section_schema, resolve_evaluation_use_ddim
 from .suite import ALL_METRICS
 
 
@@ -84,8 +84,7 @@ def evaluation_of(cfg) -> EvaluationConfig:
     if isinstance(ev, EvaluationConfig):
         return ev
     ev = EvaluationConfig(**(ev or {}))
-    ev.use_ddim = (resolve_use_ddim(ev.use_ddim, ev.respacing) if ev.respacing
-                   else resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing))
+    ev.use_ddim = resolve_evaluation_use_ddim(ev.use_ddim, ev.respacing, cfg)
     return ev
 
 
