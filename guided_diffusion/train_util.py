@@ -149,13 +149,22 @@ class DiffusionObjective:
             weights = weights * self.loss_weight(t)
         return t, weights
 
+    def update_sampler(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Give a loss-aware schedule sampler the data term's per-sample losses at the t it drew (ADM).
+
+        ``losses``: ``training_losses(...)["loss"]`` of the real batch, before the importance and
+        loss weights. Every objective built on this one calls it with its data term (collective on
+        more than one rank: every rank calls it at every microbatch). No-op for other samplers.
+        """
+        if isinstance(self.schedule_sampler, LossAwareSampler):
+            self.schedule_sampler.update_with_local_losses(t, losses.detach())
+
     def __call__(self, model, x, y, ctx: StepContext) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         t, weights = self.sample_t(x.shape[0], x.device, ctx)
         noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
         y = self.drop_labels(y, ctx)
         losses = self.diffusion.training_losses(model, x, t, model_kwargs=self.model_kwargs(y), noise=noise)
-        if isinstance(self.schedule_sampler, LossAwareSampler):
-            self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+        self.update_sampler(t, losses["loss"])
         loss = (losses["loss"] * weights).mean()
         return loss, {k: v.detach().mean() for k, v in losses.items()}
 

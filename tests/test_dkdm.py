@@ -265,6 +265,82 @@ def test_learned_sigma_student_adds_the_step_kl(tmp_path):
     torch.testing.assert_close(losses["mse"].detach(), ((b.eps - out[:, :1]) ** 2).mean(dim=(1, 2, 3)))
 
 
+def _cache_replay(cache_dir, tdiff, teacher, uncond_p=0.0, **mcfg):
+    """The continual dynamic_distillation objective of task 1 on the cache in ``cache_dir`` (fresh state)."""
+    from guided_diffusion.continual.methods.dynamic_cache import CacheReplayObjective, DynamicDistillation
+    from guided_diffusion.continual.scenario import Task
+    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.train_util import DiffusionObjective
+
+    method = DynamicDistillation.__new__(DynamicDistillation)
+    method.mcfg = DynamicDistillation.Config(**mcfg)
+    method.teacher = teacher
+    base = DiffusionObjective(tdiff, UniformSampler(tdiff), class_cond=True, uncond_p=uncond_p, null_class=9)
+    return CacheReplayObjective(base, method, Task(1, (2,), (0, 1, 2), 5), DynamicCache.open(cache_dir, 0, 1), tdiff)
+
+
+def test_continual_replay_term_is_the_dkdm_loss_with_the_step_kl(tmp_path):
+    """dynamic_distillation's replay term on cache states is DKDMObjective's loss on the same states
+    (one function): for a learn_sigma model it trains the variance channels too."""
+    T, n = 20, 4
+    tdiff = create_gaussian_diffusion(steps=T, noise_schedule="cosine", learn_sigma=True)
+    teacher = Toy(var=0.3)
+    prepare_cache(teacher, tdiff, spec(n=8, shard=8), str(tmp_path), device="cpu")
+    x, y = torch.randn(3, *SHAPE), torch.tensor([2, 2, 2])
+
+    def replay_loss(student):
+        obj = _cache_replay(str(tmp_path), tdiff, teacher, replay_batch=n, weight_replay_loss=False)
+        return obj(student, x, y, ctx())[1]["replay_loss"]
+
+    student = Toy(var="learn", seed=2)
+    got = replay_loss(student)
+    # DKDMObjective on a fresh copy of the cache, its generator where the replay objective's was when
+    # it advanced the cache (after the real batch's t and noise).
+    from guided_diffusion.resample import UniformSampler
+
+    g = torch.Generator().manual_seed(0)
+    UniformSampler(tdiff).sample(3, "cpu", generator=g)
+    torch.randn(x.shape, generator=g)
+    dk = DKDMObjective(teacher, tdiff, tdiff, DynamicCache.open(str(tmp_path), 0, 1), class_cond=True)
+    want, terms = dk(student, torch.zeros(n, 1), None, StepContext(0, 0, 1, g, 0, 1))
+    assert terms["vb"] > 0
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-7)
+    # Only the variance channels differ: the replay term changes (the step KL sees them).
+    other = Toy(var="learn", seed=2)
+    with torch.no_grad():
+        other.vconv.bias.add_(0.5)
+    assert not torch.allclose(replay_loss(other), got)
+    # Classifier-free guidance training: a dropped replay label's target is the teacher's whole
+    # null-class step (output, mean and variance), not the labelled one the cache took.
+    obj = _cache_replay(str(tmp_path), tdiff, teacher, uncond_p=1.0, replay_batch=n)
+    obj(student, x, y, ctx())
+    b = obj._part
+    assert b.y.tolist() == [9] * n
+    with torch.no_grad():
+        null = tdiff.p_mean_variance(teacher, b.x_t, b.t, clip_denoised=True, model_kwargs={"y": b.y})
+    for k in ("model_output", "mean", "log_variance"):
+        torch.testing.assert_close(getattr(b, k), null[k])
+
+
+def test_continual_dynamic_distillation_criteria():
+    import types
+
+    from guided_diffusion.continual.methods.dynamic_cache import DynamicDistillation
+
+    with pytest.raises(ConfigError, match="method.criterion 'smooth_l1' is not one of mse, min_snr"):
+        DynamicDistillation(DynamicDistillation.Config(criterion="smooth_l1"), types.SimpleNamespace(cfg=None))
+
+
+def test_dkdm_refuses_a_loss_aware_sampler():
+    """The DKDM student's t come from the cache: a loss-aware sampler would never be fed."""
+    from guided_diffusion.dkdm.config import check
+
+    cfg = load_config(None, ["dkdm.teacher_path=teacher.pt", "train.schedule_sampler=loss-second-moment"])
+    with pytest.raises(ConfigError, match="train.schedule_sampler = 'loss-second-moment' with dkdm"):
+        check(cfg)
+    check(load_config(None, ["dkdm.teacher_path=teacher.pt"]))
+
+
 def _train(run_dir, cache_dir, steps, T=20):
     tdiff = create_gaussian_diffusion(steps=T, noise_schedule="cosine")
     cache = DynamicCache.open(cache_dir, 0, 1)

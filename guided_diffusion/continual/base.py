@@ -5,7 +5,8 @@ and hooks that the loop (``continual.loop``) calls for every task, in this order
 
     before_task(task, teacher)   teacher = frozen copy of the model after the previous task (or None)
     task_data(task, x, y)        the images the task trains on (default: the task's real data)
-    objective(task, base)        what each step minimises (default: ``base``, the diffusion loss)
+    objective(task, base)        what each step minimises (default: ``base``, the diffusion loss; one
+                                 object for the whole run, so its schedule sampler spans the tasks)
     hooks(task)                  TrainHooks for the training loop (before/after step)
     after_task(task)             e.g. the EWC Fisher, the replay buffer update
     state_dict()/load_state_dict()   what must survive to the next tasks and across a restart

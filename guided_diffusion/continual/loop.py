@@ -10,11 +10,12 @@ Run folder layout (``experiments/<name>/``)::
         samples.png        a grid: one row per class seen so far (EMA weights)
         task_done.json     written last: the task is complete (its row, and method_state.pt's size and sha256)
 
-Resume: a rerun skips finished tasks, restores the model, EMA and method state from the last
-finished one, and the unfinished task resumes from its latest checkpoint (``TrainLoop``). A task
-marked done whose final checkpoint or method state is corrupt is redone from its latest intact
-checkpoint (the same steps, so the same result). SIGTERM/SIGUSR1 stop the run at the next step
-boundary, or after the current task's training or evaluation, with ``Preempted`` (exit 0).
+Resume: a rerun skips finished tasks, restores the model, EMA, method state and schedule sampler
+from the last finished one, and the unfinished task resumes from its latest checkpoint
+(``TrainLoop``). A task marked done whose final checkpoint or method state is corrupt is redone
+from its latest intact checkpoint (the same steps, so the same result). SIGTERM/SIGUSR1 stop the
+run at the next step boundary, or after the current task's training or evaluation, with
+``Preempted`` (exit 0).
 See docs/reliability.md.
 """
 
@@ -81,10 +82,16 @@ def _final_weights(task_dir: str, step: Optional[int] = None):
         if step is None:
             raise ckpt.CheckpointError(f"{task_dir} is marked done but has no complete checkpoint")
     manifest = ckpt.read_manifest(task_dir, step)
-    files = {n: ckpt.load_torch(bf.join(task_dir, n)) for n in manifest["files"] if not n.startswith("opt")}
+    # Not the loop state (with a DKDM cache it holds the whole cache): _final_objective_state reads it.
+    files = {n: ckpt.load_torch(bf.join(task_dir, n)) for n in manifest["files"] if n.startswith(("model", "ema_"))}
     model = files[f"model{step:06d}.pt"]
     emas = {float(n.split("_")[1]): sd for n, sd in files.items() if n.startswith("ema_")}
     return model, emas
+
+
+def _final_objective_state(task_dir: str, step: int) -> dict:
+    """The training objective's state in the checkpoint at ``step`` (the schedule sampler's, ...)."""
+    return ckpt.load_torch(bf.join(task_dir, f"state{step:06d}.pt"))["components"].get("objective", {})
 
 
 def append_metrics(path: str, row: Dict) -> None:
@@ -174,6 +181,9 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     ctx = ContinualContext(cfg, scenario, x, y, info, model, diffusion, device, run_dir, root_logger,
                            dist_util.get_rank(), dist_util.get_world_size())
     method = build_method(cfg.method, ctx)
+    # One diffusion objective, hence one schedule sampler, for the whole run: a loss-aware sampler's
+    # history carries over from task to task (each task's checkpoints hold it; the methods wrap it).
+    base = DiffusionObjective.from_config(cfg, diffusion, info.num_classes)
     root_logger.log(experiment.describe(cfg, info, model, len(x)))
     root_logger.log(f"method {method.name}; class order {list(scenario.class_order)}; tasks "
                     + "; ".join(f"{t.index}: classes {list(t.classes)} x {t.num_steps} steps" for t in scenario.tasks))
@@ -193,6 +203,8 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         state_path = f"{ctx.task_dir(prev)}/method_state.pt"
         if bf.exists(state_path):
             method.load_state_dict(ckpt.load_torch(state_path))
+        # The sampler as the uninterrupted run has it after task first - 1 (its final checkpoint).
+        base.load_state_dict(_final_objective_state(ctx.task_dir(prev), prev.num_steps))
         root_logger.log(f"tasks 0..{first - 1} already finished; continuing with task {first}")
     init_step = None
     if first == 0 and cfg.continual.init_from:  # task 0 from another run (checked before any work)
@@ -225,7 +237,6 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         xt, yt = method.task_data(task, *ctx.real_data(task.classes))
         data = InfiniteLoader(xt, yt, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                               seed=step_seed(cfg.seed, task.index, 1) % (2**31), random_flip=cfg.data.random_flip)
-        base = DiffusionObjective.from_config(cfg, diffusion, info.num_classes)
         import dataclasses
 
         tcfg = dataclasses.replace(cfg.train, total_steps=task.num_steps)

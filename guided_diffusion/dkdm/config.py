@@ -53,6 +53,9 @@ def check(cfg: Config) -> DKDMConfig:
             raise ConfigError(f"dkdm.{key} must be >= 1, got {getattr(d, key)}")
     if not d.teacher_path:
         raise ConfigError("dkdm.teacher_path is empty: the teacher's weights or its run folder")
+    if cfg.train.schedule_sampler != "uniform":  # a loss-aware sampler would silently stay uniform
+        raise ConfigError(f"train.schedule_sampler = {cfg.train.schedule_sampler!r} with dkdm: the student's t come "
+                          "from the cache, not from a sampler; set train.schedule_sampler: uniform")
     return d
 
 

@@ -1,15 +1,17 @@
-"""The DKDM student objective: match the teacher's eps (and its step distribution) on cache states.
+"""The DKDM student objective: match the teacher's output (and its step distribution) on cache states.
 
 Per sample (Xiang et al. 2025, eq. 9-10, with IDDPM's hybrid convention):
 
-    L_mse = mean((eps_T(x_t, t) - eps_S(x_t, t))^2)
+    L_mse = mean((out_T(x_t, t) - out_S(x_t, t))^2)      first C channels, raw: eps (x0 for an x0 model)
     L_vb  = KL( N(mu_T, sigma_T^2) || N(mu_S, sigma_S^2) ) in bits, mean over dims   (student learns sigma)
-            mu_S from the student's eps *detached* and its own variance channels (the KL trains
+            mu_S from the student's output *detached* and its own variance channels (the KL trains
             only the variance), times T/1000 for rescale_learned_sigmas
     L     = L_mse + L_vb
 
 (x_t, t) come from the dynamic cache, not from a schedule sampler, and the teacher makes one NFE
 per sample and step. The student may have any architecture; it never sees data.
+``teacher_losses`` is this math on a given network output: the DKDM scripts' ``DKDMObjective`` and
+the continual ``dynamic_distillation`` method (whose forward also carries the real batch) share it.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ from typing import Dict, Optional
 
 import torch
 
-from .. import diffusion_math as dm
-from ..gaussian_diffusion import LossType, ModelMeanType, mean_flat, step_kl
+from ..gaussian_diffusion import LossType, mean_flat, step_kl
 from .cache import DynamicCache, TeacherBatch
 
 
-def student_losses(model, diffusion, batch: TeacherBatch, class_cond: bool) -> Dict[str, torch.Tensor]:
-    """Per-sample ``mse``, ``vb`` (learned sigma only) and ``loss`` of the student on a teacher batch."""
+def teacher_losses(diffusion, out: torch.Tensor, batch: TeacherBatch) -> Dict[str, torch.Tensor]:
+    """Per-sample ``mse``, ``vb`` (learned sigma only) and ``loss`` of the student's output ``out``
+    (C or 2C channels) at ``(batch.x_t, batch.t)``; ``batch.t`` indexes ``diffusion`` (the teacher's chain).
+
+    The mean term compares raw outputs, as DKDM's ``training_losses_kd`` (``out['model_output']``):
+    eps for an eps model, x0 for an x0 model (teacher and student share the parameterisation), so
+    that ``train.loss_weighting`` weights it as the data term of that model.
+    """
     x_t, t = batch.x_t, batch.t
-    kwargs = {"y": batch.y} if class_cond else {}
-    out = model(x_t, diffusion._scale_timesteps(t), **kwargs)
     C = x_t.shape[1]
     terms = {}
     if diffusion.learns_variance:
@@ -39,15 +44,16 @@ def student_losses(model, diffusion, batch: TeacherBatch, class_cond: bool) -> D
             terms["vb"] = terms["vb"] * (diffusion.num_timesteps / 1000.0)
     else:
         mean_part = out
-    if diffusion.model_mean_type == ModelMeanType.EPSILON:
-        eps = mean_part
-    elif diffusion.model_mean_type == ModelMeanType.START_X:
-        eps = dm.predict_eps_from_xstart(diffusion.schedule, x_t, t, mean_part)
-    else:
-        raise NotImplementedError("a DKDM student predicts eps or x0")
-    terms["mse"] = mean_flat((batch.eps.float() - eps.float()) ** 2)
+    terms["mse"] = mean_flat((batch.model_output.float() - mean_part.float()) ** 2)
     terms["loss"] = terms["mse"] + terms["vb"] if "vb" in terms else terms["mse"]
     return terms
+
+
+def student_losses(model, diffusion, batch: TeacherBatch, class_cond: bool) -> Dict[str, torch.Tensor]:
+    """``teacher_losses`` of ``model``'s prediction on the teacher batch (one forward)."""
+    kwargs = {"y": batch.y} if class_cond else {}
+    out = model(batch.x_t, diffusion._scale_timesteps(batch.t), **kwargs)
+    return teacher_losses(diffusion, out, batch)
 
 
 class DKDMObjective:

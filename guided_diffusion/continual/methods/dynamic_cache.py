@@ -12,6 +12,11 @@ of the task's checkpoints. The loss is ``ReplayObjective``'s:
 
     loss = (1 - w) * data_loss + w * lambd * replay_loss,   w = k / (k + 1)   (weight_replay_loss)
 
+with DKDM's student loss as the replay term (``dkdm.objective.teacher_losses``, the DKDM scripts'
+own): the teacher's output by MSE plus, for a ``learn_sigma`` model, the KL between the teacher's
+and the student's step distributions, which trains the variance channels on replayed states as the
+data term's vb does on real ones. ``criterion: min_snr`` weights it per sample by min-SNR.
+
 Cost per step: ``replay_batch`` teacher NFEs (full generation with a 2-step DDIM teacher costs three
 per replayed sample), plus once per task the preparation, about N T' / 2 NFEs for a cache of
 N = round(rho T') replay batches on a chain of T' steps (``cache_respacing``).
@@ -22,22 +27,28 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ...config import ConfigError
-from ...dkdm.cache import DynamicCache
+from ...diffusion_math import min_snr_weight
+from ...dkdm.cache import DynamicCache, TeacherBatch
+from ...dkdm.objective import teacher_losses
 from ...dkdm.prepare import MODES, CacheSpec, cache_size, prepare_cache
 from ...dkdm.teacher import state_sha256
 from ...experiment import build_diffusion
 from ...train_util import step_seed
 from ..base import ContinualMethod, register_method
-from ..replay import ReplayBatch
+from ..replay import ReplayBatch, _abar, _predicts_xstart
 from .generative import ReplayObjective, check_replay_weighting
+
+CRITERIA = ("mse", "min_snr")
 
 
 class CacheReplayObjective(ReplayObjective):
-    """``ReplayObjective`` whose replay batch comes from the teacher's dynamic cache."""
+    """``ReplayObjective`` whose replay batch comes from the teacher's dynamic cache and whose replay
+    term is DKDM's student loss on it."""
 
     def __init__(self, base, method, task, cache: DynamicCache, chain):
         super().__init__(base, method, task)
@@ -45,15 +56,50 @@ class CacheReplayObjective(ReplayObjective):
         self.chain = chain  # the teacher's ancestral chain (maybe respaced)
         self.timesteps = torch.as_tensor(chain.timestep_map, dtype=torch.long)  # chain index -> training timestep
         self._batch = None
+        self._part: Optional[TeacherBatch] = None  # this microbatch's teacher step (the replay term's target)
 
     def replay_batch(self, n: int, x: torch.Tensor, ctx) -> ReplayBatch:
         if ctx.microbatch == 0:  # the whole step's entries at once: distinct over microbatches, one write-back
             self._batch = self.cache.advance(self.method.teacher, self.chain, n * ctx.num_microbatches,
                                              ctx.generator, x.device)
         b = self._batch.slice(ctx.microbatch * n, (ctx.microbatch + 1) * n)
+        self._part = b
         t = self.timesteps.to(b.t.device)[b.t]
         y = b.y if self.base.class_cond else None
         return ReplayBatch(b.x_t, t, y, b.model_output, n)
+
+    def drop_replay_labels(self, replay: ReplayBatch, ctx) -> ReplayBatch:
+        """As ``ReplayObjective``'s (the same draws), but a dropped label's target is the teacher's whole
+        null-class step: its output, and its mean and variance for the step KL."""
+        if self.base.uncond_p <= 0 or replay.y is None:
+            return replay
+        y = self.base.drop_labels(replay.y, ctx)
+        dropped = y != replay.y
+        b, nfe = self._part, replay.teacher_nfe
+        fields = {"model_output": b.model_output, "eps": b.eps, "mean": b.mean, "log_variance": b.log_variance}
+        if bool(dropped.any()):
+            with torch.no_grad():
+                out = self.chain.p_mean_variance(self.method.teacher, b.x_t[dropped], b.t[dropped], clip_denoised=True,
+                                                 model_kwargs={"y": y[dropped]})
+            for k, v in fields.items():
+                fields[k] = v.clone()
+                fields[k][dropped] = out[k].to(v.dtype)
+            nfe += int(dropped.sum())
+        self._part = TeacherBatch(b.x_t, b.t, y, restarts=b.restarts, **fields)
+        return ReplayBatch(replay.x, replay.t, y, self._part.model_output, nfe)
+
+    def replay_loss(self, out: torch.Tensor, replay: ReplayBatch) -> torch.Tensor:
+        """DKDM's per-sample student loss (``teacher_losses``, on the teacher's chain) of the replayed
+        states, weighted as the data term (``train.loss_weighting``) or by min-SNR (``criterion``)."""
+        per = teacher_losses(self.chain, out, self._part)["loss"]
+        if self.base.loss_weighting != "none":
+            weights = self.base.loss_weight(replay.t)
+        elif self.method.mcfg.criterion == "min_snr":  # replay_criterion's min-SNR weights, on the whole term
+            mode = "x0" if _predicts_xstart(self.diffusion) else "eps"
+            weights = min_snr_weight(_abar(self.diffusion, replay.t), self.method.mcfg.min_snr_gamma, mode)
+        else:
+            weights = None
+        return (per * weights).mean() if weights is not None else per.mean()
 
     def state_dict(self):
         return {**super().state_dict(), "dkdm_cache": self.cache.state_dict()}
@@ -74,7 +120,7 @@ class DynamicDistillation(ContinualMethod):
     class Config:
         name: str = "dynamic_distillation"
         lambd: float = 1.0
-        criterion: str = "mse"  # mse | smooth_l1 | min_snr
+        criterion: str = "mse"  # mse (DKDM's) | min_snr (per-sample weights on it)
         min_snr_gamma: float = 5.0
         replay_batch: int = 0  # cache entries per rank and step (0: the per-rank batch)
         weight_replay_loss: bool = True
@@ -86,8 +132,9 @@ class DynamicDistillation(ContinualMethod):
 
     def __init__(self, mcfg, ctx):
         super().__init__(mcfg, ctx)
-        if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
-            raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
+        if mcfg.criterion not in CRITERIA:  # the replay term is DKDM's loss: no smooth_l1 of it
+            raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of {', '.join(CRITERIA)} "
+                              "(dynamic_distillation's replay term is DKDM's MSE + step KL)")
         check_replay_weighting(mcfg, ctx.cfg)
         if mcfg.mode not in MODES:
             raise ConfigError(f"method.mode {mcfg.mode!r} is not one of {', '.join(MODES)}")

@@ -80,15 +80,14 @@ class ReplayObjective(ObjectiveWrapper):
         # ADM's loss on the real half, with the output computed above (one forward for both halves).
         losses = diffusion.training_losses(lambda *a, **kw: out_data, x, t,
                                            model_kwargs=self.base.model_kwargs(y), noise=noise)
+        # The data term's losses at the sampler's t, as DiffusionObjective (loss-aware samplers; the
+        # replay term's t are not the sampler's and do not enter it).
+        self.base.update_sampler(t, losses["loss"])
         data_loss = (losses["loss"] * weights).mean()
-        C = x.shape[1]
-        if replay is None:
-            pred_r, target, t_r = out_data[:, :C], teacher_target, t
+        if replay is None:  # lwf: the teacher's prediction on the real half's own inputs
+            replay_loss = self.replay_loss(out_data, ReplayBatch(x_t, t, y if cond else None, teacher_target, nfe))
         else:
-            pred_r, target, t_r = out[B:, :C], replay.target, replay.t
-        weights_r = self.base.loss_weight(t_r) if self.base.loss_weighting != "none" else None
-        replay_loss = replay_criterion(m.criterion, pred_r.float(), target.float(), t_r, diffusion, m.min_snr_gamma,
-                                       weights=weights_r)
+            replay_loss = self.replay_loss(out[B:], replay)
         if m.weight_replay_loss:
             w = k / (k + 1)
             loss = (1 - w) * data_loss + w * m.lambd * replay_loss
@@ -100,6 +99,16 @@ class ReplayObjective(ObjectiveWrapper):
         if "vb" in losses:
             terms["vb"] = losses["vb"].detach().mean()
         return loss, terms
+
+    def replay_loss(self, out: torch.Tensor, replay: ReplayBatch) -> torch.Tensor:
+        """The replay term from the student's output ``out`` on ``replay.x``: Masip's criterion between
+        its first C channels and ``replay.target``, each sample weighted as the data term
+        (``train.loss_weighting``). Subclasses with another target change it."""
+        m = self.method.mcfg
+        C = replay.target.shape[1]
+        weights = self.base.loss_weight(replay.t) if self.base.loss_weighting != "none" else None
+        return replay_criterion(m.criterion, out[:, :C].float(), replay.target.float(), replay.t, self.diffusion,
+                                m.min_snr_gamma, weights=weights)
 
     def replay_batch(self, n: int, x: torch.Tensor, ctx) -> ReplayBatch:
         """``n`` teacher-made replay samples for images shaped like ``x`` (subclasses change the source)."""
