@@ -1,7 +1,8 @@
 """Image classifiers for the continual classifier ("solver"): pre-activation ResNet-18 and a small CNN.
 
 Both take images in [-1, 1], (N, C, H, W), and return logits over ``num_classes``. They know
-nothing of diffusion; the noisy classifier for ADM guidance is ``unet.EncoderUNetModel``.
+nothing of diffusion; ``TimeConditioned`` wraps either into a classifier that also takes a timestep
+(GUIDE's noised classifier). ADM's noisy classifier is ``unet.EncoderUNetModel``.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .nn import timestep_embedding
 
 
 class PreActBlock(nn.Module):
@@ -75,10 +78,41 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
+class TimeConditioned(nn.Module):
+    """A classifier of noisy images x_t that also takes their timestep: ``forward(x, timesteps)``.
+
+    The timesteps (those the diffusion network receives) go through ADM's sinusoidal embedding and
+    an MLP to a per-feature scale and shift of the wrapped net's pooled features, before its last
+    linear layer. GUIDE's noised ResNet concatenates the raw timestep to the pooled features
+    instead (a logit bias linear in t); the embedding is our deliberate difference: t in 0..999 as
+    a raw input dominates the logits at initialisation. The MLP's last layer starts at zero, so
+    the untrained wrapper computes exactly the wrapped net. ``timesteps=None`` means t = 0, as in
+    GUIDE.
+    """
+
+    def __init__(self, net: nn.Module, embed_dim: int = 64):
+        super().__init__()
+        self.net = net
+        self.embed_dim = embed_dim
+        features = net.fc.in_features
+        self.time_mlp = nn.Sequential(nn.Linear(embed_dim, features), nn.SiLU(), nn.Linear(features, 2 * features))
+        nn.init.zeros_(self.time_mlp[-1].weight)
+        nn.init.zeros_(self.time_mlp[-1].bias)
+
+    def forward(self, x, timesteps=None):
+        h = self.net.features(x)
+        if timesteps is None:
+            timesteps = torch.zeros(x.shape[0], device=x.device)
+        scale, shift = self.time_mlp(timestep_embedding(timesteps, self.embed_dim).to(h.dtype)).chunk(2, dim=-1)
+        return self.net.fc(h * (1 + scale) + shift)
+
+
 ARCHS = {"resnet18": PreActResNet18, "cnn": SmallCNN}
 
 
-def create_classifier_net(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+def create_classifier_net(arch: str, num_classes: int, in_channels: int, time_conditioned: bool = False) -> nn.Module:
+    """The solver's classifier; ``time_conditioned``: wrapped to also take the timestep of x_t."""
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {arch!r}; valid: {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes=num_classes, in_channels=in_channels)
+    net = ARCHS[arch](num_classes=num_classes, in_channels=in_channels)
+    return TimeConditioned(net) if time_conditioned else net

@@ -199,20 +199,22 @@ class SolverConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    trim_logits: bool = True  # train on the logits of the classes seen so far only
+    trim_logits: Optional[bool] = None  # train on the logits of the classes seen so far only (GUIDE); unset: true,
+    # except soft replay (Masip's soft targets are all logits of an untrimmed previous classifier: false)
     augment: str = ""  # comma list of crop, flip, rotation, jitter, erasing
     generation_interval: int = 1  # regenerate the replay batch every this many steps
-    respacing: str = "ddim25"
+    respacing: str = "ddim25"  # the replay sampler's steps: ddimN (ADM's leading spacing) or ddimNt (trailing, Masip's)
     use_ddim: Optional[bool] = None  # unset: DDIM iff respacing starts with "ddim"
     guidance_batch: int = 64  # images per guided sampling chunk (memory bound)
     scale_min: float = 1.0  # guided: per-sample scale ~ U[scale_min, scale_max]
     scale_max: float = 1.0
-    use_old_grad: bool = False
+    use_old_grad: bool = False  # guided: toward y under the classifier after the previous task (GUIDE)
+    negate_old_grad: bool = False  # guided: flip the sign of use_old_grad's gradient (GUIDE)
     use_new_grad: bool = True
     guid_to_new_classes: bool = True
-    noised_classifier: bool = False  # guided: guide with a second classifier trained on q_sample(x, t) of the same
-    # batches and applied to x_t (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
-    temperature: float = 2.0  # soft replay: distillation temperature
+    noised_classifier: bool = False  # guided: guide with a second, time-conditioned classifier trained on q_sample(x, t)
+    # of the same batches and applied to (x_t, t) (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
+    temperature: float = 2.0  # soft replay: the temperature T of Masip's soft targets
     eval_batch_size: int = 256
     log_interval: int = 50
 

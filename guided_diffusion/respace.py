@@ -4,7 +4,12 @@
 spec grammar is ADM's:
 
 - ``"ddimN"``: the DDIM striding {0, i, 2i, ...} with the integer stride i that gives exactly N
-  steps (``"ddim50"`` on 1000 steps: stride 20); ValueError when no such stride exists.
+  steps (``"ddim50"`` on 1000 steps: stride 20); ValueError when no such stride exists. This
+  "leading" spacing starts sampling at t = T - i (``ddim10``: 900 of 1000).
+- ``"ddimNt"`` or ``"Nt"`` (not ADM's): N "trailing" steps, T-1, T-1-T/N, ... (``ddim10t``: 999,
+  899, ..., 99), the spacing of diffusers' ``timestep_spacing="trailing"`` that Masip et al. sample
+  with: the first step starts from pure noise at the last timestep. ``ddim`` picks DDIM by the
+  use_ddim rule, as for ``ddimN``.
 - ``"N"`` or ``"a,b,c"``: split the T steps into len(counts) nearly equal sections (the first
   T mod len sections one step longer) and take ``count`` evenly spaced (rounded) steps in each.
 - a list or tuple of ints: the section counts of the previous form.
@@ -21,11 +26,23 @@ from . import diffusion_math as dm
 from .gaussian_diffusion import GaussianDiffusion
 
 
+def trailing_timesteps(num_timesteps: int, steps: int) -> List[int]:
+    """"Trailing" spacing, descending: T-1, T-1-T/steps, ... (10 of 1000: 999, 899, ..., 99)."""
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"trailing spacing: steps must be in [1, {num_timesteps}], got {steps}")
+    return [int(v) for v in np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(np.int64) - 1]
+
+
 def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]]) -> Set[int]:
     """The set of original timesteps kept by ``section_counts`` (grammar in the module docstring)."""
     spec = section_counts
     if isinstance(spec, str):
-        text = spec.strip()
+        text = spec.strip().lower()
+        if text.endswith("t"):
+            digits = text[len("ddim"):-1] if text.startswith("ddim") else text[:-1]
+            if not digits.isdigit():
+                raise ValueError(f"bad timestep respacing {spec!r}: expected 'ddimNt' or 'Nt' with an integer N")
+            return set(trailing_timesteps(num_timesteps, int(digits)))
         if text.startswith("ddim"):
             try:
                 desired = int(text[len("ddim"):])
@@ -41,7 +58,7 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]
             counts = [int(c) for c in text.split(",")]
         except ValueError:
             raise ValueError(
-                f"bad timestep respacing {spec!r}: expected 'ddimN', 'N' or comma-separated integers"
+                f"bad timestep respacing {spec!r}: expected 'ddimN', 'N', 'ddimNt', 'Nt' or comma-separated integers"
             ) from None
     elif isinstance(spec, (list, tuple)):
         counts = list(spec)
@@ -124,4 +141,4 @@ class _WrappedModel:
         return self.model(x, self.diffusion._scale_timesteps(ts), **kwargs)
 
 
-__all__: List[str] = ["space_timesteps", "SpacedDiffusion"]
+__all__: List[str] = ["space_timesteps", "trailing_timesteps", "SpacedDiffusion"]

@@ -249,6 +249,40 @@ def test_lwf_uses_teacher_on_current_inputs():
     torch.testing.assert_close(loss, expect, rtol=1e-5, atol=1e-6)
 
 
+def test_replay_objectives_feed_a_loss_aware_sampler_the_data_loss():
+    """generative_distillation (and lwf): the data term's per-sample losses at the sampler's t reach a
+    loss-second-moment sampler exactly as DiffusionObjective gives them; the replay term's do not."""
+    from guided_diffusion.resample import LossSecondMomentResampler
+
+    torch.manual_seed(0)
+    student, teacher = Toy(), Toy().eval()
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([2, 3, 2, 3])
+    for source in ("gaussian", "lwf"):
+        base, obj = _objective("gd", teacher, source=source, replay_batch=3)
+        base.schedule_sampler = LossSecondMomentResampler(base.diffusion)
+        ref = DiffusionObjective(base.diffusion, LossSecondMomentResampler(base.diffusion), class_cond=True)
+        for step in range(3):
+            obj(student, x, y, ctx_for(step, seed=step))
+            ref(student, x, y, ctx_for(step, seed=step))  # the same draws of t and noise: the same data losses
+        got, want = base.schedule_sampler, ref.schedule_sampler
+        assert got._loss_counts.sum() == 3 * 4, source  # real samples only (the replay batch has 3 more)
+        assert np.array_equal(got._loss_counts, want._loss_counts)
+        np.testing.assert_allclose(got._loss_history, want._loss_history, rtol=1e-5, atol=1e-7)
+
+    # Once every t has its history the weights follow the losses (a 4-step chain warms up fast).
+    diffusion = create_gaussian_diffusion(steps=4, noise_schedule="cosine")
+    base = DiffusionObjective(diffusion, LossSecondMomentResampler(diffusion, history_per_term=2), class_cond=True)
+    from guided_diffusion.continual.methods.generative import ReplayObjective
+    from guided_diffusion.continual.scenario import Task
+
+    method = _method("gd", teacher, source="gaussian", replay_batch=2)
+    obj = ReplayObjective(base, method, Task(1, (2, 3), (0, 1, 2, 3), 5))
+    for step in range(6):
+        obj(student, x, y, ctx_for(step, seed=step))
+    w = base.schedule_sampler.weights()
+    assert base.schedule_sampler._warmed_up() and not np.allclose(w, w[0])
+
+
 # ------------------------------------------------------------------ EWC and buffers
 
 
@@ -354,17 +388,33 @@ def test_two_task_run(tmp_path, method):
 
 
 def test_resume_between_tasks_is_bit_identical(tmp_path):
+    """A run stopped between the tasks ends as the uninterrupted one. With a loss-aware sampler
+    (train.schedule_sampler=loss-second-moment) there is one sampler for the whole run: task 1
+    continues task 0's history (its replay objective feeds it the data losses), and the resumed run
+    takes it from task 0's final checkpoint."""
+    from guided_diffusion import checkpoint as ckpt
     from guided_diffusion.continual.loop import run_continual
 
-    a = _cfg(tmp_path / "a", "yaml/mnist/generative_distillation.yaml")
+    yaml, lsm = "yaml/mnist/generative_distillation.yaml", ["train.schedule_sampler=loss-second-moment"]
+    a = _cfg(tmp_path / "a", yaml, lsm)
     run_continual(a)
-    b1 = _cfg(tmp_path / "b", "yaml/mnist/generative_distillation.yaml", ["continual.limit_tasks=1"])
+    b1 = _cfg(tmp_path / "b", yaml, lsm + ["continual.limit_tasks=1"])
     run_continual(b1)
-    b2 = _cfg(tmp_path / "b", "yaml/mnist/generative_distillation.yaml")
+    b2 = _cfg(tmp_path / "b", yaml, lsm)
     run_continual(b2)
     wa, wb = _final_model(f"{tmp_path}/a/{a.name}", 1), _final_model(f"{tmp_path}/b/{b2.name}", 1)
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def sampler(run, task):
+        state = ckpt.load_torch(f"{tmp_path}/{run}/{a.name}/task_{task}/state000003.pt")
+        return state["components"]["objective"]["sampler"]
+
+    s0, s1 = sampler("a", 0), sampler("a", 1)
+    assert int(s0["loss_counts"].sum()) == 3 * 8  # 3 steps of 8 real images on 100 timesteps: no t full
+    assert int(s1["loss_counts"].sum()) == 2 * 3 * 8 and bool((s1["loss_counts"] >= s0["loss_counts"]).all())
+    r1 = sampler("b", 1)
+    assert torch.equal(r1["loss_counts"], s1["loss_counts"]) and torch.equal(r1["loss_history"], s1["loss_history"])
 
 
 def test_resume_mid_task_is_bit_identical(tmp_path):
@@ -408,7 +458,7 @@ def test_guidance_moves_prediction_toward_new_class():
     net = lambda x, t, y=None: 0.1 * x  # noqa: E731
 
     class Linear(torch.nn.Module):
-        def forward(self, x):  # class 3 likes bright images, class 0 dark ones
+        def forward(self, x, t=None):  # class 3 likes bright images, class 0 dark ones
             m = x.mean(dim=(1, 2, 3))
             return torch.stack([-m, 0 * m, 0 * m, m], 1) * 5
 
@@ -425,10 +475,8 @@ def test_guidance_moves_prediction_toward_new_class():
     p_guided = torch.softmax(clf(guided), -1)[:, 3]
     assert (p_guided > p_plain).all(), (p_plain, p_guided)
 
-    # the noised-classifier variant: the same classifier on x_t, no pass through the denoiser; ancestral too
-    from guided_diffusion.continual.solver import noised_cond_fn
-
-    cond_n = noised_cond_fn(clf, seen, (3,), scales)
+    # the noised-classifier variant: the same classifier on (x_t, t), no pass through the denoiser; ancestral too
+    cond_n = guide_cond_fn(clf, None, seen, (3,), old, scales, SolverConfig(), noised=True)
     assert not getattr(cond_n, "needs_pred_xstart", False)
     for loop in (diffusion.ddim_sample_loop, diffusion.p_sample_loop):
         torch.manual_seed(1)
@@ -448,7 +496,7 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
                 "solver.log_interval=1", "solver.augment=crop,flip,rotation,jitter,erasing",
                 "solver.generation_interval=1"])
     run_continual(cfg)
-    for replay in ("plain", "soft", "guided"):
+    for replay in ("plain", "soft", "soft_kd", "guided"):
         c = cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(**{**cfg.solver.__dict__, "replay": replay})})
         solver = run_solver(c)
         with open(f"{solver.run_dir}/metrics.csv") as f:
@@ -456,6 +504,7 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
         assert [int(r["real_per_batch"]) for r in rows] == [12, 6]  # B/(i+1) real ...
         assert [int(r["replay_per_batch"]) for r in rows] == [0, 6]  # ... and B*i/(i+1) replay
         assert int(rows[1]["gen_images"]) == 2 * 6  # regenerated every step
+        assert 0 <= float(rows[1]["replay_label_agree"]) <= 1 and float(rows[1]["replay_old_entropy"]) >= 0
         assert 0 <= float(rows[1]["avg_acc"]) <= 1
     # GUIDE's train_noised_classifier: a second classifier trained on q_sample(x, t) guides on x_t
     c = cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(
@@ -514,7 +563,7 @@ def test_init_from_takes_another_methods_first_task_bit_identically(tmp_path):
 
 
 def test_soft_target_kd_by_hand_and_finite_with_trimmed_logits():
-    """The soft replay loss: T^2 KL(p_teacher over the old classes || p_student over its logits), by
+    """The soft_kd replay loss: T^2 KL(p_teacher over the old classes || p_student over its logits), by
     hand in numpy; finite when the student's unseen logits are -inf and the teacher's are large."""
     import numpy as np
 

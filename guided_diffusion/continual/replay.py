@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..cfg import cfg_model
 from ..diffusion_math import min_snr_weight
+from ..respace import trailing_timesteps
 
 SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")
 
@@ -60,13 +61,6 @@ def predict_eps(net, diffusion, x: torch.Tensor, t: torch.Tensor, y: Optional[to
 
 def _predicts_xstart(diffusion) -> bool:
     return getattr(getattr(diffusion, "model_mean_type", None), "name", "") == "START_X"
-
-
-def trailing_timesteps(T: int, steps: int) -> list:
-    """DDIM "trailing" spacing: T-1, T-1-T/steps, ... (10 steps of 1000: 999, 899, ..., 99)."""
-    if not 1 <= steps <= T:
-        raise ValueError(f"teacher_steps must be in [1, {T}], got {steps}")
-    return [int(v) for v in np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1]
 
 
 @torch.inference_mode()

@@ -4,18 +4,23 @@ Per task i (REFERENCE.md §2.4 GUIDE, §1.4 Masip):
 - a batch is B/(i+1) real images of task i and B*i/(i+1) replay images of old classes, sampled
   from the diffusion model after task i-1 (its continual run folder), regenerated every
   ``generation_interval`` steps;
-- ``replay``: ``plain`` (hard labels = the conditioning class), ``soft`` (targets = the previous
-  classifier's logits on the old classes at temperature T, loss (1/(i+1)) CE_real + (i/(i+1)) T^2
-  KL(p_teacher || p_student), the standard KD direction, not Masip's reversed one:
-  ``soft_target_kd``), ``guided`` (GUIDE: the sampling of an old class y is guided, on the
-  predicted x0, toward the most likely *new* class of the classifier being trained, with a
-  per-sample scale ~ U[scale_min, scale_max]; with ``noised_classifier`` a second classifier, trained
-  on q_sample(x, t) of the same batches, guides on x_t instead: ADM's classic guidance, GUIDE's
-  ``train_noised_classifier``), ``joint`` (real data of all seen classes), ``none`` (fine-tuning);
-- SGD with momentum and weight decay, lr linearly decayed within the task; logits outside the
-  classes seen so far are masked during training (``trim_logits``);
+- ``replay``: ``plain`` (hard labels = the conditioning class), ``soft`` (Masip et al.'s
+  ``WeightedSoftGenerativeReplay``, exactly: targets = all logits of the classifier after task i-1,
+  loss (1/(i+1)) CE_real + (i/(i+1)) T^2 mean(-sum softmax(student/T) log softmax(teacher/T)),
+  their "reversed" soft cross-entropy: ``masip_soft_loss``), ``guided`` (GUIDE: the sampling of an
+  old class y is guided by ``guide_cond_fn`` with GUIDE's flags, by default toward the most likely
+  *new* class of the classifier being trained, on the predicted x0, with a per-sample scale
+  ~ U[scale_min, scale_max]; with ``noised_classifier`` a second, time-conditioned classifier,
+  trained on q_sample(x, t) of the same batches with t, guides on x_t instead: ADM's classic
+  guidance, GUIDE's ``train_noised_classifier``), ``joint`` (real data of all seen classes),
+  ``none`` (fine-tuning);
+- SGD with momentum and weight decay (GUIDE) or Adam (Masip), lr linearly decayed within the task;
+  logits outside the classes seen so far are masked during training (``trim_logits``; unset: GUIDE's
+  trimming, except soft replay, which is Masip's untrimmed recipe);
 - after the task: accuracy on each seen task's test split (argmax over all logits), average
-  accuracy and forgetting, a row in ``metrics.csv``.
+  accuracy and forgetting, and how the classifier after task i-1 judges the replay (the share of
+  replayed images whose argmax over the old classes is the conditioning class, and its mean
+  entropy over them), a row in ``metrics.csv``.
 Resume is per task: finished tasks are skipped and the classifier restored; an unfinished task restarts.
 """
 
@@ -25,7 +30,7 @@ import copy
 import json
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import blobfile as bf
 import numpy as np
@@ -42,19 +47,35 @@ from ..train_util import NonFiniteError, step_seed
 from .loop import _final_weights, append_metrics
 from .scenario import Scenario, Task, build_scenario, select
 
-REPLAYS = ("none", "joint", "plain", "soft", "guided")
+REPLAYS = ("none", "joint", "plain", "soft", "soft_kd", "guided")
+
+
+def masip_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """Masip et al.'s soft replay loss, exactly (REFERENCE.md §1.4): T^2 times the row mean of
+    -sum_c softmax(student/T)_c log softmax(teacher/T)_c over all logits of the classifier after the
+    previous task. The student's softmax multiplies the teacher's log-softmax (their "reversed" soft
+    cross-entropy): minimising it moves the student's mass to the teacher's most likely class, so
+    it acts as a confidence-weighted pseudo-label. Student logits trimmed to -inf add nothing."""
+    p_student = F.softmax(student_logits.float() / T, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    return -(p_student * log_p_teacher).sum(-1).mean() * T * T
 
 
 def soft_target_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, old_classes: List[int],
                    T: float) -> torch.Tensor:
-    """T^2 KL(p_teacher || p_student), averaged over rows: the standard KD direction (not Masip's
-    reversed cross-entropy, REFERENCE.md §1.4). The teacher (the classifier after the previous task)
-    gives a distribution over the old classes only; the student's is over all its logits (those of
-    unseen classes may be -inf, trimmed), so mass it puts on the new classes counts against it."""
+    """``soft_kd`` replay (not Masip's): T^2 KL(p_teacher || p_student), the standard distillation
+    direction, averaged over rows. The teacher gives a distribution over the old classes only; the
+    student's is over all its logits (those of unseen classes may be -inf, trimmed), so mass it puts
+    on the new classes counts against it."""
     old = torch.as_tensor(old_classes, device=student_logits.device)
     log_pt = F.log_softmax(teacher_logits.float().index_select(1, old) / T, -1)
     log_ps = F.log_softmax(student_logits.float() / T, -1).index_select(1, old)
     return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean() * T * T
+
+
+def trims_logits(s) -> bool:
+    """``solver.trim_logits``, or when unset: true (GUIDE), except soft replay (Masip's solver is untrimmed)."""
+    return s.replay != "soft" if s.trim_logits is None else bool(s.trim_logits)
 
 
 def _optimizer(params, s, lr: float) -> torch.optim.Optimizer:
@@ -114,49 +135,71 @@ def augment(x: torch.Tensor, kinds: List[str], gen: torch.Generator) -> torch.Te
 # ------------------------------------------------------------------ guidance
 
 
-def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s):
-    """GUIDE's guidance on x̂0 (REFERENCE.md §2.4): returns scale * grad_x log p(target | x̂0(x_t)).
+def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s, noised: bool = False):
+    """GUIDE's guidance function with its flags' semantics (REFERENCE.md §2.4); returns
+    ``scale * grad log-objective`` per sample, or None when neither gradient is asked (GUIDE then
+    returns a zero gradient: plain sampling).
 
-    ``use_new_grad`` with ``guid_to_new_classes``: target = the most likely new class under the
-    current classifier; without it: away from the conditioning class y. ``use_old_grad``: toward y
-    under the previous classifier.
+    - ``use_new_grad`` with ``guid_to_new_classes``: log p_clf(target | x), target = the new class
+      with the largest logit of the classifier being trained (toward the current decision region);
+    - ``use_new_grad`` alone: -log p_clf(y | x), away from the conditioning old class y;
+    - ``use_old_grad``: log p_prev(y | x) under the classifier after the previous task, over the old
+      classes (toward y); ``negate_old_grad`` flips its sign;
+    - both: refused, as GUIDE (its ``NotImplementedError``).
+
+    x is the predicted x̂0(x_t), so the gradient flows through the diffusion network, or, when
+    ``noised``, x_t itself, with each classifier given the timestep (ADM's classic guidance,
+    GUIDE's ``train_noised_classifier``). ``trim_logits``: logits outside the classes seen so far
+    (the old classes for the previous classifier) are masked, as GUIDE slices them.
     """
-    new = torch.as_tensor(new_classes, device=seen_mask.device)
+    if s.use_old_grad and s.use_new_grad:
+        raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
+    if not (s.use_old_grad or s.use_new_grad):
+        return None
+    trim = trims_logits(s)
+    new = torch.as_tensor(list(new_classes), device=seen_mask.device)
+
+    def logits_of(net, x_in, t, mask):
+        out = (net(x_in, t) if noised else net(x_in)).float()
+        return out.masked_fill(~mask, float("-inf")) if trim else out
+
+    def objective(x_in, t, y):
+        rows = torch.arange(len(y), device=y.device)
+        if s.use_old_grad:
+            obj = F.log_softmax(logits_of(prev_clf, x_in, t, old_mask), dim=-1)[rows, y]
+            return -obj if s.negate_old_grad else obj
+        logits = logits_of(clf, x_in, t, seen_mask)
+        logp = F.log_softmax(logits, dim=-1)
+        if s.guid_to_new_classes:
+            return logp[rows, new[logits[:, new].argmax(dim=1)]]
+        return -logp[rows, y]
+
+    def scaled(grad):
+        return scales.to(grad.device).view(-1, 1, 1, 1) * grad
+
+    if noised:
+        def cond_fn(x, t, y=None, **kwargs):
+            with torch.enable_grad():
+                x_in = x.detach().requires_grad_(True)
+                return scaled(torch.autograd.grad(objective(x_in, t, y).sum(), x_in)[0])
+        return cond_fn
 
     def cond_fn(x, t, pred_xstart=None, y=None, **kwargs):
-        if s.use_new_grad:
-            logits = clf(pred_xstart).float().masked_fill(~seen_mask, float("-inf"))
-            logp = F.log_softmax(logits, dim=-1)
-            if s.guid_to_new_classes:
-                target = new[logits[:, new].argmax(dim=1)]
-                obj = logp[torch.arange(len(x)), target]
-            else:
-                obj = -logp[torch.arange(len(x)), y]  # push away from the old label
-        else:
-            logits = prev_clf(pred_xstart).float().masked_fill(~old_mask, float("-inf"))
-            obj = F.log_softmax(logits, dim=-1)[torch.arange(len(x)), y]
-        grad = torch.autograd.grad(obj.sum(), x)[0]
-        return scales.to(x.device).view(-1, 1, 1, 1) * grad
+        return scaled(torch.autograd.grad(objective(pred_xstart, t, y).sum(), x)[0])
 
     cond_fn.needs_pred_xstart = True
     return cond_fn
 
 
-def noised_cond_fn(nclf, seen_mask, new_classes, scales):
-    """ADM's classic guidance with GUIDE's target: scale * grad_{x_t} log p(target | x_t) from the noised
-    classifier applied to x_t itself, target = its most likely new class. No gradient through the UNet."""
-    new = torch.as_tensor(new_classes, device=seen_mask.device)
-
-    def cond_fn(x, t, y=None, **kwargs):
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            logits = nclf(x).float().masked_fill(~seen_mask, float("-inf"))
-            target = new[logits[:, new].argmax(dim=1)]
-            obj = F.log_softmax(logits, dim=-1)[torch.arange(len(x)), target]
-            grad = torch.autograd.grad(obj.sum(), x)[0]
-        return scales.to(x.device).view(-1, 1, 1, 1) * grad
-
-    return cond_fn
+@torch.no_grad()
+def replay_judgement(prev_clf, x: torch.Tensor, y: torch.Tensor, old_mask: torch.Tensor) -> Tuple[float, float]:
+    """How the classifier after the previous task judges replayed images of old classes: the share
+    whose argmax over the old classes is the conditioning label, and the mean entropy (nats) of its
+    softmax over the old classes."""
+    logits = prev_clf(x).float().masked_fill(~old_mask, float("-inf"))
+    logp = F.log_softmax(logits, dim=-1)
+    entropy = -(logp.exp() * logp.masked_fill(~old_mask, 0.0)).sum(-1)
+    return float((logits.argmax(-1) == y).float().mean()), float(entropy.mean())
 
 
 # ------------------------------------------------------------------ the solver loop
@@ -167,10 +210,18 @@ class Solver:
         s = cfg.solver
         if s.replay not in REPLAYS:
             raise ConfigError(f"solver.replay {s.replay!r} is not one of {', '.join(REPLAYS)}")
-        if s.replay in ("plain", "soft", "guided") and not cfg.model.class_cond:
+        if s.replay in ("plain", "soft", "soft_kd", "guided") and not cfg.model.class_cond:
             raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
         if s.use_old_grad and s.use_new_grad:
             raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
+        if s.negate_old_grad and not s.use_old_grad:
+            raise ConfigError("solver.negate_old_grad flips the old classifier's gradient: it needs solver.use_old_grad")
+        if s.replay == "soft" and s.trim_logits:
+            raise ConfigError("solver.replay=soft is Masip's soft targets over all logits of the previous classifier, "
+                              "which trimming leaves untrained for the classes it has not seen: leave "
+                              "solver.trim_logits unset (or false) for soft, or use soft_kd (targets over the old "
+                              "classes only)")
+        self.trim_logits = trims_logits(s)
         if s.noised_classifier and s.replay != "guided":
             raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
                               f"{s.replay!r}")
@@ -181,8 +232,10 @@ class Solver:
         self.diffusion_run = s.diffusion_run or experiment.run_dir_of(cfg)
         torch.manual_seed(cfg.seed + 2)
         self.clf = create_classifier_net(s.arch, info.num_classes, info.channels).to(device)
-        # GUIDE's train_noised_classifier: a second classifier, trained on noised batches, guides on x_t
-        self.nclf = create_classifier_net(s.arch, info.num_classes, info.channels).to(device) \
+        # GUIDE's train_noised_classifier: a second, time-conditioned classifier, trained on noised
+        # batches, guides on x_t. Deliberate difference: GUIDE trains its one classifier on noised
+        # batches; we keep the solver clean (its test accuracy is the result) and add this one.
+        self.nclf = create_classifier_net(s.arch, info.num_classes, info.channels, time_conditioned=True).to(device) \
             if s.noised_classifier else None
         self.acc: Dict[int, Dict[int, float]] = {}
         self.gen_sec = 0.0
@@ -206,7 +259,7 @@ class Solver:
             p.requires_grad_(False)
         return model
 
-    def generate(self, model, diffusion, task: Task, n: int, gen: torch.Generator, prev_clf) -> tuple:
+    def generate(self, model, diffusion, task: Task, n: int, gen: torch.Generator, prev_clf, prev_nclf=None) -> tuple:
         """n replay images of old classes (uniform labels), guided toward the new classes if asked."""
         s = self.s
         old = torch.as_tensor(task.old_classes)
@@ -226,7 +279,8 @@ class Solver:
                 self.clf.eval()
                 if self.nclf is not None:
                     self.nclf.eval()
-                    cond_fn = noised_cond_fn(self.nclf, seen_mask, task.classes, scales)
+                    cond_fn = guide_cond_fn(self.nclf, prev_nclf, seen_mask, task.classes, old_mask, scales, s,
+                                            noised=True)
                 else:
                     cond_fn = guide_cond_fn(self.clf, prev_clf, seen_mask, task.classes, old_mask, scales, s)
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
@@ -258,10 +312,10 @@ class Solver:
 
     # -------------------------------------------------------------- training
 
-    def train_task(self, task: Task, prev_clf) -> dict:
+    def train_task(self, task: Task, prev_clf, prev_nclf=None) -> dict:
         s = self.s
         i = task.index
-        gen_mode = s.replay in ("plain", "soft", "guided") and i > 0
+        gen_mode = s.replay in ("plain", "soft", "soft_kd", "guided") and i > 0
         classes = task.seen_classes if s.replay == "joint" else task.classes
         idx = torch.as_tensor(select(self.y.numpy(), classes))
         n_real = s.batch_size // (i + 1) if gen_mode else s.batch_size
@@ -272,6 +326,9 @@ class Solver:
         opt = _optimizer(self.clf.parameters(), s, base_lr)
         seen_mask = torch.zeros(self.info.num_classes, dtype=torch.bool, device=self.device)
         seen_mask[list(task.seen_classes)] = True
+        old_mask = torch.zeros_like(seen_mask)
+        old_mask[list(task.old_classes)] = True
+        judged: List[Tuple[float, float]] = []
         kinds = [k.strip() for k in s.augment.split(",") if k.strip()]
         model = diffusion = None
         if gen_mode:
@@ -290,8 +347,9 @@ class Solver:
             xr, yr = next(data)
             xr, yr = xr.to(self.device), yr.to(self.device)
             if gen_mode and step % s.generation_interval == 0:
-                x_gen, y_gen = self.generate(model, diffusion, task, n_gen, gen, prev_clf)
-                if s.replay == "soft":
+                x_gen, y_gen = self.generate(model, diffusion, task, n_gen, gen, prev_clf, prev_nclf)
+                judged.append(replay_judgement(prev_clf, x_gen, y_gen, old_mask))
+                if s.replay in ("soft", "soft_kd"):
                     with torch.no_grad():
                         soft_gen = prev_clf(x_gen).float()
             xb = torch.cat([xr, x_gen]) if gen_mode else xr
@@ -299,13 +357,13 @@ class Solver:
             if kinds:
                 xb = augment(xb.cpu(), kinds, gen).to(self.device)
             logits = self.clf(xb).float()
-            if s.trim_logits:
+            if self.trim_logits:
                 logits = logits.masked_fill(~seen_mask, float("-inf"))
-            if s.replay == "soft" and gen_mode:
-                T = s.temperature
+            if s.replay in ("soft", "soft_kd") and gen_mode:
                 real = F.cross_entropy(logits[:n_real], yr)
-                kd = soft_target_kd(logits[n_real:], soft_gen, list(task.old_classes), T)
-                loss = real / (i + 1) + kd * i / (i + 1)
+                soft = masip_soft_loss(logits[n_real:], soft_gen, s.temperature) if s.replay == "soft" else \
+                    soft_target_kd(logits[n_real:], soft_gen, list(task.old_classes), s.temperature)
+                loss = real / (i + 1) + soft * i / (i + 1)
             else:
                 loss = F.cross_entropy(logits, labels)
             _update(opt, loss, lr, f"solver ({s.replay} replay), task {i}, step {step + 1}")
@@ -313,8 +371,8 @@ class Solver:
             if self.nclf is not None:
                 t = torch.randint(0, noiser.num_timesteps, (len(xb),), generator=gen).to(self.device)
                 xn = noiser.q_sample(xb.detach(), t, noise=torch.randn(xb.shape, generator=gen).to(self.device))
-                n_logits = self.nclf(xn).float()
-                if s.trim_logits:
+                n_logits = self.nclf(xn, noiser._scale_timesteps(t)).float()  # the t a cond_fn receives
+                if self.trim_logits:
                     n_logits = n_logits.masked_fill(~seen_mask, float("-inf"))
                 _update(opt_n, F.cross_entropy(n_logits, labels), lr,
                         f"solver noised classifier, task {i}, step {step + 1}")
@@ -325,11 +383,15 @@ class Solver:
                 self.logger.logkv("loss", float(np.mean(losses[-s.log_interval:])))
                 self.logger.dumpkvs()
         bar.close()
-        return {"train_sec": round(time.time() - start, 2), "sec_per_step": round((time.time() - start) / steps, 4),
-                "final_loss": round(float(np.mean(losses[-20:])), 5), "real_per_batch": n_real, "replay_per_batch": n_gen}
+        row = {"train_sec": round(time.time() - start, 2), "sec_per_step": round((time.time() - start) / steps, 4),
+               "final_loss": round(float(np.mean(losses[-20:])), 5), "real_per_batch": n_real, "replay_per_batch": n_gen}
+        if judged:
+            row["replay_label_agree"] = round(float(np.mean([a for a, _ in judged])), 4)
+            row["replay_old_entropy"] = round(float(np.mean([e for _, e in judged])), 4)
+        return row
 
     def run(self) -> Dict[int, Dict[int, float]]:
-        prev_clf = None
+        prev_clf = prev_nclf = None
         first = 0
         while first < len(self.scenario.tasks) and bf.exists(f"{self.run_dir}/task_{first}.done.json"):
             first += 1
@@ -344,8 +406,9 @@ class Solver:
         for task in self.scenario.tasks[first:]:
             if task.index > 0:
                 prev_clf = copy.deepcopy(self.clf).eval()
+                prev_nclf = copy.deepcopy(self.nclf).eval() if self.nclf is not None else None
             self.gen_sec, self.gen_images = 0.0, 0
-            row = self.train_task(task, prev_clf)
+            row = self.train_task(task, prev_clf, prev_nclf)
             acc = self.evaluate(task)
             self.acc[task.index] = acc
             avg = float(np.mean(list(acc.values())))

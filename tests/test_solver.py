@@ -1,0 +1,207 @@
+"""The continual classifier's pieces against hand computations: GUIDE's guidance flags, the
+time-conditioned noised classifier, Masip's soft replay loss, trailing timestep spacing and the
+replay judgement (REFERENCE.md §1.4, §2.4)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from guided_diffusion.classifiers import TimeConditioned, create_classifier_net
+from guided_diffusion.config import ConfigError, SolverConfig
+from guided_diffusion.continual.solver import guide_cond_fn, masip_soft_loss, replay_judgement
+from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.script_util import create_gaussian_diffusion
+
+# ------------------------------------------------------------------ GUIDE's flags
+
+C, SHAPE = 4, (1, 2, 2)  # classes 0, 1 old, 2, 3 new (task 1 of 2 x 2)
+SEEN = torch.tensor([True, True, True, True])
+OLD = torch.tensor([True, True, False, False])
+
+
+class Affine(torch.nn.Module):
+    """logits = A flatten(x) + b: d log p(k | x) / dx = A_k - sum_j p_j A_j, by hand."""
+
+    def __init__(self, seed):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.A = torch.randn(C, int(np.prod(SHAPE)), generator=g, dtype=torch.float64)
+        self.b = torch.randn(C, generator=g, dtype=torch.float64)
+
+    def forward(self, x, t=None):
+        return x.flatten(1).double() @ self.A.T + self.b
+
+
+def _grad_log_p(net, x0, k, mask):
+    """numpy: d log p(k | x0) / d x0 for an Affine net, softmax over the classes in ``mask``."""
+    A, b = net.A.numpy(), net.b.numpy()
+    z = x0.reshape(len(x0), -1) @ A.T + b
+    z = np.where(mask.numpy(), z, -np.inf)
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return np.stack([A[k[i]] - p[i] @ A for i in range(len(x0))]).reshape(x0.shape)
+
+
+def _call(cond_fn, x):
+    """The cond_fn as p_sample calls it with needs_pred_xstart: x̂0 = 2 x (so d x̂0 / dx = 2)."""
+    x = x.clone().requires_grad_(True)
+    y = torch.tensor([0, 1, 1])
+    return cond_fn(x, torch.tensor([10, 20, 30]), pred_xstart=2 * x, y=y).detach().numpy()
+
+
+@pytest.mark.parametrize("flags", [
+    dict(use_new_grad=True, guid_to_new_classes=True),
+    dict(use_new_grad=True, guid_to_new_classes=False),
+    dict(use_new_grad=False, use_old_grad=True),
+    dict(use_new_grad=False, use_old_grad=True, negate_old_grad=True),
+    dict(use_new_grad=True, guid_to_new_classes=True, trim_logits=False),
+    dict(use_new_grad=False, use_old_grad=True, trim_logits=False),
+])
+def test_guide_cond_fn_each_flag_combination_by_hand(flags):
+    s = dataclasses.replace(SolverConfig(), **flags)
+    clf, prev = Affine(1), Affine(2)
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    scales = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    got = _call(guide_cond_fn(clf, prev, SEEN, (2, 3), OLD, scales, s), x)
+
+    x0, y = 2 * x.numpy(), np.array([0, 1, 1])
+    all_classes = torch.ones(C, dtype=torch.bool)
+    trim = s.trim_logits is not False  # unset: trimmed (GUIDE), for every replay but soft
+    if s.use_old_grad:  # toward y under the previous classifier, over the old classes
+        g = _grad_log_p(prev, x0, y, OLD if trim else all_classes)
+        g = -g if s.negate_old_grad else g
+    elif s.guid_to_new_classes:  # toward the new class with the largest logit of the current one
+        z = x0.reshape(3, -1) @ clf.A.numpy().T + clf.b.numpy()
+        target = 2 + z[:, 2:].argmax(1)
+        g = _grad_log_p(clf, x0, target, SEEN if trim else all_classes)
+    else:  # away from y under the current classifier
+        g = -_grad_log_p(clf, x0, y, SEEN)
+    want = scales.numpy().reshape(-1, 1, 1, 1) * 2 * g
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)  # the logits are taken in float32
+
+
+def test_guide_cond_fn_neither_gradient_is_no_guidance_and_both_are_refused():
+    s = dataclasses.replace(SolverConfig(), use_new_grad=False, use_old_grad=False)
+    assert guide_cond_fn(Affine(1), Affine(2), SEEN, (2, 3), OLD, torch.ones(3), s) is None
+    s = dataclasses.replace(SolverConfig(), use_new_grad=True, use_old_grad=True)
+    with pytest.raises(ConfigError, match="use_old_grad and solver.use_new_grad"):
+        guide_cond_fn(Affine(1), Affine(2), SEEN, (2, 3), OLD, torch.ones(3), s)
+
+
+def test_noised_guidance_gives_t_to_the_classifier_and_differentiates_x_t():
+    """The noised variant: the classifiers see (x_t, t), the gradient is d/dx_t (no x̂0)."""
+    seen_t = []
+
+    class Recording(Affine):
+        def forward(self, x, t=None):
+            seen_t.append(t)
+            return super().forward(x)
+
+    s = dataclasses.replace(SolverConfig(), use_new_grad=True, guid_to_new_classes=True)
+    clf = Recording(1)
+    cond = guide_cond_fn(clf, None, SEEN, (2, 3), OLD, torch.ones(3, dtype=torch.float64), s, noised=True)
+    assert not getattr(cond, "needs_pred_xstart", False)
+    x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = torch.tensor([999, 500, 7])
+    got = cond(x, t, y=torch.tensor([0, 1, 1])).numpy()
+    assert len(seen_t) == 1 and torch.equal(seen_t[0], t)
+    z = x.numpy().reshape(3, -1) @ clf.A.numpy().T + clf.b.numpy()
+    np.testing.assert_allclose(got, _grad_log_p(clf, x.numpy(), 2 + z[:, 2:].argmax(1), SEEN), rtol=1e-5, atol=1e-7)
+
+
+def test_time_conditioned_classifier_starts_as_its_net_and_learns_to_use_t():
+    torch.manual_seed(0)
+    net = create_classifier_net("cnn", 10, 1, time_conditioned=True)
+    assert isinstance(net, TimeConditioned)
+    net.eval()
+    x = torch.randn(4, 1, 16, 16)
+    t = torch.tensor([0, 250, 500, 999])
+    # the time MLP's last layer starts at zero: exactly the wrapped net, whatever t
+    assert torch.equal(net(x, t), net.net(x)) and torch.equal(net(x), net(x, torch.zeros(4)))
+    # a task only t can solve: the label is whether t > 500, the images are the same noise
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    xs = torch.randn(1, 1, 16, 16).expand(64, -1, -1, -1)
+    ts = torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(1))
+    labels = (ts > 500).long()
+    for _ in range(150):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(xs, ts), labels).backward()
+        opt.step()
+    net.eval()
+    assert (net(xs, ts).argmax(-1) == labels).float().mean() > 0.9
+
+
+# ------------------------------------------------------------------ Masip's soft replay
+
+
+def test_masip_soft_loss_by_hand_and_finite_with_trimmed_student_logits():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(5, 10, generator=g, dtype=torch.float64) * 3
+    student = torch.randn(5, 10, generator=g, dtype=torch.float64) * 3
+    student[:, 6:] = float("-inf")  # trimmed: classes 0..5 seen
+    T = 2.0
+    got = masip_soft_loss(student, teacher, T)
+    s, t = student.numpy()[:, :6] / T, teacher.numpy() / T
+    ps = np.exp(s - s.max(1, keepdims=True))
+    ps /= ps.sum(1, keepdims=True)
+    log_pt = t - t.max(1, keepdims=True) - np.log(np.exp(t - t.max(1, keepdims=True)).sum(1, keepdims=True))
+    want = -(ps * log_pt[:, :6]).sum(1).mean() * T * T  # over ALL teacher logits, student's softmax first
+    assert torch.isfinite(got) and abs(got.item() - want) < 1e-5
+
+
+def test_masip_soft_loss_moves_the_student_to_the_teachers_argmax():
+    """Its "reversed" form: with an uncertain teacher (0.4 / 0.35 / 0.25) the student's mass goes to
+    the teacher's most likely class, not to the teacher's distribution."""
+    teacher = torch.log(torch.tensor([[0.4, 0.35, 0.25]])) * 2.0  # softmax(teacher / 2) = (0.4, 0.35, 0.25)
+    student = torch.zeros(1, 3, requires_grad=True)
+    opt = torch.optim.SGD([student], lr=1.0)
+    for _ in range(300):
+        opt.zero_grad()
+        masip_soft_loss(student, teacher, 2.0).backward()
+        opt.step()
+    p = torch.softmax(student / 2.0, -1)[0]
+    assert p[0] > 0.9, p
+
+
+def test_replay_judgement_by_hand():
+    logits = torch.tensor([[3.0, 1.0, 9.0], [0.0, 2.0, 9.0], [1.0, 1.0, -9.0]])
+    old = torch.tensor([True, True, False])
+    agree, entropy = replay_judgement(lambda x: x, logits, torch.tensor([0, 0, 1]), old)
+    assert agree == pytest.approx(1 / 3)  # argmax over the old classes: 0, 1, 0 (a tie: the first)
+    p = torch.softmax(logits[:, :2], -1)
+    assert entropy == pytest.approx(float(-(p * p.log()).sum(-1).mean()), rel=1e-6)
+
+
+# ------------------------------------------------------------------ trailing spacing
+
+
+def test_trailing_respacing_starts_at_the_last_timestep():
+    want = {99, 199, 299, 399, 499, 599, 699, 799, 899, 999}
+    assert space_timesteps(1000, "ddim10t") == want == space_timesteps(1000, "10T")
+    assert max(space_timesteps(1000, "ddim10")) == 900  # ADM's leading spacing, unchanged
+    d = create_gaussian_diffusion(steps=1000, noise_schedule="cosine", timestep_respacing="ddim10t")
+    assert isinstance(d, SpacedDiffusion) and d.timestep_map[-1] == 999 and d.num_timesteps == 10
+    # the first sampling step starts from (nearly) pure noise: alpha-bar of t = 999, not of 900
+    assert d.alphas_cumprod[-1] < 1e-3
+    for bad in ("ddimxt", "t", "ddim0t", "2000t"):
+        with pytest.raises(ValueError, match="respacing|trailing"):
+            space_timesteps(1000, bad)
+
+
+def test_soft_replay_is_untrimmed_and_refuses_trimming():
+    """Masip's soft targets are all logits of an untrimmed classifier: trim_logits unset means
+    untrimmed for soft and trimmed (GUIDE) for the others; soft with trim_logits true is refused."""
+    from guided_diffusion.config import Config
+    from guided_diffusion.continual.solver import Solver, trims_logits
+
+    for replay, want in (("soft", False), ("soft_kd", True), ("plain", True), ("guided", True)):
+        assert trims_logits(dataclasses.replace(SolverConfig(), replay=replay)) is want
+        assert trims_logits(dataclasses.replace(SolverConfig(), replay=replay, trim_logits=False)) is False
+    cfg = Config()
+    cfg.model.class_cond = True
+    cfg.solver = dataclasses.replace(SolverConfig(), replay="soft", trim_logits=True)
+    with pytest.raises(ConfigError, match="soft_kd"):
+        Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
