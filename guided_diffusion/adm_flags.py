@@ -16,11 +16,17 @@ Where ADM's meaning is not a plain key, a translation says so:
 
 ADM flags without an equivalent here (``--fp16_scale_growth``, ``--val_data_dir``) fail with a line
 that says so, never silently.
+
+GUIDE (cywinski/guide, REFERENCE.md §2.2) is an ADM fork whose classifier phase is ``image_train.py
+--train_with_disjoint_classifier True``; its flags are accepted by ``classifier_cl_train.py`` (kind
+``guide_classifier``): ``--classifier_lr 0.01 --guid_generation_interval 5 ...`` set the ``solver``
+keys. Its true/false flags are read as its ``str2bool`` reads them (yes/true/t/y/1, no/false/f/n/0).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Union
+import re
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 from .config import ConfigError, parse_bool
 
@@ -147,9 +153,159 @@ _resume_checkpoint.__doc__ = ("model.init_path: start from these weights (a run 
 Target = Union[str, Translation]
 
 
+# ----------------------------------------------------------------------------------------------
+# GUIDE's classifier phase (scripts/image_train.py --train_with_disjoint_classifier True)
+
+# GUIDE's --classifier_augmentation True: kornia RandomCrop(pad 4), RandomRotation(30), RandomHorizontalFlip,
+# ColorJiggle, RandomErasing (REFERENCE.md §2.1), here the solver's augment kinds of the same names.
+GUIDE_AUGMENT = "crop,rotation,flip,jitter,erasing"
+
+_GUIDE_TRUE = ("yes", "true", "t", "y", "1", "on")
+_GUIDE_FALSE = ("no", "false", "f", "n", "0", "off")
+
+
+def _guide_bool(flag: str, key: str) -> Translation:
+    def translate(value: str, world_size: int) -> List[str]:
+        return [f"{key}={'true' if _str2bool(flag, value) else 'false'}"]
+
+    translate.__doc__ = f"{key} (true/false, GUIDE's str2bool)"
+    return translate
+
+
+def _str2bool(flag: str, value: str) -> bool:
+    """GUIDE's ``str2bool``: yes/true/t/y/1 or no/false/f/n/0, any case (on/off too, as configs)."""
+    text = str(value).strip().lower()
+    if text in _GUIDE_TRUE:
+        return True
+    if text in _GUIDE_FALSE:
+        return False
+    raise ConfigError(f"--{flag} expects true or false (GUIDE's str2bool: yes/true/t/y/1, no/false/f/n/0), "
+                      f"got {value!r}")
+
+
+def _guide_scales() -> Dict[str, Translation]:
+    """``--classifier_scale_{min,max}_{old,new}``: solver.scale_min / scale_max. GUIDE keeps a range
+    per gradient but guides with one at a time (use_old_grad or use_new_grad), so one range serves
+    both here (``check_guide_flags`` refuses _old and _new that differ). As GUIDE's
+    ``preprocess_args``: a bound given alone stands for both (min 0.5 alone: the range [0.5, 0.5]);
+    a later flag for the other bound replaces the copy. State per table (one ``flags_for`` call)."""
+    given: set = set()
+
+    def make(bound: str, family: str) -> Translation:
+        other = "max" if bound == "min" else "min"
+
+        def translate(value: str, world_size: int) -> List[str]:
+            words = [f"solver.scale_{bound}={value}"]
+            if other not in given:  # GUIDE: min alone -> max = min (and the reverse)
+                words.append(f"solver.scale_{other}={value}")
+            given.add(bound)
+            return words
+
+        translate.__doc__ = (f"solver.scale_{bound} (GUIDE's {family} range; alone, also solver.scale_{other}, as "
+                             f"GUIDE); one range serves _old and _new")
+        return translate
+
+    return {f"classifier_scale_{b}_{f}": make(b, f) for b in ("min", "max") for f in ("old", "new")}
+
+
+def _guide_augmentation(value: str, world_size: int) -> List[str]:
+    on = _str2bool("classifier_augmentation", value)
+    return [f"solver.augment={GUIDE_AUGMENT if on else ''}"]
+
+
+_guide_augmentation.__doc__ = f"solver.augment: true = {GUIDE_AUGMENT} (GUIDE's kornia set), false = none"
+
+
+def _guide_depth(value: str, world_size: int) -> List[str]:
+    if str(value).strip() != "18":
+        raise ConfigError(f"--depth {value}: the solver's ResNet here is GUIDE's default ResNet-18 only "
+                          "(--depth 18, solver.arch=resnet18); other depths are not built")
+    return ["solver.arch=resnet18"]
+
+
+_guide_depth.__doc__ = "solver.arch=resnet18 (GUIDE's ResNet depth; only 18 is built)"
+
+
+def _guide_batch(value: str, world_size: int) -> List[str]:
+    return [f"solver.batch_size={int(value)}"]
+
+
+_guide_batch.__doc__ = ("solver.batch_size = B: GUIDE's batch is per process and the solver runs in one process, "
+                        "so B is the whole batch (task i: B/(i+1) real + B*i/(i+1) replay images, as GUIDE)")
+
+
+def _guide_pretrained_dir(value: str, world_size: int) -> List[str]:
+    return [f"solver.diffusion_run={value}"]
+
+
+_guide_pretrained_dir.__doc__ = ("solver.diffusion_run: the run folder of this project's continual diffusion run "
+                                 "(scripts/continual_train.py), whose task_k/ EMA weights replay task k "
+                                 "(GUIDE's folder of ema_*_{task}.pt files is not read)")
+
+
+def guide_classifier_flags() -> Dict[str, Target]:
+    """GUIDE's classifier-phase flags (README commands, REFERENCE.md §2.2) -> solver keys. The
+    diffusion model's flags (``--num_channels``, ``--embedding_kind``, ...) describe the model that
+    replays, as in GUIDE's command. The README's other flags (--dataset, --num_tasks, --cl_method,
+    --train_with_disjoint_classifier, --wandb_*) are not taken: ``--config yaml/guide/<benchmark>.yaml``
+    sets the data and the scenario."""
+    table: Dict[str, Target] = {**MODEL_FLAGS, "embedding_kind": "model.embedding_kind", "seed": "seed",
+                                "log_interval": "solver.log_interval"}
+    table.update(_guide_scales())
+    for flag, key in (("use_old_grad", "solver.use_old_grad"), ("use_new_grad", "solver.use_new_grad"),
+                      ("guid_to_new_classes", "solver.guid_to_new_classes"),
+                      ("negate_old_grad", "solver.negate_old_grad"), ("trim_logits", "solver.trim_logits"),
+                      ("train_noised_classifier", "solver.noised_classifier"), ("use_ddim", "solver.use_ddim")):
+        table[flag] = _guide_bool(flag, key)
+    for flag in ("class_cond", "use_checkpoint", "use_scale_shift_norm", "resblock_updown",
+                 "use_new_attention_order", "learn_sigma", "use_kl", "predict_xstart", "rescale_timesteps",
+                 "rescale_learned_sigmas"):  # the model's true/false flags, read by GUIDE's str2bool too
+        table[flag] = _guide_bool(flag, MODEL_FLAGS[flag])
+    table.update({
+        "disjoint_classifier_init_num_steps": "solver.init_num_steps",
+        "disjoint_classifier_num_steps": "solver.num_steps",
+        "classifier_init_lr": "solver.init_lr",
+        "classifier_lr": "solver.lr",
+        "classifier_weight_decay": "solver.weight_decay",
+        "guid_generation_interval": "solver.generation_interval",
+        "timestep_respacing": "solver.respacing",  # the replay sampler (GUIDE: ddim50 / ddim100, ADM's leading spacing)
+        "classifier_augmentation": _guide_augmentation,
+        "depth": _guide_depth,
+        "batch_size": _guide_batch,  # GUIDE's batch is per process; the solver is one process: the whole batch
+        "diffusion_pretrained_dir": _guide_pretrained_dir,
+    })
+    return table
+
+
+def check_guide_flags(cfg, translations: Sequence[Tuple[str, List[str]]]) -> None:
+    """What GUIDE refuses, or one range cannot hold, after the flags (``args.translations``) are read:
+    ``--classifier_scale_*_old`` and ``*_new`` that give different ranges (one range serves both here;
+    each family's range as GUIDE completes it), and both gradients on (GUIDE: NotImplementedError)."""
+    given = [(name.lstrip("-").replace("-", "_"), value) for name, _, value in
+             (flag.partition(" ") for flag, _ in translations)]
+    ranges: Dict[str, Dict[str, float]] = {}
+    for name, value in given:
+        m = re.fullmatch(r"classifier_scale_(min|max)_(old|new)", name)
+        if m:
+            ranges.setdefault(m.group(2), {})[m.group(1)] = float(value)
+    if len(ranges) == 2:
+        full = {fam: (b.get("min", b.get("max")), b.get("max", b.get("min"))) for fam, b in ranges.items()}
+        if full["old"] != full["new"]:
+            raise ConfigError(
+                f"--classifier_scale_*_old gives the range {list(full['old'])} and --classifier_scale_*_new "
+                f"{list(full['new'])}: GUIDE guides with one gradient at a time, and here one range "
+                "(solver.scale_min, solver.scale_max) serves both; give the scales of the gradient you use")
+    grads = {name for name, _ in given} & {"use_old_grad", "use_new_grad"}
+    if cfg.solver.use_old_grad and cfg.solver.use_new_grad and grads:
+        raise ConfigError("solver.use_old_grad and solver.use_new_grad are both true: GUIDE refuses both gradients "
+                          "(NotImplementedError); add --use_new_grad False (the presets and the default set it true) "
+                          "or --use_old_grad False")
+
+
 def flags_for(kind: str) -> Dict[str, Target]:
     """The ADM flags of a script kind: ``train`` (image_train.py and the continual trainers),
-    ``sample`` (image_sample.py), ``classifier`` (classifier_train.py)."""
+    ``sample`` (image_sample.py), ``classifier`` (classifier_train.py), ``guide_classifier``
+    (classifier_cl_train.py: GUIDE's classifier-phase flags, ``guide_classifier_flags``)."""
     if kind == "train":
         table: Dict[str, Target] = {**MODEL_FLAGS, **TRAIN_FLAGS}
         table.update(batch_size=_per_process_batch("train.batch_size"), use_fp16=_use_fp16,
@@ -162,7 +318,9 @@ def flags_for(kind: str) -> Dict[str, Target]:
         table = dict(CLASSIFIER_FLAGS)
         table.update(batch_size=_per_process_batch("classifier.batch_size"))
         return table
-    raise ValueError(f"unknown script kind {kind!r}: train, sample or classifier")
+    if kind == "guide_classifier":
+        return guide_classifier_flags()
+    raise ValueError(f"unknown script kind {kind!r}: train, sample, classifier or guide_classifier")
 
 
 def describe(target: Target) -> str:

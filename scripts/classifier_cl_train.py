@@ -5,13 +5,24 @@ Usage (after the diffusion run of the same config has finished):
     python scripts/classifier_cl_train.py --config yaml/mnist/solver.yaml solver.replay=guided
     python scripts/classifier_cl_train.py --config yaml/mnist/solver.yaml solver.replay=plain
 The ``solver`` section sets the classifier (arch cnn | resnet18), the replay (none, joint, plain,
-soft, guided), steps, SGD learning rates, augmentation and GUIDE's guidance options
-(scale_min/max, use_old_grad, use_new_grad, guid_to_new_classes). The diffusion model of task
+soft (Masip's soft targets), soft_kd (standard distillation), guided), steps, learning rates,
+augmentation, the replay sampler (``respacing``: ddim10t is Masip's trailing DDIM, ddim50 GUIDE's)
+and GUIDE's guidance options (scale_min/max, use_old_grad, negate_old_grad, use_new_grad,
+guid_to_new_classes, noised_classifier: a time-conditioned classifier guiding on x_t). The diffusion model of task
 i-1 is read from the run folder (``solver.diffusion_run``, default: this config's run folder).
 Outputs go to experiments/<name>/solver_<replay>/: metrics.csv (accuracy on every seen task,
 average accuracy, forgetting, replay generation cost), the classifier after each task. The
 solver runs in one process (its cost is replay generation, which backpropagates through the UNet
 when guided); a rerun skips finished tasks.
+
+GUIDE's classifier-phase flags are aliases of the solver keys (--help lists them; --dry-run prints
+each flag's keys), so the classifier flags of GUIDE's README commands can be typed after a preset,
+which sets what their --dataset, --num_tasks and --cl_method say:
+    python scripts/classifier_cl_train.py --config yaml/guide/cifar10_5.yaml --classifier_lr=0.01
+        --classifier_scale_min_new=0.5 --classifier_scale_max_new=0.5 --guid_generation_interval=5
+--batch_size is GUIDE's per-process batch: the solver runs in one process, so it is the whole batch.
+One scale range serves GUIDE's _old and _new flags (one gradient guides at a time): _old and _new
+scales that differ are refused, as are both gradients on and --depth other than 18.
 """
 
 import os
@@ -19,13 +30,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import cli, dist_util  # noqa: E402
+from guided_diffusion import adm_flags, cli, dist_util  # noqa: E402
 import guided_diffusion.continual.methods  # noqa: E402,F401  (registers the methods' config schemas)
 from guided_diffusion.continual.solver import run_solver  # noqa: E402
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, program="classifier_cl_train.py")
+    cfg, args = cli.parse(__doc__, adm="guide_classifier", program="classifier_cl_train.py")
+    adm_flags.check_guide_flags(cfg, args.translations)
     if cli.maybe_dry_run(cfg, args):
         return 0
     solver = run_solver(cfg)
