@@ -16,7 +16,7 @@ A *suite* is a YAML file (``yaml/bench/split_mnist.yaml``)::
       ewc: yaml/mnist/ewc.yaml            # or a config file: its method section
     solver:                  # the continual classifier, replaying from one method's diffusion runs
       diffusion: gd_full
-      replays: [none, joint, plain, soft, guided]
+      replays: [none, joint, plain, soft, soft_kd, guided]
       settings: {solver: {num_steps: 100}}
     scales:                  # --scale NAME: these suite keys replace the ones above (whole keys)
       paper: {base: yaml/fmnist/generative_distillation.yaml, methods: {...}, ...}
@@ -389,12 +389,13 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
 
 def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
     """(header, rows, values) of the classifier runs; ``values[replay]["acc"|"fgt"]``: per-seed numbers."""
-    header = ["replay", "seeds", "final avg acc ↑", "forgetting ↓", "replay generation s", "wall min"]
+    header = ["replay", "seeds", "final avg acc ↑", "forgetting ↓", "replay label = previous classifier's argmax",
+              "previous classifier's entropy on replay (nats)", "replay generation s", "wall min"]
     times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     rows, values = [], {}
     for replay in suite.solver.get("replays", []) if suite.solver else []:
         runs = [s for s in specs if s.kind == "solver" and s.label == f"solver_{replay}"]
-        acc, fgt, gen, wall = [], [], [], []
+        acc, fgt, gen, wall, agree, ent = [], [], [], [], [], []
         for s in runs:
             rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
             if not rows_:
@@ -402,9 +403,17 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
             acc.append(_num(rows_[-1].get("avg_acc")))
             fgt.append(_num(rows_[-1].get("forgetting")))
             gen.append(sum(_num(r.get("gen_sec")) or 0 for r in rows_))
+            # how the classifier after task i-1 judges the replay, averaged over tasks 1.. (solver.replay_judgement)
+            judged = [(_num(r.get("replay_label_agree")), _num(r.get("replay_old_entropy"))) for r in rows_
+                      if (_num(r.get("task")) or 0) > 0]
+            if judged and all(a is not None for a, _ in judged):
+                agree.append(float(np.mean([a for a, _ in judged])))
+                ent.append(float(np.mean([e for _, e in judged])))
             wall.append((_wall(times, s.label, s.seed) or 0) / 60 or None)
-        values[replay] = {"acc": [v for v in acc if v is not None], "fgt": [v for v in fgt if v is not None]}
-        rows.append([replay, f"{len(acc)}/{len(runs)}", _cell(acc), _cell(fgt), _cell(gen), _cell(wall)])
+        values[replay] = {"acc": [v for v in acc if v is not None], "fgt": [v for v in fgt if v is not None],
+                          "agree": agree}
+        rows.append([replay, f"{len(acc)}/{len(runs)}", _cell(acc), _cell(fgt), _cell(agree), _cell(ent), _cell(gen),
+                     _cell(wall)])
     return header, rows, values
 
 
@@ -502,6 +511,15 @@ def claims(m: Dict[str, Dict[str, List[float]]], s: Dict[str, Dict[str, List[flo
                f"guided {_ms(ga)} vs plain {_ms(pa)} (soft {_ms((s.get('soft') or {}).get('acc') or [])}, joint "
                f"{_ms((s.get('joint') or {}).get('acc') or [])}, none {_ms((s.get('none') or {}).get('acc') or [])}): "
                f"{_verdict(v)}.")
+    sa, ka = (s.get("soft") or {}).get("acc") or [], (s.get("soft_kd") or {}).get("acc") or []
+    agree = (s.get("plain") or {}).get("agree") or []
+    v = None if not (sa and pa) else {"better": "confirmed", "tie": "confirmed", "worse": "not confirmed",
+                                      None: "not resolved"}[compare(sa, pa, True)]
+    out.append(f"4. *Soft-target replay (Masip et al.'s loss) is at least as good as plain replay* — soft {_ms(sa)} "
+               f"vs plain {_ms(pa)} (standard distillation, soft_kd: {_ms(ka)}); the previous classifier's argmax "
+               f"agrees with the replay's label on {_ms(agree)} of the replayed images (plain runs, tasks 1-4): soft "
+               f"targets carry the previous classifier's errors, where plain replay has the class-conditional "
+               f"generator's label: {_verdict(v)} (not worse than plain by more than the spread).")
     return out
 
 

@@ -99,9 +99,13 @@ def test_tables_and_claims_from_run_logs(tmp_path):
                  "eval_kld": f / 100, "final_teacher_nfe": 48 if s.label == "gd_full" else 16,
                  "eval_acc_task_0": 0.7, "eval_acc_task_1": 0.8, "eval_fid_task_0": 8.0, "eval_fid_task_1": 6.0},
             ])
-        if s.kind == "solver" and s.label in ("solver_plain", "solver_guided"):
-            _write(f"{s.run_dir}/metrics.csv", [{"task": 1, "avg_acc": 0.80 if s.label == "solver_plain" else 0.85,
-                                                 "forgetting": 0.1, "gen_sec": 3}])
+        if s.kind == "solver" and s.label in ("solver_plain", "solver_guided", "solver_soft"):
+            acc = {"solver_plain": 0.80, "solver_guided": 0.85, "solver_soft": 0.5 + 0.01 * s.seed}[s.label]
+            _write(f"{s.run_dir}/metrics.csv", [
+                {"task": 0, "avg_acc": 0.99, "forgetting": 0.0, "gen_sec": 0, "replay_label_agree": "",
+                 "replay_old_entropy": ""},
+                {"task": 1, "avg_acc": acc, "forgetting": 0.1, "gen_sec": 3, "replay_label_agree": 0.9,
+                 "replay_old_entropy": 0.25}])
     header, rows, values = bcl.method_table(suite, specs)
     row = dict(zip(header, rows[[r[0] for r in rows].index("gd_full")]))
     assert row["seeds"] == "2/2" and row["FID ↓"].startswith("11 ± 1.4")  # mean 11, sample std sqrt(2)
@@ -113,9 +117,14 @@ def test_tables_and_claims_from_run_logs(tmp_path):
     assert values["gd_full"]["afq_fid"] == [7.0, 7.0] and values["gd_full"]["fr_fid"] == [4.0, 4.0]
     _, srows, svalues = bcl.solver_table(suite, specs)
     assert svalues["guided"]["acc"] == pytest.approx([0.85, 0.85]) and svalues["none"]["acc"] == []
+    srow = dict(zip(_, srows[[r[0] for r in srows].index("plain")]))
+    assert srow["replay label = previous classifier's argmax"].startswith("0.9")  # tasks 1.. only
+    assert svalues["plain"]["agree"] == pytest.approx([0.9, 0.9])
     text = "\n".join(bcl.claims(values, svalues))
     # GD 11 +- 1.4 vs GR 32 +- 2.8: 21 apart, more than 1.4 + 2.8: confirmed (and so for the others)
     assert text.count("**confirmed**") == 3, text
+    # soft 0.505 +- 0.007 vs plain 0.80: worse beyond the spread
+    assert "4. *Soft-target replay" in text and text.count("**not confirmed**") == 1, text
     assert "ratio 0.60" in bcl.convergence_check(values)  # task 0's FID 3 vs joint's 5
     values["gd_full"]["eval_fid"] = [40.0, 42.0]  # worse than generative replay beyond the spread
     assert "**not confirmed** (GD better than GR" in bcl.claims(values, svalues)[0]
