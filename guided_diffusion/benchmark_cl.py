@@ -230,12 +230,16 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
     the diffusion run a solver reads), up to ``jobs`` at once, in plan order. Each process gets
     ``threads`` (default: the CPU count) divided by the number of runs that can go at that moment,
     so a run alone gets every core. A failed run stops the suite (``SuiteRunError``; rerun to resume):
-    runs already started finish, no other starts."""
+    runs already started finish, no other starts. ``only``: these labels, and every run one of them
+    needs (a finished one returns at once), so a selected run never starts before what it reads.
+    Each run's row in ``suite_times.csv`` records the commit it ran at."""
     import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     out_dir = _abs(suite.out_dir)
     times = os.path.join(out_dir, "suite_times.csv")
+    commit = (_git("rev-parse", "--short", "HEAD") or "unknown") + (
+        "+" if _git("status", "--porcelain", "--untracked-files=no") else "")  # +: with uncommitted changes
     lock = threading.Lock()
     threads = threads or os.cpu_count() or 1
     jobs = max(1, jobs)
@@ -252,13 +256,9 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
             code = subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         sec = time.time() - t0
         with lock:
-            new = not os.path.exists(times)
-            with open(times, "a", newline="") as f:
-                w = csv.writer(f)
-                if new:
-                    w.writerow(["label", "seed", "kind", "seconds", "exit", "finished_at", "threads"])
-                w.writerow([spec.label, spec.seed, spec.kind, round(sec, 1), code, time.strftime("%Y-%m-%d %H:%M:%S"),
-                            extra[0].split("=")[1] if extra else ""])
+            append_time(times, {"label": spec.label, "seed": spec.seed, "kind": spec.kind, "seconds": round(sec, 1),
+                                "exit": code, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                "threads": extra[0].split("=")[1] if extra else "", "commit": commit})
         log(f"    {spec.label} seed {spec.seed}: {'done' if code == 0 else 'FAILED'} in {sec:.0f}s")
         if code != 0:
             with open(out_path) as f:
@@ -267,6 +267,14 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
                                 f"resume. Its output ends with:\n{tail}")
 
     pending = [s for s in specs if not only or s.label in only]
+    by_key = {(s.label, s.seed): s for s in specs}
+    for spec in pending:  # grows while it is walked: what the added runs need joins too
+        need = by_key.get((spec.needs, spec.seed)) if spec.needs else None
+        if need is not None and need not in pending:
+            log(f"    {spec.label} seed {spec.seed} needs {need.label} seed {need.seed}: it runs too (if finished, "
+                "it returns at once)")
+            pending.append(need)
+    pending.sort(key=lambda s: index[id(s)])
     done = {(s.label, s.seed) for s in specs if s not in pending}  # runs left out are taken as finished
     running: Dict[Any, RunSpec] = {}
     pool = ThreadPoolExecutor(jobs)
@@ -290,6 +298,27 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return time.time() - start
+
+
+TIME_COLUMNS = ["label", "seed", "kind", "seconds", "exit", "finished_at", "threads", "commit"]
+
+
+def append_time(path: str, row: Dict[str, Any]) -> None:
+    """Append a run's row to ``suite_times.csv``; a file written before a column existed is rewritten
+    with the full header first (its old rows get the column empty)."""
+    old = _rows(path)
+    if old and list(old[0].keys()) != TIME_COLUMNS:
+        rows = [{k: r.get(k) or "" for k in TIME_COLUMNS} for r in old]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, TIME_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, TIME_COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in TIME_COLUMNS})
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -559,7 +588,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         f"# Fidelity benchmark: {suite.name}{f' (scale {suite.scale})' if suite.scale else ''}", "",
         suite.description.strip(), "",
         f"- command: `{command_line}`",
-        f"- commit: `{commit}`{dirty}",
+        f"- commit: `{commit}`{dirty}; the runs ran at {_commits_of(times)}",
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}; "
@@ -617,6 +646,16 @@ def _task0_images(suite: Suite) -> str:
     steps = c.get("first_task_num_steps", -1)
     steps = c.get("num_steps", 500) if steps in (-1, None) else steps
     return f"{int(steps) * int(t.get('batch_size', 64)):,} ({steps} steps of {t.get('batch_size', 64)})"
+
+
+def _commits_of(times: List[Dict[str, str]]) -> str:
+    """Which commits the suite's runs ran at (``suite_times.csv``), with how many runs each."""
+    counts: Dict[str, int] = {}
+    for r in times:
+        c = (r.get("commit") or "").strip() or "an unrecorded commit"
+        counts[c] = counts.get(c, 0) + 1
+    return ", ".join((c if c.startswith("an ") else f"`{c}`") + f" ({n} run{'s' if n != 1 else ''})"
+                     for c, n in counts.items()) or "no recorded run"
 
 
 def _git(*args) -> str:

@@ -134,6 +134,18 @@ def test_tables_and_claims_from_run_logs(tmp_path):
     assert bcl.claims(one, svalues)[0].count("**not resolved**") == 1 and "(1 seed)" in bcl.claims(one, svalues)[0]
 
 
+def test_suite_times_gain_the_commit_column_without_losing_rows(tmp_path):
+    path = str(tmp_path / "suite_times.csv")
+    with open(path, "w") as f:  # written before the commit column existed
+        f.write("label,seed,kind,seconds,exit,finished_at,threads\nnaive,0,continual,12.5,0,2026-11-30 17:10:40,1\n")
+    bcl.append_time(path, {"label": "joint", "seed": 0, "kind": "continual", "seconds": 3.0, "exit": 0,
+                           "finished_at": "x", "threads": 1, "commit": "abc1234"})
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["label"], r["seconds"], r["commit"]) for r in rows] == [("naive", "12.5", ""), ("joint", "3.0", "abc1234")]
+    assert bcl._commits_of(rows) == "an unrecorded commit (1 run), `abc1234` (1 run)"
+
+
 def test_compare_rule():
     assert bcl.compare([1.0, 1.2], [3.0, 3.2], higher_is_better=False) == "better"
     assert bcl.compare([1.0, 1.2], [3.0, 3.2], higher_is_better=True) == "worse"
@@ -179,7 +191,16 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     assert threads[("naive", 0)] == "train.num_threads=3"  # both seeds' first runs go together
     assert threads[("joint", 0)] == "train.num_threads=2"  # three at once
     with open(tmp_path / "runs" / "suite_times.csv") as f:
-        assert len(list(csv.DictReader(f))) == len(specs)
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(specs) and all(r["commit"] for r in rows)  # the commit each run ran at
+
+    # --only: a selected run brings the unfinished run it reads (seed 1's task-0 run), never starts before it
+    events.clear()
+    bcl.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2, only=["gd_full"])
+    starts = [(label, seed) for kind, label, seed, _ in events if kind == "start"]
+    assert sorted(starts) == sorted([("gd_full", 0), ("gd_full", 1), ("naive", 0), ("naive", 1)])
+    pos = {(kind, label, seed): i for i, (kind, label, seed, _) in enumerate(events)}
+    assert all(pos[("end", "naive", k)] < pos[("start", "gd_full", k)] for k in (0, 1))
 
     # a failed run stops the suite: what needs it never starts
     specs[0].label = "fail_me"
