@@ -48,6 +48,8 @@ from .loop import _final_weights, append_metrics
 from .scenario import Scenario, Task, build_scenario, select
 
 REPLAYS = ("none", "joint", "plain", "soft", "soft_kd", "guided")
+FROM_GENERATOR = ("plain", "soft", "soft_kd", "guided")  # the replays drawn from the diffusion model
+SOFT_TARGETS = ("soft", "soft_kd")  # the replays whose targets are the previous classifier's logits
 
 
 def masip_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -210,7 +212,7 @@ class Solver:
         s = cfg.solver
         if s.replay not in REPLAYS:
             raise ConfigError(f"solver.replay {s.replay!r} is not one of {', '.join(REPLAYS)}")
-        if s.replay in ("plain", "soft", "soft_kd", "guided") and not cfg.model.class_cond:
+        if s.replay in FROM_GENERATOR and not cfg.model.class_cond:
             raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
         if s.use_old_grad and s.use_new_grad:
             raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
@@ -315,7 +317,7 @@ class Solver:
     def train_task(self, task: Task, prev_clf, prev_nclf=None) -> dict:
         s = self.s
         i = task.index
-        gen_mode = s.replay in ("plain", "soft", "soft_kd", "guided") and i > 0
+        gen_mode = s.replay in FROM_GENERATOR and i > 0
         classes = task.seen_classes if s.replay == "joint" else task.classes
         idx = torch.as_tensor(select(self.y.numpy(), classes))
         n_real = s.batch_size // (i + 1) if gen_mode else s.batch_size
@@ -349,7 +351,7 @@ class Solver:
             if gen_mode and step % s.generation_interval == 0:
                 x_gen, y_gen = self.generate(model, diffusion, task, n_gen, gen, prev_clf, prev_nclf)
                 judged.append(replay_judgement(prev_clf, x_gen, y_gen, old_mask))
-                if s.replay in ("soft", "soft_kd"):
+                if s.replay in SOFT_TARGETS:
                     with torch.no_grad():
                         soft_gen = prev_clf(x_gen).float()
             xb = torch.cat([xr, x_gen]) if gen_mode else xr
@@ -359,7 +361,7 @@ class Solver:
             logits = self.clf(xb).float()
             if self.trim_logits:
                 logits = logits.masked_fill(~seen_mask, float("-inf"))
-            if s.replay in ("soft", "soft_kd") and gen_mode:
+            if s.replay in SOFT_TARGETS and gen_mode:
                 real = F.cross_entropy(logits[:n_real], yr)
                 soft = masip_soft_loss(logits[n_real:], soft_gen, s.temperature) if s.replay == "soft" else \
                     soft_target_kd(logits[n_real:], soft_gen, list(task.old_classes), s.temperature)
