@@ -565,7 +565,20 @@ def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
     (``"250"``: 250 ancestral steps, as ADM's ``--timestep_respacing 250``; ``""``: the full chain).
     The pairs: ``sample.{use_ddim, timestep_respacing}``, ``continual.{eval_use_ddim, eval_respacing}``,
     ``evaluation.{use_ddim, respacing}`` (respacing "" follows the continual pair), ``solver.{use_ddim,
-    respacing}`` and a method's ``{use_ddim, timestep_respacing}``. A loaded config holds the result."""
+    respacing}`` and a method's ``{use_ddim, timestep_respacing}``. A loaded config holds the result.
+    A respacing that names a solver (``"dpmpp_2m10"``, ``respace.sampler_of``) is that solver: not DDIM,
+    and use_ddim set true beside it is refused."""
+    from .respace import sampler_of
+
+    try:
+        solver = sampler_of(respacing)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if solver:
+        if use_ddim:
+            raise ConfigError(f"use_ddim: true beside respacing {respacing!r}, which names the {solver} solver: "
+                              "leave use_ddim unset (or use a 'ddimN' respacing for DDIM)")
+        return False
     if use_ddim is not None:
         return bool(use_ddim)
     return str(respacing or "").strip().lower().startswith("ddim")

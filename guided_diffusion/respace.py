@@ -10,6 +10,12 @@ spec grammar is ADM's:
   899, ..., 99), the spacing of diffusers' ``timestep_spacing="trailing"`` that Masip et al. sample
   with: the first step starts from pure noise at the last timestep. ``ddim`` picks DDIM by the
   use_ddim rule, as for ``ddimN``.
+- ``"ddimNl"`` or ``"Nl"`` (not ADM's): N steps uniform in log-SNR (``logsnr_timesteps``; Lu et al.
+  2022, sec. 3.3), the few-step solvers' spacing.
+- ``"dpmpp_2mN"``, ``"unipcN"`` (not ADM's): N steps of that solver (``samplers.SOLVERS``: samplers
+  ADM's loops do not have), trailing spacing; ``"dpmpp_2mNl"``: log-SNR spacing (``"dpmpp_2mNt"``:
+  trailing, said explicitly). ``sampler_of`` reads the name, a ``SpacedDiffusion`` built from the
+  spec carries it (``sampler``) and ``sampling.sample_batch`` runs it. ``use_ddim`` does not apply.
 - ``"N"`` or ``"a,b,c"``: split the T steps into len(counts) nearly equal sections (the first
   T mod len sections one step longer) and take ``count`` evenly spaced (rounded) steps in each.
 - a list or tuple of ints: the section counts of the previous form.
@@ -17,7 +23,7 @@ spec grammar is ADM's:
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Set, Union
+from typing import Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,11 +39,80 @@ def trailing_timesteps(num_timesteps: int, steps: int) -> List[int]:
     return [int(v) for v in np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(np.int64) - 1]
 
 
-def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]]) -> Set[int]:
-    """The set of original timesteps kept by ``section_counts`` (grammar in the module docstring)."""
-    spec = section_counts
+def logsnr_timesteps(num_steps: int, alphas_cumprod) -> List[int]:
+    """N timesteps uniform in lambda = log(alpha/sigma) from t = T-1 to t = 0 (Lu et al. 2022, sec. 3.3,
+    "logSNR" spacing), rounded to integers, made distinct, descending: first T-1, last 0 (N >= 2)."""
+    ac = np.asarray(alphas_cumprod, dtype=np.float64)
+    if ac.ndim != 1 or ac.size == 0 or not ((ac > 0).all() and (ac < 1).all()):
+        raise ValueError("logsnr spacing: alphas_cumprod must be a non-empty 1-D array in (0, 1)")
+    T = len(ac)
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"logsnr spacing: num_steps must be in [1, {T}], got {num_steps}")
+    if num_steps == 1:
+        return [T - 1]
+    lam = 0.5 * (np.log(ac) - np.log1p(-ac))  # decreasing in t
+    grid = np.linspace(lam[-1], lam[0], num_steps)  # increasing: t from T-1 down to 0
+    # t(lambda) by linear interpolation over the discrete timesteps (np.interp wants increasing x).
+    t = np.round(np.interp(grid, lam[::-1], np.arange(T - 1, -1, -1, dtype=np.float64))).astype(np.int64)
+    t[0], t[-1] = T - 1, 0
+    # Rounding can merge neighbours where lambda moves fast (the cosine schedule's clipped last
+    # beta): push each one below its predecessor, then each one above its successor.
+    for i in range(1, num_steps):
+        t[i] = min(t[i], t[i - 1] - 1)
+    t[-1] = max(t[-1], 0)
+    for i in range(num_steps - 2, -1, -1):
+        t[i] = max(t[i], t[i + 1] + 1)
+    return [int(v) for v in t]
+
+
+def split_sampler(spec) -> Tuple[str, object]:
+    """(solver name, the rest of the spec) for ``"dpmpp_2m10l"`` -> ("dpmpp_2m", "10l"); ("", spec)
+    for ADM's grammar (and for list specs)."""
+    from .samplers import SOLVERS  # samplers imports this module
+
+    if not isinstance(spec, str):
+        return "", spec
+    text = spec.strip().lower()
+    for name in sorted(SOLVERS, key=len, reverse=True):
+        if text.startswith(name):
+            rest = text[len(name):]
+            if not rest or not rest.rstrip("tl").isdigit() or len(rest) - len(rest.rstrip("tl")) > 1:
+                raise ValueError(f"bad timestep respacing {spec!r}: expected '{name}N', '{name}Nt' (trailing) or "
+                                 f"'{name}Nl' (log-SNR) with an integer N")
+            return name, rest if rest[-1] in "tl" else rest + "t"  # the solvers' default spacing: trailing
+    return "", spec
+
+
+def sampler_of(spec) -> str:
+    """The solver a respacing spec names (``split_sampler``), "" for ADM's loops."""
+    return split_sampler(spec)[0] if spec else ""
+
+
+def sampler_label(spec, use_ddim: bool, eta: float = 0.0) -> str:
+    """How reports name a sampler: ``"ddim50 DDIM eta 0.0"``, ``"250 ancestral"``, ``"dpmpp_2m10l"``."""
+    if sampler_of(spec):
+        return str(spec)
+    return f"{spec or 'full'} {'DDIM eta ' + str(eta) if use_ddim else 'ancestral'}"
+
+
+def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]],
+                    alphas_cumprod: Optional[Sequence[float]] = None) -> Set[int]:
+    """The set of original timesteps kept by ``section_counts`` (grammar in the module docstring);
+    ``alphas_cumprod`` (the original schedule's) is needed by the log-SNR spacing ("...l")."""
+    _, spec = split_sampler(section_counts)
     if isinstance(spec, str):
         text = spec.strip().lower()
+        if text.endswith("l"):
+            digits = text[len("ddim"):-1] if text.startswith("ddim") else text[:-1]
+            if not digits.isdigit():
+                raise ValueError(f"bad timestep respacing {section_counts!r}: expected 'ddimNl' or 'Nl' with an "
+                                 "integer N")
+            if alphas_cumprod is None:
+                raise ValueError(f"timestep respacing {section_counts!r}: log-SNR spacing needs the schedule "
+                                 "(alphas_cumprod)")
+            if len(alphas_cumprod) != num_timesteps:
+                raise ValueError(f"alphas_cumprod has {len(alphas_cumprod)} entries for {num_timesteps} steps")
+            return set(logsnr_timesteps(int(digits), alphas_cumprod))
         if text.endswith("t"):
             digits = text[len("ddim"):-1] if text.startswith("ddim") else text[:-1]
             if not digits.isdigit():
@@ -58,7 +133,8 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]
             counts = [int(c) for c in text.split(",")]
         except ValueError:
             raise ValueError(
-                f"bad timestep respacing {spec!r}: expected 'ddimN', 'N', 'ddimNt', 'Nt' or comma-separated integers"
+                f"bad timestep respacing {spec!r}: expected 'ddimN', 'N', 'ddimNt', 'Nt', 'ddimNl', 'Nl', "
+                "'dpmpp_2mN', 'unipcN' or comma-separated integers"
             ) from None
     elif isinstance(spec, (list, tuple)):
         counts = list(spec)
@@ -96,10 +172,12 @@ class SpacedDiffusion(GaussianDiffusion):
     any cond_fn receive the original timesteps (times 1000 / T_original if ``rescale_timesteps``).
 
     :param use_timesteps: original timesteps to keep (e.g. from ``space_timesteps``).
+    :param sampler: the solver a spec named (``sampler_of``), "" for ADM's loops.
     :param kwargs: ``GaussianDiffusion``'s arguments for the original process.
     """
 
-    def __init__(self, use_timesteps: Iterable[int], **kwargs):
+    def __init__(self, use_timesteps: Iterable[int], sampler: str = "", **kwargs):
+        self.sampler = sampler  # "": ADM's loops; else the solver that samples this spacing (``samplers.SOLVERS``)
         base_betas = np.asarray(kwargs["betas"], dtype=np.float64)
         self.original_num_steps = len(base_betas)
         self.original_betas = base_betas  # the training schedule (MCMC step sizes are set from it)
@@ -141,4 +219,5 @@ class _WrappedModel:
         return self.model(x, self.diffusion._scale_timesteps(ts), **kwargs)
 
 
-__all__: List[str] = ["space_timesteps", "trailing_timesteps", "SpacedDiffusion"]
+__all__: List[str] = ["logsnr_timesteps", "sampler_label", "sampler_of", "space_timesteps", "split_sampler",
+                      "trailing_timesteps", "SpacedDiffusion"]

@@ -1,9 +1,11 @@
 """Few-step samplers as plain functions (k-diffusion style): DDIM, ancestral, DPM-Solver++(2M), UniPC.
 
-(``sampling.py`` draws sample *sets* with ``GaussianDiffusion``'s ADM-API loops; ``sample_ddim`` and
-``sample_ancestral`` here equal ``ddim_sample_loop`` / ``p_sample_loop`` on a respaced diffusion,
-tested. Wiring these functions into ``sampling``, the replay methods and the evaluation, so that one
-implementation serves, is the next step of the speed issue.)
+Where they run: a respacing spec that names a solver (``"dpmpp_2m10"``, ``"unipc10l"``; ``respace``)
+makes ``sampling.sample_batch`` (every sample set: grids, evaluation, replay, ``image_sample.py``)
+use it; DDIM and ancestral sampling there stay ADM's loops (``ddim_sample_loop`` / ``p_sample_loop``,
+which also serve learned variances and GUIDE's x̂0 guidance). ``sample_ddim`` and ``sample_ancestral``
+here are the same steps as plain functions (tested equal to those loops): the reference the solvers
+are measured against (``scripts/sampler_steps.py``).
 
 Every sampler has the same signature, so they are interchangeable::
 
@@ -71,37 +73,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .respace import trailing_timesteps
+from .respace import logsnr_timesteps, trailing_timesteps
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------
 # Timesteps
-
-
-def logsnr_timesteps(num_steps: int, alphas_cumprod: np.ndarray) -> List[int]:
-    """N timesteps uniform in lambda = log(alpha/sigma) from t = T-1 to t = 0 (Lu et al. 2022, sec. 3.3,
-    "logSNR" spacing), rounded to integers, made distinct, descending: first T-1, last 0 (N >= 2)."""
-    ac = _check_alphas_cumprod(alphas_cumprod)
-    T = len(ac)
-    if not 1 <= num_steps <= T:
-        raise ValueError(f"logsnr spacing: num_steps must be in [1, {T}], got {num_steps}")
-    if num_steps == 1:
-        return [T - 1]
-    lam = 0.5 * (np.log(ac) - np.log1p(-ac))  # decreasing in t
-    grid = np.linspace(lam[-1], lam[0], num_steps)  # increasing: t from T-1 down to 0
-    # t(lambda) by linear interpolation over the discrete timesteps (np.interp wants increasing x).
-    t = np.round(np.interp(grid, lam[::-1], np.arange(T - 1, -1, -1, dtype=np.float64))).astype(np.int64)
-    t[0], t[-1] = T - 1, 0
-    # Rounding can merge neighbours where lambda moves fast (the cosine schedule's clipped last
-    # beta): push each one below its predecessor, then each one above its successor.
-    for i in range(1, num_steps):
-        t[i] = min(t[i], t[i - 1] - 1)
-    t[-1] = max(t[-1], 0)
-    for i in range(num_steps - 2, -1, -1):
-        t[i] = max(t[i], t[i + 1] + 1)
-    return [int(v) for v in t]
 
 
 def sampling_timesteps(num_steps: int, alphas_cumprod: np.ndarray, spacing: str = "trailing") -> List[int]:
@@ -220,6 +198,9 @@ def sample_unipc(eps_fn: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alpha
     return x
 
 
+# The samplers ADM's loops do not have: a respacing spec names them (``respace.split_sampler``: "dpmpp_2m10l").
+SOLVERS = ("dpmpp_2m", "unipc")
+
 SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "ancestral": sample_ancestral,
@@ -323,6 +304,6 @@ def _unipc_update(x: torch.Tensor, ds: List[torch.Tensor], lams: Sequence[float]
 
 
 __all__ = [
-    "SAMPLERS", "guided_eps", "logsnr_timesteps", "sample", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m",
+    "SAMPLERS", "SOLVERS", "guided_eps", "logsnr_timesteps", "sample", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m",
     "sample_unipc", "sampling_timesteps",
 ]

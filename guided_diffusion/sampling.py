@@ -53,6 +53,8 @@ def sample_batch(
     ``y`` goes into ``model_kwargs`` (so a ``cond_fn`` sees it); the model itself receives it only
     when ``class_cond`` (an unconditional model guided by a classifier toward ``y``, as ADM).
     ``mcmc``: MCMC corrections after each reverse step (``mcmc.sample_loop``).
+    A diffusion built from a spec that names a solver (``diffusion.sampler``: ``"dpmpp_2m10"``) is
+    sampled by that solver (``solver_loop``); ``use_ddim`` and ``eta`` then do not apply.
     """
     device = device or next(model.parameters()).device
     model_kwargs = {"y": y.to(device)} if y is not None else {}
@@ -61,6 +63,19 @@ def sample_batch(
     def model_fn(x, t, y=None, **kw):
         return net(x, t, y=y, **kw) if class_cond else net(x, t, **kw)
 
+    solver = getattr(diffusion, "sampler", "")
+    if solver:
+        if mcmc is not None and mcmc.sampler != "none":
+            raise ValueError(f"MCMC corrections run on ADM's ancestral/DDIM steps, not on the {solver} solver")
+        if eta:
+            raise ValueError(f"eta = {eta} is DDIM's; the {solver} solver is deterministic (use a 'ddimN' spec)")
+        was_training = net.training
+        net.eval()
+        try:
+            return solver_loop(diffusion, model_fn, shape, noise=noise.to(device) if noise is not None else None,
+                               clip_denoised=clip_denoised, model_kwargs=model_kwargs, cond_fn=cond_fn, device=device)
+        finally:
+            net.train(was_training)
     loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
     kwargs = dict(eta=eta) if use_ddim else {}
     was_training = net.training
@@ -90,6 +105,43 @@ def sample_batch(
         )
     finally:
         net.train(was_training)
+
+
+def solver_loop(diffusion, model, shape, *, noise=None, clip_denoised: bool = True, model_kwargs=None,
+                cond_fn: Optional[Callable] = None, device=None) -> torch.Tensor:
+    """Sample ``diffusion`` (a ``SpacedDiffusion`` whose spec named a solver) with ``samplers.<sampler>``
+    over its kept timesteps, with ADM's calling conventions: ``model(x, t, **model_kwargs)`` sees the
+    timesteps ``p_mean_variance`` gives it (original, rescaled if ``rescale_timesteps``), eps comes from
+    ``p_mean_variance`` (so learned variances, x0- and x_{t-1}-predicting models work), and
+    ``cond_fn(x, t, **model_kwargs)`` guides the score (``samplers.guided_eps``; ADM's
+    ``condition_score``). GUIDE's x̂0 guidance (``needs_pred_xstart``) needs ADM's loops: refused."""
+    from . import diffusion_math as dm
+    from .samplers import guided_eps, sample
+
+    model_kwargs = model_kwargs or {}
+    device = device or torch.device("cpu")
+    timestep_map = list(diffusion.timestep_map)
+    index = torch.full((max(timestep_map) + 1,), -1, dtype=torch.long)
+    index[torch.tensor(timestep_map)] = torch.arange(len(timestep_map))  # original timestep -> spaced index
+
+    def eps_fn(x, t):
+        k = index.to(t.device)[t]
+        return diffusion.p_mean_variance(model, x, k, clip_denoised=False, model_kwargs=model_kwargs)["eps"]
+
+    alphas_cumprod = dm.schedule_from_betas(diffusion.original_betas).alphas_cumprod
+    if cond_fn is not None:
+        if getattr(cond_fn, "needs_pred_xstart", False):
+            raise ValueError(f"a cond_fn that guides through x̂0 (GUIDE's) runs on ADM's DDIM/ancestral loops, not on "
+                             f"the {diffusion.sampler} solver: use a 'ddimN' respacing")
+
+        def cond(x, t):
+            k = index.to(t.device)[t]
+            return cond_fn(x, diffusion._scale_timesteps(k), **model_kwargs)
+
+        eps_fn = guided_eps(eps_fn, cond, alphas_cumprod)
+    x = noise if noise is not None else torch.randn(*shape, device=device)
+    return sample(diffusion.sampler, eps_fn, x.to(device), sorted(timestep_map, reverse=True), alphas_cumprod,
+                  clip_denoised=clip_denoised)
 
 
 def sample_set(

@@ -9,9 +9,10 @@ Code written against guided-diffusion's ``script_util`` runs unchanged; the addi
 
 from __future__ import annotations
 
+from . import diffusion_math as dm
 from . import gaussian_diffusion as gd
 from .dit import DiTModel
-from .respace import SpacedDiffusion, space_timesteps
+from .respace import SpacedDiffusion, sampler_of, space_timesteps
 from .unet import EncoderUNetModel, UNetModel
 
 NUM_CLASSES = 1000
@@ -209,7 +210,8 @@ def create_gaussian_diffusion(
     if not timestep_respacing:
         timestep_respacing = [steps]
     return SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, timestep_respacing),
+        use_timesteps=space_timesteps(steps, timestep_respacing, dm.schedule_from_betas(betas).alphas_cumprod),
+        sampler=sampler_of(timestep_respacing),
         betas=betas,
         model_mean_type=(gd.ModelMeanType.EPSILON if not predict_xstart else gd.ModelMeanType.START_X),
         model_var_type=(

@@ -7,6 +7,11 @@ Usage:
     torchrun --nproc_per_node 2 scripts/image_sample.py --config ... --model_path ...
 Options (aliases of the config's sample section):
     --timestep_respacing ddim50 --use_ddim true --eta 0.0 --clip_denoised true
+    --sampler dpmpp_2m --steps 10 [--spacing trailing|logsnr|adm]
+                                  the sampler by name (ddim, ancestral, dpmpp_2m, unipc) and its
+                                  number of model evaluations; it sets timestep_respacing and
+                                  use_ddim (dpmpp_2m 10 trailing = "dpmpp_2m10t", ddim 10 adm =
+                                  "ddim10"), so it cannot be combined with either
     --class 3                     all samples of one class (class-conditional models)
     --classifier_path P --classifier_scale s   ADM classifier guidance (classifier from the
                                               config's classifier section, e.g. one trained
@@ -90,7 +95,31 @@ OPTIONS = [
                          help="samples spread over these classes, class by class (default: uniform over all)")),
     (["--to_rgb"], dict(type=cli.bool_type("--to_rgb"), default=False, metavar="BOOL",
                         help="write grayscale sets as RGB (ADM's evaluator expects 3 channels; default false)")),
+    (["--sampler"], dict(default=None, metavar="NAME",
+                         help="ddim, ancestral, dpmpp_2m or unipc (sets timestep_respacing and use_ddim)")),
+    (["--steps"], dict(type=int, default=None, metavar="N", help="the sampler's model evaluations (with --sampler)")),
+    (["--spacing"], dict(default="trailing", metavar="S",
+                         help="timesteps of --sampler: trailing (default), logsnr or adm (ADM's, ddim/ancestral)")),
 ]
+SPACING_SUFFIX = {"trailing": "t", "logsnr": "l", "adm": ""}
+
+
+def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
+    """(timestep_respacing, use_ddim) for ``--sampler NAME --steps N --spacing S``."""
+    from guided_diffusion.samplers import SAMPLERS, SOLVERS
+
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if steps is None or steps < 1:
+        raise ConfigError(f"--sampler {sampler} needs --steps N (model evaluations, N >= 1)")
+    if spacing not in SPACING_SUFFIX:
+        raise ConfigError(f"--spacing {spacing!r}: expected one of {', '.join(SPACING_SUFFIX)}")
+    if sampler in SOLVERS and spacing == "adm":
+        raise ConfigError(f"--spacing adm is ADM's DDIM/ancestral spacing; {sampler} takes trailing or logsnr")
+    prefix = "ddim" if sampler == "ddim" else ("" if sampler == "ancestral" else sampler)
+    return f"{prefix}{steps}{SPACING_SUFFIX[spacing]}", sampler == "ddim"
+
+
 USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist")
 
 
@@ -98,6 +127,14 @@ def main() -> int:
     cfg, args = cli.parse(__doc__, aliases=ALIASES, adm="sample", options=OPTIONS, uses=USES,
                           program="image_sample.py")
     to_rgb, only_classes = args.to_rgb, args.classes
+    if args.sampler is not None:
+        given = [f for f in ("--timestep_respacing", "--use_ddim") if any(a == f or a.startswith(f + "=")
+                                                                          for a in sys.argv[1:])]
+        if given:
+            raise ConfigError(f"--sampler sets the respacing and use_ddim: drop {' and '.join(given)}")
+        cfg.sample.timestep_respacing, cfg.sample.use_ddim = respacing_for(args.sampler, args.steps, args.spacing)
+    elif args.steps is not None:
+        raise ConfigError("--steps goes with --sampler (or give --timestep_respacing, e.g. ddim50)")
     if cli.maybe_dry_run(cfg, args):
         return 0
     s = cfg.sample

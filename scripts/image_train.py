@@ -31,6 +31,7 @@ from guided_diffusion.cfg import null_class_of  # noqa: E402
 from guided_diffusion.continual.loop import USES, is_continual, train_continual  # noqa: E402
 from guided_diffusion.data import InfiniteLoader  # noqa: E402
 from guided_diffusion.image_util import save_grid  # noqa: E402
+from guided_diffusion.respace import sampler_label  # noqa: E402
 from guided_diffusion.sampling import sample_set  # noqa: E402
 from guided_diffusion.train_util import DiffusionObjective, TrainLoop  # noqa: E402
 
@@ -76,7 +77,7 @@ def main() -> int:
             path = os.path.join(run_dir, "samples.png")
             save_grid(images, path)
             logger.log(f"wrote {path} ({len(images)} samples, EMA {loop.ema_rates[0]}, "
-                       f"{cfg.sample.timestep_respacing or 'full'} {'DDIM' if cfg.sample.use_ddim else 'ancestral'})")
+                       f"{sampler_label(cfg.sample.timestep_respacing, cfg.sample.use_ddim, cfg.sample.eta)})")
     logger.close()
     dist_util.cleanup()
     return 0

@@ -42,6 +42,7 @@ from .. import dist_util, experiment
 from ..classifiers import create_classifier_net
 from ..config import ConfigError
 from ..data import InfiniteLoader
+from ..respace import sampler_of
 from ..sampling import sample_batch
 from ..train_util import NonFiniteError, step_seed
 from .loop import _final_weights, append_metrics
@@ -227,6 +228,11 @@ class Solver:
         if s.noised_classifier and s.replay != "guided":
             raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
                               f"{s.replay!r}")
+        solver = sampler_of(s.respacing)
+        if s.replay == "guided" and (s.use_old_grad or s.use_new_grad) and not s.noised_classifier and solver:
+            raise ConfigError(f"solver.respacing {s.respacing!r} names the {solver} solver, which cannot guide through "
+                              "x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' respacing, or "
+                              "solver.noised_classifier: true (guidance on x_t works with every sampler)")
         self.cfg, self.s = cfg, s
         self.x, self.y, self.xt, self.yt = x, y, xt, yt
         self.info, self.scenario, self.device = info, scenario, device

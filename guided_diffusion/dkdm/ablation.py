@@ -36,6 +36,7 @@ from .. import checkpoint as ckpt
 from .. import dist_util, experiment
 from ..data import InfiniteLoader
 from ..image_util import from_uint8, save_grid
+from ..respace import sampler_label
 from ..sampling import sample_set
 from ..train_util import DiffusionObjective, TrainLoop, step_seed
 from .pipeline import build_setup, train as train_dkdm
@@ -68,8 +69,8 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
         np.savez(buf, arr_0=images, arr_1=labels)
         ckpt.atomic_write_bytes(path, buf.getvalue())
     dist_util.barrier()
-    log(f"baseline: {n} teacher images ({cfg.sample.timestep_respacing or 'full'} "
-        f"{'DDIM' if cfg.sample.use_ddim else 'ancestral'}) in {time.time() - t0:.0f} s -> {path}")
+    log(f"baseline: {n} teacher images ({sampler_label(cfg.sample.timestep_respacing, cfg.sample.use_ddim)}) "
+        f"in {time.time() - t0:.0f} s -> {path}")
     return images, labels
 
 

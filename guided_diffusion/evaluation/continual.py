@@ -132,6 +132,7 @@ class ContinualEvaluator:
         ({name: classes}, class-conditional models): also ``eval_fid_{name}``, the FID of the samples
         of those classes against the reference images of those classes (CLoG's per-task quality)."""
         from .. import experiment
+        from ..respace import sampler_label
         from ..sampling import sample_set
 
         cfg, ev = self.cfg, self.ev
@@ -150,7 +151,7 @@ class ContinualEvaluator:
         )
         faults.point("evaluation")
         self.last_samples = (images, drawn, (respacing, bool(ev.use_ddim), float(ev.eta)))
-        sampler = f"{respacing or 'full'} {'DDIM eta ' + str(ev.eta) if ev.use_ddim else 'ancestral'}"
+        sampler = sampler_label(respacing, ev.use_ddim, ev.eta)
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
                            f"{what}EMA samples{' ' + when if when else ''}, {sampler}")

@@ -1,0 +1,231 @@
+"""The few-step solvers wired into sampling: the respacing grammar that names them, the config rule,
+``sampling.sample_batch`` running them with ADM's model conventions, and ``image_sample.py --sampler``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from guided_diffusion import diffusion_math as dm
+from guided_diffusion import samplers
+from guided_diffusion.config import ConfigError, load_config, resolve_use_ddim
+from guided_diffusion.respace import logsnr_timesteps, sampler_label, sampler_of, space_timesteps, trailing_timesteps
+from guided_diffusion.sampling import sample_batch
+from guided_diffusion.script_util import create_gaussian_diffusion
+
+from test_reliability_inputs import ROOT, TINY, one_error, run_script
+
+
+def _ac(schedule="cosine", T=1000):
+    return dm.schedule_from_betas(dm.get_named_beta_schedule(schedule, T)).alphas_cumprod
+
+
+# ---------------------------------------------------------------------------------------------- grammar
+
+
+def test_solver_specs_pick_the_solver_and_its_timesteps():
+    ac = _ac()
+    assert space_timesteps(1000, "dpmpp_2m10") == set(trailing_timesteps(1000, 10))  # default: trailing
+    assert space_timesteps(1000, "dpmpp_2m10t") == set(trailing_timesteps(1000, 10))
+    assert space_timesteps(1000, "unipc8l", ac) == set(logsnr_timesteps(8, ac))
+    assert space_timesteps(1000, "ddim8l", ac) == space_timesteps(1000, "8L", ac) == set(logsnr_timesteps(8, ac))
+    assert [sampler_of(s) for s in ("dpmpp_2m10", "UniPC5l", "ddim10", "250", "", "10t")] == \
+        ["dpmpp_2m", "unipc", "", "", "", ""]
+    d = create_gaussian_diffusion(steps=1000, noise_schedule="cosine", timestep_respacing="dpmpp_2m6l")
+    assert d.sampler == "dpmpp_2m" and list(d.timestep_map) == sorted(logsnr_timesteps(6, ac))
+    assert create_gaussian_diffusion(steps=100, timestep_respacing="ddim10").sampler == ""
+    assert sampler_label("dpmpp_2m10", False) == "dpmpp_2m10"
+    assert sampler_label("ddim50", True) == "ddim50 DDIM eta 0.0" and sampler_label("", False) == "full ancestral"
+
+
+@pytest.mark.parametrize("bad", ["dpmpp_2m", "dpmpp_2mx", "dpmpp_2m10tl", "unipc-3", "dpmpp_2m2000"])
+def test_bad_solver_specs_are_refused(bad):
+    with pytest.raises(ValueError, match="respacing|steps must be"):
+        space_timesteps(1000, bad, _ac())
+
+
+def test_logsnr_spacing_needs_the_schedule():
+    with pytest.raises(ValueError, match="needs the schedule"):
+        space_timesteps(1000, "10l")
+
+
+def test_use_ddim_rule_for_solver_specs(tmp_path):
+    assert resolve_use_ddim(None, "dpmpp_2m10") is False and resolve_use_ddim(False, "unipc10") is False
+    assert resolve_use_ddim(None, "ddim10l") is True
+    with pytest.raises(ConfigError, match="names the dpmpp_2m solver"):
+        resolve_use_ddim(True, "dpmpp_2m10")
+    with pytest.raises(ConfigError, match="bad timestep respacing"):
+        resolve_use_ddim(None, "unipcx")
+    with pytest.raises(ConfigError, match="use_ddim: true beside respacing 'dpmpp_2m10'"):
+        load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), ["sample.timestep_respacing=dpmpp_2m10",
+                                                                "sample.use_ddim=true"])
+
+
+# ---------------------------------------------------------------------------------------------- sample_batch
+
+
+class ToyNet(torch.nn.Module):
+    """A small conv net whose output depends on t (as the network sees it), channels ``out_mult`` x C."""
+
+    def __init__(self, out_mult=1, c=2):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(c, c * out_mult, 3, padding=1)
+        self.seen_t = []
+
+    def forward(self, x, t, y=None):
+        self.seen_t.append(t.detach().clone())
+        return 0.5 * torch.tanh(self.conv(x)) + 1e-3 * t.float().view(-1, 1, 1, 1)
+
+
+SHAPE = (3, 2, 6, 6)
+
+
+def _plain(name, eps_fn, noise, spec, T=100, schedule="cosine", clip=True):
+    ac = _ac(schedule, T)
+    ts = sorted(space_timesteps(T, spec, ac), reverse=True)
+    return samplers.sample(name, eps_fn, noise, ts, ac, clip_denoised=clip)
+
+
+@pytest.mark.parametrize("spec", ["dpmpp_2m7", "unipc7l", "dpmpp_2m5t"])
+@pytest.mark.parametrize("clip", [False, True])
+def test_sample_batch_runs_the_named_solver(spec, clip):
+    net = ToyNet()
+    d = create_gaussian_diffusion(steps=100, noise_schedule="cosine", timestep_respacing=spec)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    got = sample_batch(net, d, SHAPE, class_cond=False, noise=noise, clip_denoised=clip)
+    want = _plain(sampler_of(spec), lambda x, t: net(x, t), noise, spec, clip=clip)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert len(net.seen_t) == 2 * len(d.timestep_map)  # one evaluation per kept timestep (twice: two runs)
+
+
+def test_learned_variance_and_rescaled_timesteps():
+    """A 2C-output model: the solver uses its first C channels; with rescale_timesteps the network
+    sees t * 1000 / T, as in ADM's loops."""
+    net = ToyNet(out_mult=2)
+    d = create_gaussian_diffusion(steps=100, noise_schedule="linear", learn_sigma=True, rescale_timesteps=True,
+                                  timestep_respacing="dpmpp_2m6")
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(2))
+    got = sample_batch(net, d, SHAPE, class_cond=False, noise=noise, clip_denoised=False)
+    seen = sorted({int(v) for t in net.seen_t for v in t.round().long()})
+    assert seen == sorted(int(t) * 10 for t in d.timestep_map)  # 1000 / 100
+    want = _plain("dpmpp_2m", lambda x, t: net(x, t.float() * 10.0)[:, :2], noise, "dpmpp_2m6", schedule="linear",
+                  clip=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_x0_predicting_model():
+    net = ToyNet()
+    d = create_gaussian_diffusion(steps=100, noise_schedule="cosine", predict_xstart=True,
+                                  timestep_respacing="unipc6")
+    ac = _ac("cosine", 100)
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    got = sample_batch(net, d, SHAPE, class_cond=False, noise=noise, clip_denoised=False)
+
+    def eps_fn(x, t):
+        a = torch.from_numpy(ac.copy())[t].to(x.dtype).view(-1, 1, 1, 1)
+        return (x - a.sqrt() * net(x, t)) / (1 - a).sqrt()
+
+    torch.testing.assert_close(got, _plain("unipc", eps_fn, noise, "unipc6", clip=False), rtol=1e-5, atol=1e-5)
+
+
+def test_classifier_guidance_through_the_solver():
+    """ADM's cond_fn(x, t, y=...) with the timesteps the network sees guides the score
+    (samplers.guided_eps), and changes the samples."""
+    net = ToyNet()
+    d = create_gaussian_diffusion(steps=100, noise_schedule="cosine", rescale_timesteps=True,
+                                  timestep_respacing="dpmpp_2m5")
+    y = torch.tensor([0, 1, 1])
+    target = torch.linspace(-1, 1, 6)
+
+    def cond_fn(x, t, y=None):
+        assert float(t.max()) > 100  # rescaled to 0..1000
+        return -(x - target) * (1.0 + y.float().view(-1, 1, 1, 1))
+
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4))
+    got = sample_batch(net, d, SHAPE, y=y, class_cond=False, noise=noise, cond_fn=cond_fn, clip_denoised=False)
+    ac = _ac("cosine", 100)
+    eps = samplers.guided_eps(lambda x, t: net(x, t.float() * 10.0), lambda x, t: cond_fn(x, t.float() * 10.0, y=y),
+                              ac)
+    torch.testing.assert_close(got, _plain("dpmpp_2m", eps, noise, "dpmpp_2m5", clip=False), rtol=0, atol=0)
+    plain = sample_batch(net, d, SHAPE, y=y, class_cond=False, noise=noise, clip_denoised=False)
+    assert (got - target).abs().mean() < (plain - target).abs().mean()
+
+
+def test_what_a_solver_cannot_do_is_refused():
+    from guided_diffusion.mcmc import MCMCSettings
+
+    net = ToyNet()
+    d = create_gaussian_diffusion(steps=100, timestep_respacing="dpmpp_2m5")
+
+    def guide(x, t, **kw):
+        return torch.zeros_like(x)
+
+    guide.needs_pred_xstart = True
+    with pytest.raises(ValueError, match="ADM's DDIM/ancestral loops"):
+        sample_batch(net, d, SHAPE, class_cond=False, cond_fn=guide)
+    with pytest.raises(ValueError, match="eta = 0.5 is DDIM's"):
+        sample_batch(net, d, SHAPE, class_cond=False, eta=0.5)
+    with pytest.raises(ValueError, match="MCMC corrections"):
+        sample_batch(net, d, SHAPE, class_cond=False, mcmc=MCMCSettings(sampler="ula"))
+
+
+# ---------------------------------------------------------------------------------------------- image_sample.py
+
+
+def test_image_sample_sampler_flags(tmp_path):
+    from test_reliability_inputs import _weights_of
+
+    weights = _weights_of(tmp_path)
+    base = ["image_sample.py", "--config", "yaml/mnist/iid.yaml", *TINY[:5], "--out_dir", str(tmp_path),
+            "--model_path", weights, "--num_samples", "2", "--batch_size", "2"]
+    code, out, err = run_script(*base, "--sampler", "dpmpp_2m", "--steps", "3")
+    assert code == 0, err
+    assert "3 model evaluations per image" in out
+    with np.load(tmp_path / "samples_2x28x28x1.npz") as f:
+        first = f["arr_0"].copy()
+    code, out, err = run_script(*base, "--timestep_respacing", "dpmpp_2m3")  # the same sampler, spelled as ADM's key
+    assert code == 0, err
+    with np.load(tmp_path / "samples_2x28x28x1.npz") as f:
+        np.testing.assert_array_equal(f["arr_0"], first)
+    one_error(*run_script(*base, "--sampler", "dpmpp_2m", "--steps", "3", "--timestep_respacing", "ddim5")[::2],
+              "--sampler sets the respacing and use_ddim: drop --timestep_respacing")
+    one_error(*run_script(*base, "--steps", "3")[::2], "--steps goes with --sampler")
+    one_error(*run_script(*base, "--sampler", "heun", "--steps", "3")[::2], "--sampler 'heun'")
+    one_error(*run_script(*base, "--sampler", "unipc", "--steps", "3", "--spacing", "adm")[::2], "--spacing adm")
+
+
+def test_respacing_for_flags():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_sample", os.path.join(ROOT, "scripts", "image_sample.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.respacing_for("dpmpp_2m", 10) == ("dpmpp_2m10t", False)
+    assert mod.respacing_for("unipc", 8, "logsnr") == ("unipc8l", False)
+    assert mod.respacing_for("ddim", 50, "adm") == ("ddim50", True)
+    assert mod.respacing_for("ancestral", 20) == ("20t", False)
+
+
+def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
+    """GUIDE's x̂0 guidance needs ADM's loops: a solver respacing for it is refused when the solver
+    is built; guidance on x_t (noised classifier) and unguided replay take any sampler."""
+    import dataclasses
+
+    from guided_diffusion.config import Config, SolverConfig
+    from guided_diffusion.continual.solver import Solver
+
+    cfg = Config()
+    cfg.model.class_cond = True
+    cfg.solver = dataclasses.replace(SolverConfig(), replay="guided", use_old_grad=True, use_new_grad=False,
+                                     respacing="dpmpp_2m10")
+    with pytest.raises(ConfigError, match="cannot guide through x̂0"):
+        Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
+    for ok in (dict(noised_classifier=True), dict(respacing="ddim10t"), dict(replay="plain")):
+        cfg.solver = dataclasses.replace(cfg.solver, **ok)
+        with pytest.raises(Exception) as e:  # gets past the check, then fails on the missing data (None)
+            Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
+        assert "x̂0" not in str(e.value)
