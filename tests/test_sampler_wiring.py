@@ -229,3 +229,29 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
         with pytest.raises(Exception) as e:  # gets past the check, then fails on the missing data (None)
             Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
         assert "x̂0" not in str(e.value)
+
+
+def test_sampler_steps_script_rows_resume_and_table(tmp_path):
+    """scripts/sampler_steps.py: one row per (spec, seed), a rerun with one more seed adds only its
+    rows, and the table holds mean ± sd per cell."""
+    import csv
+
+    from test_reliability_inputs import _weights_of
+
+    weights = _weights_of(tmp_path)
+    args = ["sampler_steps.py", "--config", "yaml/mnist/iid.yaml", *TINY[:5], "--model_path", weights,
+            "--out", str(tmp_path / "s"), "--samplers", "unipc,ddim", "--steps", "2,3", "--spacings", "trailing",
+            "--reference", "ddim4", "evaluation.num_samples=10", "evaluation.batch_size=10",
+            "evaluation.metrics=fid,class_acc"]
+    code, out, err = run_script(*args, "--seeds", "0")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "s" / "steps.csv")))
+    assert [(r["spec"], r["seed"], r["steps"]) for r in rows] == [
+        ("unipc2t", "0", "2"), ("unipc3t", "0", "3"), ("ddim2t", "0", "2"), ("ddim3t", "0", "3"), ("ddim4", "0", "4")]
+    code, out, err = run_script(*args, "--seeds", "0,1")
+    assert code == 0, err
+    rows = list(csv.DictReader(open(tmp_path / "s" / "steps.csv")))
+    assert len(rows) == 10 and [r["seed"] for r in rows[5:]] == ["1"] * 5
+    md = (tmp_path / "s" / "steps.md").read_text()
+    assert "| unipc | trailing | " in md and " ± " in md and "Reference `ddim4`" in md
+    assert (tmp_path / "s" / "steps.png").stat().st_size > 0
