@@ -346,6 +346,8 @@ TINY = [
     "train.save_interval=2", "train.num_threads=1", "continual.num_tasks=5", "continual.classes_per_task=2",
     "continual.limit_tasks=2", "continual.num_steps=3", "continual.first_task_num_steps=3", "continual.grid_per_class=1",
     "continual.eval_respacing=ddim5", "train.ema_rate=0.9",
+    # the main job's preset evaluates after every task (300 samples, 50 steps): a small one here
+    "evaluation.num_samples=12", "evaluation.batch_size=12", "evaluation.respacing=5",
 ]
 
 
