@@ -192,6 +192,29 @@ def test_lambda_zero_equals_naive():
     torch.testing.assert_close(loss, 0.5 * loss_base, rtol=1e-6, atol=1e-7)
 
 
+def test_replay_batch_is_global_and_split_over_ranks():
+    """method.replay_batch counts over all ranks, as train.batch_size: with 2 ranks each makes half
+    (the same replay term as one process asked for that half), and an uneven split is refused."""
+    import types
+
+    from guided_diffusion.config import ConfigError
+    from guided_diffusion.continual.methods.generative import check_replay_batch
+
+    torch.manual_seed(0)
+    student, teacher = Toy(), Toy().eval()
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([2, 3, 2, 3])
+    _, two = _objective("gd", teacher, source="gaussian", replay_batch=6)
+    _, one = _objective("gd", teacher, source="gaussian", replay_batch=3)
+    rank0_of_2 = StepContext(0, 0, 1, torch.Generator().manual_seed(0), 0, 2)
+    loss2, terms2 = two(student, x, y, rank0_of_2)
+    loss1, terms1 = one(student, x, y, ctx_for())
+    assert float(terms2["teacher_nfe"]) == float(terms1["teacher_nfe"]) == 3
+    torch.testing.assert_close(loss2, loss1)
+    check_replay_batch(types.SimpleNamespace(replay_batch=6), types.SimpleNamespace(world_size=2))
+    with pytest.raises(ConfigError, match="replay_batch 7 is not divisible by the world size 2"):
+        check_replay_batch(types.SimpleNamespace(replay_batch=7), types.SimpleNamespace(world_size=2))
+
+
 def test_gd_loss_by_hand():
     torch.manual_seed(0)
     student, teacher = Toy(), Toy().eval()

@@ -41,7 +41,7 @@ from ...experiment import build_diffusion
 from ...train_util import step_seed
 from ..base import ContinualMethod, register_method
 from ..replay import ReplayBatch, _abar, _predicts_xstart
-from .generative import ReplayObjective, check_replay_weighting
+from .generative import ReplayObjective, check_replay_batch, check_replay_weighting
 
 CRITERIA = ("mse", "min_snr")
 
@@ -122,7 +122,7 @@ class DynamicDistillation(ContinualMethod):
         lambd: float = 1.0
         criterion: str = "mse"  # mse (DKDM's) | min_snr (per-sample weights on it)
         min_snr_gamma: float = 5.0
-        replay_batch: int = 0  # cache entries per rank and step (0: the per-rank batch)
+        replay_batch: int = 0  # cache entries per step over all ranks, as train.batch_size (0: = the data batch)
         weight_replay_loss: bool = True
         mode: str = "dynamic"  # dynamic | shuffled | iterative (DKDM's ablation)
         rho: float = 0.4  # dynamic: round(rho * T') replay batches per rank in the cache
@@ -146,7 +146,8 @@ class DynamicDistillation(ContinualMethod):
         self.chain = build_diffusion(ctx.cfg, mcfg.cache_respacing)
         if self.chain.num_timesteps < 2:
             raise ConfigError("method.cache_respacing must keep at least 2 steps")
-        self.batch = mcfg.replay_batch or ctx.cfg.train.batch_size // ctx.world_size
+        check_replay_batch(mcfg, ctx)
+        self.batch = (mcfg.replay_batch or ctx.cfg.train.batch_size) // ctx.world_size  # this rank's share
         try:
             self.n_total = cache_size(mcfg.mode, mcfg.rho, self.chain.num_timesteps, self.batch * ctx.world_size)
         except ValueError as e:

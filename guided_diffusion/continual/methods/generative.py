@@ -64,7 +64,10 @@ class ReplayObjective(ObjectiveWrapper):
             replay = None
             nfe = B
         else:
-            n_r = max(1, (m.replay_batch or B * ctx.num_microbatches) // ctx.num_microbatches)
+            # replay_batch is global, as train.batch_size: each rank makes its share (the replay work
+            # per rank falls with the ranks); 0: as many as the rank's real images.
+            per_rank = m.replay_batch // ctx.world_size if m.replay_batch else B * ctx.num_microbatches
+            n_r = max(1, per_rank // ctx.num_microbatches)
             replay = self.drop_replay_labels(self.replay_batch(n_r, x, ctx), ctx)
             faults.point("replay_generation")
             nfe = replay.teacher_nfe
@@ -176,7 +179,7 @@ class GenerativeDistillation(_ReplayMethod):
         min_snr_gamma: float = 5.0
         teacher_steps: int = 2  # DDIM steps of the teacher's generation
         teacher_eta: float = 0.0
-        replay_batch: int = 0  # replay images per rank and step (0: the per-rank batch)
+        replay_batch: int = 0  # replay images per step over all ranks, as train.batch_size (0: = the data batch)
         replay_start_timestep: int = 0
         weight_replay_loss: bool = True
 
@@ -202,7 +205,7 @@ class GenerativeReplay(_ReplayMethod):
         min_snr_gamma: float = 5.0
         teacher_steps: int = 2  # masip: DDIM steps of each replay generation
         teacher_eta: float = 0.0
-        replay_batch: int = 0
+        replay_batch: int = 0  # masip: replay images per step over all ranks (0: = the data batch)
         replay_start_timestep: int = 0
         weight_replay_loss: bool = True
         n_per_task: int = 1000  # guide: images generated per old task
@@ -290,3 +293,15 @@ def _check_common(mcfg, ctx):
         raise ConfigError("method.replay_start_timestep must be in [0, diffusion_steps)")
     if mcfg.lambd < 0:
         raise ConfigError(f"method.lambd must be >= 0, got {mcfg.lambd}")
+    check_replay_batch(mcfg, ctx)
+
+
+def check_replay_batch(mcfg, ctx):
+    """``method.replay_batch`` is a global batch: >= 0 and split evenly over the ranks."""
+    from ...config import ConfigError
+
+    if mcfg.replay_batch < 0:
+        raise ConfigError(f"method.replay_batch must be >= 0, got {mcfg.replay_batch}")
+    if mcfg.replay_batch % ctx.world_size:
+        raise ConfigError(f"method.replay_batch {mcfg.replay_batch} is not divisible by the world size "
+                          f"{ctx.world_size} (it is the replay batch over all ranks, as train.batch_size)")
