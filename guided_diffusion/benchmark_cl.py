@@ -145,6 +145,9 @@ def plan(suite: Suite) -> List[RunSpec]:
 
     Per seed: the methods in the suite's order (with ``share_first_task``, the first one trains task
     0 and the others take it, ``continual.init_from``), then the solver runs."""
+    import guided_diffusion.continual.methods  # noqa: F401  (the methods' config schemas, to check the configs)
+    import guided_diffusion.evaluation  # noqa: F401  (the evaluation section's schema)
+
     base = _read(suite.base)
     out_dir = _abs(suite.out_dir)
     cfg_dir = os.path.join(out_dir, "configs")
@@ -345,6 +348,12 @@ def _cell(values: Sequence[Optional[float]], digits: int = 3) -> str:
     return f"{np.mean(vals):.{digits}g} ± {np.std(vals, ddof=1):.2g}"
 
 
+def _n_tasks(specs: List[RunSpec]) -> int:
+    """The scenario's number of tasks as the runs show it: the most rows any run's metrics.csv has
+    (every run of a suite has the same scenario). A run with fewer is still running, or was cut."""
+    return max((len(_rows(os.path.join(s.run_dir, "metrics.csv"))) for s in specs), default=0)
+
+
 def _wall(times: List[Dict[str, str]], label: str, seed: int) -> Optional[float]:
     secs = [_num(r["seconds"]) for r in times if r["label"] == label and int(r["seed"]) == seed]
     return sum(s for s in secs if s is not None) if secs else None
@@ -378,13 +387,14 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
               + ["s/step", "teacher NFE/step", "wall min"])
     keys = [c for c, _ in cols] + ["avg", "fgt"] + [k for k, _ in extra] + ["afq_acc", "fid0", "sps", "nfe", "wall"]
     rows, values = [], {}
+    n_tasks = _n_tasks(specs)
     for label in suite.methods:
         runs = [s for s in specs if s.kind == "continual" and s.label == label]
         per: Dict[str, List[Optional[float]]] = {k: [] for k in keys}
         done = 0
         for s in runs:
             rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
-            if not rows_:
+            if not rows_ or len(rows_) < n_tasks:  # not finished: left out, not mixed in
                 continue
             done += 1
             last = rows_[-1]
@@ -422,12 +432,13 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
               "previous classifier's entropy on replay (nats)", "replay generation s", "wall min"]
     times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     rows, values = [], {}
+    n_tasks = _n_tasks(specs)
     for replay in suite.solver.get("replays", []) if suite.solver else []:
         runs = [s for s in specs if s.kind == "solver" and s.label == f"solver_{replay}"]
         acc, fgt, gen, wall, agree, ent = [], [], [], [], [], []
         for s in runs:
             rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
-            if not rows_:
+            if not rows_ or len(rows_) < n_tasks:  # not finished
                 continue
             acc.append(_num(rows_[-1].get("avg_acc")))
             fgt.append(_num(rows_[-1].get("forgetting")))

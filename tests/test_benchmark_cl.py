@@ -106,7 +106,12 @@ def test_tables_and_claims_from_run_logs(tmp_path):
                  "replay_old_entropy": ""},
                 {"task": 1, "avg_acc": acc, "forgetting": 0.1, "gen_sec": 3, "replay_label_agree": 0.9,
                  "replay_old_entropy": 0.25}])
+        if s.kind == "continual" and s.label == "naive" and s.seed == 1:  # still running: task 0 only
+            _write(f"{s.run_dir}/metrics.csv", [{"task": 0, "sec_per_step": 1.0, "eval_fid": 3.0}])
+        if s.kind == "solver" and s.label == "solver_none" and s.seed == 0:  # still running
+            _write(f"{s.run_dir}/metrics.csv", [{"task": 0, "avg_acc": 0.99, "forgetting": 0.0, "gen_sec": 0}])
     header, rows, values = bcl.method_table(suite, specs)
+    assert dict(zip(header, rows[[r[0] for r in rows].index("naive")]))["seeds"] == "0/2"  # not mixed in
     row = dict(zip(header, rows[[r[0] for r in rows].index("gd_full")]))
     assert row["seeds"] == "2/2" and row["FID ↓"].startswith("11 ± 1.4")  # mean 11, sample std sqrt(2)
     assert values["gd_full"]["sps"] == [2.0, 2.0]  # tasks 1+ only
