@@ -63,7 +63,7 @@ class Case:
 CASES = {
     # generative distillation (replay generated every step), no evaluation: the default test suite's case
     "gd": Case("gd", "yaml/mnist/generative_distillation.yaml", "gd", TINY + [
-        "method.teacher_steps=1", "method.replay_batch=4"]),
+        "method.teacher_steps=1", "method.replay_batch=4", "evaluation.enabled=false"]),
     # generative distillation (replay generated every step) with the per-task evaluation hook
     "gd_eval": Case("gd_eval", "yaml/mnist/generative_distillation_eval.yaml", "gd_eval", TINY + [
         "method.teacher_steps=1", "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=8",

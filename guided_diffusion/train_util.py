@@ -76,6 +76,14 @@ class StepContext:
     world_size: int
 
 
+def _read_scalars(values: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    """Python floats of 0-d tensors, in order, with one device-to-host read for those on an
+    accelerator (CPU ones are read directly: no sync)."""
+    on_device = [k for k, v in values.items() if v.device.type != "cpu"]
+    read = dict(zip(on_device, torch.stack([values[k].reshape(()) for k in on_device]).tolist())) if on_device else {}
+    return {k: read[k] if k in read else float(v) for k, v in values.items()}
+
+
 class DiffusionObjective:
     """The standard diffusion loss on the real batch: t from the schedule sampler, ADM's losses.
 
@@ -486,8 +494,10 @@ class TrainLoop:
             h.before_step(self, step)
         self.opt.zero_grad(set_to_none=True)
         n_micro = x.shape[0] // self.microbatch
-        terms_sum: Dict[str, float] = {}
-        bad: List[str] = []  # the non-finite loss terms, in the objective's order
+        # The loss terms stay on the device until the one read below (a host sync per term and
+        # microbatch would stall an accelerator's queue; one read per step is what the non-finite
+        # policy needs).
+        sums: Dict[str, torch.Tensor] = {}
         for i in range(n_micro):
             sl = slice(i * self.microbatch, (i + 1) * self.microbatch)
             ctx = StepContext(step, i, n_micro, gen, self.rank, self.world_size)
@@ -497,19 +507,25 @@ class TrainLoop:
                 with self._autocast():
                     loss, terms = self.objective(self.ddp_model, x[sl], y[sl], ctx)
                 self.scaler.scale(loss / n_micro).backward()
-            for k, v in terms.items():
-                v = float(v)
-                terms_sum[k] = terms_sum.get(k, 0.0) + v / n_micro
-                if not math.isfinite(v) and k not in bad:
-                    bad.append(k)
-            if not bad and not torch.isfinite(loss.detach()).all():
-                bad.append("loss")
+            for k, v in list(terms.items()) + [("__loss", loss)]:
+                v = torch.as_tensor(v).detach().double() / (n_micro if k != "__loss" else 1)  # on its own device
+                sums[k] = sums[k] + v if k in sums else v
         self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         )
-        fp16_overflow = self.scaler.is_enabled() and not torch.isfinite(grad_norm)
-        if not bad and not torch.isfinite(grad_norm) and not fp16_overflow:
+        sums["__grad_norm"] = grad_norm.detach().double()
+        terms_sum = _read_scalars(sums)
+        grad_norm_value = terms_sum.pop("__grad_norm")
+        keys = list(terms_sum)
+        # the non-finite loss terms, in the objective's order (a sum of the microbatches' values is
+        # non-finite exactly when one of them is)
+        bad: List[str] = [k for k in keys if k != "__loss" and not math.isfinite(terms_sum[k])]
+        if not bad and not math.isfinite(terms_sum["__loss"]):
+            bad.append("loss")
+        del terms_sum["__loss"]
+        fp16_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm_value)
+        if not bad and not math.isfinite(grad_norm_value) and not fp16_overflow:
             bad.append("gradient")
         if self._any_rank(bool(bad)):
             where = f"{self.tag}, " if self.tag else ""
@@ -530,7 +546,7 @@ class TrainLoop:
                 terms_sum["skipped"] = 1.0
             else:
                 self._update_ema()
-        terms_sum["grad_norm"] = float(grad_norm)
+        terms_sum["grad_norm"] = grad_norm_value
         terms_sum["lr"] = lr
         for h in self.hooks:
             h.after_step(self, step, terms_sum)

@@ -133,3 +133,29 @@ def test_guided_sampling_on_cuda_matches_cpu(spec):
         out[dev] = sample_batch(m, diffusion, (4, 1, 28, 28), y=y.to(dev), noise=noise,
                                 cond_fn=classifier_cond_fn(c, 1.0), device=torch.device(dev)).cpu()
     torch.testing.assert_close(out[DEV], out["cpu"], rtol=1e-3, atol=1e-3)
+
+
+def test_train_step_reads_the_device_once(tmp_path):
+    """A training step (DiffusionObjective, fp32, one process) makes exactly one device-to-host read:
+    the loss terms and the gradient norm together (train_util._read_scalars), for the non-finite
+    policy and the log. CUDA's sync debug mode counts every synchronising call."""
+    import warnings
+
+    from test_train_util import make_loop
+
+    if DEV != "cuda":
+        pytest.skip("counts CUDA synchronisations")
+    loop = make_loop(tmp_path, steps=4)
+    loop.model.to(DEV)
+    loop.device = torch.device(DEV)
+    loop.run_step(*[t.to(DEV) for t in next(loop.data)])  # warm-up (lazy inits may sync)
+    x, y = [t.to(DEV) for t in next(loop.data)]
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop.run_step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
+    assert len(syncs) == 1, syncs

@@ -131,6 +131,6 @@ def test_continual_two_processes(tmp_path):
     run(["scripts/image_train.py", "--config", "yaml/mnist/generative_distillation.yaml", *TINY,  # GUIDE: one script
          "model.class_cond=true", f"out_dir={tmp_path}", "continual.limit_tasks=2", "continual.num_steps=2",
          "continual.first_task_num_steps=2", "continual.grid_per_class=1", "continual.eval_respacing=ddim5",
-         "method.replay_batch=4"], MPI)
+         "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.respacing=5"], MPI)
     run_dir = f"{tmp_path}/split_mnist_generative_distillation"
     assert os.path.exists(f"{run_dir}/task_1/task_done.json") and os.path.exists(f"{run_dir}/task_1/samples.png")

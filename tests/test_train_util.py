@@ -181,3 +181,18 @@ def test_batch_not_divisible_by_world(tmp_path, monkeypatch):
     monkeypatch.setattr(dist_util, "get_world_size", lambda: 3)
     with pytest.raises(ValueError, match="batch_size 8 is not divisible by the world size 3"):
         make_loop(tmp_path)
+
+
+def test_step_terms_are_read_once_and_match_the_objective(tmp_path):
+    """run_step returns Python floats: the objective's terms averaged over the microbatches (read
+    from the device together with the gradient norm), the norm and the learning rate."""
+    from guided_diffusion.train_util import _read_scalars
+
+    vals = {"a": torch.tensor(1.5, dtype=torch.float64), "b": torch.tensor([2.0]), "c": torch.tensor(float("nan"))}
+    out = _read_scalars(vals)
+    assert list(out) == ["a", "b", "c"] and out["a"] == 1.5 and out["b"] == 2.0 and out["c"] != out["c"]
+    loop = make_loop(tmp_path, steps=2, microbatch=4)
+    terms = loop.run_step(*next(loop.data))
+    assert {"loss", "mse", "grad_norm", "lr"} <= set(terms) and all(type(v) is float for v in terms.values())
+    assert terms["grad_norm"] > 0 and terms["loss"] > 0
+
