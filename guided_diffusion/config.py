@@ -108,6 +108,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     uncond_p: float = 0.0  # classifier-free guidance: label dropout to a null class (class_cond models)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
+    compile: str = ""  # torch.compile the training forward: "" (off) | inductor (GPUs) | eager | aot_eager (checks)
     nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does
     log_interval: int = 10
     save_interval: int = 500  # also saved at the end; 0: only at the end
@@ -441,6 +442,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
         "train.loss_weighting": (cfg.train.loss_weighting, ("none", "min_snr")),
         "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
+        "train.compile": (cfg.train.compile, ("", "inductor", "eager", "aot_eager")),
         "train.nan_policy": (cfg.train.nan_policy, ("stop", "skip")),
         "classifier.pool": (cfg.classifier.pool, ("adaptive", "attention", "spatial", "spatial_v2")),
         "solver.optimizer": (cfg.solver.optimizer, ("sgd", "adam")),

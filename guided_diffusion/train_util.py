@@ -340,8 +340,10 @@ class TrainLoop:
             )
         self.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(
-            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2)
+        self.use_cuda = torch.device(self.device).type == "cuda"
+        self.opt = torch.optim.AdamW(  # fused on CUDA: one kernel for the whole update
+            self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
+            fused=self.use_cuda,
         )
         self.ema_rates = parse_ema_rates(cfg.ema_rate)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -352,7 +354,6 @@ class TrainLoop:
             ]
         else:
             self.ema = [[p.detach().clone() for p in self.params] for _ in self.ema_rates]
-        self.use_cuda = torch.device(self.device).type == "cuda"
         self.precision = cfg.precision
         self.scaler = torch.amp.GradScaler("cuda", enabled=(self.precision == "fp16" and self.use_cuda))
         self.step = 0
@@ -367,6 +368,11 @@ class TrainLoop:
             )
         else:
             self.ddp_model = self.model
+        self.is_ddp = self.ddp_model is not self.model
+        if getattr(cfg, "compile", ""):
+            # Only the training forward is compiled: weights, EMA and checkpoints stay self.model's
+            # (no "_orig_mod." keys), and sampling runs the plain module.
+            self.ddp_model = torch.compile(self.ddp_model, backend=cfg.compile)
 
     # ------------------------------------------------------------------ state
 
@@ -502,7 +508,7 @@ class TrainLoop:
             sl = slice(i * self.microbatch, (i + 1) * self.microbatch)
             ctx = StepContext(step, i, n_micro, gen, self.rank, self.world_size)
             last = i == n_micro - 1
-            sync = contextlib.nullcontext() if (last or self.ddp_model is self.model) else self.ddp_model.no_sync()
+            sync = contextlib.nullcontext() if (last or not self.is_ddp) else self.ddp_model.no_sync()
             with sync:
                 with self._autocast():
                     loss, terms = self.objective(self.ddp_model, x[sl], y[sl], ctx)

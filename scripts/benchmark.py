@@ -175,6 +175,7 @@ def main():
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for the MFU (CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="", help="also write the rows to this JSON file")
+    p.add_argument("--compile", action="store_true", help="also time ours under torch.compile (train.compile: inductor)")
     args = p.parse_args()
     device = torch.device(args.device)
     args.precision = args.precision or (["bf16"] if device.type == "cuda" else ["fp32"])
@@ -193,6 +194,8 @@ def main():
         t = torch.randint(0, 1000, (args.batch,), device=device)
         y = torch.randint(0, cfg.get("num_classes", 10), (args.batch,), device=device) if cfg.get("class_cond") else None
         paths = [(f"ours {p}", "sdpa", p) for p in args.precision]
+        if args.compile:
+            paths += [(f"ours {p} compiled", "sdpa", p) for p in args.precision]
         if args.reference:
             paths.insert(0, ("reference fp32", "einsum", "fp32"))
             if device.type == "cuda":
@@ -205,6 +208,8 @@ def main():
                 torch.cuda.reset_peak_memory_stats()
             n_params = sum(p.numel() for p in model.parameters())
             flops = forward_flops(model, x[:1], t[:1], None if y is None else y[:1])
+            if label.endswith("compiled"):
+                model = torch.compile(model)  # its first (timed-out) warm-up step compiles
             train = time_train(model, x, t, y, device, precision, args.iters)
             ddim = time_ddim(model, diffusion, x[: min(16, args.batch)], None if y is None else y[:16], device,
                              precision, args.ddim_steps)

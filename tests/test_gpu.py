@@ -145,9 +145,8 @@ def test_train_step_reads_the_device_once(tmp_path):
 
     if DEV != "cuda":
         pytest.skip("counts CUDA synchronisations")
-    loop = make_loop(tmp_path, steps=4)
-    loop.model.to(DEV)
-    loop.device = torch.device(DEV)
+    loop = make_loop(tmp_path, steps=4)  # TrainLoop's default device: cuda when there is one
+    assert torch.device(loop.device).type == "cuda"
     loop.run_step(*[t.to(DEV) for t in next(loop.data)])  # warm-up (lazy inits may sync)
     x, y = [t.to(DEV) for t in next(loop.data)]
     torch.cuda.set_sync_debug_mode("warn")
@@ -159,3 +158,19 @@ def test_train_step_reads_the_device_once(tmp_path):
         torch.cuda.set_sync_debug_mode(0)
     syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
     assert len(syncs) == 1, syncs
+
+
+def test_compiled_training_on_cuda(tmp_path):
+    """train.compile: inductor on the GPU: three steps end near the eager run's weights."""
+    from test_train_util import make_loop
+
+    if DEV != "cuda":
+        pytest.skip("inductor on CUDA")
+    out = {}
+    for name, extra in (("eager", {}), ("inductor", {"compile": "inductor"})):
+        loop = make_loop(tmp_path / name, steps=3, **extra)  # on cuda (TrainLoop's default device)
+        assert torch.device(loop.device).type == "cuda"
+        for _ in range(3):
+            loop.run_step(*[t.to(DEV) for t in next(loop.data)])
+        out[name] = {k: v.float().cpu() for k, v in loop.model.state_dict().items()}
+    assert all(torch.allclose(out["eager"][k], out["inductor"][k], atol=1e-4) for k in out["eager"])

@@ -196,3 +196,16 @@ def test_step_terms_are_read_once_and_match_the_objective(tmp_path):
     assert {"loss", "mse", "grad_norm", "lr"} <= set(terms) and all(type(v) is float for v in terms.values())
     assert terms["grad_norm"] > 0 and terms["loss"] > 0
 
+
+
+def test_compiled_forward_trains_as_the_plain_one(tmp_path):
+    """train.compile: the training forward goes through torch.compile (here its eager backend: the
+    graph capture without code generation), weights and checkpoints stay the plain module's."""
+    a = make_loop(tmp_path / "a", steps=3, microbatch=4)
+    a.run()
+    b = make_loop(tmp_path / "b", steps=3, microbatch=4, compile="eager")
+    assert b.ddp_model is not b.model
+    b.run()
+    ma, mb = a.model.state_dict(), b.model.state_dict()
+    assert ma.keys() == mb.keys() and all(torch.allclose(ma[k], mb[k], atol=1e-6) for k in ma)
+    assert ckpt.latest_checkpoint(str(tmp_path / "b")) == 3
