@@ -72,6 +72,19 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def images_per_second(step, batch, device, iters):
+    """``batch`` over the median time of ``step()`` in ``iters`` runs after one warm-up run."""
+    step()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
 def time_train(model, x, t, y, device, precision, iters):
     if precision == "adm_fp16":
         return time_train_adm_fp16(model, x, t, y, device, iters)
@@ -87,15 +100,7 @@ def time_train(model, x, t, y, device, precision, iters):
         loss.backward()
         opt.step()
 
-    step()  # warm-up
-    times = []
-    for _ in range(iters):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return x.shape[0] / statistics.median(times)
+    return images_per_second(step, x.shape[0], device, iters)
 
 
 def time_train_adm_fp16(model, x, t, y, device, iters):
@@ -125,15 +130,7 @@ def time_train_adm_fp16(model, x, t, y, device, iters):
                 for m, p in zip(master, params):
                     p.copy_(m)
 
-    step()
-    times = []
-    for _ in range(iters):
-        sync(device)
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return x.shape[0] / statistics.median(times)
+    return images_per_second(step, x.shape[0], device, iters)
 
 
 def time_ddim(model, diffusion, x, y, device, precision, steps):
