@@ -83,6 +83,16 @@ def split_sampler(spec) -> Tuple[str, object]:
     return "", spec
 
 
+SPACING_SUFFIX = {"trailing": "t", "logsnr": "l", "adm": ""}  # spacing name -> its suffix in a spec
+
+
+def respacing_spec(sampler: str, steps: int, spacing: str = "trailing") -> str:
+    """The spec for ``steps`` evaluations of ``sampler`` (ddim, ancestral or a solver) with ``spacing``:
+    ("dpmpp_2m", 10) -> "dpmpp_2m10t", ("ddim", 50, "adm") -> "ddim50", ("ancestral", 20) -> "20t"."""
+    prefix = {"ddim": "ddim", "ancestral": ""}.get(sampler, sampler)
+    return f"{prefix}{int(steps)}{SPACING_SUFFIX[spacing]}"
+
+
 def sampler_of(spec) -> str:
     """The solver a respacing spec names (``split_sampler``), "" for ADM's loops."""
     return split_sampler(spec)[0] if spec else ""
@@ -102,22 +112,20 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]
     _, spec = split_sampler(section_counts)
     if isinstance(spec, str):
         text = spec.strip().lower()
-        if text.endswith("l"):
+        suffix = text[-1:]
+        if suffix in ("l", "t"):  # log-SNR or trailing spacing of N steps
             digits = text[len("ddim"):-1] if text.startswith("ddim") else text[:-1]
             if not digits.isdigit():
-                raise ValueError(f"bad timestep respacing {section_counts!r}: expected 'ddimNl' or 'Nl' with an "
-                                 "integer N")
+                raise ValueError(f"bad timestep respacing {section_counts!r}: expected 'ddimN{suffix}' or "
+                                 f"'N{suffix}' with an integer N")
+            if suffix == "t":
+                return set(trailing_timesteps(num_timesteps, int(digits)))
             if alphas_cumprod is None:
                 raise ValueError(f"timestep respacing {section_counts!r}: log-SNR spacing needs the schedule "
                                  "(alphas_cumprod)")
             if len(alphas_cumprod) != num_timesteps:
                 raise ValueError(f"alphas_cumprod has {len(alphas_cumprod)} entries for {num_timesteps} steps")
             return set(logsnr_timesteps(int(digits), alphas_cumprod))
-        if text.endswith("t"):
-            digits = text[len("ddim"):-1] if text.startswith("ddim") else text[:-1]
-            if not digits.isdigit():
-                raise ValueError(f"bad timestep respacing {spec!r}: expected 'ddimNt' or 'Nt' with an integer N")
-            return set(trailing_timesteps(num_timesteps, int(digits)))
         if text.startswith("ddim"):
             try:
                 desired = int(text[len("ddim"):])
@@ -219,5 +227,5 @@ class _WrappedModel:
         return self.model(x, self.diffusion._scale_timesteps(ts), **kwargs)
 
 
-__all__: List[str] = ["logsnr_timesteps", "sampler_label", "sampler_of", "space_timesteps", "split_sampler",
-                      "trailing_timesteps", "SpacedDiffusion"]
+__all__: List[str] = ["SPACING_SUFFIX", "logsnr_timesteps", "respacing_spec", "sampler_label", "sampler_of",
+                      "space_timesteps", "split_sampler", "trailing_timesteps", "SpacedDiffusion"]

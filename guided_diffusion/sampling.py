@@ -64,45 +64,30 @@ def sample_batch(
         return net(x, t, y=y, **kw) if class_cond else net(x, t, **kw)
 
     solver = getattr(diffusion, "sampler", "")
-    if solver:
-        if mcmc is not None and mcmc.sampler != "none":
-            raise ValueError(f"MCMC corrections run on ADM's ancestral/DDIM steps, not on the {solver} solver")
-        if eta:
-            raise ValueError(f"eta = {eta} is DDIM's; the {solver} solver is deterministic (use a 'ddimN' spec)")
-        was_training = net.training
-        net.eval()
-        try:
-            return solver_loop(diffusion, model_fn, shape, noise=noise.to(device) if noise is not None else None,
-                               clip_denoised=clip_denoised, model_kwargs=model_kwargs, cond_fn=cond_fn, device=device)
-        finally:
-            net.train(was_training)
-    loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
-    kwargs = dict(eta=eta) if use_ddim else {}
+    use_mcmc = mcmc is not None and mcmc.sampler != "none"
+    if solver and use_mcmc:
+        raise ValueError(f"MCMC corrections run on ADM's ancestral/DDIM steps, not on the {solver} solver")
+    if solver and eta:
+        raise ValueError(f"eta = {eta} is DDIM's; the {solver} solver is deterministic (use a 'ddimN' spec)")
+    noise = noise.to(device) if noise is not None else None
     was_training = net.training
     net.eval()
-    if mcmc is not None and mcmc.sampler != "none":
-        kw = {"y": model_kwargs["y"]} if class_cond and "y" in model_kwargs else {}
-        energy = (lambda x, t: net.energy_and_grad(x, t, **kw)) if is_energy_model(net) else None  # noqa: E731
-        try:
+    try:
+        if solver:
+            return solver_loop(diffusion, model_fn, shape, noise=noise, clip_denoised=clip_denoised,
+                               model_kwargs=model_kwargs, cond_fn=cond_fn, device=device)
+        if use_mcmc:
+            kw = {"y": model_kwargs["y"]} if class_cond and "y" in model_kwargs else {}
+            energy = (lambda x, t: net.energy_and_grad(x, t, **kw)) if is_energy_model(net) else None  # noqa: E731
             return sample_loop(
                 diffusion, model_fn, shape, mcmc, predict=lambda x, t: net(x, t, **kw), energy_and_grad=energy,
-                noise=noise.to(device) if noise is not None else None, model_kwargs=model_kwargs,
-                use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised, cond_fn=cond_fn, device=device,
+                noise=noise, model_kwargs=model_kwargs, use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
+                cond_fn=cond_fn, device=device,
             )
-        finally:
-            net.train(was_training)
-    try:
-        return loop(
-            model_fn,
-            shape,
-            noise=noise.to(device) if noise is not None else None,
-            clip_denoised=clip_denoised,
-            model_kwargs=model_kwargs,
-            cond_fn=cond_fn,
-            device=device,
-            progress=progress,
-            **kwargs,
-        )
+        loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
+        kwargs = dict(eta=eta) if use_ddim else {}
+        return loop(model_fn, shape, noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+                    cond_fn=cond_fn, device=device, progress=progress, **kwargs)
     finally:
         net.train(was_training)
 

@@ -522,14 +522,12 @@ class TrainLoop:
         )
         sums["__grad_norm"] = grad_norm.detach().double()
         terms_sum = _read_scalars(sums)
-        grad_norm_value = terms_sum.pop("__grad_norm")
-        keys = list(terms_sum)
+        grad_norm_value, loss_value = terms_sum.pop("__grad_norm"), terms_sum.pop("__loss")
         # the non-finite loss terms, in the objective's order (a sum of the microbatches' values is
         # non-finite exactly when one of them is)
-        bad: List[str] = [k for k in keys if k != "__loss" and not math.isfinite(terms_sum[k])]
-        if not bad and not math.isfinite(terms_sum["__loss"]):
+        bad: List[str] = [k for k, v in terms_sum.items() if not math.isfinite(v)]
+        if not bad and not math.isfinite(loss_value):
             bad.append("loss")
-        del terms_sum["__loss"]
         fp16_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm_value)
         if not bad and not math.isfinite(grad_norm_value) and not fp16_overflow:
             bad.append("gradient")

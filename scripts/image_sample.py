@@ -101,11 +101,9 @@ OPTIONS = [
     (["--spacing"], dict(default="trailing", metavar="S",
                          help="timesteps of --sampler: trailing (default), logsnr or adm (ADM's, ddim/ancestral)")),
 ]
-SPACING_SUFFIX = {"trailing": "t", "logsnr": "l", "adm": ""}
-
-
 def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
     """(timestep_respacing, use_ddim) for ``--sampler NAME --steps N --spacing S``."""
+    from guided_diffusion.respace import SPACING_SUFFIX, respacing_spec
     from guided_diffusion.samplers import SAMPLERS, SOLVERS
 
     if sampler not in SAMPLERS:
@@ -116,8 +114,7 @@ def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
         raise ConfigError(f"--spacing {spacing!r}: expected one of {', '.join(SPACING_SUFFIX)}")
     if sampler in SOLVERS and spacing == "adm":
         raise ConfigError(f"--spacing adm is ADM's DDIM/ancestral spacing; {sampler} takes trailing or logsnr")
-    prefix = "ddim" if sampler == "ddim" else ("" if sampler == "ancestral" else sampler)
-    return f"{prefix}{steps}{SPACING_SUFFIX[spacing]}", sampler == "ddim"
+    return respacing_spec(sampler, steps, spacing), sampler == "ddim"
 
 
 USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist")

@@ -28,16 +28,12 @@ import time  # noqa: E402
 from guided_diffusion import cli, experiment  # noqa: E402
 from guided_diffusion.checkpoint import load_checked, load_state_dict_file  # noqa: E402
 from guided_diffusion.config import ConfigError, resolve_use_ddim  # noqa: E402
+from guided_diffusion.respace import respacing_spec  # noqa: E402
 from guided_diffusion.samplers import SAMPLERS, SOLVERS  # noqa: E402
 
-SUFFIX = {"trailing": "t", "logsnr": "l"}
+SPACINGS = ("trailing", "logsnr")
 COLUMNS = ["spec", "seed", "sampler", "spacing", "steps", "eval_fid", "eval_class_acc", "eval_precision",
            "eval_recall", "eval_fid_real", "sec_per_image", "eval_samples"]
-
-
-def spec_of(sampler: str, spacing: str, steps: int) -> str:
-    prefix = {"ddim": "ddim", "ancestral": ""}.get(sampler, sampler)
-    return f"{prefix}{steps}{SUFFIX[spacing]}"
 
 
 def _ints(text):
@@ -157,8 +153,8 @@ def main() -> int:
         if s not in SAMPLERS:
             raise ConfigError(f"--samplers: unknown sampler {s!r} (known: {', '.join(SAMPLERS)})")
     for s in args.spacings:
-        if s not in SUFFIX:
-            raise ConfigError(f"--spacings: unknown spacing {s!r} (known: {', '.join(SUFFIX)})")
+        if s not in SPACINGS:
+            raise ConfigError(f"--spacings: unknown spacing {s!r} (known: {', '.join(SPACINGS)})")
     if not os.path.isfile(args.model_path):
         raise ConfigError(f"--model_path {args.model_path}: no such file")
     if cli.maybe_dry_run(cfg, args):
@@ -175,7 +171,7 @@ def main() -> int:
     classes = list(range(info.num_classes))
     points = [(s, sp, n) for s in args.samplers for sp in args.spacings for n in args.steps
               if sp == "trailing" or s in SOLVERS]
-    specs = [spec_of(*pt) for pt in points] + ([args.reference] if args.reference else [])
+    specs = [respacing_spec(s, n, sp) for s, sp, n in points] + ([args.reference] if args.reference else [])
     csv_path = os.path.join(args.out, "steps.csv")
     rows = read_rows(csv_path)
     done = {(r["spec"], int(r["seed"])) for r in rows}
