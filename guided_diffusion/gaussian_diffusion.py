@@ -21,6 +21,7 @@ import enum
 import math
 from typing import Dict
 
+import numpy as np
 import torch
 
 from . import diffusion_math as dm
@@ -111,6 +112,8 @@ class GaussianDiffusion:
         # ADM exposes each array as an attribute; other code reads e.g. diffusion.alphas_cumprod.
         for name in dm.SCHEDULE_FIELDS:
             setattr(self, name, getattr(self.schedule, name))
+        # abar_t for t = 0..T-1 and, at index -1 -> T, the clean end (abar = 1): ``alpha_bar``.
+        self._alpha_bar_ends = torch.tensor(np.append(self.schedule.alphas_cumprod, 1.0), dtype=torch.float64)
 
     @property
     def learns_variance(self) -> bool:
@@ -151,6 +154,27 @@ class GaussianDiffusion:
         if self.rescale_timesteps:
             return t.float() * (1000.0 / self.num_timesteps)
         return t
+
+    def model_timesteps(self, t):
+        """What the network and any cond_fn receive for this diffusion's step indices ``t`` (the public
+        name of ADM's ``_scale_timesteps``: the original timesteps, rescaled to 0..1000 if asked)."""
+        return self._scale_timesteps(t)
+
+    @property
+    def predicts_xstart(self) -> bool:
+        """The network predicts x0 (``ModelMeanType.START_X``) rather than eps."""
+        return self.model_mean_type == ModelMeanType.START_X
+
+    def alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        """abar at step indices ``t`` as float32 on t's device; t = -1 is the clean end (abar = 1)."""
+        idx = torch.where(t < 0, torch.full_like(t, self.num_timesteps), t)
+        return self._alpha_bar_ends[idx.cpu()].to(torch.float32).to(t.device)
+
+    def eps_from_output(self, model_output, x_t, t):
+        """The eps a network output stands for: its first C channels, converted from x0 by eq. 4
+        when the network predicts x0."""
+        out = model_output[:, : x_t.shape[1]]
+        return dm.predict_eps_from_xstart(self.schedule, x_t, t, out) if self.predicts_xstart else out
 
     # ------------------------------------------------------------------------------------------
     # The model's step distribution p(x_{t-1} | x_t)

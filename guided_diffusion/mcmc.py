@@ -172,7 +172,7 @@ def level_target(diffusion, index: int, predict: Callable, energy_and_grad: Opti
     sigma = math.sqrt(1.0 - ab)
 
     def target(x):
-        t = diffusion._scale_timesteps(torch.full((x.shape[0],), index, dtype=torch.long, device=x.device))
+        t = diffusion.model_timesteps(torch.full((x.shape[0],), index, dtype=torch.long, device=x.device))
         if counter is not None:
             counter["mcmc_evals"] = counter.get("mcmc_evals", 0) + 1
         log_p = None

@@ -121,7 +121,7 @@ def solver_loop(diffusion, model, shape, *, noise=None, clip_denoised: bool = Tr
 
         def cond(x, t):
             k = index.to(t.device)[t]
-            return cond_fn(x, diffusion._scale_timesteps(k), **model_kwargs)
+            return cond_fn(x, diffusion.model_timesteps(k), **model_kwargs)
 
         eps_fn = guided_eps(eps_fn, cond, alphas_cumprod)
     x = noise if noise is not None else torch.randn(*shape, device=device)

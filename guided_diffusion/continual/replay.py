@@ -23,44 +23,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..cfg import cfg_model
+from .. import diffusion_math as dm
 from ..diffusion_math import min_snr_weight
 from ..respace import trailing_timesteps
 
 SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")
 
 
-def model_timesteps(diffusion, t: torch.Tensor) -> torch.Tensor:
-    """What the network receives for original timestep ``t`` (ADM's rescale_timesteps option)."""
-    if getattr(diffusion, "rescale_timesteps", False):
-        T = getattr(diffusion, "original_num_steps", diffusion.num_timesteps)
-        return t.float() * (1000.0 / T)
-    return t
-
-
-def _abar(diffusion, t: torch.Tensor) -> torch.Tensor:
-    """alpha_bar at original timesteps ``t`` (t = -1 means t = "before 0": alpha_bar = 1)."""
-    ab = torch.as_tensor(np.append(diffusion.alphas_cumprod, 1.0), dtype=torch.float64)
-    idx = torch.where(t < 0, torch.full_like(t, len(ab) - 1), t)
-    return ab[idx.cpu()].to(torch.float32).to(t.device)
-
-
-def predict_eps(net, diffusion, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
-    """The network's epsilon (first C output channels; converted if it predicts x0)."""
+def network_output(net, diffusion, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+    """The network's prediction at step indices ``t`` of ``diffusion``: its first C channels (eps, or
+    x0 for an x0-predicting model), with the timesteps the network receives (``model_timesteps``)."""
     kwargs = {"y": y} if y is not None else {}
-    out = net(x, model_timesteps(diffusion, t), **kwargs)[:, : x.shape[1]]
-    if _predicts_xstart(diffusion):
-        ab = _abar(diffusion, t).view(-1, 1, 1, 1)
-        return (x - ab.sqrt() * out) / (1 - ab).sqrt()
-    return out
+    return net(x, diffusion.model_timesteps(t), **kwargs)[:, : x.shape[1]]
 
 
-def _predicts_xstart(diffusion) -> bool:
-    return getattr(getattr(diffusion, "model_mean_type", None), "name", "") == "START_X"
+def teacher_prediction(net, diffusion, x, t, y) -> torch.Tensor:
+    """``network_output`` of a frozen teacher, made under inference mode and usable in autograd."""
+    with torch.inference_mode():
+        out = network_output(net, diffusion, x, t, y)
+    return out.clone()
 
 
 @torch.inference_mode()
@@ -76,7 +61,10 @@ def ddim_generate(
     device=None,
     clip: bool = True,
 ) -> torch.Tensor:
-    """DDIM from x_{T-1} ~ N(0, I) to x0, or to x_{stop_t[i]} per sample (partial generation)."""
+    """DDIM from x_{T-1} ~ N(0, I) to x0, or to x_{stop_t[i]} per sample (partial generation).
+
+    The steps are ``diffusion_math.ddim_step`` (Song et al. eq. 12/16) between per-sample abar
+    values: a sample whose ``stop_t`` lies before the next trailing timestep jumps exactly to it."""
     T = diffusion.num_timesteps
     n = shape[0]
     x = torch.randn(tuple(shape), generator=generator).to(device)
@@ -89,17 +77,15 @@ def ddim_generate(
             break
         tc = torch.full((n,), t_cur, dtype=torch.long, device=device)
         tn = torch.maximum(torch.full((n,), t_next, dtype=torch.long, device=device), stop)
-        eps = predict_eps(net, diffusion, x, tc, y)
-        ab_c = _abar(diffusion, tc).view(-1, 1, 1, 1)
-        ab_n = _abar(diffusion, tn).view(-1, 1, 1, 1)
-        x0 = (x - (1 - ab_c).sqrt() * eps) / ab_c.sqrt()
+        eps = diffusion.eps_from_output(network_output(net, diffusion, x, tc, y), x, tc)
+        x0 = dm.predict_xstart_from_eps(diffusion.schedule, x, tc, eps)
         if clip:
             x0 = x0.clamp(-1, 1)
-            eps = (x - ab_c.sqrt() * x0) / (1 - ab_c).sqrt()
-        # DDIM (Song et al. 2021, eq. 12); sigma from eq. 16 with eta.
-        sigma = eta * ((1 - ab_n) / (1 - ab_c) * (1 - ab_c / ab_n)).clamp(min=0).sqrt()
-        z = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else torch.zeros_like(x)
-        x_next = ab_n.sqrt() * x0 + (1 - ab_n - sigma**2).clamp(min=0).sqrt() * eps + sigma * z * (tn >= 0).view(-1, 1, 1, 1)
+            eps = dm.predict_eps_from_xstart(diffusion.schedule, x, tc, x0)
+        z = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
+        ab_c = diffusion.alpha_bar(tc).view(-1, 1, 1, 1)
+        ab_n = diffusion.alpha_bar(tn).view(-1, 1, 1, 1)  # 1 at the clean end: sigma = 0 there
+        x_next = dm.ddim_step(x, eps, ab_c, ab_n, eta, noise=z, pred_xstart=x0)
         x = torch.where(active.view(-1, 1, 1, 1), x_next, x)
     return x
 
@@ -176,8 +162,7 @@ def _replay_inputs(
     if source == "full_generation":
         x0 = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device)
         nfe += n * teacher_steps * nfe_per_eval
-        ab = _abar(diffusion, t).view(-1, 1, 1, 1)
-        x_in = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        x_in = diffusion.q_sample(x0, t, noise)
     elif source == "partial_generation":
         x_in = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, stop_t=t,
                              generator=generator, device=device)
@@ -191,13 +176,12 @@ def _replay_inputs(
         x_in = mirror_noise(noise, t, T, generator)
         x0 = None
     if distill:
-        kwargs = {"y": y} if y is not None else {}
-        target = teacher(x_in, model_timesteps(diffusion, t), **kwargs)[:, : shape[0]]
+        target = network_output(teacher, diffusion, x_in, t, y)
         nfe += n
     else:
         if source != "full_generation":
             raise ValueError("plain generative replay (noise targets) needs source full_generation")
-        target = x0 if _predicts_xstart(diffusion) else noise
+        target = x0 if diffusion.predicts_xstart else noise
     return ReplayBatch(x_in, t, y, target, nfe)
 
 
@@ -213,7 +197,7 @@ def replay_criterion(name: str, pred: torch.Tensor, target: torch.Tensor, t: tor
     elif name == "smooth_l1":
         per = F.smooth_l1_loss(pred, target, reduction="none").mean(dim=dims)
     elif name == "min_snr":
-        w = min_snr_weight(_abar(diffusion, t), min_snr_gamma, "x0" if _predicts_xstart(diffusion) else "eps")
+        w = min_snr_weight(diffusion.alpha_bar(t), min_snr_gamma, "x0" if diffusion.predicts_xstart else "eps")
         per = w * ((pred - target) ** 2).mean(dim=dims)
     else:
         raise ValueError(f"unknown criterion {name!r}; valid: mse, smooth_l1, min_snr")

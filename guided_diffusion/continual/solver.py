@@ -379,7 +379,7 @@ class Solver:
             if self.nclf is not None:
                 t = torch.randint(0, noiser.num_timesteps, (len(xb),), generator=gen).to(self.device)
                 xn = noiser.q_sample(xb.detach(), t, noise=torch.randn(xb.shape, generator=gen).to(self.device))
-                n_logits = self.nclf(xn, noiser._scale_timesteps(t)).float()  # the t a cond_fn receives
+                n_logits = self.nclf(xn, noiser.model_timesteps(t)).float()  # the t a cond_fn receives
                 if self.trim_logits:
                     n_logits = n_logits.masked_fill(~seen_mask, float("-inf"))
                 _update(opt_n, F.cross_entropy(n_logits, labels), lr,

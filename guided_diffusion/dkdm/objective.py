@@ -52,7 +52,7 @@ def teacher_losses(diffusion, out: torch.Tensor, batch: TeacherBatch) -> Dict[st
 def student_losses(model, diffusion, batch: TeacherBatch, class_cond: bool) -> Dict[str, torch.Tensor]:
     """``teacher_losses`` of ``model``'s prediction on the teacher batch (one forward)."""
     kwargs = {"y": batch.y} if class_cond else {}
-    out = model(batch.x_t, diffusion._scale_timesteps(batch.t), **kwargs)
+    out = model(batch.x_t, diffusion.model_timesteps(batch.t), **kwargs)
     return teacher_losses(diffusion, out, batch)
 
 

@@ -40,7 +40,7 @@ from ...dkdm.teacher import state_sha256
 from ...experiment import build_diffusion
 from ...train_util import step_seed
 from ..base import ContinualMethod, register_method
-from ..replay import ReplayBatch, _abar, _predicts_xstart
+from ..replay import ReplayBatch
 from .generative import ReplayObjective, check_replay_batch, check_replay_weighting
 
 CRITERIA = ("mse", "min_snr")
@@ -95,8 +95,8 @@ class CacheReplayObjective(ReplayObjective):
         if self.base.loss_weighting != "none":
             weights = self.base.loss_weight(replay.t)
         elif self.method.mcfg.criterion == "min_snr":  # replay_criterion's min-SNR weights, on the whole term
-            mode = "x0" if _predicts_xstart(self.diffusion) else "eps"
-            weights = min_snr_weight(_abar(self.diffusion, replay.t), self.method.mcfg.min_snr_gamma, mode)
+            mode = "x0" if self.diffusion.predicts_xstart else "eps"
+            weights = min_snr_weight(self.diffusion.alpha_bar(replay.t), self.method.mcfg.min_snr_gamma, mode)
         else:
             weights = None
         return (per * weights).mean() if weights is not None else per.mean()

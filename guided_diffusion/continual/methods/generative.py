@@ -36,7 +36,7 @@ from ...cfg import null_class_of
 from ...image_util import from_uint8
 from ...sampling import sample_set
 from ..base import ContinualMethod, ObjectiveWrapper, register_method
-from ..replay import SOURCES, ReplayBatch, model_timesteps, replay_criterion, replay_inputs
+from ..replay import SOURCES, ReplayBatch, replay_criterion, replay_inputs, teacher_prediction
 
 
 class ReplayObjective(ObjectiveWrapper):
@@ -60,7 +60,7 @@ class ReplayObjective(ObjectiveWrapper):
         start = time.perf_counter()
         source = getattr(m, "source", "full_generation")
         if source == "lwf":
-            teacher_target = predict_eps_raw(self.method.teacher, diffusion, x_t, t, y if cond else None)
+            teacher_target = teacher_prediction(self.method.teacher, diffusion, x_t, t, y if cond else None)
             replay = None
             nfe = B
         else:
@@ -78,7 +78,7 @@ class ReplayObjective(ObjectiveWrapper):
             kwargs = {"y": torch.cat([y, replay.y])} if cond else {}
         else:
             inp, tt, kwargs = x_t, t, ({"y": y} if cond else {})
-        out = model(inp, model_timesteps(diffusion, tt), **kwargs)
+        out = model(inp, diffusion.model_timesteps(tt), **kwargs)
         out_data = out[:B]
         # ADM's loss on the real half, with the output computed above (one forward for both halves).
         losses = diffusion.training_losses(lambda *a, **kw: out_data, x, t,
@@ -134,18 +134,10 @@ class ReplayObjective(ObjectiveWrapper):
         target, nfe = replay.target, replay.teacher_nfe
         if self.method.distill and bool(dropped.any()):
             target = target.clone()
-            target[dropped] = predict_eps_raw(self.method.teacher, self.diffusion, replay.x[dropped],
+            target[dropped] = teacher_prediction(self.method.teacher, self.diffusion, replay.x[dropped],
                                               replay.t[dropped], y[dropped]).to(target.dtype)
             nfe += int(dropped.sum())
         return ReplayBatch(replay.x, replay.t, y, target, nfe)
-
-
-def predict_eps_raw(net, diffusion, x, t, y):
-    """The teacher's prediction (first C channels), made under inference mode, usable in autograd."""
-    with torch.inference_mode():
-        kwargs = {"y": y} if y is not None else {}
-        out = net(x, model_timesteps(diffusion, t), **kwargs)[:, : x.shape[1]]
-    return out.clone()
 
 
 class _ReplayMethod(ContinualMethod):
