@@ -17,7 +17,7 @@ Where ADM's meaning is not a plain key, a translation says so:
 ADM flags without an equivalent here (``--fp16_scale_growth``, ``--val_data_dir``) fail with a line
 that says so, never silently.
 
-GUIDE (cywinski/guide, REFERENCE.md §2.2) is an ADM fork whose classifier phase is ``image_train.py
+GUIDE (cywinski/guide, its README's commands) is an ADM fork whose classifier phase is ``image_train.py
 --train_with_disjoint_classifier True``; its flags are accepted by ``classifier_cl_train.py`` (kind
 ``guide_classifier``): ``--classifier_lr 0.01 --guid_generation_interval 5 ...`` set the ``solver``
 keys. Its true/false flags are read as its ``str2bool`` reads them (yes/true/t/y/1, no/false/f/n/0).
@@ -157,7 +157,7 @@ Target = Union[str, Translation]
 # GUIDE's classifier phase (scripts/image_train.py --train_with_disjoint_classifier True)
 
 # GUIDE's --classifier_augmentation True: kornia RandomCrop(pad 4), RandomRotation(30), RandomHorizontalFlip,
-# ColorJiggle, RandomErasing (REFERENCE.md §2.1), here the solver's augment kinds of the same names.
+# ColorJiggle, RandomErasing (GUIDE's classifier augmentations), here the solver's augment kinds of the same names.
 GUIDE_AUGMENT = "crop,rotation,flip,jitter,erasing"
 
 _GUIDE_TRUE = ("yes", "true", "t", "y", "1", "on")
@@ -244,7 +244,7 @@ _guide_pretrained_dir.__doc__ = ("solver.diffusion_run: the run folder of this p
 
 
 def guide_classifier_flags() -> Dict[str, Target]:
-    """GUIDE's classifier-phase flags (README commands, REFERENCE.md §2.2) -> solver keys. The
+    """GUIDE's classifier-phase flags (cywinski/guide's README commands) -> solver keys. The
     diffusion model's flags (``--num_channels``, ``--embedding_kind``, ...) describe the model that
     replays, as in GUIDE's command. The README's other flags (--dataset, --num_tasks, --cl_method,
     --train_with_disjoint_classifier, --wandb_*) are not taken: ``--config yaml/guide/<benchmark>.yaml``

@@ -48,6 +48,7 @@ import yaml
 
 from .config import ConfigError, load_config, merge_trees, read_tree
 from .evaluation.report import _md_table, _num
+from .logger import read_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE_KEYS = ("name", "out_dir", "report_dir", "base", "settings", "seeds", "share_first_task", "methods",
@@ -309,7 +310,7 @@ TIME_COLUMNS = ["label", "seed", "kind", "seconds", "exit", "finished_at", "thre
 def append_time(path: str, row: Dict[str, Any]) -> None:
     """Append a run's row to ``suite_times.csv``; a file written before a column existed is rewritten
     with the full header first (its old rows get the column empty)."""
-    old = _rows(path)
+    old = read_csv(path)
     if old and list(old[0].keys()) != TIME_COLUMNS:
         rows = [{k: r.get(k) or "" for k in TIME_COLUMNS} for r in old]
         with open(path, "w", newline="") as f:
@@ -325,13 +326,6 @@ def append_time(path: str, row: Dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def _rows(path: str) -> List[Dict[str, str]]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -351,7 +345,7 @@ def _cell(values: Sequence[Optional[float]], digits: int = 3) -> str:
 def _n_tasks(specs: List[RunSpec]) -> int:
     """The scenario's number of tasks as the runs show it: the most rows any run's metrics.csv has
     (every run of a suite has the same scenario). A run with fewer is still running, or was cut."""
-    return max((len(_rows(os.path.join(s.run_dir, "metrics.csv"))) for s in specs), default=0)
+    return max((len(read_csv(os.path.join(s.run_dir, "metrics.csv"))) for s in specs), default=0)
 
 
 def _wall(times: List[Dict[str, str]], label: str, seed: int) -> Optional[float]:
@@ -379,7 +373,7 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
     ``fr_fid`` (per-task FID); ``fid0`` (FID after task 0); ``sps``/``nfe`` (tasks 1+); ``wall``."""
     from .evaluation.class_metrics import clog_metrics
 
-    times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     cols = [("eval_fid", "FID ↓"), ("eval_kld", "KLD ↓"), ("eval_ard", "ARD ↓"), ("eval_class_acc", "class acc ↑")]
     extra = [("aiq_acc", "AIQ acc ↑"), ("fr_acc", "FR acc ↓"), ("aiq_fid", "AIQ FID ↓"), ("afq_fid", "AFQ FID ↓"),
              ("fr_fid", "FR FID ↓")]
@@ -393,7 +387,7 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
         per: Dict[str, List[Optional[float]]] = {k: [] for k in keys}
         done = 0
         for s in runs:
-            rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
+            rows_ = read_csv(os.path.join(s.run_dir, "metrics.csv"))
             if not rows_ or len(rows_) < n_tasks:  # not finished: left out, not mixed in
                 continue
             done += 1
@@ -430,14 +424,14 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
     """(header, rows, values) of the classifier runs; ``values[replay]["acc"|"fgt"]``: per-seed numbers."""
     header = ["replay", "seeds", "final avg acc ↑", "forgetting ↓", "replay label = previous classifier's argmax",
               "previous classifier's entropy on replay (nats)", "replay generation s", "wall min"]
-    times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     rows, values = [], {}
     n_tasks = _n_tasks(specs)
     for replay in suite.solver.get("replays", []) if suite.solver else []:
         runs = [s for s in specs if s.kind == "solver" and s.label == f"solver_{replay}"]
         acc, fgt, gen, wall, agree, ent = [], [], [], [], [], []
         for s in runs:
-            rows_ = _rows(os.path.join(s.run_dir, "metrics.csv"))
+            rows_ = read_csv(os.path.join(s.run_dir, "metrics.csv"))
             if not rows_ or len(rows_) < n_tasks:  # not finished
                 continue
             acc.append(_num(rows_[-1].get("avg_acc")))
@@ -587,7 +581,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
     detail, _ = build_report(_abs(suite.out_dir), report_dir, f"{suite.name}: every run", copy_grids=True)
     mh, mr, mm = method_table(suite, specs)
     sh, sr, sm = solver_table(suite, specs)
-    times = _rows(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     total = sum(_num(r["seconds"]) or 0 for r in times)
     commit = _git("rev-parse", "HEAD")
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""

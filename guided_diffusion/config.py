@@ -482,7 +482,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     if cfg.train.microbatch == 0 or cfg.train.microbatch < -1:
         bad(f"train.microbatch must be -1 (off) or > 0, got {cfg.train.microbatch}")
     try:
-        rates = [float(r) for r in cfg.train.ema_rate.split(",") if r.strip()]
+        rates = parse_ema_rates(cfg.train.ema_rate)
     except ValueError:
         bad(f"train.ema_rate must be a comma-separated list of numbers, got {cfg.train.ema_rate!r}")
     if any(not 0.0 <= r < 1.0 for r in rates):
@@ -559,6 +559,13 @@ def _validate_energy_guidance(cfg: Config, bad) -> None:
             bad(f"sample.mcmc_damping must be in [0, 1), got {s.mcmc_damping}")
         if s.mcmc_start_t >= cfg.diffusion.diffusion_steps:
             bad(f"sample.mcmc_start_t = {s.mcmc_start_t} is past the last timestep ({cfg.diffusion.diffusion_steps - 1})")
+
+
+def parse_ema_rates(text) -> List[float]:
+    """``train.ema_rate`` ("0.9999" or "0.999,0.9999", or a number) as a list of floats."""
+    if isinstance(text, (float, int)):
+        return [float(text)]
+    return [float(r) for r in str(text).split(",") if r.strip()]
 
 
 def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import io
 import os
 import random
 import re
@@ -499,6 +498,13 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return (buf / get_world_size()).to(tensor.device)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any (collective when a process group is active)."""
+    if get_world_size() > 1 and is_initialized():
+        return bool(all_reduce_mean(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+    return flag
+
+
 def all_gather_tensor(t: torch.Tensor) -> torch.Tensor:
     """Every rank's ``t`` concatenated along dim 0 in rank order; dim 0 may differ between ranks.
 
@@ -567,28 +573,12 @@ rank0_first = main_first
 
 
 def load_state_dict(path: str, map_location: Any = "cpu") -> Any:
-    """Load a torch-saved object (state dict) from a local or blobfile path; *not* collective.
+    """ADM's name for loading a torch-saved object (state dict) from a local or blobfile path; *not*
+    collective (every rank reads the file itself). ``checkpoint.load_torch``: ``weights_only=True``,
+    FileNotFoundError for a missing file, ``CheckpointError`` (a RuntimeError) naming an unreadable one."""
+    from .checkpoint import load_torch
 
-    Every rank reads the file itself (no rank-0 read + broadcast), so it is safe to call from any
-    subset of ranks.  ``weights_only=True``: plain tensors and containers only, no arbitrary pickles.
-    Raises FileNotFoundError for a missing file and RuntimeError naming it for an unreadable one.
-    """
-    import blobfile as bf
-
-    if not bf.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with bf.BlobFile(path, "rb") as f:
-            data = f.read()
-    except Exception as e:  # noqa: BLE001 -- any I/O failure becomes a clear error
-        raise RuntimeError(f"cannot read checkpoint {path}: {e}") from e
-    try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- corrupt, truncated, or not a torch file
-        raise RuntimeError(
-            f"cannot load checkpoint {path} ({len(data)} bytes; corrupt, truncated or not a torch "
-            f"weights file): {e}"
-        ) from e
+    return load_torch(path, map_location)
 
 
 # ---------------------------------------------------------------------------------------- device tools

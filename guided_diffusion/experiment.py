@@ -5,7 +5,6 @@ Scripts and the continual loop call these so that every program builds things th
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
@@ -192,7 +191,3 @@ def describe(cfg: Config, info: DataInfo, model: torch.nn.Module, n_train: int) 
         f"{count_params(model) / 1e6:.2f}M params; "
         f"world size {dist_util.get_world_size()}, device {dist_util.dev()}"
     )
-
-
-def resolve(path: str) -> str:
-    return os.path.expanduser(path)

@@ -16,7 +16,6 @@ script command (a tiny continual run); a *fault* is a ``GDCL_FAULT`` spec (``fau
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import faults
+from .logger import read_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COST_COLUMNS = ("sec_per_step", "steps_this_run", "img_per_sec")  # and every column ending in _sec
@@ -165,13 +165,6 @@ def _is_cost(column: str) -> bool:
     return column.endswith("_sec") or column in COST_COLUMNS
 
 
-def _rows(path: str) -> List[Dict[str, str]]:
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def compare_runs(ref_dir: str, run_dir: str) -> List[str]:
     """Every difference between two run folders of the same command (empty: identical)."""
     out: List[str] = []
@@ -193,7 +186,7 @@ def compare_runs(ref_dir: str, run_dir: str) -> List[str]:
             _diff(ckpt.load_torch(os.path.join(a, "method_state.pt")),
                   ckpt.load_torch(os.path.join(b, "method_state.pt")),
                   f"{task}/method_state.pt", out)
-    ra, rb = _rows(os.path.join(ref_dir, "metrics.csv")), _rows(os.path.join(run_dir, "metrics.csv"))
+    ra, rb = read_csv(os.path.join(ref_dir, "metrics.csv")), read_csv(os.path.join(run_dir, "metrics.csv"))
     if len(ra) != len(rb):
         out.append(f"metrics.csv: {len(ra)} vs {len(rb)} rows")
     for u, v in zip(ra, rb):

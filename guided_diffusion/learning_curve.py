@@ -37,6 +37,7 @@ from .data import InfiniteLoader
 from .image_util import save_grid
 from .sampling import sample_set
 from .train_util import DiffusionObjective, TrainLoop, step_seed
+from .logger import read_csv
 
 PLATEAU_GAIN = 0.10
 COLUMNS = ["images", "steps", "train_sec", "sec_per_image", "loss", "eval_fid", "eval_fid_real", "eval_class_acc",
@@ -76,11 +77,7 @@ def doubling_points(start: int, stop: int) -> List[int]:
 
 
 def read_curve(run_dir: str) -> List[Dict[str, str]]:
-    path = os.path.join(run_dir, "curve.csv")
-    if not os.path.isfile(path):
-        return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    return read_csv(os.path.join(run_dir, "curve.csv"))
 
 
 def _write_curve(run_dir: str, rows: List[Dict]) -> None:
@@ -102,9 +99,8 @@ def _train_seconds(run_dir: str, step: int) -> float:
     if not os.path.isfile(path):
         return float("nan")
     total, prev = 0.0, 0
-    with open(path) as f:
-        rows = sorted((r for r in csv.DictReader(f) if r.get("step") and r.get("sec_per_step")),
-                      key=lambda r: int(float(r["step"])))
+    rows = sorted((r for r in read_csv(path) if r.get("step") and r.get("sec_per_step")),
+                  key=lambda r: int(float(r["step"])))
     for r in rows:
         s = int(float(r["step"]))
         if s > step:
@@ -116,14 +112,10 @@ def _train_seconds(run_dir: str, step: int) -> float:
 
 
 def _last_loss(run_dir: str, step: int) -> Optional[float]:
-    path = os.path.join(run_dir, "progress.csv")
-    if not os.path.isfile(path):
-        return None
     loss = None
-    with open(path) as f:
-        for r in csv.DictReader(f):
-            if r.get("step") and int(float(r["step"])) <= step and r.get("loss") not in (None, ""):
-                loss = float(r["loss"])
+    for r in read_csv(os.path.join(run_dir, "progress.csv")):
+        if r.get("step") and int(float(r["step"])) <= step and r.get("loss") not in (None, ""):
+            loss = float(r["loss"])
     return loss
 
 

@@ -43,7 +43,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 from . import dist_util
 
 __all__ = [
-    "Logger", "configure", "get_logger", "logkv", "logkv_mean", "dumpkvs", "log", "progress_bar",
+    "Logger", "configure", "get_logger", "read_csv", "logkv", "logkv_mean", "dumpkvs", "log", "progress_bar",
     "FORMATS",
 ]
 
@@ -443,6 +443,17 @@ class Logger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def read_csv(path: str) -> List[Dict[str, str]]:
+    """The rows of a CSV file with a header (``progress.csv``, ``metrics.csv`` and the tools' tables),
+    local or blobfile path; [] when the file does not exist."""
+    import blobfile as bf
+
+    if not bf.exists(path):
+        return []
+    with bf.BlobFile(path, "r") as f:
+        return list(csv.DictReader(io.StringIO(f.read())))
 
 
 # ---------------------------------------------------------------------------------------- progress

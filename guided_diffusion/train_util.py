@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import checkpoint as ckpt
 from . import dist_util, faults
+from .config import parse_ema_rates
 from .resample import LossAwareSampler
 
 
@@ -201,12 +202,6 @@ class TrainHook:
         pass
 
 
-def parse_ema_rates(text) -> List[float]:
-    if isinstance(text, (float, int)):
-        return [float(text)]
-    return [float(r) for r in str(text).split(",") if r.strip()]
-
-
 def lr_at(step: int, cfg) -> float:
     """Linear warmup over ``warmup_steps``, then constant, linear or cosine decay to 0 at total_steps."""
     lr = cfg.lr
@@ -268,13 +263,6 @@ class PreemptionFlag:
 def preemption_requested() -> Optional[str]:
     """The signal an open ``PreemptionFlag`` caught ("SIGTERM", "SIGUSR1"), else None."""
     return PreemptionFlag._received if PreemptionFlag._depth > 0 else None
-
-
-def any_rank(flag: bool) -> bool:
-    """True on every rank if ``flag`` is true on any (collective when a process group is active)."""
-    if dist_util.get_world_size() > 1 and dist_util.is_initialized():
-        return bool(dist_util.all_reduce_mean(torch.tensor([1.0 if flag else 0.0])).item() > 0)
-    return flag
 
 
 def _no_buffer_sync() -> dict:
@@ -476,18 +464,6 @@ class TrainLoop:
         elif dist_util.is_main():
             print(msg, flush=True)
 
-    def _autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
-
-    def _any_rank(self, flag: bool) -> bool:
-        if self.world_size > 1 and tdist.is_initialized():
-            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
-            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-            return bool(t.item() > 0)
-        return flag
 
     def run_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         """One optimizer step on this rank's batch (x, y); returns the averaged loss terms."""
@@ -510,7 +486,7 @@ class TrainLoop:
             last = i == n_micro - 1
             sync = contextlib.nullcontext() if (last or not self.is_ddp) else self.ddp_model.no_sync()
             with sync:
-                with self._autocast():
+                with dist_util.autocast_context(self.device, self.precision):
                     loss, terms = self.objective(self.ddp_model, x[sl], y[sl], ctx)
                 self.scaler.scale(loss / n_micro).backward()
             for k, v in list(terms.items()) + [("__loss", loss)]:
@@ -531,7 +507,7 @@ class TrainLoop:
         fp16_overflow = self.scaler.is_enabled() and not math.isfinite(grad_norm_value)
         if not bad and not math.isfinite(grad_norm_value) and not fp16_overflow:
             bad.append("gradient")
-        if self._any_rank(bool(bad)):
+        if dist_util.any_rank(bool(bad)):
             where = f"{self.tag}, " if self.tag else ""
             msg = (f"non-finite {', '.join(bad) or 'value on another rank'} at {where}step {step} "
                    f"(terms: {', '.join(f'{k}={v:.4g}' for k, v in terms_sum.items())})")
@@ -601,7 +577,7 @@ class TrainLoop:
                     self.logger.logkv("img_per_sec", cfg.batch_size * (self.step - n_last) / max(dt, 1e-9))
                     self.logger.dumpkvs(self.step)
                     t_last, n_last = time.time(), self.step
-                stop = self._any_rank(flag.received is not None)
+                stop = dist_util.any_rank(flag.received is not None)
                 if done or stop or (cfg.save_interval > 0 and self.step % cfg.save_interval == 0):
                     self.save()
                 if stop and not done:

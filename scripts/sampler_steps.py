@@ -30,6 +30,7 @@ from guided_diffusion.checkpoint import load_checked, load_state_dict_file  # no
 from guided_diffusion.config import ConfigError, resolve_use_ddim  # noqa: E402
 from guided_diffusion.respace import respacing_spec  # noqa: E402
 from guided_diffusion.samplers import SAMPLERS, SOLVERS  # noqa: E402
+from guided_diffusion.logger import read_csv  # noqa: E402
 
 SPACINGS = ("trailing", "logsnr")
 COLUMNS = ["spec", "seed", "sampler", "spacing", "steps", "eval_fid", "eval_class_acc", "eval_precision",
@@ -42,13 +43,6 @@ def _ints(text):
 
 def _names(text):
     return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def read_rows(path):
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def write_rows(path, rows):
@@ -173,7 +167,7 @@ def main() -> int:
               if sp == "trailing" or s in SOLVERS]
     specs = [respacing_spec(s, n, sp) for s, sp, n in points] + ([args.reference] if args.reference else [])
     csv_path = os.path.join(args.out, "steps.csv")
-    rows = read_rows(csv_path)
+    rows = read_csv(csv_path)
     done = {(r["spec"], int(r["seed"])) for r in rows}
     evaluator = build_evaluator(cfg)
     title = (f"{os.path.basename(os.path.dirname(os.path.abspath(args.model_path)))}: "
@@ -197,7 +191,7 @@ def main() -> int:
         write_rows(csv_path, rows)
         print(f"[{k + 1}/{len(todo)}] {spec} seed {seed}: FID {cols.get('eval_fid'):.2f}, class acc "
               f"{cols.get('eval_class_acc'):.3f} ({sec:.0f} s)", flush=True)
-    rows = read_rows(csv_path)
+    rows = read_csv(csv_path)
     plot(rows, os.path.join(args.out, "steps.png"), title, args.reference)
     with open(os.path.join(args.out, "steps.md"), "w") as f:
         f.write(f"# FID vs sampling steps: {title}\n\nFID (class accuracy) of `{args.model_path}`; "

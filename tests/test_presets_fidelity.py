@@ -1,6 +1,6 @@
 """The papers' presets hold the papers' settings, and GUIDE's classifier flags mean GUIDE's things.
 
-The tables below are written from REFERENCE.md (§2.2: GUIDE's README commands; §1: Masip et al.'s configs,
+The tables below are written from the papers' public code (GUIDE's README commands; Masip et al.'s configs,
 README and launch scripts; §4: Continual-Diffusers' defaults); each preset is loaded and compared key by key.
 """
 
@@ -17,7 +17,7 @@ from guided_diffusion.config import ConfigError, load_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUGMENT = "crop,rotation,flip,jitter,erasing"  # GUIDE's --classifier_augmentation True (kornia set)
 
-# ------------------------------------------------------------------ GUIDE (REFERENCE.md §2.2)
+# ------------------------------------------------------------------ GUIDE (cywinski/guide README)
 
 # Diffusion phase: batch, first_task_num_steps, num_steps, gr_n_generated_examples_per_task,
 # (timestep_respacing, use_ddim) of the self-rehearsal sampler.
@@ -82,7 +82,7 @@ def guide_expected(bench):
 
 
 def readme_classifier_flags(bench):
-    """The solver flags of GUIDE's README classifier command for ``bench`` (REFERENCE.md §2.2)."""
+    """The solver flags of GUIDE's README classifier command for ``bench`` (cywinski/guide README)."""
     s_resp, scale, clr, init, csteps, interval, aug = GUIDE_CLASSIFIER[bench]
     batch = GUIDE_DIFFUSION[bench][0]
     flags = [f"--batch_size={batch}", f"--timestep_respacing={s_resp}", "--use_ddim=True",
@@ -236,7 +236,7 @@ def test_the_script_prints_each_translation_and_refuses_in_one_line():
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "error:" in p.stderr
 
 
-# ------------------------------------------------------------------ Masip et al. (REFERENCE.md §1, §4)
+# ------------------------------------------------------------------ Masip et al. (Atenrev/diffusion_continual_learning), Continual-Diffusers
 
 STEPS_PER_EPOCH = -(-12_000 // 128)  # a task: 2 classes x 6,000 FMNIST images at batch 128 (avalanche keeps the last)
 MASIP_COMMON = {  # configs/model/ddim_medium.json, strategy JSONs, cnn.json + cnn_w_diffusion.json, train_cl.py
@@ -279,7 +279,7 @@ MASIP_METHODS = {
     "gd_lwf": {**MASIP_GENERATOR, **REPLAY, "method.name": "generative_distillation", "method.source": "lwf"},
     "gd_dynamic_cache": {**MASIP_GENERATOR, "method.name": "dynamic_distillation"},
     "generative_replay_guide": {**MASIP_GENERATOR, "method.name": "generative_replay", "method.style": "guide"},
-    # Continual-Diffusers' main.py defaults (REFERENCE.md §4)
+    # Continual-Diffusers' main.py defaults
     "ewc": {**MASIP_GENERATOR, "method.name": "ewc", "method.lambd": 0.1, "method.num_samples": 100},
     "buffer_replay": {**MASIP_GENERATOR, "method.name": "buffer_replay", "method.policy": "balanced",
                       "method.buffer_size": 1000, "method.label_uniform": True},

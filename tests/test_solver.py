@@ -1,6 +1,6 @@
 """The continual classifier's pieces against hand computations: GUIDE's guidance flags, the
 time-conditioned noised classifier, Masip's soft replay loss, trailing timestep spacing and the
-replay judgement (REFERENCE.md §1.4, §2.4)."""
+replay judgement (Masip et al.'s solver, GUIDE's guidance)."""
 
 import dataclasses
 

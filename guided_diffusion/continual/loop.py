@@ -32,19 +32,17 @@ import blobfile as bf
 import numpy as np
 
 from .. import checkpoint as ckpt
-from ..config import ConfigError, dump_config
+from ..config import ConfigError, dump_config, parse_ema_rates
 from .. import dist_util, experiment, faults
 from ..cfg import null_class_of
 from ..data import InfiniteLoader
 from ..image_util import save_grid
 from ..sampling import sample_set
-from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, any_rank, step_seed
+from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, step_seed
 from .base import ContinualContext, build_method, freeze
 from .scenario import Task, build_scenario
 from .warm_start import copy_first_task, first_task_results, first_task_source
-
-# Called after each task with (ctx, task, ema_model); returns metric columns for metrics.csv.
-EVALUATORS: List[Callable] = []
+from ..logger import read_csv
 
 
 def _done_path(ctx: ContinualContext, task: Task) -> str:
@@ -70,7 +68,7 @@ def _task_damage(ctx: ContinualContext, task: Task) -> Optional[str]:
 
 def _stop_if_preempted(flag: PreemptionFlag, ctx: ContinualContext, what: str) -> None:
     """Collective: raise ``Preempted`` on every rank if SIGTERM/SIGUSR1 reached any rank."""
-    if any_rank(flag.received is not None):
+    if dist_util.any_rank(flag.received is not None):
         raise Preempted(f"{flag.received or 'a preemption signal'} received {what}: everything finished so far is "
                         f"saved in {ctx.run_dir}; rerun the same command to resume")
 
@@ -96,11 +94,7 @@ def _final_objective_state(task_dir: str, step: int) -> dict:
 
 def append_metrics(path: str, row: Dict) -> None:
     """Append a row to a CSV, rewriting the header when new columns appear (rank 0 only)."""
-    rows = []
-    if bf.exists(path):
-        with bf.BlobFile(path, "r") as f:
-            rows = list(csv.DictReader(f))
-    rows = [r for r in rows if str(r.get("task")) != str(row["task"])] + [row]
+    rows = [r for r in read_csv(path) if str(r.get("task")) != str(row["task"])] + [row]
     keys: List[str] = []
     for r in rows:
         keys += [k for k in r if k not in keys]
@@ -171,8 +165,6 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     # Everything below up to the config's write checks the input (data, scenario, model, method, the
     # finished tasks' files): a bad config fails here without replacing an existing run's config.yaml.
     x, y, info = experiment.load_split(cfg, "train")
-    if cfg.model.class_cond is False and cfg.method and getattr(cfg.method, "requires_class_cond", False):
-        raise ValueError(f"method {cfg.method.name} needs a class-conditional model (model.class_cond: true)")
     scenario = build_scenario(cfg.continual, info.num_classes)
     model = experiment.build_model(cfg, info)
     experiment.init_weights(cfg, model, root_logger.log)  # task 0 starts from them (finished tasks replace them)
@@ -214,7 +206,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     dist_util.barrier()
 
     evaluators = _evaluators(cfg, root_logger)
-    rates = [float(r) for r in cfg.train.ema_rate.split(",")]
+    rates = parse_ema_rates(cfg.train.ema_rate)
     for task in scenario.tasks[first:]:
         _stop_if_preempted(flag, ctx, f"before task {task.index}")
         tdir = ctx.task_dir(task)
@@ -262,7 +254,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
                "after_task_sec": round(t_after, 3)}
         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
         reused = None
-        if init_step is not None and task.index == 0 and not EVALUATORS:
+        if init_step is not None and task.index == 0:
             reused = first_task_results(cfg, cfg.continual.init_from)
         if reused is not None:  # the same weights, seeds and settings: the same grid and numbers
             cols, grid = reused
@@ -295,21 +287,17 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
 
 
 def _evaluators(cfg, logger) -> List[Callable]:
-    """EVALUATORS, plus the evaluation module's when the config's ``evaluation.enabled`` is true."""
+    """The evaluation module's evaluator when the config's ``evaluation.enabled`` is true."""
     if not getattr(cfg.evaluation, "enabled", False):
-        return list(EVALUATORS)
+        return []
     from ..evaluation.continual import build_evaluator
 
-    return list(EVALUATORS) + [build_evaluator(cfg, log=logger.log)]
+    return [build_evaluator(cfg, log=logger.log)]
 
 
 def _last_terms(tdir: str) -> Dict[str, float]:
     """The loss terms of the last logged row of the task's progress.csv (for metrics.csv)."""
-    path = f"{tdir}/progress.csv"
-    if not bf.exists(path):
-        return {}
-    with bf.BlobFile(path, "r") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(f"{tdir}/progress.csv")
     if not rows:
         return {}
     out = {}

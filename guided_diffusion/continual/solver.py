@@ -1,6 +1,6 @@
 """The continual classifier ("solver"): class-incremental training with replay from the diffusion model.
 
-Per task i (REFERENCE.md §2.4 GUIDE, §1.4 Masip):
+Per task i (GUIDE: Cywinski et al., cywinski/guide; Masip et al. 2023, Atenrev/diffusion_continual_learning):
 - a batch is B/(i+1) real images of task i and B*i/(i+1) replay images of old classes, sampled
   from the diffusion model after task i-1 (its continual run folder), regenerated every
   ``generation_interval`` steps;
@@ -30,7 +30,7 @@ import copy
 import json
 import math
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import blobfile as bf
 import numpy as np
@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt
 from .. import dist_util, experiment
 from ..classifiers import create_classifier_net
-from ..config import ConfigError
+from ..config import ConfigError, parse_ema_rates
 from ..data import InfiniteLoader
 from ..respace import sampler_of
 from ..sampling import sample_batch
@@ -54,7 +54,7 @@ SOFT_TARGETS = ("soft", "soft_kd")  # the replays whose targets are the previous
 
 
 def masip_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """Masip et al.'s soft replay loss, exactly (REFERENCE.md §1.4): T^2 times the row mean of
+    """Masip et al.'s soft replay loss, exactly (their solver's distillation loss): T^2 times the row mean of
     -sum_c softmax(student/T)_c log softmax(teacher/T)_c over all logits of the classifier after the
     previous task. The student's softmax multiplies the teacher's log-softmax (their "reversed" soft
     cross-entropy): minimising it moves the student's mass to the teacher's most likely class, so
@@ -139,7 +139,7 @@ def augment(x: torch.Tensor, kinds: List[str], gen: torch.Generator) -> torch.Te
 
 
 def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s, noised: bool = False):
-    """GUIDE's guidance function with its flags' semantics (REFERENCE.md §2.4); returns
+    """GUIDE's guidance function with its flags' semantics (cywinski/guide); returns
     ``scale * grad log-objective`` per sample, or None when neither gradient is asked (GUIDE then
     returns a zero gradient: plain sampling).
 
@@ -261,7 +261,7 @@ class Solver:
             )
         _, emas = _final_weights(tdir)
         model = experiment.build_model(self.cfg, self.info)
-        model.load_state_dict(emas[float(self.cfg.train.ema_rate.split(",")[0])])
+        model.load_state_dict(emas[parse_ema_rates(self.cfg.train.ema_rate)[0]])
         model.to(self.device).eval()
         for p in model.parameters():
             p.requires_grad_(False)

@@ -16,7 +16,6 @@ first task; otherwise one ``ConfigError`` names every differing key.
 
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -25,6 +24,7 @@ import blobfile as bf
 from .. import checkpoint as ckpt
 from ..config import ConfigError, load_config, to_dict
 from .scenario import build_scenario
+from ..logger import read_csv
 
 # Keys that do not change what task 0 computes (logging, checkpoint cadence, threads, sinks).
 NEUTRAL_TRAIN_KEYS = ("log_interval", "save_interval", "keep_checkpoints", "num_threads", "wandb", "tensorboard",
@@ -110,11 +110,7 @@ def first_task_results(cfg, src_run: str) -> Optional[Tuple[Dict[str, str], Opti
         return None
     if _differences(_results_settings(cfg), _results_settings(other)):
         return None
-    path = f"{src_run}/metrics.csv"
-    if not bf.exists(path):
-        return None
-    with bf.BlobFile(path, "r") as f:
-        row = next((r for r in csv.DictReader(f) if r.get("task") == "0"), None)
+    row = next((r for r in read_csv(f"{src_run}/metrics.csv") if r.get("task") == "0"), None)
     if row is None:
         return None
     grid = f"{src_run}/task_0/samples.png"

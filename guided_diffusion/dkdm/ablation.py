@@ -40,6 +40,7 @@ from ..respace import sampler_label
 from ..sampling import sample_set
 from ..train_util import DiffusionObjective, TrainLoop, step_seed
 from .pipeline import build_setup, train as train_dkdm
+from ..logger import read_csv
 
 MODES = ("baseline", "iterative", "shuffled", "dynamic")
 COLUMNS = ["model", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_fid_real", "eval_class_acc",
@@ -96,10 +97,7 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
 
 
 def _read(path: str) -> Dict[str, Dict[str, str]]:
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="") as f:
-        return {r["model"]: r for r in csv.DictReader(f)}
+    return {r["model"]: r for r in read_csv(path)}
 
 
 def _write(path: str, rows: Dict[str, Dict]) -> None:

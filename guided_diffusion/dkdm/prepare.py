@@ -26,7 +26,7 @@ import torch
 
 from .. import dist_util, faults
 from ..logger import progress_bar
-from ..train_util import PreemptionFlag, Preempted, any_rank, preemption_requested, step_seed
+from ..train_util import PreemptionFlag, Preempted, preemption_requested, step_seed
 from .format import (HEADER, check_key, damaged_shards, read_header, shard_is_done, shard_ranges, write_header,
                      write_shard)
 from .teacher import teacher_step
@@ -174,7 +174,7 @@ def _prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepa
         log(f"cache shard {i + 1}/{len(ranges)}: entries [{a}, {b}), {nfe} teacher NFEs, "
             f"{nfe / max(time.time() - t0, 1e-9):.1f} NFE/s (rank {rank})")
     bar.close()
-    if any_rank(preemption_requested() is not None):
+    if dist_util.any_rank(preemption_requested() is not None):
         raise Preempted(f"{preemption_requested() or 'a preemption signal'} received while preparing the cache in "
                         f"{cache_dir}: the shards written so far are kept; rerun the same command to continue")
     seconds = time.time() - start

@@ -46,7 +46,7 @@ def proportional_labels(classes: List[int], hist: np.ndarray, n: int) -> List[in
 
 
 class ContinualEvaluator:
-    """Callable ``(ctx, task, ema_model) -> {column: value}`` for ``loop.EVALUATORS``."""
+    """Callable ``(ctx, task, ema_model) -> {column: value}`` for the continual loop (one call per task)."""
 
     def __init__(self, cfg, log=print):
         self.cfg = cfg
@@ -211,5 +211,5 @@ class ContinualEvaluator:
 
 
 def build_evaluator(cfg, log=print) -> ContinualEvaluator:
-    """The evaluator for ``loop.EVALUATORS`` (call once per run: loads or trains the classifier)."""
+    """The evaluator for the continual loop (one call per task) (call once per run: loads or trains the classifier)."""
     return ContinualEvaluator(cfg, log=log)

@@ -14,7 +14,6 @@ average accuracy and forgetting, and the sample grid of each task. Across runs: 
 
 from __future__ import annotations
 
-import csv
 import html
 import math
 import os
@@ -25,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .class_metrics import accuracy_matrix, average_accuracy, forgetting
+from ..logger import read_csv
 
 # Metrics plotted against the task index (when present), with their display names.
 PLOT_METRICS = {
@@ -98,11 +98,7 @@ def _task_index(name: str) -> Optional[int]:
 
 
 def read_run(run_dir: str) -> Run:
-    rows: List[Dict[str, str]] = []
-    metrics = os.path.join(run_dir, "metrics.csv")
-    if os.path.isfile(metrics):
-        with open(metrics, newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = read_csv(os.path.join(run_dir, "metrics.csv"))
     rows.sort(key=lambda r: _num(r.get("task")) or 0)
     tasks = sorted((t, n) for n in os.listdir(run_dir) if (t := _task_index(n)) is not None
                    and os.path.isdir(os.path.join(run_dir, n)))
@@ -114,13 +110,8 @@ def read_run(run_dir: str) -> Run:
         if t in done:
             continue
         prog = os.path.join(run_dir, n, "progress.csv")
-        step = ""
-        if os.path.isfile(prog):
-            with open(prog, newline="") as f:
-                last = None
-                for last in csv.DictReader(f):
-                    pass
-            step = f" at step {last.get('step', '?')}" if last else ""
+        last = (read_csv(prog) or [None])[-1]
+        step = f" at step {last.get('step', '?')}" if last else ""
         in_progress = f"task {t} in progress{step}"
     return Run(run_dir, os.path.basename(os.path.normpath(run_dir)), _method_of(run_dir), rows, grids, in_progress)
 
