@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import random
 import re
 import socket
 import time
@@ -50,7 +49,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -58,7 +56,7 @@ __all__ = [
     "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank", "get_world_size", "get_local_rank",
     "is_main", "dev", "backend", "barrier", "broadcast_object", "all_gather_object", "all_reduce_mean",
     "all_gather_tensor", "sync_params", "load_state_dict", "main_first", "rank0_first",
-    "autocast_context", "seed_all", "expand_nodelist", "detect",
+    "autocast_context", "expand_nodelist", "detect",
 ]
 
 # Environment variables that name an MPI rank / world size / local rank, by implementation.
@@ -576,7 +574,7 @@ def load_state_dict(path: str, map_location: Any = "cpu") -> Any:
     """ADM's name for loading a torch-saved object (state dict) from a local or blobfile path; *not*
     collective (every rank reads the file itself). ``checkpoint.load_torch``: ``weights_only=True``,
     FileNotFoundError for a missing file, ``CheckpointError`` (a RuntimeError) naming an unreadable one."""
-    from .checkpoint import load_torch
+    from .runtime.checkpoint import load_torch
 
     return load_torch(path, map_location)
 
@@ -598,19 +596,3 @@ def autocast_context(device: Any, precision: str = "fp32"):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
-def seed_all(seed: int, rank: int = 0) -> int:
-    """Seed python, numpy and torch (all devices) for ``rank``; returns the seed used.
-
-    Rank 0 uses ``seed`` itself (a one-process run equals ``torch.manual_seed(seed)``); other ranks get
-    a seed mixed from (seed, rank), so streams differ between ranks and do not collide across seeds.
-    """
-    if rank == 0:
-        s = int(seed) % 2**32
-    else:
-        s = int(np.random.SeedSequence([int(seed) % 2**32, int(rank)]).generate_state(1)[0])
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)  # also seeds every CUDA device
-    return s

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .nn import timestep_embedding
-from .unet import _double_backward_wanted, double_backward_attention
+from .unet import double_backward_attention, double_backward_wanted
 
 TIME_FREQUENCIES = 256  # width of the sinusoidal timestep features fed to the timestep MLP
 
@@ -75,7 +75,7 @@ class SelfAttention(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         n, length, dim = h.shape
         q, k, v = self.qkv(h).view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        if _double_backward_wanted():  # the fused kernels' backward cannot be differentiated again
+        if double_backward_wanted():  # the fused kernels' backward cannot be differentiated again
             weights = torch.softmax((q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1]), dim=-1)
             out = weights @ v
         else:

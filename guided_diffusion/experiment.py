@@ -12,12 +12,12 @@ import blobfile as bf
 import torch
 
 from . import dist_util
-from .cfg import null_class_of
-from .checkpoint import atomic_write_text
-from .config import Config, ConfigError, dump_config, to_dict
 from .data import load_dataset, subset_by_classes, to_tensor
 from .energy import EnergyModel
 from .logger import Logger
+from .runtime.checkpoint import atomic_write_text
+from .runtime.config import Config, ConfigError, dump_config, to_dict
+from .sampling.classifier_free import null_class_of
 from .script_util import (
     create_classifier_from_config,
     create_diffusion_from_config,
@@ -111,7 +111,7 @@ def info_for_weights(cfg: Config, state_dict: Optional[Dict[str, torch.Tensor]] 
         return dataset_info(cfg)
     except (FileNotFoundError, ConfigError) as e:
         unreadable = e
-    from .checkpoint import unet_shapes
+    from .runtime.checkpoint import unet_shapes
 
     prefix = "net." if cfg.model.parameterization == "energy" else ""
     c_in, _, rows = unet_shapes(state_dict or {}, prefix)
@@ -142,7 +142,7 @@ def init_weights(cfg: Config, model: torch.nn.Module, log=None) -> None:
     """``model.init_path``: strictly load those weights (ADM / DDPM-IP / GUIDE ``.pt``, or ours) into
     the freshly built network at the start of training (a continual run: before task 0). A resumed
     run's checkpoint replaces them afterwards, so rerunning the command still resumes."""
-    from .checkpoint import load_weights
+    from .runtime.checkpoint import load_weights
 
     path = cfg.model.init_path
     if not path:

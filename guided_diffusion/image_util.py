@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_bytes
+from .runtime.checkpoint import atomic_write_bytes
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -12,10 +12,10 @@ spec grammar is ADM's:
   use_ddim rule, as for ``ddimN``.
 - ``"ddimNl"`` or ``"Nl"`` (not ADM's): N steps uniform in log-SNR (``logsnr_timesteps``; Lu et al.
   2022, sec. 3.3), the few-step solvers' spacing.
-- ``"dpmpp_2mN"``, ``"unipcN"`` (not ADM's): N steps of that solver (``samplers.SOLVERS``: samplers
+- ``"dpmpp_2mN"``, ``"unipcN"`` (not ADM's): N steps of that solver (``SOLVERS``: samplers
   ADM's loops do not have), trailing spacing; ``"dpmpp_2mNl"``: log-SNR spacing (``"dpmpp_2mNt"``:
   trailing, said explicitly). ``sampler_of`` reads the name, a ``SpacedDiffusion`` built from the
-  spec carries it (``sampler``) and ``sampling.sample_batch`` runs it. ``use_ddim`` does not apply.
+  spec carries it (``sampler``) and ``sample_sets.sample_batch`` runs it. ``use_ddim`` does not apply.
 - ``"N"`` or ``"a,b,c"``: split the T steps into len(counts) nearly equal sections (the first
   T mod len sections one step longer) and take ``count`` evenly spaced (rounded) steps in each.
 - a list or tuple of ints: the section counts of the previous form.
@@ -65,11 +65,14 @@ def logsnr_timesteps(num_steps: int, alphas_cumprod) -> List[int]:
     return [int(v) for v in t]
 
 
+# The samplers ADM's loops do not have (``sampling.samplers``: one ``sample_<name>`` each): a respacing
+# spec names them ("dpmpp_2m10l").
+SOLVERS = ("dpmpp_2m", "unipc")
+
+
 def split_sampler(spec) -> Tuple[str, object]:
     """(solver name, the rest of the spec) for ``"dpmpp_2m10l"`` -> ("dpmpp_2m", "10l"); ("", spec)
     for ADM's grammar (and for list specs)."""
-    from .samplers import SOLVERS  # samplers imports this module
-
     if not isinstance(spec, str):
         return "", spec
     text = spec.strip().lower()
@@ -185,7 +188,7 @@ class SpacedDiffusion(GaussianDiffusion):
     """
 
     def __init__(self, use_timesteps: Iterable[int], sampler: str = "", **kwargs):
-        self.sampler = sampler  # "": ADM's loops; else the solver that samples this spacing (``samplers.SOLVERS``)
+        self.sampler = sampler  # "": ADM's loops; else the solver that samples this spacing (``SOLVERS``)
         base_betas = np.asarray(kwargs["betas"], dtype=np.float64)
         self.original_num_steps = len(base_betas)
         self.original_betas = base_betas  # the training schedule (MCMC step sizes are set from it)
@@ -227,5 +230,5 @@ class _WrappedModel:
         return self.model(x, self.diffusion._scale_timesteps(ts), **kwargs)
 
 
-__all__: List[str] = ["SPACING_SUFFIX", "logsnr_timesteps", "respacing_spec", "sampler_label", "sampler_of",
+__all__: List[str] = ["SOLVERS", "SPACING_SUFFIX", "logsnr_timesteps", "respacing_spec", "sampler_label", "sampler_of",
                       "space_timesteps", "split_sampler", "trailing_timesteps", "SpacedDiffusion"]

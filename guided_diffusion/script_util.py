@@ -4,7 +4,7 @@ Code written against guided-diffusion's ``script_util`` runs unchanged; the addi
 ``num_classes``, ``in_channels``, ``embedding_kind`` and ``attention_backend``, and image size 32
 (channel_mult 1,2,2,2), 28 (1,2,2), 16 (1,2,2) and 8 (1,2) have default channel multipliers.
 ``create_model(..., arch="dit", dit_*=...)`` builds a Diffusion Transformer (``dit.DiTModel``) instead.
-``*_from_config`` build the same objects from the typed config of ``guided_diffusion.config``.
+``*_from_config`` build the same objects from the typed config of ``guided_diffusion.runtime.config``.
 """
 
 from __future__ import annotations

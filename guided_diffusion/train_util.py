@@ -29,11 +29,12 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import checkpoint as ckpt
-from . import dist_util, faults
-from .config import parse_ema_rates
+from . import dist_util
 from .resample import LossAwareSampler
-
+from .runtime import checkpoint as ckpt
+from .runtime import faults
+from .runtime.config import parse_ema_rates
+from .runtime.seeding import seed_everything_for_step
 
 LOSS_WEIGHTINGS = ("none", "min_snr")
 
@@ -44,25 +45,6 @@ class Preempted(Exception):
 
 class NonFiniteError(RuntimeError):
     """A loss term or gradient became NaN/inf and the nan_policy is 'stop'."""
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """A 63-bit seed for (seed, step, rank), well mixed so that neighbouring steps differ."""
-    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + rank * 0x94D049BB133111EB) & (2**64 - 1)
-    x ^= x >> 31
-    x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
-    x ^= x >> 32
-    return x & (2**63 - 1)
-
-
-def seed_everything_for_step(seed: int, step: int, rank: int) -> torch.Generator:
-    s = step_seed(seed, step, rank)
-    torch.manual_seed(s)
-    np.random.seed(s % (2**32))
-    import random
-
-    random.seed(s)
-    return torch.Generator().manual_seed(s)
 
 
 @dataclass
@@ -93,7 +75,7 @@ class DiffusionObjective:
     so that their data term equals this one.
 
     ``uncond_p``: classifier-free guidance training, each label replaced by ``null_class`` with
-    this probability (``cfg.drop_labels``).
+    this probability (``classifier_free.drop_labels``).
 
     ``loss_weighting``: ``none`` (ADM) or ``min_snr`` -- each sample's loss times the min-SNR-gamma
     weight of its timestep (Hang et al. 2023; ``diffusion_math.min_snr_weight``), folded into the
@@ -119,8 +101,8 @@ class DiffusionObjective:
     def from_config(cls, cfg, diffusion, num_classes: int) -> "DiffusionObjective":
         """The objective a config trains with (``train.schedule_sampler``, ``train.uncond_p``,
         ``train.loss_weighting``): one place for every script and the continual loop."""
-        from .cfg import null_class_of
         from .resample import create_named_schedule_sampler
+        from .sampling.classifier_free import null_class_of
 
         return cls(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
                    class_cond=cfg.model.class_cond, uncond_p=cfg.train.uncond_p,
@@ -147,7 +129,7 @@ class DiffusionObjective:
         """``y`` after label dropout (a draw from ``ctx.generator`` only when ``uncond_p`` > 0)."""
         if self.uncond_p <= 0 or y is None:
             return y
-        from .cfg import drop_labels
+        from .sampling.classifier_free import drop_labels
 
         return drop_labels(y, self.uncond_p, self.null_class, ctx.generator)
 

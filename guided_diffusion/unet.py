@@ -32,7 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .nn import avg_pool_nd, checkpoint, conv_nd, linear, normalization, timestep_embedding, zero_module
+from .nn import (
+    avg_pool_nd,
+    checkpoint,
+    conv_nd,
+    linear,
+    normalization,
+    timestep_embedding,
+    zero_module,
+)
 
 EMBEDDING_KINDS = ("add_time_learned", "concat_time_1hot", "none")
 ATTENTION_BACKENDS = ("sdpa", "einsum")
@@ -46,7 +54,7 @@ ATTENTION_BACKENDS = ("sdpa", "einsum")
 _state = threading.local()
 
 
-def _double_backward_wanted():
+def double_backward_wanted():
     return getattr(_state, "double_backward", False)
 
 
@@ -58,7 +66,7 @@ def double_backward_attention(enabled=True):
     input `x` requires grad. Enter it yourself only to differentiate twice with respect to
     parameters alone (the input not requiring grad).
     """
-    prev = _double_backward_wanted()
+    prev = double_backward_wanted()
     _state.double_backward = prev or bool(enabled)
     try:
         yield
@@ -207,7 +215,7 @@ class AttentionPool2d(nn.Module):
         self.attention = QKVAttention(self.num_heads, backend=attention_backend)
 
     def forward(self, x):
-        double_backward = _double_backward_wanted()
+        double_backward = double_backward_wanted()
         b, c, *_ = x.shape
         x = x.reshape(b, c, -1)
         x = torch.cat([x.mean(dim=-1, keepdim=True), x], dim=-1)  # [N, C, 1 + HW]
@@ -412,7 +420,7 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x):
         """[N, C, ...] -> [N, C, ...]."""
-        return checkpoint(self._forward, x, _double_backward_wanted(), enabled=self.use_checkpoint)
+        return checkpoint(self._forward, x, double_backward_wanted(), enabled=self.use_checkpoint)
 
     def _forward(self, x, double_backward):
         b, c, *spatial = x.shape

@@ -20,17 +20,13 @@ Ratios are what to read on a shared machine: both paths run in the same process,
 """
 
 import argparse
-import os
 import resource
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from guided_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402
+from guided_diffusion.script_util import create_gaussian_diffusion, create_model
 
 CONFIGS = {
     # ADM's CIFAR-10 config (Ho et al. / Nichol & Dhariwal): 128 ch, 3 res blocks, attention 16,8.

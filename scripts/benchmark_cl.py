@@ -11,7 +11,7 @@ Usage:
     python scripts/benchmark_cl.py --suite ... --jobs 2          # two runs at once (CPUs shared)
     python scripts/benchmark_cl.py --suite ... --launcher "mpiexec -n 2"   # each diffusion run on 2 ranks
 
-The suite file (see guided_diffusion/benchmark_cl.py) names a base config, the settings shared by
+The suite file (see scripts/tools/benchmark_cl.py) names a base config, the settings shared by
 every run, the methods (label -> method section), the seeds and the solver runs. Every run's config
 is written to <out_dir>/configs/ and validated before anything runs. Rerun the same command to
 resume after an interruption: finished runs are skipped, an interrupted one resumes from its
@@ -20,15 +20,13 @@ exact command, commit and machine), report.md/.html (per-run tables, plots, ever
 """
 
 import argparse
-import os
 import shlex
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools.benchmark_cl import SuiteRunError, load_suite, plan, run_suite, write_report
 
-from guided_diffusion import cli  # noqa: E402
-from guided_diffusion.benchmark_cl import SuiteRunError, load_suite, plan, run_suite, write_report  # noqa: E402
+from guided_diffusion.launch import cli
 
 
 def main() -> int:

@@ -25,14 +25,12 @@ One scale range serves GUIDE's _old and _new flags (one gradient guides at a tim
 scales that differ are refused, as are both gradients on and --depth other than 18.
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import adm_flags, cli, dist_util  # noqa: E402
-import guided_diffusion.continual.methods  # noqa: E402,F401  (registers the methods' config schemas)
-from guided_diffusion.continual.solver import run_solver  # noqa: E402
+import guided_diffusion.continual.methods  # noqa:F401  (registers the methods' config schemas)
+from guided_diffusion import dist_util
+from guided_diffusion.continual.solver import run_solver
+from guided_diffusion.launch import adm_flags, cli
 
 
 def main() -> int:

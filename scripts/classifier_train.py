@@ -16,16 +16,14 @@ accuracy at t=0 and at random t every ``classifier.eval_interval`` steps). Use t
 
 import dataclasses
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import cli, dist_util, experiment  # noqa: E402
-from guided_diffusion.classifier_util import NoisyClassifierObjective, evaluate_noisy  # noqa: E402
-from guided_diffusion.config import TrainConfig  # noqa: E402
-from guided_diffusion.data import InfiniteLoader  # noqa: E402
-from guided_diffusion.resample import create_named_schedule_sampler  # noqa: E402
-from guided_diffusion.train_util import TrainHook, TrainLoop  # noqa: E402
+from guided_diffusion import dist_util, experiment
+from guided_diffusion.classifiers.noisy import NoisyClassifierObjective, evaluate_noisy
+from guided_diffusion.data import InfiniteLoader
+from guided_diffusion.launch import cli
+from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.runtime.config import TrainConfig
+from guided_diffusion.train_util import TrainHook, TrainLoop
 
 
 class EvalHook(TrainHook):

@@ -18,14 +18,11 @@ class), metrics.csv (a row per task). Rerunning the same command resumes: finish
 skipped, the unfinished one continues from its latest checkpoint.
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import cli  # noqa: E402
-from guided_diffusion.config import ConfigError  # noqa: E402
-from guided_diffusion.continual.loop import USES, is_continual, train_continual  # noqa: E402
+from guided_diffusion.continual.loop import USES, is_continual, train_continual
+from guided_diffusion.launch import cli
+from guided_diffusion.runtime.config import ConfigError
 
 
 def main() -> int:

@@ -23,10 +23,10 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import cli, dist_util  # noqa: E402
-from guided_diffusion.dkdm import ablation, config as dkdm_config  # noqa: E402
+from guided_diffusion import dist_util
+from guided_diffusion.dkdm import ablation
+from guided_diffusion.dkdm import config as dkdm_config
+from guided_diffusion.launch import cli
 
 
 def main() -> int:

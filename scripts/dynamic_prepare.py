@@ -15,14 +15,12 @@ teacher NFEs/s. Rerunning the same command after a kill continues with the missi
 complete cache is reused. Then train the student: scripts/dynamic_train.py --config <same file>.
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import cli, dist_util, experiment  # noqa: E402
-from guided_diffusion.dkdm import config as dkdm_config  # noqa: E402  (registers the dkdm section)
-from guided_diffusion.dkdm import pipeline  # noqa: E402
+from guided_diffusion import dist_util, experiment
+from guided_diffusion.dkdm import config as dkdm_config  # (registers the dkdm section)
+from guided_diffusion.dkdm import pipeline
+from guided_diffusion.launch import cli
 
 
 def main() -> int:

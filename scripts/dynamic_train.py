@@ -17,14 +17,12 @@ state included) with EMA exports, and samples.png at the end. Rerunning the same
 from the latest complete checkpoint, cache and all; SIGTERM/SIGUSR1 checkpoint and exit 0.
 """
 
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from guided_diffusion import cli, dist_util, experiment  # noqa: E402
-from guided_diffusion.dkdm import config as dkdm_config  # noqa: E402  (registers the dkdm section)
-from guided_diffusion.dkdm import pipeline  # noqa: E402
+from guided_diffusion import dist_util, experiment
+from guided_diffusion.dkdm import config as dkdm_config  # (registers the dkdm section)
+from guided_diffusion.dkdm import pipeline
+from guided_diffusion.launch import cli
 
 
 def main() -> int:

@@ -40,13 +40,10 @@ Options: --metrics fid,sfid,is,precision,recall,kld,ard,class_acc (default: all 
 import argparse
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import cli, dist_util  # noqa: E402
-from guided_diffusion.config import ConfigError, load_config  # noqa: E402
-from guided_diffusion.evaluation import (  # noqa: E402
+from guided_diffusion import dist_util
+from guided_diffusion.data import dataset_names
+from guided_diffusion.evaluation import (
     ALL_METRICS,
     build_feature_extractor,
     default_classifier_path,
@@ -55,7 +52,8 @@ from guided_diffusion.evaluation import (  # noqa: E402
     load_image_set,
     load_reference_stats,
 )
-from guided_diffusion.data import dataset_names  # noqa: E402
+from guided_diffusion.launch import cli
+from guided_diffusion.runtime.config import ConfigError, load_config
 
 
 def parse_args(argv=None):

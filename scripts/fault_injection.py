@@ -32,9 +32,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import fault_matrix as fm  # noqa: E402
+from tools import fault_matrix as fm
 
 
 def snapshot_code(work: str) -> str:

@@ -36,24 +36,26 @@ for any number of ranks. ADM's evaluator expects RGB; grayscale sets keep C=1 un
 --to_rgb true (data.channels stays the model's).
 """
 
+import argparse
 import os
 import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from guided_diffusion import cli, dist_util, experiment  # noqa: E402
-from guided_diffusion.checkpoint import load_checked, load_state_dict_file, load_weights  # noqa: E402
-from guided_diffusion.config import ConfigError  # noqa: E402
-from guided_diffusion.guidance import classifier_cond_fn  # noqa: E402
-from guided_diffusion.cfg import null_class_of  # noqa: E402
-from guided_diffusion.image_util import save_grid, save_npz  # noqa: E402
-from guided_diffusion.mcmc import MCMCSettings  # noqa: E402
-from guided_diffusion.sampling import sample_set  # noqa: E402
+from guided_diffusion import dist_util, experiment
+from guided_diffusion.image_util import save_grid, save_npz
+from guided_diffusion.launch import cli
+from guided_diffusion.runtime.checkpoint import (
+    load_checked,
+    load_state_dict_file,
+    load_weights,
+)
+from guided_diffusion.runtime.config import ConfigError
+from guided_diffusion.sampling.classifier_free import null_class_of
+from guided_diffusion.sampling.classifier_guidance import classifier_cond_fn
+from guided_diffusion.sampling.mcmc import MCMCSettings
+from guided_diffusion.sampling.sample_sets import sample_set
 
 ALIASES = {
     "model_path": "sample.model_path",
@@ -104,7 +106,7 @@ OPTIONS = [
 def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
     """(timestep_respacing, use_ddim) for ``--sampler NAME --steps N --spacing S``."""
     from guided_diffusion.respace import SPACING_SUFFIX, respacing_spec
-    from guided_diffusion.samplers import SAMPLERS, SOLVERS
+    from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 
     if sampler not in SAMPLERS:
         raise ConfigError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")

@@ -22,19 +22,16 @@ a checkpoint at the next step and exits 0.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import cli, dist_util, experiment  # noqa: E402
-from guided_diffusion.cfg import null_class_of  # noqa: E402
-from guided_diffusion.continual.loop import USES, is_continual, train_continual  # noqa: E402
-from guided_diffusion.data import InfiniteLoader  # noqa: E402
-from guided_diffusion.image_util import save_grid  # noqa: E402
-from guided_diffusion.respace import sampler_label  # noqa: E402
-from guided_diffusion.sampling import sample_set  # noqa: E402
-from guided_diffusion.train_util import DiffusionObjective, TrainLoop  # noqa: E402
-
+from guided_diffusion import dist_util, experiment
+from guided_diffusion.continual.loop import USES, is_continual, train_continual
+from guided_diffusion.data import InfiniteLoader
+from guided_diffusion.image_util import save_grid
+from guided_diffusion.launch import cli
+from guided_diffusion.respace import sampler_label
+from guided_diffusion.sampling.classifier_free import null_class_of
+from guided_diffusion.sampling.sample_sets import sample_set
+from guided_diffusion.train_util import DiffusionObjective, TrainLoop
 
 IID_USES = ("data", "model", "diffusion", "train", "sample", "dist")
 

@@ -24,14 +24,12 @@ prints the plateau: the first point whose doubling improves FID by less than 10%
 
 import dataclasses
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tools import learning_curve as lc
 
-from guided_diffusion import cli, learning_curve as lc  # noqa: E402
-from guided_diffusion.config import ConfigError  # noqa: E402
-from guided_diffusion.evaluation.settings import evaluation_of  # noqa: E402
-
+from guided_diffusion.evaluation.settings import evaluation_of
+from guided_diffusion.launch import cli
+from guided_diffusion.runtime.config import ConfigError
 
 OPTIONS = [
     (["--classes"], dict(default="all", help="class subset: 0,1 or all (default all)")),

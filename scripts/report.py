@@ -13,13 +13,9 @@ given folder (or --out); images are linked by relative paths.
 """
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import cli  # noqa: E402
-from guided_diffusion.evaluation.report import build_report  # noqa: E402
+from guided_diffusion.evaluation.report import build_report
+from guided_diffusion.launch import cli
 
 
 def main() -> int:

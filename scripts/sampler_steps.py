@@ -16,21 +16,19 @@ seeds) and ``steps.md`` (the table); a rerun skips the points already in ``steps
 resumes and more seeds can be added later.
 """
 
+import csv
 import os
+import statistics
 import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import csv  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-from guided_diffusion import cli, experiment  # noqa: E402
-from guided_diffusion.checkpoint import load_checked, load_state_dict_file  # noqa: E402
-from guided_diffusion.config import ConfigError, resolve_use_ddim  # noqa: E402
-from guided_diffusion.respace import respacing_spec  # noqa: E402
-from guided_diffusion.samplers import SAMPLERS, SOLVERS  # noqa: E402
-from guided_diffusion.logger import read_csv  # noqa: E402
+from guided_diffusion import experiment
+from guided_diffusion.launch import cli
+from guided_diffusion.logger import read_csv
+from guided_diffusion.respace import respacing_spec
+from guided_diffusion.runtime.checkpoint import load_checked, load_state_dict_file
+from guided_diffusion.runtime.config import ConfigError, resolve_use_ddim
+from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 
 SPACINGS = ("trailing", "logsnr")
 COLUMNS = ["spec", "seed", "sampler", "spacing", "steps", "eval_fid", "eval_class_acc", "eval_precision",

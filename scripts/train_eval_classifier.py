@@ -17,13 +17,10 @@ Options (aliases of the config's evaluation section): --out, --epochs, --lr, --b
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from guided_diffusion import cli  # noqa: E402
-import guided_diffusion.continual.methods  # noqa: E402,F401  (continual configs: the method schemas)
-from guided_diffusion.evaluation import classifier_path_of, train_classifier_from_config  # noqa: E402
+import guided_diffusion.continual.methods  # noqa:F401  (continual configs: the method schemas)
+from guided_diffusion.evaluation import classifier_path_of, train_classifier_from_config
+from guided_diffusion.launch import cli
 
 ALIASES = {
     "out": "evaluation.classifier_path",

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import cli
-from guided_diffusion.config import ConfigError
+from guided_diffusion.launch import cli
+from guided_diffusion.runtime.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A 0.1M UNet on 8x8 digits (scikit-learn's, shipped): seconds per run.
@@ -87,7 +87,7 @@ def test_help_is_the_manual():
 
 
 def _tiny_cfg(tmp_path, extra=()):
-    from guided_diffusion.config import load_config
+    from guided_diffusion.runtime.config import load_config
 
     return load_config(None, TINY + [f"out_dir={tmp_path}", *extra])
 
@@ -107,7 +107,7 @@ def test_resume_checkpoint_starts_training_from_adm_weights(tmp_path):
     path, released = _adm_checkpoint(tmp_path, seed=7)
     run(["scripts/image_train.py", *TINY, f"out_dir={tmp_path}", "name=ft", "train.total_steps=1", "train.lr=1e-9",
          "train.warmup_steps=0", "--resume_checkpoint", path])
-    from guided_diffusion import checkpoint as ckpt
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     trained = ckpt.load_torch(f"{tmp_path}/ft/model000001.pt")
     for k, v in released.items():  # one step at lr 1e-9 from the released weights, not from seed 0's init
@@ -148,7 +148,7 @@ def test_ddpm_ip_teacher_preset_is_dkdms_57m_cnn():
     CIFAR-10 files): DKDM's 57M-CNN teacher; dkdm.yaml's student is its 14M."""
     import guided_diffusion.dkdm.config  # noqa: F401  (the dkdm section)
     from guided_diffusion import experiment
-    from guided_diffusion.config import load_config
+    from guided_diffusion.runtime.config import load_config
 
     cfg = load_config(os.path.join(ROOT, "yaml/cifar10_32/ddpm_ip_teacher.yaml"), ["data.data_dir=/nonexistent"])
     info = experiment.info_for_weights(cfg)

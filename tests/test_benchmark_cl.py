@@ -4,10 +4,10 @@ import csv
 import os
 
 import pytest
-import yaml
+from tools import benchmark_cl as bcl
 
-from guided_diffusion import benchmark_cl as bcl
-from guided_diffusion.config import ConfigError, load_config
+import yaml
+from guided_diffusion.runtime.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE = os.path.join(ROOT, "yaml/bench/split_mnist.yaml")

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from guided_diffusion import checkpoint as ckpt
+from guided_diffusion.runtime import checkpoint as ckpt
 
 
 def _write(run, step, value=1.0):

@@ -9,13 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.config import ConfigError, ContinualConfig, load_config
-from guided_diffusion.continual.methods.buffer import balanced_cut, reservoir_update
-from guided_diffusion.continual.replay import (ddim_generate, mirror_noise, replay_criterion, replay_inputs,
-                                               trailing_timesteps)
-from guided_diffusion.continual.scenario import build_scenario
-from guided_diffusion.script_util import create_gaussian_diffusion
 import guided_diffusion.evaluation  # noqa: E402,F401  (the evaluation section's schema: the mnist presets have one)
+from guided_diffusion.continual.methods.buffer import balanced_cut, reservoir_update
+from guided_diffusion.continual.replay import (
+    ddim_generate,
+    mirror_noise,
+    replay_criterion,
+    replay_inputs,
+    trailing_timesteps,
+)
+from guided_diffusion.continual.scenario import build_scenario
+from guided_diffusion.runtime.config import ConfigError, ContinualConfig, load_config
+from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.train_util import DiffusionObjective, StepContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,10 +149,9 @@ def test_min_snr_is_per_sample():
 
 
 def test_replay_criterion_min_snr_twice_refused():
-    from guided_diffusion.config import ConfigError, load_config
-
     import guided_diffusion.continual.methods  # noqa: F401
     from guided_diffusion.continual.methods.generative import check_replay_weighting
+    from guided_diffusion.runtime.config import ConfigError, load_config
 
     cfg = load_config(os.path.join(ROOT, "yaml/mnist/generative_distillation.yaml"),
                       ["train.loss_weighting=min_snr", "method.criterion=min_snr"])
@@ -159,7 +163,10 @@ def test_replay_criterion_min_snr_twice_refused():
 
 
 def _method(kind, teacher, **cfg):
-    from guided_diffusion.continual.methods.generative import GenerativeDistillation, GenerativeReplay
+    from guided_diffusion.continual.methods.generative import (
+        GenerativeDistillation,
+        GenerativeReplay,
+    )
 
     cls = GenerativeDistillation if kind == "gd" else GenerativeReplay
     m = cls.__new__(cls)
@@ -197,8 +204,8 @@ def test_replay_batch_is_global_and_split_over_ranks():
     (the same replay term as one process asked for that half), and an uneven split is refused."""
     import types
 
-    from guided_diffusion.config import ConfigError
     from guided_diffusion.continual.methods.generative import check_replay_batch
+    from guided_diffusion.runtime.config import ConfigError
 
     torch.manual_seed(0)
     student, teacher = Toy(), Toy().eval()
@@ -380,7 +387,7 @@ def _cfg(tmp_path, method_yaml, extra=()):
 
 
 def _final_model(run_dir, task):
-    from guided_diffusion import checkpoint as ckpt
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     d = f"{run_dir}/task_{task}"
     step = ckpt.latest_checkpoint(d)
@@ -417,8 +424,8 @@ def test_resume_between_tasks_is_bit_identical(tmp_path):
     (train.schedule_sampler=loss-second-moment) there is one sampler for the whole run: task 1
     continues task 0's history (its replay objective feeds it the data losses), and the resumed run
     takes it from task 0's final checkpoint."""
-    from guided_diffusion import checkpoint as ckpt
     from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     yaml, lsm = "yaml/mnist/generative_distillation.yaml", ["train.schedule_sampler=loss-second-moment"]
     a = _cfg(tmp_path / "a", yaml, lsm)
@@ -473,8 +480,8 @@ def test_unknown_method_and_bad_option(tmp_path):
 def test_guidance_moves_prediction_toward_new_class():
     """GUIDE's x̂0 guidance with a toy linear classifier: guided samples of an old class are pushed
     toward the new classes."""
-    from guided_diffusion.config import SolverConfig
     from guided_diffusion.continual.solver import guide_cond_fn
+    from guided_diffusion.runtime.config import SolverConfig
 
     torch.manual_seed(0)
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="ddim10")
@@ -554,8 +561,8 @@ def test_init_from_takes_another_methods_first_task_bit_identically(tmp_path):
     """Task 0 is method-independent: an EWC run seeded with a naive run's task 0 equals an EWC run
     that trained it itself (task 1 weights, the Fisher and the metrics rows); a source made with
     other settings is refused, naming the differing key, before anything is written."""
-    from guided_diffusion.config import ConfigError
     from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.runtime.config import ConfigError
 
     ewc = ["method.num_samples=4"]
     src = run_continual(_cfg(tmp_path / "src", "yaml/mnist/naive.yaml", ["continual.limit_tasks=1"]))
@@ -563,7 +570,7 @@ def test_init_from_takes_another_methods_first_task_bit_identically(tmp_path):
     seeded = run_continual(_cfg(tmp_path / "seeded", "yaml/mnist/ewc.yaml", ewc + [f"continual.init_from={src.run_dir}"]))
     wa, wb = _final_model(own.run_dir, 1), _final_model(seeded.run_dir, 1)
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    from guided_diffusion import checkpoint as ckpt
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     fa, fb = (ckpt.load_torch(f"{r.run_dir}/task_0/method_state.pt") for r in (own, seeded))
     def leaves(obj):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from guided_diffusion import dist_util as du
+from guided_diffusion.runtime.seeding import seed_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH_VARS = (
@@ -173,12 +174,12 @@ def test_autocast_and_seed():
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
     with pytest.raises(ValueError, match="precision"):
         du.autocast_context("cpu", "fp8")
-    assert du.seed_all(3, 0) == 3
+    assert seed_all(3, 0) == 3
     a = torch.rand(3)
-    du.seed_all(3, 0)
+    seed_all(3, 0)
     assert torch.equal(a, torch.rand(3))
-    s1, s2 = du.seed_all(3, 1), du.seed_all(3, 2)
-    assert len({3, s1, s2, du.seed_all(4, 1)}) == 4
+    s1, s2 = seed_all(3, 1), seed_all(3, 2)
+    assert len({3, s1, s2, seed_all(4, 1)}) == 4
 
 
 # ---------------------------------------------------------------------------------------- 2 processes

@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_dkdm import PIPE, _tiny_teacher, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion.config import ConfigError, load_config
 from guided_diffusion.dit import DiTModel
 from guided_diffusion.experiment import DataInfo, build_model
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime.config import ConfigError, load_config
 from guided_diffusion.script_util import create_model, model_kwargs_from_config
-from test_dkdm import PIPE, _tiny_teacher, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 
 def tiny(**kw):

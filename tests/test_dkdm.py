@@ -16,15 +16,39 @@ import pytest
 import torch
 
 import guided_diffusion.dkdm.config  # noqa: F401  (registers the dkdm section)
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion.config import ConfigError, TrainConfig, load_config, to_dict
 from guided_diffusion.diffusion_math import get_named_beta_schedule
 from guided_diffusion.dkdm.cache import DynamicCache
-from guided_diffusion.dkdm.format import (CacheError, check_key, rank_slice, read_entries, read_header, shard_name,
-                                          write_header, write_shard)
+from guided_diffusion.dkdm.format import (
+    CacheError,
+    check_key,
+    rank_slice,
+    read_entries,
+    read_header,
+    shard_name,
+    write_header,
+    write_shard,
+)
 from guided_diffusion.dkdm.objective import DKDMObjective, student_losses
-from guided_diffusion.dkdm.prepare import CacheSpec, cache_size, prepare_cache, shard_draws
-from guided_diffusion.gaussian_diffusion import GaussianDiffusion, LossType, ModelMeanType, ModelVarType, step_kl
+from guided_diffusion.dkdm.prepare import (
+    CacheSpec,
+    cache_size,
+    prepare_cache,
+    shard_draws,
+)
+from guided_diffusion.gaussian_diffusion import (
+    GaussianDiffusion,
+    LossType,
+    ModelMeanType,
+    ModelVarType,
+    step_kl,
+)
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime.config import (
+    ConfigError,
+    TrainConfig,
+    load_config,
+    to_dict,
+)
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.train_util import StepContext, TrainLoop
 
@@ -267,7 +291,10 @@ def test_learned_sigma_student_adds_the_step_kl(tmp_path):
 
 def _cache_replay(cache_dir, tdiff, teacher, uncond_p=0.0, **mcfg):
     """The continual dynamic_distillation objective of task 1 on the cache in ``cache_dir`` (fresh state)."""
-    from guided_diffusion.continual.methods.dynamic_cache import CacheReplayObjective, DynamicDistillation
+    from guided_diffusion.continual.methods.dynamic_cache import (
+        CacheReplayObjective,
+        DynamicDistillation,
+    )
     from guided_diffusion.continual.scenario import Task
     from guided_diffusion.resample import UniformSampler
     from guided_diffusion.train_util import DiffusionObjective
@@ -539,7 +566,10 @@ def test_mpiexec_prepare_equals_one_process_and_train_survives_sigkill(tmp_path)
 def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_path):
     import guided_diffusion.evaluation.settings  # noqa: F401
     from guided_diffusion.dkdm import ablation
-    from guided_diffusion.evaluation.domain_classifier import DomainClassifier, save_domain_classifier
+    from guided_diffusion.evaluation.domain_classifier import (
+        DomainClassifier,
+        save_domain_classifier,
+    )
 
     tdir = _tiny_teacher(tmp_path)
     torch.manual_seed(0)

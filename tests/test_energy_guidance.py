@@ -14,15 +14,34 @@ import pytest
 import torch
 
 from guided_diffusion import experiment
-from guided_diffusion.cfg import CFGModel, ComposedModel, cfg_model, composed_model, drop_labels, null_class_of
-from guided_diffusion.config import ConfigError, load_config
 from guided_diffusion.continual.replay import ddim_generate
 from guided_diffusion.energy import EnergyModel, is_energy_model
-from guided_diffusion.mcmc import (MCMCSettings, cha_step, correct, level_target, mala_step, sample_loop, uha_step,
-                                   ula_step)
 from guided_diffusion.resample import UniformSampler
-from guided_diffusion.sampling import sample_batch, sample_set
-from guided_diffusion.script_util import create_gaussian_diffusion, create_model, model_kwargs_from_config
+from guided_diffusion.runtime.config import ConfigError, load_config
+from guided_diffusion.sampling.classifier_free import (
+    CFGModel,
+    ComposedModel,
+    cfg_model,
+    composed_model,
+    drop_labels,
+    null_class_of,
+)
+from guided_diffusion.sampling.mcmc import (
+    MCMCSettings,
+    cha_step,
+    correct,
+    level_target,
+    mala_step,
+    sample_loop,
+    uha_step,
+    ula_step,
+)
+from guided_diffusion.sampling.sample_sets import sample_batch, sample_set
+from guided_diffusion.script_util import (
+    create_gaussian_diffusion,
+    create_model,
+    model_kwargs_from_config,
+)
 from guided_diffusion.train_util import DiffusionObjective, StepContext
 from guided_diffusion.unet import AttentionBlock
 
@@ -697,7 +716,7 @@ def test_valid_configs():
 
 
 def test_image_sample_script_with_mcmc_and_composition(tmp_path, monkeypatch, capsys):
-    from guided_diffusion import checkpoint as ckpt
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     over = ["data.dataset=digits", "data.image_size=8", "model.class_cond=true", "model.parameterization=energy", "train.uncond_p=0.1",
             "model.num_channels=32", "model.channel_mult=1,2", "model.attention_resolutions=4",

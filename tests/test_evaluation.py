@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.config import ConfigError, load_config
 from guided_diffusion.evaluation import (
     DomainClassifier,
     DomainFeatures,
@@ -36,6 +35,7 @@ from guided_diffusion.evaluation import (
     resize_bilinear_tf1,
     save_domain_classifier,
 )
+from guided_diffusion.runtime.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

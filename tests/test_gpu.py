@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from guided_diffusion.config import load_config
+from guided_diffusion.runtime.config import load_config
 
 # GD_TEST_DEVICE=cpu runs the same tests on the CPU (``pytest -m gpu``): how they are checked on a
 # machine without a GPU (every comparison then holds trivially; the code paths run).
@@ -94,9 +94,9 @@ def test_resume_on_cuda_is_bit_identical(tmp_path):
 
 def test_dkdm_cache_on_device(tmp_path):
     """DKDM's dynamic cache built and replayed by a teacher on the GPU, two tasks."""
-    import guided_diffusion.continual.methods  # noqa: F401
     from test_dkdm import TINY
 
+    import guided_diffusion.continual.methods  # noqa: F401
     from guided_diffusion.continual.loop import run_continual
 
     cfg = load_config(os.path.join(ROOT, "yaml/mnist/gd_dynamic_cache.yaml"), TINY + CUDA + [f"out_dir={tmp_path}"])
@@ -109,8 +109,8 @@ def test_dkdm_cache_on_device(tmp_path):
 @pytest.mark.parametrize("spec", ["ddim10", "dpmpp_2m10", "unipc8l"])
 def test_guided_sampling_on_cuda_matches_cpu(spec):
     """Classifier guidance through ADM's loop and through the solvers: the GPU draws what the CPU draws."""
-    from guided_diffusion.guidance import classifier_cond_fn
-    from guided_diffusion.sampling import sample_batch
+    from guided_diffusion.sampling.classifier_guidance import classifier_cond_fn
+    from guided_diffusion.sampling.sample_sets import sample_batch
     from guided_diffusion.script_util import create_gaussian_diffusion
 
     class NoisyClassifier(torch.nn.Module):  # logits from the image and the timestep

@@ -5,10 +5,13 @@ import os
 
 import pytest
 import torch
+from tools import learning_curve as lc
 
-from guided_diffusion import learning_curve as lc
-from guided_diffusion.config import load_config
-from guided_diffusion.evaluation.domain_classifier import DomainClassifier, save_domain_classifier
+from guided_diffusion.evaluation.domain_classifier import (
+    DomainClassifier,
+    save_domain_classifier,
+)
+from guided_diffusion.runtime.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +67,7 @@ def _tiny(tmp_path, clf_path):
 
 def test_curve_rows_and_resume_bit_identical(tmp_path):
     import guided_diffusion.continual.methods  # noqa: F401
-    from guided_diffusion import checkpoint as ckpt
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     torch.manual_seed(0)
     clf = DomainClassifier(1, 8, 10, width=4, feature_dim=8)

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from guided_diffusion import adm_flags, cli
-from guided_diffusion.cli import _register_section_schemas
-from guided_diffusion.config import ConfigError, load_config
+from guided_diffusion.launch import adm_flags, cli
+from guided_diffusion.launch.cli import _register_section_schemas
+from guided_diffusion.runtime.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUGMENT = "crop,rotation,flip,jitter,erasing"  # GUIDE's --classifier_augmentation True (kornia set)

@@ -164,7 +164,7 @@ def test_missing_dataset_and_weights(tmp_path):
 def _weights_of(tmp_path, *overrides, channels=1):
     """A state_dict file of the iid config's UNet (with ``overrides``) for ``channels`` channels."""
     from guided_diffusion import experiment
-    from guided_diffusion.config import load_config
+    from guided_diffusion.runtime.config import load_config
 
     cfg = load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), list(TINY[:5]) + list(overrides))
     model = experiment.build_model(cfg, experiment.DataInfo(10, channels, 28))

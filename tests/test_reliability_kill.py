@@ -1,5 +1,5 @@
 """Fault class: SIGKILL at any moment. A killed 3-task continual run, rerun with the same command,
-ends bit-identical to an uninterrupted one (``guided_diffusion.fault_matrix``).
+ends bit-identical to an uninterrupted one (``scripts/tools/fault_matrix.py``).
 
 Default suite: the fault-point machinery, the comparison (it does see a difference), and one run
 killed twice (during replay generation, then between a checkpoint's files and its manifest).
@@ -14,10 +14,10 @@ import sys
 
 import pytest
 import torch
+from tools import fault_matrix as fm
 
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion import fault_matrix as fm
-from guided_diffusion import faults
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime import faults
 
 HAVE_MPI = shutil.which("mpiexec") is not None
 
@@ -40,7 +40,7 @@ def test_fault_specs_parse_and_bad_specs_are_refused():
 
 
 def test_fault_point_fires_at_its_count_only_and_traces(tmp_path):
-    code = ("from guided_diffusion import faults\n"
+    code = ("from guided_diffusion.runtime import faults\n"
             "for i in range(5):\n"
             "    faults.point('a'); faults.point('b'); print(i, flush=True)\n")
     env = dict(os.environ, GDCL_FAULT="b:3", GDCL_FAULT_TRACE=str(tmp_path / "trace"))

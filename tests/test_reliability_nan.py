@@ -9,13 +9,13 @@ import shutil
 
 import pytest
 import torch
-
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion import fault_matrix as fm
-from guided_diffusion.train_util import NonFiniteError
 from test_reliability_inputs import one_error, run_script, snapshot
 from test_reliability_signals import shared_work
 from test_train_util import make_loop
+from tools import fault_matrix as fm
+
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.train_util import NonFiniteError
 
 CASE = fm.CASES["gd"]
 

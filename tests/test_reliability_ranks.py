@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from guided_diffusion import checkpoint as ckpt
+from guided_diffusion.runtime import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_MPI = shutil.which("mpiexec") is not None
@@ -39,7 +39,8 @@ def command(launcher, args):
 
 HUNG = r'''
 import os, sys, time
-from guided_diffusion import cli, dist_util as du
+from guided_diffusion import dist_util as du
+from guided_diffusion.launch import cli
 
 def main():
     du.init(timeout_s=float(sys.argv[2]))

@@ -9,12 +9,12 @@ import signal
 
 import pytest
 import torch
+from tools import fault_matrix as fm
 
-from guided_diffusion import checkpoint as ckpt
-from guided_diffusion import fault_matrix as fm
-from guided_diffusion import faults
 from guided_diffusion.dkdm.format import read_entries, read_header, shard_name
 from guided_diffusion.dkdm.prepare import CacheSpec, prepare_cache
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime import faults
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.train_util import Preempted
 

@@ -1,5 +1,5 @@
 """The few-step solvers wired into sampling: the respacing grammar that names them, the config rule,
-``sampling.sample_batch`` running them with ADM's model conventions, and ``image_sample.py --sampler``."""
+``sample_sets.sample_batch`` running them with ADM's model conventions, and ``image_sample.py --sampler``."""
 
 from __future__ import annotations
 
@@ -8,15 +8,20 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_reliability_inputs import ROOT, TINY, one_error, run_script
 
 from guided_diffusion import diffusion_math as dm
-from guided_diffusion import samplers
-from guided_diffusion.config import ConfigError, load_config, resolve_use_ddim
-from guided_diffusion.respace import logsnr_timesteps, sampler_label, sampler_of, space_timesteps, trailing_timesteps
-from guided_diffusion.sampling import sample_batch
+from guided_diffusion.respace import (
+    logsnr_timesteps,
+    sampler_label,
+    sampler_of,
+    space_timesteps,
+    trailing_timesteps,
+)
+from guided_diffusion.runtime.config import ConfigError, load_config, resolve_use_ddim
+from guided_diffusion.sampling import samplers
+from guided_diffusion.sampling.sample_sets import sample_batch
 from guided_diffusion.script_util import create_gaussian_diffusion
-
-from test_reliability_inputs import ROOT, TINY, one_error, run_script
 
 
 def _ac(schedule="cosine", T=1000):
@@ -156,7 +161,7 @@ def test_classifier_guidance_through_the_solver():
 
 
 def test_what_a_solver_cannot_do_is_refused():
-    from guided_diffusion.mcmc import MCMCSettings
+    from guided_diffusion.sampling.mcmc import MCMCSettings
 
     net = ToyNet()
     d = create_gaussian_diffusion(steps=100, timestep_respacing="dpmpp_2m5")
@@ -215,8 +220,8 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
     is built; guidance on x_t (noised classifier) and unguided replay take any sampler."""
     import dataclasses
 
-    from guided_diffusion.config import Config, SolverConfig
     from guided_diffusion.continual.solver import Solver
+    from guided_diffusion.runtime.config import Config, SolverConfig
 
     cfg = Config()
     cfg.model.class_cond = True

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from guided_diffusion import diffusion_math as dm
-from guided_diffusion import samplers as solvers
 from guided_diffusion.respace import space_timesteps, trailing_timesteps
+from guided_diffusion.sampling import samplers as solvers
 from guided_diffusion.script_util import create_gaussian_diffusion
 
 T = 1000

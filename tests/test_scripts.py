@@ -38,7 +38,7 @@ TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 
 def final_model(run_dir):
-    from guided_diffusion import checkpoint as ckpt
+    from guided_diffusion.runtime import checkpoint as ckpt
 
     step = ckpt.latest_checkpoint(run_dir)
     return step, ckpt.load_torch(f"{run_dir}/model{step:06d}.pt")

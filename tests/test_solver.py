@@ -8,10 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.classifiers import TimeConditioned, create_classifier_net
-from guided_diffusion.config import ConfigError, SolverConfig
-from guided_diffusion.continual.solver import guide_cond_fn, masip_soft_loss, replay_judgement
+from guided_diffusion.classifiers.nets import TimeConditioned, create_classifier_net
+from guided_diffusion.continual.solver import (
+    guide_cond_fn,
+    masip_soft_loss,
+    replay_judgement,
+)
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.runtime.config import ConfigError, SolverConfig
 from guided_diffusion.script_util import create_gaussian_diffusion
 
 # ------------------------------------------------------------------ GUIDE's flags
@@ -194,8 +198,8 @@ def test_trailing_respacing_starts_at_the_last_timestep():
 def test_soft_replay_is_untrimmed_and_refuses_trimming():
     """Masip's soft targets are all logits of an untrimmed classifier: trim_logits unset means
     untrimmed for soft and trimmed (GUIDE) for the others; soft with trim_logits true is refused."""
-    from guided_diffusion.config import Config
     from guided_diffusion.continual.solver import Solver, trims_logits
+    from guided_diffusion.runtime.config import Config
 
     for replay, want in (("soft", False), ("soft_kd", True), ("plain", True), ("guided", True)):
         assert trims_logits(dataclasses.replace(SolverConfig(), replay=replay)) is want

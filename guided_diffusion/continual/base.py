@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 
-from ..config import ConfigError, register_section_schema
+from ..runtime.config import register_section_schema
 from .scenario import Scenario, Task, select
 
 METHODS: Dict[str, Type["ContinualMethod"]] = {}
@@ -118,23 +118,6 @@ class ObjectiveWrapper:
 
     def load_state_dict(self, state):
         self.base.load_state_dict(state)
-
-
-def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
-    """The method selected by the (already validated) ``method`` section; naive if empty."""
-    from . import methods  # noqa: F401  (registers the built-in methods)
-
-    if not method_cfg:
-        return METHODS["naive"](METHODS["naive"].Config(), ctx)
-    name = getattr(method_cfg, "name", None) if not isinstance(method_cfg, dict) else method_cfg.get("name")
-    if name not in METHODS:
-        raise ConfigError(f"unknown continual method {name!r}; known: {', '.join(sorted(METHODS))}")
-    cls = METHODS[name]
-    if isinstance(method_cfg, dict):
-        from ..config import from_dict
-
-        method_cfg = from_dict(cls.Config, method_cfg, "method")
-    return cls(method_cfg, ctx)
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

@@ -31,18 +31,21 @@ from typing import Callable, Dict, List, Optional
 import blobfile as bf
 import numpy as np
 
-from .. import checkpoint as ckpt
-from ..config import ConfigError, dump_config, parse_ema_rates
-from .. import dist_util, experiment, faults
-from ..cfg import null_class_of
+from .. import dist_util, experiment
 from ..data import InfiniteLoader
 from ..image_util import save_grid
-from ..sampling import sample_set
-from ..train_util import DiffusionObjective, PreemptionFlag, Preempted, TrainLoop, step_seed
-from .base import ContinualContext, build_method, freeze
+from ..logger import read_csv
+from ..runtime import checkpoint as ckpt
+from ..runtime import faults
+from ..runtime.config import ConfigError, dump_config, parse_ema_rates
+from ..runtime.seeding import step_seed
+from ..sampling.classifier_free import null_class_of
+from ..sampling.sample_sets import sample_set
+from ..train_util import DiffusionObjective, Preempted, PreemptionFlag, TrainLoop
+from .base import ContinualContext, freeze
+from .methods import build_method
 from .scenario import Task, build_scenario
 from .warm_start import copy_first_task, first_task_results, first_task_source
-from ..logger import read_csv
 
 
 def _done_path(ctx: ContinualContext, task: Task) -> str:
@@ -73,7 +76,7 @@ def _stop_if_preempted(flag: PreemptionFlag, ctx: ContinualContext, what: str) -
                         f"saved in {ctx.run_dir}; rerun the same command to resume")
 
 
-def _final_weights(task_dir: str, step: Optional[int] = None):
+def final_weights(task_dir: str, step: Optional[int] = None):
     """(model state_dict, {ema rate: state_dict}) of the checkpoint at ``step`` (default: the latest intact)."""
     if step is None:
         step = ckpt.latest_checkpoint(task_dir)
@@ -190,7 +193,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     ema_state = None
     if first > 0:
         prev = scenario.tasks[first - 1]
-        model_sd, ema_state = _final_weights(ctx.task_dir(prev), prev.num_steps)
+        model_sd, ema_state = final_weights(ctx.task_dir(prev), prev.num_steps)
         ckpt.load_checked(model, model_sd, f"{ctx.task_dir(prev)}/model{prev.num_steps:06d}.pt")
         state_path = f"{ctx.task_dir(prev)}/method_state.pt"
         if bf.exists(state_path):

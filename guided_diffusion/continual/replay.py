@@ -14,7 +14,7 @@ Every function here runs the frozen teacher under ``torch.inference_mode`` and w
                         t <= T/3 both mirrors; t > 2T/3 untouched
   target: the teacher's prediction on (x_in, t) for distillation, or the noise n (x0 for an
   x0-predicting model) for plain generative replay.
-With ``guidance_scale`` != 1 the teacher's *generation* is classifier-free guided (``cfg.cfg_model``,
+With ``guidance_scale`` != 1 the teacher's *generation* is classifier-free guided (``classifier_free.cfg_model``,
 the teacher's null class); distillation targets stay the teacher's raw prediction.
 """
 
@@ -26,10 +26,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..cfg import cfg_model
 from .. import diffusion_math as dm
 from ..diffusion_math import min_snr_weight
 from ..respace import trailing_timesteps
+from ..sampling.classifier_free import cfg_model
 
 SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")
 

@@ -7,7 +7,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-from ..config import ConfigError
+from ..runtime.config import ConfigError
 
 # Presets of the papers: (num_tasks, first_task_num_classes, classes_per_task, expected num_classes).
 PRESETS = {

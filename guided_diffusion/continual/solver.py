@@ -37,15 +37,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import checkpoint as ckpt
 from .. import dist_util, experiment
-from ..classifiers import create_classifier_net
-from ..config import ConfigError, parse_ema_rates
+from ..classifiers.nets import create_classifier_net
 from ..data import InfiniteLoader
 from ..respace import sampler_of
-from ..sampling import sample_batch
-from ..train_util import NonFiniteError, step_seed
-from .loop import _final_weights, append_metrics
+from ..runtime import checkpoint as ckpt
+from ..runtime.config import ConfigError, parse_ema_rates
+from ..runtime.seeding import step_seed
+from ..sampling.sample_sets import sample_batch
+from ..train_util import NonFiniteError
+from .loop import append_metrics, final_weights
 from .scenario import Scenario, Task, build_scenario, select
 
 REPLAYS = ("none", "joint", "plain", "soft", "soft_kd", "guided")
@@ -259,7 +260,7 @@ class Solver:
                 f"{tdir} is not a finished task of a continual diffusion run: run scripts/continual_train.py "
                 f"with the same config first (or set solver.diffusion_run)"
             )
-        _, emas = _final_weights(tdir)
+        _, emas = final_weights(tdir)
         model = experiment.build_model(self.cfg, self.info)
         model.load_state_dict(emas[parse_ema_rates(self.cfg.train.ema_rate)[0]])
         model.to(self.device).eval()

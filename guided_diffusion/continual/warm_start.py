@@ -21,10 +21,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import blobfile as bf
 
-from .. import checkpoint as ckpt
-from ..config import ConfigError, load_config, to_dict
-from .scenario import build_scenario
 from ..logger import read_csv
+from ..runtime import checkpoint as ckpt
+from ..runtime.config import ConfigError, load_config, to_dict
+from .scenario import build_scenario
 
 # Keys that do not change what task 0 computes (logging, checkpoint cadence, threads, sinks).
 NEUTRAL_TRAIN_KEYS = ("log_interval", "save_interval", "keep_checkpoints", "num_threads", "wandb", "tensorboard",

@@ -18,7 +18,8 @@ from typing import Callable, List, Sequence
 import blobfile as bf
 import numpy as np
 
-from .formats import ImageArrays, _labels_1d, _maybe_gunzip, _missing, _read_bytes
+from ..runtime.checkpoint import read_bytes
+from .formats import ImageArrays, labels_1d, maybe_gunzip, missing_file
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_MNIST_CLASSES = [
@@ -75,7 +76,7 @@ class _Source:
     def __init__(self, path: str, folder: str, layout: str):
         self.where = path
         if not bf.exists(path):
-            raise _missing(path, layout)
+            raise missing_file(path, layout)
         if bf.isdir(path):
             sub = bf.join(path, folder)
             self.root = sub if bf.isdir(sub) else path
@@ -101,9 +102,9 @@ class _Source:
 
     def read(self, name: str) -> bytes:
         if name not in self.files:
-            raise _missing(self.path(name), self.layout)
+            raise missing_file(self.path(name), self.layout)
         if self.root:
-            return _read_bytes(self.path(name))
+            return read_bytes(self.path(name))
         return self.files[name]
 
 
@@ -119,7 +120,7 @@ def _cifar_batch(src: _Source, name: str, label_key: str, num_classes: int):
             f"{where}: b'data' must be uint8 (N, 3072), got {getattr(data, 'dtype', type(data).__name__)} "
             f"{getattr(data, 'shape', '')}"
         )
-    labels = _labels_1d(d[label_key], data.shape[0], where, f"b'{label_key}'")
+    labels = labels_1d(d[label_key], data.shape[0], where, f"b'{label_key}'")
     if labels.size and labels.max() >= num_classes:
         raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found {labels.max()}")
     # Rows are 1024 red, 1024 green, 1024 blue values, each plane row-major: CHW.
@@ -154,7 +155,7 @@ def read_cifar10(path: str, split: str = "train") -> ImageArrays:
     else:
         nums = sorted(int(m.group(1)) for n in src.files if (m := re.fullmatch(r"data_batch_(\d+)", n)))
         if not nums:
-            raise _missing(src.path("data_batch_1"), _CIFAR10_LAYOUT)
+            raise missing_file(src.path("data_batch_1"), _CIFAR10_LAYOUT)
         names = [f"data_batch_{k}" for k in nums]
     parts = [_cifar_batch(src, n, "labels", len(class_names)) for n in names]
     images = np.concatenate([p[0] for p in parts])
@@ -187,8 +188,8 @@ _IDX_IMAGES, _IDX_LABELS = 2051, 2049
 def read_idx(path: str, magic: int) -> np.ndarray:
     """One idx-ubyte file (raw or gzip): checks the magic number and that the size matches the header."""
     if not bf.exists(path):
-        raise _missing(path, "an idx-ubyte file (raw or .gz)")
-    raw = _maybe_gunzip(_read_bytes(path), path)
+        raise missing_file(path, "an idx-ubyte file (raw or .gz)")
+    raw = maybe_gunzip(read_bytes(path), path)
     if len(raw) < 8:
         raise ValueError(f"{path}: truncated idx file ({len(raw)} bytes)")
     found = struct.unpack(">I", raw[:4])[0]
@@ -214,7 +215,7 @@ def _find_idx(root: str, prefix: str, kind: str, layout: str) -> str:
                 p = bf.join(d, name + suffix)
                 if bf.exists(p):
                     return p
-    raise _missing(bf.join(root, f"{prefix}-{kind}-{ext}[.gz]"), layout)
+    raise missing_file(bf.join(root, f"{prefix}-{kind}-{ext}[.gz]"), layout)
 
 
 def read_mnist(path: str, split: str = "train", class_names: Sequence[str] = MNIST_CLASSES) -> ImageArrays:
@@ -223,7 +224,7 @@ def read_mnist(path: str, split: str = "train", class_names: Sequence[str] = MNI
     layout = ("a folder with train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte and "
               "t10k-labels-idx1-ubyte (each raw or .gz)")
     if not bf.exists(path) or not bf.isdir(path):
-        raise _missing(path, layout)
+        raise missing_file(path, layout)
     prefix = "t10k" if split == "test" else "train"
     ipath = _find_idx(path, prefix, "images", layout)
     lpath = _find_idx(path, prefix, "labels", layout)

@@ -91,16 +91,11 @@ class ImageArrays:
 # Small helpers
 
 
-def _missing(path: str, layout: str) -> FileNotFoundError:
+def missing_file(path: str, layout: str) -> FileNotFoundError:
     return FileNotFoundError(f"{path}: not found. Expected {layout}")
 
 
-def _read_bytes(path: str) -> bytes:
-    with bf.BlobFile(path, "rb") as f:
-        return f.read()
-
-
-def _maybe_gunzip(raw: bytes, path: str) -> bytes:
+def maybe_gunzip(raw: bytes, path: str) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
@@ -125,7 +120,7 @@ def _progress(items: Sequence, desc: str, unit: str = "file"):
     return tqdm(items, desc=desc, unit=unit)
 
 
-def _labels_1d(labels, n: int, path: str, what: str = "labels") -> np.ndarray:
+def labels_1d(labels, n: int, path: str, what: str = "labels") -> np.ndarray:
     arr = np.asarray(labels)
     if arr.ndim > 1:
         arr = np.squeeze(arr)  # Continual-Diffusers squeezes (N,1) labels
@@ -195,7 +190,7 @@ _FOLDER_LAYOUT = (
 def list_image_files(root: str) -> List[str]:
     """All image files below ``root`` (recursive, sorted)."""
     if not bf.exists(root) or not bf.isdir(root):
-        raise _missing(root, _FOLDER_LAYOUT.format(exts=", ".join(IMAGE_EXTENSIONS)))
+        raise missing_file(root, _FOLDER_LAYOUT.format(exts=", ".join(IMAGE_EXTENSIONS)))
     out = []
     for dirpath, _dirnames, filenames in bf.walk(root):
         for name in filenames:
@@ -203,7 +198,7 @@ def list_image_files(root: str) -> List[str]:
                 out.append(bf.join(dirpath, name))
     out.sort()
     if not out:
-        raise _missing(bf.join(root, "*.png"), _FOLDER_LAYOUT.format(exts=", ".join(IMAGE_EXTENSIONS)))
+        raise missing_file(bf.join(root, "*.png"), _FOLDER_LAYOUT.format(exts=", ".join(IMAGE_EXTENSIONS)))
     return out
 
 
@@ -313,7 +308,7 @@ _NPZ_LAYOUT = "an .npz with 'arr_0' uint8 (N,H,W,C) or (N,H,W) images and option
 def _open_npz(path: str, allow_pickle: bool = False):
     """Load every array of an npz into a dict (closing the file)."""
     if not bf.exists(path) or bf.isdir(path):
-        raise _missing(path, _NPZ_LAYOUT)
+        raise missing_file(path, _NPZ_LAYOUT)
     try:
         with bf.BlobFile(path, "rb") as f:
             with np.load(f, allow_pickle=allow_pickle) as z:
@@ -335,7 +330,7 @@ def read_npz(path: str) -> ImageArrays:
         raise ValueError(f"{path}: no 'arr_0' array (found {sorted(z)}); expected {_NPZ_LAYOUT}")
     images = _images_nhwc(z["arr_0"], path, "arr_0")
     if "arr_1" in z:
-        labels = _labels_1d(z["arr_1"], images.shape[0], path, "arr_1")
+        labels = labels_1d(z["arr_1"], images.shape[0], path, "arr_1")
     else:
         labels = np.zeros(images.shape[0], np.int64)
     return ImageArrays(images, labels, _num_classes(labels))
@@ -344,13 +339,13 @@ def read_npz(path: str) -> ImageArrays:
 def npz_num_classes(path: str) -> int:
     """Classes of an ADM npz (max label + 1; 1 without labels), reading only ``arr_1``."""
     if not bf.exists(path) or bf.isdir(path):
-        raise _missing(path, _NPZ_LAYOUT)
+        raise missing_file(path, _NPZ_LAYOUT)
     try:
         with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             labels = z["arr_1"] if "arr_1" in z.files else np.zeros(0, np.int64)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, AttributeError) as e:
         raise ValueError(f"{path}: corrupt or truncated npz ({e})") from None
-    return _num_classes(_labels_1d(labels, labels.shape[0] if labels.ndim else 1, path, "arr_1"))
+    return _num_classes(labels_1d(labels, labels.shape[0] if labels.ndim else 1, path, "arr_1"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,7 +419,7 @@ def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
     ``write_task_dict`` converts them to the safe flat layout.
     """
     if not bf.exists(path) or bf.isdir(path):
-        raise _missing(path, _TASK_LAYOUT)
+        raise missing_file(path, _TASK_LAYOUT)
     z = _open_npz_any(path, allow_pickle=False)
     tasks = None if z is None else _flat_tasks(z, path)
     if tasks is None:
@@ -450,7 +445,7 @@ def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
         images = _images_nhwc(np.asarray(d["images"]), path, f"task {key} images")
         lab = d.get("labels")
         has = lab is not None and np.asarray(lab).size > 0
-        labels = _labels_1d(lab, images.shape[0], path, f"task {key} labels") if has else None
+        labels = labels_1d(lab, images.shape[0], path, f"task {key} labels") if has else None
         ids.append(int(key))
         parts.append((images, labels))
         has_labels.append(has)

@@ -32,15 +32,17 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 import torch
 
-from .. import checkpoint as ckpt
 from .. import dist_util, experiment
 from ..data import InfiniteLoader
 from ..image_util import from_uint8, save_grid
-from ..respace import sampler_label
-from ..sampling import sample_set
-from ..train_util import DiffusionObjective, TrainLoop, step_seed
-from .pipeline import build_setup, train as train_dkdm
 from ..logger import read_csv
+from ..respace import sampler_label
+from ..runtime import checkpoint as ckpt
+from ..runtime.seeding import step_seed
+from ..sampling.sample_sets import sample_set
+from ..train_util import DiffusionObjective, TrainLoop
+from .pipeline import build_setup
+from .pipeline import train as train_dkdm
 
 MODES = ("baseline", "iterative", "shuffled", "dynamic")
 COLUMNS = ["model", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_fid_real", "eval_class_acc",

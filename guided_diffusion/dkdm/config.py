@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from ..config import Config, ConfigError, register_section_schema
+from ..runtime.config import Config, ConfigError, register_section_schema
 from .prepare import MODES
 
 

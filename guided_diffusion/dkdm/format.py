@@ -30,7 +30,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, read_bytes
+from ..runtime.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_bytes,
+)
 
 FORMAT = "guided-diffusion-cl/dkdm-cache"
 VERSION = 1

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import dist_util, experiment
-from ..config import Config, ConfigError
 from ..experiment import DataInfo
+from ..runtime.config import Config, ConfigError
 from ..train_util import TrainLoop
 from .cache import DynamicCache
 from .config import cache_dir_of, check
@@ -118,7 +118,7 @@ def train(cfg: Config, device, logger):
 def save_samples(cfg: Config, loop: TrainLoop, s: Setup, device, logger) -> None:
     """``train.sample_at_end`` samples of the student's EMA (first rate) to <run dir>/samples.png."""
     from ..image_util import save_grid
-    from ..sampling import sample_set
+    from ..sampling.sample_sets import sample_set
 
     n = cfg.train.sample_at_end
     if n <= 0:

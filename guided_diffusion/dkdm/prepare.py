@@ -24,11 +24,21 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .. import dist_util, faults
+from .. import dist_util
 from ..logger import progress_bar
-from ..train_util import PreemptionFlag, Preempted, preemption_requested, step_seed
-from .format import (HEADER, check_key, damaged_shards, read_header, shard_is_done, shard_ranges, write_header,
-                     write_shard)
+from ..runtime import faults
+from ..runtime.seeding import step_seed
+from ..train_util import Preempted, PreemptionFlag, preemption_requested
+from .format import (
+    HEADER,
+    check_key,
+    damaged_shards,
+    read_header,
+    shard_is_done,
+    shard_ranges,
+    write_header,
+    write_shard,
+)
 from .teacher import teacher_step
 
 MODES = ("dynamic", "shuffled", "iterative")

@@ -20,9 +20,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .. import checkpoint as ckpt
 from .. import diffusion_math as dm
-from ..config import Config, ConfigError, ModelConfig, from_dict
+from ..runtime import checkpoint as ckpt
+from ..runtime.config import Config, ConfigError, ModelConfig, from_dict
 
 
 @dataclass

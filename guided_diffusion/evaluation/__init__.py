@@ -23,13 +23,35 @@ from .domain_classifier import (
     save_domain_classifier,
     train_domain_classifier,
 )
-from .features import EXTRACTORS, FeatureExtractor, build_feature_extractor, extract_features, register_extractor
-from .frechet import FeatureStats, feature_statistics, fid_from_features, frechet_distance, frechet_distance_full
-from .inception import InceptionFeatures, TFInceptionV3, load_tf_inception, resize_bilinear_tf1
+from .extractors import build_feature_extractor
+from .features import EXTRACTORS, FeatureExtractor, extract_features, register_extractor
+from .frechet import (
+    FeatureStats,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+    frechet_distance_full,
+)
+from .inception import (
+    InceptionFeatures,
+    TFInceptionV3,
+    load_tf_inception,
+    resize_bilinear_tf1,
+)
 from .inception_score import inception_score
 from .precision_recall import manifold_radii, precision_recall
-from .reference import ImageSet, load_image_set, load_reference_stats, save_reference_stats
-from .settings import EvaluationConfig, classifier_path_of, evaluation_of, train_classifier_from_config
+from .reference import (
+    ImageSet,
+    load_image_set,
+    load_reference_stats,
+    save_reference_stats,
+)
+from .settings import (
+    EvaluationConfig,
+    classifier_path_of,
+    evaluation_of,
+    train_classifier_from_config,
+)
 from .suite import ALL_METRICS, MetricRow, evaluate_sets, format_table
 
 __all__ = [

@@ -4,7 +4,7 @@ After each task the loop calls ``ContinualEvaluator(ctx, task, ema_model)``, whi
 
 1. draws ``evaluation.num_samples`` samples from the EMA model with the evaluation sampler (for a
    class-conditional model, labels in proportion to the label histogram of the reference images;
-   the same seed after every task), sharded over ranks as ``sampling.sample_set`` does;
+   the same seed after every task), sharded over ranks as ``sample_sets.sample_set`` does;
 2. compares them with the real images of every class seen so far (``reference_split``, default
    the test split): domain (or Inception) FID, precision / recall (k = 3), KLD and ARD of the
    domain classifier's predicted classes, and its per-class accuracy on the samples;
@@ -24,9 +24,11 @@ from typing import Dict, List
 
 import numpy as np
 
-from .. import dist_util, faults
+from .. import dist_util
+from ..runtime import faults
 from .class_metrics import class_histogram
-from .features import build_feature_extractor, extract_features
+from .extractors import build_feature_extractor
+from .features import extract_features
 from .reference import ImageSet
 from .settings import classifier_path_of, evaluation_of, train_classifier_from_config
 from .suite import evaluate_sets
@@ -133,7 +135,7 @@ class ContinualEvaluator:
         of those classes against the reference images of those classes (CLoG's per-task quality)."""
         from .. import experiment
         from ..respace import sampler_label
-        from ..sampling import sample_set
+        from ..sampling.sample_sets import sample_set
 
         cfg, ev = self.cfg, self.ev
         t0 = time.time()

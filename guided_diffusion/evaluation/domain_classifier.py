@@ -142,7 +142,7 @@ def train_domain_classifier(
 
 def save_domain_classifier(model: DomainClassifier, path: str, meta: Dict) -> None:
     """Weights as safetensors, ``meta`` (+ architecture, kind, version) as JSON beside them."""
-    from ..checkpoint import save_safetensors
+    from ..runtime.checkpoint import save_safetensors
 
     if not path.endswith(".safetensors"):
         raise ValueError(f"the domain classifier is saved as .safetensors, got {path}")
@@ -168,7 +168,7 @@ def read_classifier_meta(path: str) -> Dict:
 
 def load_domain_classifier(path: str, device=None) -> Tuple[DomainClassifier, Dict]:
     """(model in eval mode, metadata) from ``path`` (.safetensors) and its ``.json``."""
-    from ..checkpoint import load_weights
+    from ..runtime.checkpoint import load_weights
 
     meta = read_classifier_meta(path)
     model = DomainClassifier(**meta["arch"])

@@ -50,15 +50,6 @@ def register_extractor(kind: str):
     return wrap
 
 
-def build_feature_extractor(kind: str, **opts) -> FeatureExtractor:
-    """``domain`` (opts: ``classifier_path``) or ``inception`` (opts: ``weights_path``)."""
-    from . import domain_classifier, inception  # noqa: F401  (register the built-in kinds)
-
-    if kind not in EXTRACTORS:
-        raise ValueError(f"unknown feature extractor {kind!r}; valid: {', '.join(sorted(EXTRACTORS))}")
-    return EXTRACTORS[kind](**opts)
-
-
 @torch.no_grad()
 def extract_features(
     extractor: FeatureExtractor,

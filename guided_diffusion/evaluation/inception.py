@@ -230,7 +230,7 @@ def find_weights(weights_path: Optional[str] = None) -> str:
 
 def load_tf_inception(weights_path: Optional[str] = None) -> "TFInceptionV3":
     """Build the network and load the weights strictly (``torch.load(weights_only=True)``)."""
-    from ..checkpoint import CheckpointError, load_torch
+    from ..runtime.checkpoint import CheckpointError, load_torch
 
     path = find_weights(weights_path)
     with open(path, "rb") as f:

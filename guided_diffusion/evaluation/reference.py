@@ -46,7 +46,13 @@ def load_image_set(source: str, split: str = "test", classes: Optional[Sequence[
     data set name (``mnist5k``, ``cifar10`` with ``data_dir``, ...; ``split`` train/test).
     ``classes`` keeps only those labels; ``limit`` > 0 keeps ``limit`` evenly spaced images (in
     file order, so a set sorted by class stays balanced)."""
-    from ..data import dataset_names, load_dataset, read_image_folder, read_npz, subset_by_classes
+    from ..data import (
+        dataset_names,
+        load_dataset,
+        read_image_folder,
+        read_npz,
+        subset_by_classes,
+    )
 
     if source.endswith(".npz") and os.path.isfile(source):
         with np.load(source, allow_pickle=False) as z:
@@ -81,7 +87,7 @@ def load_image_set(source: str, split: str = "test", classes: Optional[Sequence[
 def save_reference_stats(path: str, stats: Dict[str, np.ndarray], *, n: int, extractor: str, source: str,
                          source_sha256: str) -> None:
     """Write ``stats`` (``mu``, ``sigma`` [, ``mu_s``, ``sigma_s``]) and provenance to ``path``."""
-    from ..checkpoint import atomic_write_bytes
+    from ..runtime.checkpoint import atomic_write_bytes
 
     arrays = {k: np.asarray(v, np.float64) for k, v in stats.items() if k in ("mu", "sigma", "mu_s", "sigma_s")}
     if "mu" not in arrays or "sigma" not in arrays:

@@ -23,8 +23,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .class_metrics import accuracy_matrix, average_accuracy, forgetting
 from ..logger import read_csv
+from .class_metrics import accuracy_matrix, average_accuracy, forgetting
 
 # Metrics plotted against the task index (when present), with their display names.
 PLOT_METRICS = {
@@ -57,7 +57,7 @@ class Run:
         return f"{self.method} ({self.name})" if self.method and self.method != self.name else self.name
 
 
-def _num(v) -> Optional[float]:
+def as_number(v) -> Optional[float]:
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -66,7 +66,7 @@ def _num(v) -> Optional[float]:
 
 
 def _fmt(v) -> str:
-    f = _num(v)
+    f = as_number(v)
     if f is None:
         return "" if v is None else str(v)
     if float(f).is_integer() and abs(f) < 1e9:
@@ -99,12 +99,12 @@ def _task_index(name: str) -> Optional[int]:
 
 def read_run(run_dir: str) -> Run:
     rows = read_csv(os.path.join(run_dir, "metrics.csv"))
-    rows.sort(key=lambda r: _num(r.get("task")) or 0)
+    rows.sort(key=lambda r: as_number(r.get("task")) or 0)
     tasks = sorted((t, n) for n in os.listdir(run_dir) if (t := _task_index(n)) is not None
                    and os.path.isdir(os.path.join(run_dir, n)))
     grids = [(t, os.path.join(run_dir, n, "samples.png")) for t, n in tasks
              if os.path.isfile(os.path.join(run_dir, n, "samples.png"))]
-    done = {int(_num(r.get("task")) or 0) for r in rows}
+    done = {int(as_number(r.get("task")) or 0) for r in rows}
     in_progress = None
     for t, n in tasks:
         if t in done:
@@ -144,7 +144,7 @@ def _acc_matrix(run: Run) -> Optional[np.ndarray]:
     keys = sorted({int(m.group(1)) for r in run.rows for k in r if (m := re.fullmatch(r"eval_acc_task_(\d+)", k))})
     if not keys or not run.rows:
         return None
-    per_row = [{j: v for j in keys if (v := _num(r.get(f"eval_acc_task_{j}"))) is not None} for r in run.rows]
+    per_row = [{j: v for j in keys if (v := as_number(r.get(f"eval_acc_task_{j}"))) is not None} for r in run.rows]
     return accuracy_matrix(per_row, len(run.rows))
 
 
@@ -156,11 +156,11 @@ def _summary(run: Run) -> Dict[str, str]:
     r = _acc_matrix(run)
     out["avg acc"] = _fmt(average_accuracy(r)) if r is not None else ""
     out["forgetting"] = _fmt(forgetting(r)) if r is not None else ""
-    sps = [v for row in run.rows if (v := _num(row.get("sec_per_step"))) is not None]
+    sps = [v for row in run.rows if (v := as_number(row.get("sec_per_step"))) is not None]
     out["sec/step"] = _fmt(np.mean(sps)) if sps else ""
-    tr = [v for row in run.rows if (v := _num(row.get("train_sec"))) is not None]
+    tr = [v for row in run.rows if (v := as_number(row.get("train_sec"))) is not None]
     out["train s"] = _fmt(np.sum(tr)) if tr else ""
-    ev = [v for row in run.rows if (v := _num(row.get("eval_sec"))) is not None]
+    ev = [v for row in run.rows if (v := as_number(row.get("eval_sec"))) is not None]
     out["eval s"] = _fmt(np.sum(ev)) if ev else ""
     if run.in_progress:
         out["tasks done"] += f" ({run.in_progress})"
@@ -212,18 +212,18 @@ def _plot(runs: List[Run], metric: str, title: str, path: str) -> bool:
 
     series = []
     for run in runs:
-        pts = [(int(_num(r.get("task")) or 0), v) for r in run.rows if (v := _num(r.get(metric))) is not None]
+        pts = [(int(as_number(r.get("task")) or 0), v) for r in run.rows if (v := as_number(r.get(metric))) is not None]
         if pts:
             series.append((run.label, pts))
     if not series:
         return False
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
     floors = []  # a companion line per distinct series: runs on the same data share one floor
-    for (label, pts), run in zip(series, [r for r in runs if any(_num(x.get(metric)) is not None for x in r.rows)]):
+    for (label, pts), run in zip(series, [r for r in runs if any(as_number(x.get(metric)) is not None for x in r.rows)]):
         xs, ys = zip(*pts)
         line, = ax.plot(xs, ys, marker="o", label=label)
         other = COMPANIONS.get(metric)
-        floor = [(int(_num(r.get("task")) or 0), v) for r in run.rows if other and (v := _num(r.get(other[0]))) is not None]
+        floor = [(int(as_number(r.get("task")) or 0), v) for r in run.rows if other and (v := as_number(r.get(other[0]))) is not None]
         if floor and not any(np.allclose(np.asarray(floor), np.asarray(f)) for f in floors if len(f) == len(floor)):
             floors.append(floor)
             fx, fy = zip(*floor)
@@ -240,7 +240,7 @@ def _plot(runs: List[Run], metric: str, title: str, path: str) -> bool:
     return True
 
 
-def _md_table(header: List[str], rows: List[List[str]]) -> str:
+def md_table(header: List[str], rows: List[List[str]]) -> str:
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(map(esc, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(esc, r)) + " |" for r in rows]
@@ -300,7 +300,7 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
     md = [f"# {title}", "", f"{len(runs)} run(s). Final metrics are those after the last finished task; "
           "`avg acc` and `forgetting` come from the generator's accuracy matrix (the evaluation classifier's "
           "accuracy on each task's classes of class-conditional samples, after each task).", "",
-          "## Summary", "", _md_table(s_header, s_rows), ""] + ([eval_hint, ""] if no_eval else [])
+          "## Summary", "", md_table(s_header, s_rows), ""] + ([eval_hint, ""] if no_eval else [])
     hp = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
           f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
           f"<p>{len(runs)} run(s). Final metrics are those after the last finished task; <i>avg acc</i> and "
@@ -317,7 +317,7 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
                + (f"; {html.escape(run.in_progress)}" if run.in_progress else "") + "</p>"]
         if run.rows:
             header, rows = _task_table(run)
-            md += [_md_table(header, rows), ""]
+            md += [md_table(header, rows), ""]
             hp += [_html_table(header, rows)]
             protocol = run.rows[-1].get("eval_protocol")
             if protocol:
@@ -327,7 +327,7 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
             if r is not None:
                 header = ["after task"] + [f"task {j}" for j in range(r.shape[1])]
                 rows = [[str(i)] + [_fmt(v) if not np.isnan(v) else "" for v in r[i]] for i in range(r.shape[0])]
-                md += ["Accuracy matrix (rows: after task i; columns: classes of task j):", "", _md_table(header, rows), ""]
+                md += ["Accuracy matrix (rows: after task i; columns: classes of task j):", "", md_table(header, rows), ""]
                 hp += ["<p>Accuracy matrix (rows: after task i; columns: classes of task j):</p>", _html_table(header, rows)]
         else:
             md += ["No finished task yet.", ""]
@@ -340,7 +340,7 @@ def build_report(path: str, out_dir: Optional[str] = None, title: Optional[str] 
                    for t, p in run.grids] + ["</div>"]
     hp += ["</body></html>"]
     md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
-    from ..checkpoint import atomic_write_text
+    from ..runtime.checkpoint import atomic_write_text
 
     atomic_write_text(md_path, "\n".join(md) + "\n")
     atomic_write_text(html_path, "\n".join(hp) + "\n")

@@ -24,7 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..config import ConfigError, register_section_schema, resolve_evaluation_use_ddim
+from ..runtime.config import (
+    ConfigError,
+    register_section_schema,
+    resolve_evaluation_use_ddim,
+)
 from .suite import ALL_METRICS
 
 

@@ -20,7 +20,7 @@ from typing import Dict
 import numpy as np
 import torch
 
-from ...config import ConfigError
+from ...runtime.config import ConfigError
 from ..base import ContinualMethod, register_method
 
 POLICIES = ("balanced", "reservoir", "all_data", "no_data")

@@ -31,14 +31,14 @@ from typing import Optional
 
 import torch
 
-from ...config import ConfigError
 from ...diffusion_math import min_snr_weight
 from ...dkdm.cache import DynamicCache, TeacherBatch
 from ...dkdm.objective import teacher_losses
 from ...dkdm.prepare import MODES, CacheSpec, cache_size, prepare_cache
 from ...dkdm.teacher import state_sha256
 from ...experiment import build_diffusion
-from ...train_util import step_seed
+from ...runtime.config import ConfigError
+from ...runtime.seeding import step_seed
 from ..base import ContinualMethod, register_method
 from ..replay import ReplayBatch
 from .generative import ReplayObjective, check_replay_batch, check_replay_weighting

@@ -21,8 +21,8 @@ from typing import List, Tuple
 import torch
 
 from ... import dist_util
-from ...config import ConfigError
-from ...train_util import step_seed
+from ...runtime.config import ConfigError
+from ...runtime.seeding import step_seed
 from ..base import ContinualMethod, ObjectiveWrapper, register_method
 
 MODES = ("separate", "online", "last")

@@ -30,13 +30,20 @@ from typing import Optional
 import blobfile as bf
 import torch
 
-from ... import checkpoint as ckpt
-from ... import dist_util, experiment, faults
-from ...cfg import null_class_of
+from ... import dist_util, experiment
 from ...image_util import from_uint8
-from ...sampling import sample_set
+from ...runtime import checkpoint as ckpt
+from ...runtime import faults
+from ...sampling.classifier_free import null_class_of
+from ...sampling.sample_sets import sample_set
 from ..base import ContinualMethod, ObjectiveWrapper, register_method
-from ..replay import SOURCES, ReplayBatch, replay_criterion, replay_inputs, teacher_prediction
+from ..replay import (
+    SOURCES,
+    ReplayBatch,
+    replay_criterion,
+    replay_inputs,
+    teacher_prediction,
+)
 
 
 class ReplayObjective(ObjectiveWrapper):
@@ -178,7 +185,7 @@ class GenerativeDistillation(_ReplayMethod):
     def __init__(self, mcfg, ctx):
         super().__init__(mcfg, ctx)
         if mcfg.source not in SOURCES + ("lwf",):
-            from ...config import ConfigError
+            from ...runtime.config import ConfigError
 
             raise ConfigError(f"method.source {mcfg.source!r} is not one of {', '.join(SOURCES + ('lwf',))}")
         _check_common(mcfg, ctx)
@@ -206,7 +213,7 @@ class GenerativeReplay(_ReplayMethod):
         generation_batch: int = 256
 
     def __init__(self, mcfg, ctx):
-        from ...config import ConfigError
+        from ...runtime.config import ConfigError
 
         super().__init__(mcfg, ctx)
         if mcfg.style not in ("masip", "guide"):
@@ -263,7 +270,7 @@ class GenerativeReplay(_ReplayMethod):
 def check_replay_weighting(mcfg, cfg) -> None:
     """The replay term takes the data term's ``train.loss_weighting``; Masip's ``criterion: min_snr``
     on top of ``train.loss_weighting: min_snr`` would weight the replay term twice."""
-    from ...config import ConfigError
+    from ...runtime.config import ConfigError
 
     if mcfg.criterion == "min_snr" and cfg.train.loss_weighting != "none":
         raise ConfigError(f"method.criterion min_snr with train.loss_weighting {cfg.train.loss_weighting}: the replay "
@@ -271,7 +278,7 @@ def check_replay_weighting(mcfg, cfg) -> None:
 
 
 def _check_common(mcfg, ctx):
-    from ...config import ConfigError
+    from ...runtime.config import ConfigError
 
     if ctx.cfg.diffusion.timestep_respacing:
         raise ConfigError("replay methods train on the full chain: leave diffusion.timestep_respacing empty "
@@ -290,7 +297,7 @@ def _check_common(mcfg, ctx):
 
 def check_replay_batch(mcfg, ctx):
     """``method.replay_batch`` is a global batch: >= 0 and split evenly over the ranks."""
-    from ...config import ConfigError
+    from ...runtime.config import ConfigError
 
     if mcfg.replay_batch < 0:
         raise ConfigError(f"method.replay_batch must be >= 0, got {mcfg.replay_batch}")

@@ -26,11 +26,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from . import checkpoint as ckpt
-from . import faults
-from .logger import read_csv
+from guided_diffusion.logger import read_csv
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime import faults
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository (scripts/tools/..)
 COST_COLUMNS = ("sec_per_step", "steps_this_run", "img_per_sec")  # and every column ending in _sec
 
 # A 3-task split-MNIST run small enough for a CPU test: tiny UNet, 4 steps per task, checkpoints

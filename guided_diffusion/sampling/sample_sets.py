@@ -15,12 +15,12 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import dist_util
-from .cfg import cfg_model, composed_model
-from .energy import is_energy_model
-from .image_util import to_uint8
+from .. import dist_util
+from ..energy import is_energy_model
+from ..image_util import to_uint8
+from ..runtime.seeding import step_seed
+from .classifier_free import cfg_model, composed_model
 from .mcmc import MCMCSettings, sample_loop
-from .train_util import step_seed
 
 
 def draw_labels(n: int, generator: torch.Generator, classes: Optional[Sequence[int]], class_label: int = -1):
@@ -100,7 +100,7 @@ def solver_loop(diffusion, model, shape, *, noise=None, clip_denoised: bool = Tr
     ``p_mean_variance`` (so learned variances, x0- and x_{t-1}-predicting models work), and
     ``cond_fn(x, t, **model_kwargs)`` guides the score (``samplers.guided_eps``; ADM's
     ``condition_score``). GUIDE's x̂0 guidance (``needs_pred_xstart``) needs ADM's loops: refused."""
-    from . import diffusion_math as dm
+    from .. import diffusion_math as dm
     from .samplers import guided_eps, sample
 
     model_kwargs = model_kwargs or {}
@@ -159,9 +159,9 @@ def sample_set(
     Labels: ``labels[i]`` for sample i when given, else ``class_label``, else uniform over ``classes``.
     ``cond_fn_for(y)`` may return a guidance function for a batch with labels ``y``.
     With ``gather=False`` each rank returns only the batches it drew.
-    ``guidance_scale`` != 1: classifier-free guidance with ``null_class`` (``cfg.cfg_model``).
+    ``guidance_scale`` != 1: classifier-free guidance with ``null_class`` (``classifier_free.cfg_model``).
     ``compose``: every sample from the product of the conditionals of these labels, weighted by
-    ``compose_weights`` (``cfg.composed_model``); the returned labels are then ``compose[0]``.
+    ``compose_weights`` (``classifier_free.composed_model``); the returned labels are then ``compose[0]``.
     ``mcmc``: MCMC corrections during sampling; its ``stats`` accumulate over the batches.
     """
     if (compose or guidance_scale != 1.0) and not class_cond:

@@ -577,7 +577,7 @@ def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
     respacing}`` and a method's ``{use_ddim, timestep_respacing}``. A loaded config holds the result.
     A respacing that names a solver (``"dpmpp_2m10"``, ``respace.sampler_of``) is that solver: not DDIM,
     and use_ddim set true beside it is refused."""
-    from .respace import sampler_of
+    from ..respace import sampler_of
 
     try:
         solver = sampler_of(respacing)

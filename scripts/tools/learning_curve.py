@@ -31,13 +31,14 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from . import dist_util, experiment
-from .data import InfiniteLoader
-from .image_util import save_grid
-from .sampling import sample_set
-from .train_util import DiffusionObjective, TrainLoop, step_seed
-from .logger import read_csv
+from guided_diffusion import dist_util, experiment
+from guided_diffusion.data import InfiniteLoader
+from guided_diffusion.image_util import save_grid
+from guided_diffusion.logger import read_csv
+from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime.seeding import step_seed
+from guided_diffusion.sampling.sample_sets import sample_set
+from guided_diffusion.train_util import DiffusionObjective, TrainLoop
 
 PLATEAU_GAIN = 0.10
 COLUMNS = ["images", "steps", "train_sec", "sec_per_image", "loss", "eval_fid", "eval_fid_real", "eval_class_acc",
@@ -159,7 +160,7 @@ def plateau(rows: Sequence[Dict], key: str = "eval_fid", gain: float = PLATEAU_G
 def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, grid_per_class: int = 8,
               log=print) -> List[Dict]:
     """Train ``cfg`` on ``classes`` and evaluate at each of ``points`` (images seen); returns the rows."""
-    from .evaluation.continual import build_evaluator
+    from guided_diffusion.evaluation.continual import build_evaluator
 
     points = sorted(int(p) for p in points)
     B = cfg.train.batch_size

@@ -44,13 +44,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+
 import yaml
+from guided_diffusion.evaluation.report import as_number, md_table
+from guided_diffusion.logger import read_csv
+from guided_diffusion.runtime.config import (
+    ConfigError,
+    load_config,
+    merge_trees,
+    read_tree,
+)
 
-from .config import ConfigError, load_config, merge_trees, read_tree
-from .evaluation.report import _md_table, _num
-from .logger import read_csv
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository (scripts/tools/..)
 SUITE_KEYS = ("name", "out_dir", "report_dir", "base", "settings", "seeds", "share_first_task", "methods",
               "solver", "scales", "description", "learning_curve")
 CURVE_KEYS = ("classes", "points", "num_samples")
@@ -349,18 +354,18 @@ def _n_tasks(specs: List[RunSpec]) -> int:
 
 
 def _wall(times: List[Dict[str, str]], label: str, seed: int) -> Optional[float]:
-    secs = [_num(r["seconds"]) for r in times if r["label"] == label and int(r["seed"]) == seed]
+    secs = [as_number(r["seconds"]) for r in times if r["label"] == label and int(r["seed"]) == seed]
     return sum(s for s in secs if s is not None) if secs else None
 
 
 def _matrix_of(rows_: List[Dict[str, str]], prefix: str):
     """The task x task matrix of columns ``{prefix}{j}`` (row i: after task i), or None."""
-    from .evaluation.class_metrics import accuracy_matrix
+    from guided_diffusion.evaluation.class_metrics import accuracy_matrix
 
     keys = sorted({int(k[len(prefix):]) for r in rows_ for k in r if k.startswith(prefix) and k[len(prefix):].isdigit()})
     if not keys:
         return None
-    return accuracy_matrix([{j: v for j in keys if (v := _num(x.get(f"{prefix}{j}"))) is not None} for x in rows_],
+    return accuracy_matrix([{j: v for j in keys if (v := as_number(x.get(f"{prefix}{j}"))) is not None} for x in rows_],
                            len(rows_))
 
 
@@ -371,7 +376,7 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
     Keys: the final ``eval_*`` metrics; ``avg``/``fgt`` (accuracy after the last task, forgetting);
     CLoG's ``aiq_acc``/``afq_acc``/``fr_acc`` (sample accuracy per task) and ``aiq_fid``/``afq_fid``/
     ``fr_fid`` (per-task FID); ``fid0`` (FID after task 0); ``sps``/``nfe`` (tasks 1+); ``wall``."""
-    from .evaluation.class_metrics import clog_metrics
+    from guided_diffusion.evaluation.class_metrics import clog_metrics
 
     times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
     cols = [("eval_fid", "FID ↓"), ("eval_kld", "KLD ↓"), ("eval_ard", "ARD ↓"), ("eval_class_acc", "class acc ↑")]
@@ -393,8 +398,8 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
             done += 1
             last = rows_[-1]
             for c, _ in cols:
-                per[c].append(_num(last.get(c)))
-            per["fid0"].append(_num(rows_[0].get("eval_fid")))
+                per[c].append(as_number(last.get(c)))
+            per["fid0"].append(as_number(rows_[0].get("eval_fid")))
             acc = _matrix_of(rows_, "eval_acc_task_")
             if acc is not None:
                 q = clog_metrics(acc)
@@ -409,9 +414,9 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
                 per["aiq_fid"].append(q["aiq"])
                 per["afq_fid"].append(q["afq"])
                 per["fr_fid"].append(q["fr"])
-            later = [x for x in rows_ if (_num(x.get("task")) or 0) > 0] or rows_
-            per["sps"].append(_mean([_num(x.get("sec_per_step")) for x in later]))
-            per["nfe"].append(_mean([_num(x.get("final_teacher_nfe")) for x in later]))
+            later = [x for x in rows_ if (as_number(x.get("task")) or 0) > 0] or rows_
+            per["sps"].append(_mean([as_number(x.get("sec_per_step")) for x in later]))
+            per["nfe"].append(_mean([as_number(x.get("final_teacher_nfe")) for x in later]))
             per["wall"].append((_wall(times, label, s.seed) or 0) / 60 or None)
         values[label] = {k: [v for v in vals if v is not None] for k, vals in per.items()}
         rows.append([label, f"{done}/{len(runs)}"] + [_cell(per[c]) for c, _ in cols]
@@ -434,12 +439,12 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
             rows_ = read_csv(os.path.join(s.run_dir, "metrics.csv"))
             if not rows_ or len(rows_) < n_tasks:  # not finished
                 continue
-            acc.append(_num(rows_[-1].get("avg_acc")))
-            fgt.append(_num(rows_[-1].get("forgetting")))
-            gen.append(sum(_num(r.get("gen_sec")) or 0 for r in rows_))
+            acc.append(as_number(rows_[-1].get("avg_acc")))
+            fgt.append(as_number(rows_[-1].get("forgetting")))
+            gen.append(sum(as_number(r.get("gen_sec")) or 0 for r in rows_))
             # how the classifier after task i-1 judges the replay, averaged over tasks 1.. (solver.replay_judgement)
-            judged = [(_num(r.get("replay_label_agree")), _num(r.get("replay_old_entropy"))) for r in rows_
-                      if (_num(r.get("task")) or 0) > 0]
+            judged = [(as_number(r.get("replay_label_agree")), as_number(r.get("replay_old_entropy"))) for r in rows_
+                      if (as_number(r.get("task")) or 0) > 0]
             if judged and all(a is not None for a, _ in judged):
                 agree.append(float(np.mean([a for a, _ in judged])))
                 ent.append(float(np.mean([e for _, e in judged])))
@@ -574,7 +579,7 @@ def _f(v: Optional[float]) -> str:
 
 def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec: Optional[float] = None) -> str:
     """Write ``<report_dir>/README.md`` (headline, claims, protocol) and the per-run report beside it."""
-    from .evaluation.report import build_report
+    from guided_diffusion.evaluation.report import build_report
 
     report_dir = _abs(suite.report_dir)
     os.makedirs(report_dir, exist_ok=True)
@@ -582,7 +587,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
     mh, mr, mm = method_table(suite, specs)
     sh, sr, sm = solver_table(suite, specs)
     times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
-    total = sum(_num(r["seconds"]) or 0 for r in times)
+    total = sum(as_number(r["seconds"]) or 0 for r in times)
     commit = _git("rev-parse", "HEAD")
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
     import torch
@@ -612,7 +617,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         "0..t after task t), AFQ (average final quality, after the last task; for accuracy it is avg acc) and FR "
         "(forgetting rate: how far each old task fell from its best, on average), for the sample accuracy and for "
         "the per-task FID (task j's samples against task j's test images). Mean ± std over seeds.", "",
-        _md_table(mh, mr), "", convergence_check(mm), "",
+        md_table(mh, mr), "", convergence_check(mm), "",
     ]
     curve = next((sp for sp in specs if sp.kind == "curve"), None)
     if curve is not None and os.path.isfile(os.path.join(curve.run_dir, "curve.csv")):
@@ -631,14 +636,14 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         lines += ["## Classifier (solver) with replay from the generator", "",
                   f"The classifier learns task after task; replay comes from the `{suite.solver['diffusion']}` "
                   "generator of the previous task (`none`: fine-tuning, `joint`: all real data so far).", "",
-                  _md_table(sh, sr), ""]
+                  md_table(sh, sr), ""]
     lines += ["## The papers' claims, checked", "", f"Rule: {RULE}.", ""] + claims(mm, sm) + [""]
     lines += ["## Details", "", f"Per-run tables, metric-vs-task plots and every sample grid: "
               f"[{os.path.basename(detail)}]({os.path.basename(detail)}) "
               f"([HTML](report.html)).", "", "## Base config", "", "```yaml", base_text.strip(), "```", "",
               "## Suite", "", "```yaml", open(suite.path).read().strip(), "```", ""]
     path = os.path.join(report_dir, "README.md")
-    from .checkpoint import atomic_write_text
+    from guided_diffusion.runtime.checkpoint import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -7,7 +7,7 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from .train_util import StepContext
+from ..train_util import StepContext
 
 
 class NoisyClassifierObjective:

@@ -15,8 +15,16 @@ import sys
 import traceback
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-from .config import Config, ConfigError, config_from_tree, dump_config, given_sections, key_doc, parse_bool, read_config_tree
-
+from ..runtime.config import (
+    Config,
+    ConfigError,
+    config_from_tree,
+    dump_config,
+    given_sections,
+    key_doc,
+    parse_bool,
+    read_config_tree,
+)
 
 # Which scripts read the sections that a training config may carry for a companion script.
 READERS = {
@@ -80,7 +88,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                 value = rest[i + 1]
                 i += 1
             if not isinstance(target, str) and world is None:
-                from .dist_util import detect
+                from ..dist_util import detect
 
                 world = max(1, detect().world_size)
             words = adm_flags.translate(value, target, world or 1)
@@ -102,7 +110,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
     if uses is not None:
         unused = [sec for sec in args.given_sections if sec not in uses]
         if unused:
-            from .dist_util import detect
+            from ..dist_util import detect
 
             if detect().rank == 0:
                 where = args.config or "the overrides"
@@ -146,21 +154,15 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
 def _register_section_schemas() -> None:
     """Import the modules whose config sections (method, evaluation, dkdm) register schemas, so
     that every script validates every section of a config the same way."""
-    import importlib
-
-    for name in ("guided_diffusion.continual.methods", "guided_diffusion.evaluation.settings",
-                 "guided_diffusion.dkdm.config"):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a missing dependency inside, not the module itself
-                raise
+    from ..continual import methods  # noqa: F401  (the method section: one schema per method.name)
+    from ..dkdm import config as dkdm_config  # noqa: F401  (the dkdm section)
+    from ..evaluation import settings  # noqa: F401  (the evaluation section)
 
 
 def run_main(fn: Callable[[], int]) -> None:
     """Run a script's main; turn expected failures into one clear line and a non-zero exit."""
-    from .checkpoint import CheckpointError
-    from .train_util import NonFiniteError, Preempted
+    from ..runtime.checkpoint import CheckpointError
+    from ..train_util import NonFiniteError, Preempted
 
     try:
         code = fn() or 0
@@ -176,7 +178,7 @@ def run_main(fn: Callable[[], int]) -> None:
         print("interrupted", file=sys.stderr, flush=True)
         code = 130
     except RuntimeError as e:  # a lost rank, as the other ranks see it: one line (dist.timeout_s bounds the wait)
-        from .dist_util import describe_failure
+        from ..dist_util import describe_failure
 
         line = describe_failure(e)
         if line is None:

@@ -1,7 +1,7 @@
 """Few-step samplers as plain functions (k-diffusion style): DDIM, ancestral, DPM-Solver++(2M), UniPC.
 
 Where they run: a respacing spec that names a solver (``"dpmpp_2m10"``, ``"unipc10l"``; ``respace``)
-makes ``sampling.sample_batch`` (every sample set: grids, evaluation, replay, ``image_sample.py``)
+makes ``sample_sets.sample_batch`` (every sample set: grids, evaluation, replay, ``image_sample.py``)
 use it; DDIM and ancestral sampling there stay ADM's loops (``ddim_sample_loop`` / ``p_sample_loop``,
 which also serve learned variances and GUIDE's x̂0 guidance). ``sample_ddim`` and ``sample_ancestral``
 here are the same steps as plain functions (tested equal to those loops): the reference the solvers
@@ -16,7 +16,7 @@ Every sampler has the same signature, so they are interchangeable::
   the ORIGINAL diffusion timestep (what ``SpacedDiffusion`` hands the network when
   ``rescale_timesteps`` is off; a model trained with it on wants ``t * 1000 / T``: wrap it).
   Classifier-free guidance is a matter of ``eps_fn``: return ``eps_u + w (eps_c - eps_u)``
-  (as ``cfg.CFGModel`` does). Classifier guidance: ``guided_eps(eps_fn, cond_fn, alphas_cumprod)``.
+  (as ``classifier_free.CFGModel`` does). Classifier guidance: ``guided_eps(eps_fn, cond_fn, alphas_cumprod)``.
   Class labels and other model kwargs are bound into ``eps_fn`` (closure or ``functools.partial``).
 - ``x``: x_T at ``timesteps[0]``, usually N(0, I).
 - ``timesteps``: strictly descending original timesteps in [0, T-1], one model evaluation each
@@ -33,7 +33,7 @@ Every sampler has the same signature, so they are interchangeable::
   (the two agree with clipping off).
 
 The samplers run under ``torch.no_grad`` (a cond_fn enables grad itself, as
-``guidance.classifier_cond_fn`` does) and return a tensor of x's shape and dtype; the coefficients
+``classifier_guidance.classifier_cond_fn`` does) and return a tensor of x's shape and dtype; the coefficients
 are computed in float64 and applied in x's dtype.
 
 Notation: alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t)
@@ -73,7 +73,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .respace import logsnr_timesteps, trailing_timesteps
+from ..respace import (  # SOLVERS: the names the spec grammar knows
+    SOLVERS,
+    logsnr_timesteps,
+    trailing_timesteps,
+)
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -197,9 +201,6 @@ def sample_unipc(eps_fn: EpsFn, x: torch.Tensor, timesteps: Sequence[int], alpha
                           sigma[i])
     return x
 
-
-# The samplers ADM's loops do not have: a respacing spec names them (``respace.split_sampler``: "dpmpp_2m10l").
-SOLVERS = ("dpmpp_2m", "unipc")
 
 SAMPLERS: Dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,

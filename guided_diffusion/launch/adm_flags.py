@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
-from .config import ConfigError, parse_bool
+from ..runtime.config import ConfigError, parse_bool
 
 # model_and_diffusion_defaults(): every script that builds the UNet.
 MODEL_FLAGS: Dict[str, str] = {

@@ -1,0 +1,143 @@
+"""The layering of docs/architecture.md, checked on the code's own imports (module-level and inside
+functions alike): every import of the library goes to its own layer or one below, no two modules
+import each other (directly or round a circle), no private name is imported from another file,
+and the scripts import the installed package instead of editing ``sys.path``."""
+
+import ast
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PKG = "guided_diffusion"
+
+# Bottom to top; a module belongs to the first layer with a matching prefix.
+LAYERS = [
+    ("math and networks", ["diffusion_math", "gaussian_diffusion", "respace", "resample", "losses", "nn", "unet",
+                           "dit", "energy"]),
+    ("runtime", ["runtime"]),
+    ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data"]),
+    ("training and sampling", ["train_util", "sampling", "classifiers"]),
+    ("builders", ["experiment"]),
+    ("applications", ["evaluation", "dkdm", "continual"]),
+    ("launch", ["launch"]),
+]
+
+
+def _modules():
+    out = {}  # dotted name -> file (the package root's own __init__ is left out: it is empty)
+    for dirpath, _dirs, files in os.walk(os.path.join(ROOT, PKG)):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = path
+    out.pop(PKG, None)
+    return out
+
+
+MODULES = _modules()
+
+
+def _layer(module: str) -> int:
+    name = module[len(PKG) + 1:]
+    for i, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return i
+    raise AssertionError(f"{module} is in no layer of docs/architecture.md: add it to LAYERS and the doc")
+
+
+def _imports(module: str, path: str):
+    """(imported module, names, line) for every import of ``module``, relative ones resolved."""
+    tree = ast.parse(open(path).read())
+    package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, [], node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            names = [a.name for a in node.names]
+            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in MODULES]
+            yield target, [n for n in names if f"{target}.{n}" not in MODULES], node.lineno
+            for s in subs:
+                yield s, [], node.lineno
+
+
+def _graph():
+    g = {}
+    for m, path in MODULES.items():
+        g[m] = {(t if t in MODULES else t.rsplit(".", 1)[0], names, line) for t, names, line in
+                ((t, tuple(n), line) for t, n, line in _imports(m, path)) if t.startswith(PKG + ".")}
+    return g
+
+
+def test_every_import_goes_to_its_layer_or_below():
+    bad = []
+    for m, deps in _graph().items():
+        for t, _, line in deps:
+            if t in MODULES and _layer(t) > _layer(m):
+                bad.append(f"{MODULES[m]}:{line}: {m} ({LAYERS[_layer(m)][0]}) imports {t} ({LAYERS[_layer(t)][0]})")
+    assert not bad, "imports that go up a layer:\n" + "\n".join(bad)
+
+
+def test_no_import_cycle():
+    g = {m: {t for t, _, _ in deps if t in MODULES and t != m} for m, deps in _graph().items()}
+    # A package's __init__ may gather its own submodules; that is not a cycle of concerns.
+    g = {m: {t for t in ts if not (t.startswith(m + ".") and MODULES[m].endswith("__init__.py"))} for m, ts in g.items()}
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in g[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in g:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"modules that import each other: {cycles}"
+
+
+def test_no_private_name_is_imported_from_another_file():
+    bad = []
+    files = list(MODULES.items()) + [(f"scripts.{f[:-3]}", os.path.join(ROOT, "scripts", f))
+                                     for f in os.listdir(os.path.join(ROOT, "scripts")) if f.endswith(".py")]
+    for m, path in files:
+        for t, names, line in _imports(m, path):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and t.startswith((PKG, "tools")):
+                bad.append(f"{path}:{line}: {', '.join(private)} from {t}")
+    assert not bad, "private names imported across files:\n" + "\n".join(bad)
+
+
+def test_scripts_use_the_installed_package():
+    edits = [f for d in ("scripts", "scripts/tools") for f in os.listdir(os.path.join(ROOT, d))
+             if f.endswith(".py") and re.search(r"sys\.path\.(insert|append)", open(os.path.join(ROOT, d, f)).read())]
+    assert not edits, f"scripts that edit sys.path (install the package: pip install -e .): {edits}"
+
+
+def test_the_doc_names_every_layer():
+    doc = open(os.path.join(ROOT, "docs", "architecture.md")).read()
+    for name, prefixes in LAYERS:
+        assert name in doc, f"docs/architecture.md does not describe the layer {name!r}"
+        for p in prefixes:
+            assert f"`{p}" in doc, f"docs/architecture.md does not place {p!r}"
