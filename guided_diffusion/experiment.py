@@ -18,6 +18,7 @@ from .logger import Logger
 from .runtime.checkpoint import atomic_write_text
 from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .sampling.classifier_free import null_class_of
+from .sampling.sample_sets import SamplingSpec
 from .script_util import (
     create_classifier_from_config,
     create_diffusion_from_config,
@@ -159,6 +160,35 @@ def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
         return create_diffusion_from_config(cfg, timestep_respacing)
     except ValueError as e:
         raise ConfigError(f"diffusion: {e}") from None
+
+
+def sampling_spec(cfg: Config, image_shape, num_classes: int, *, respacing: str, use_ddim: bool, eta: float = 0.0,
+                  guidance_scale: Optional[float] = None, clip_denoised: bool = True,
+                  class_cond: Optional[bool] = None, mcmc=None, device=None) -> SamplingSpec:
+    """A sampler of ``cfg``'s model: the diffusion respaced by ``respacing`` and the sampler's settings.
+    The model's conditioning comes from the config (``model.class_cond``, the CFG null class);
+    ``guidance_scale`` defaults to ``sample.guidance_scale``."""
+    return SamplingSpec(
+        diffusion=build_diffusion(cfg, respacing), image_shape=tuple(image_shape),
+        class_cond=cfg.model.class_cond if class_cond is None else bool(class_cond), use_ddim=bool(use_ddim),
+        eta=float(eta), clip_denoised=bool(clip_denoised),
+        guidance_scale=cfg.sample.guidance_scale if guidance_scale is None else float(guidance_scale),
+        null_class=null_class_of(cfg, num_classes), mcmc=mcmc, device=device,
+    )
+
+
+def sample_spec(cfg: Config, info: DataInfo, device=None, **overrides) -> SamplingSpec:
+    """The ``sample`` section's sampler (``image_sample.py``, samples at the end of training)."""
+    s = cfg.sample
+    kw = dict(respacing=s.timestep_respacing, use_ddim=s.use_ddim, eta=s.eta, clip_denoised=s.clip_denoised,
+              device=device)
+    return sampling_spec(cfg, info.shape, info.num_classes, **{**kw, **overrides})
+
+
+def grid_spec(cfg: Config, info: DataInfo, device=None) -> SamplingSpec:
+    """The continual grids' sampler (``continual.eval_respacing``, ``eval_use_ddim``; eta 0)."""
+    return sampling_spec(cfg, info.shape, info.num_classes, respacing=cfg.continual.eval_respacing,
+                         use_ddim=cfg.continual.eval_use_ddim, device=device)
 
 
 def build_classifier(cfg: Config, info: DataInfo) -> torch.nn.Module:

@@ -52,7 +52,6 @@ from guided_diffusion.runtime.checkpoint import (
     load_weights,
 )
 from guided_diffusion.runtime.config import ConfigError
-from guided_diffusion.sampling.classifier_free import null_class_of
 from guided_diffusion.sampling.classifier_guidance import classifier_cond_fn
 from guided_diffusion.sampling.mcmc import MCMCSettings
 from guided_diffusion.sampling.sample_sets import sample_set
@@ -163,7 +162,7 @@ def main() -> int:
         nrow = -(-s.num_samples // len(only_classes))  # samples per class: a grid row each
         labels = [only_classes[i // nrow] for i in range(s.num_samples)]
     mcmc = MCMCSettings.from_config(s)
-    diffusion = experiment.build_diffusion(cfg, s.timestep_respacing)
+    spec = experiment.sample_spec(cfg, info, device, mcmc=mcmc)
     cond_fn_for = None
     if s.classifier_path:
         classifier = experiment.build_classifier(cfg, info)
@@ -180,16 +179,13 @@ def main() -> int:
         progress = lambda **kw: progress_bar(**kw)  # noqa: E731
     start = time.time()
     images, labels = sample_set(
-        model, diffusion, num_samples=s.num_samples, batch_size=s.batch_size, image_shape=info.shape,
-        seed=cfg.seed, class_cond=cfg.model.class_cond, classes=range(info.num_classes),
-        class_label=s.class_label, labels=labels, use_ddim=s.use_ddim, eta=s.eta, clip_denoised=s.clip_denoised,
-        cond_fn_for=cond_fn_for, device=device, progress=progress, guidance_scale=s.guidance_scale,
-        null_class=null_class_of(cfg, info.num_classes), compose=s.compose, compose_weights=s.compose_weights,
-        mcmc=mcmc,
+        model, spec, num_samples=s.num_samples, batch_size=s.batch_size, seed=cfg.seed,
+        classes=range(info.num_classes), class_label=s.class_label, labels=labels, cond_fn_for=cond_fn_for,
+        progress=progress, compose=s.compose, compose_weights=s.compose_weights,
     )
     seconds = time.time() - start
     if dist_util.is_main():
-        print(cost_line(s, mcmc, seconds, len(images), diffusion.num_timesteps), flush=True)
+        print(cost_line(s, mcmc, seconds, len(images), spec.diffusion.num_timesteps), flush=True)
         if to_rgb and images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         n, h, w, c = images.shape

@@ -29,7 +29,6 @@ from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.image_util import save_grid
 from guided_diffusion.launch import cli
 from guided_diffusion.respace import sampler_label
-from guided_diffusion.sampling.classifier_free import null_class_of
 from guided_diffusion.sampling.sample_sets import sample_set
 from guided_diffusion.train_util import DiffusionObjective, TrainLoop
 
@@ -62,14 +61,9 @@ def main() -> int:
         # Sample with the EMA weights of the first rate, with the sampling section's respacing.
         ema = loop.ema_state_dicts()[loop.ema_rates[0]]
         model.load_state_dict(ema)
-        sampler_diffusion = experiment.build_diffusion(cfg, cfg.sample.timestep_respacing)
-        images, labels = sample_set(
-            model, sampler_diffusion, num_samples=cfg.train.sample_at_end, batch_size=cfg.sample.batch_size,
-            image_shape=info.shape, seed=cfg.seed, class_cond=cfg.model.class_cond,
-            classes=range(info.num_classes), use_ddim=cfg.sample.use_ddim, eta=cfg.sample.eta,
-            clip_denoised=cfg.sample.clip_denoised, device=device,
-            guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, info.num_classes),
-        )
+        images, labels = sample_set(model, experiment.sample_spec(cfg, info, device),
+                                    num_samples=cfg.train.sample_at_end, batch_size=cfg.sample.batch_size,
+                                    seed=cfg.seed, classes=range(info.num_classes))
         if dist_util.is_main():
             path = os.path.join(run_dir, "samples.png")
             save_grid(images, path)

@@ -8,6 +8,7 @@ a Gaussian target, the stationary covariance of ULA on a Gaussian, the exact sco
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ from guided_diffusion.sampling.mcmc import (
     uha_step,
     ula_step,
 )
-from guided_diffusion.sampling.sample_sets import sample_batch, sample_set
+from guided_diffusion.sampling.sample_sets import SamplingSpec, sample_batch, sample_set
 from guided_diffusion.script_util import (
     create_gaussian_diffusion,
     create_model,
@@ -582,12 +583,12 @@ def test_cfg_scale_one_is_conditional_sampling(use_ddim):
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
     assert outs[0].std() > 0.1
     # Through the sample set, against guidance computed by hand (guidance on, then 1).
-    kw = dict(num_samples=4, batch_size=4, image_shape=(1, 8, 8), seed=2, class_cond=True, classes=range(K),
-              use_ddim=use_ddim)
-    guided, _ = sample_set(net, diffusion, guidance_scale=3.0, null_class=NULL, **kw)
-    hand, _ = sample_set(HandGuided(net, 3.0), diffusion, **kw)
-    plain, labels = sample_set(net, diffusion, **kw)
-    one, labels1 = sample_set(net, diffusion, guidance_scale=1.0, null_class=NULL, **kw)
+    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, use_ddim=use_ddim)
+    kw = dict(num_samples=4, batch_size=4, seed=2, classes=range(K))
+    guided, _ = sample_set(net, replace(spec, guidance_scale=3.0, null_class=NULL), **kw)
+    hand, _ = sample_set(HandGuided(net, 3.0), spec, **kw)
+    plain, labels = sample_set(net, spec, **kw)
+    one, labels1 = sample_set(net, replace(spec, guidance_scale=1.0, null_class=NULL), **kw)
     assert np.abs(guided.astype(int) - hand.astype(int)).max() <= 1
     assert np.array_equal(one, plain) and np.array_equal(labels, labels1)
     assert np.abs(guided.astype(int) - plain.astype(int)).max() > 10
@@ -648,33 +649,34 @@ def test_composition_of_one_label_is_conditional_sampling(energy, mcmc):
     net = tiny_net()
     model = EnergyModel(net, "dae") if energy else net
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="4")
-    kw = dict(num_samples=3, batch_size=3, image_shape=(1, 8, 8), seed=1, class_cond=True, classes=range(K),
-              use_ddim=False)
+    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, use_ddim=False)
+    kw = dict(num_samples=3, batch_size=3, seed=1, classes=range(K))
     outs = []
     for extra in (dict(class_label=2), dict(compose=[2], null_class=NULL), dict(compose=[2], compose_weights=[1.0])):
         st = MCMCSettings(mcmc, steps=2, step_size=0.5) if mcmc else None
-        images, labels = sample_set(model, diffusion, mcmc=st, **kw, **extra)
+        null = extra.pop("null_class", None)
+        images, labels = sample_set(model, replace(spec, mcmc=st, null_class=null), **kw, **extra)
         assert list(labels) == [2, 2, 2]
         outs.append(images.astype(int))
     assert np.abs(outs[1] - outs[0]).max() <= 1 and np.abs(outs[2] - outs[0]).max() <= 1
-    other, _ = sample_set(model, diffusion, class_label=0, **kw)
+    other, _ = sample_set(model, spec, class_label=0, **kw)
     assert np.abs(other - outs[0]).max() > 10
 
 
 def test_composition_of_two_classes_with_every_sampler():
     model = EnergyModel(tiny_net(), "dae")
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="5")
-    kw = dict(num_samples=2, batch_size=2, image_shape=(1, 8, 8), seed=1, class_cond=True, classes=range(K),
-              use_ddim=False, compose=[0, 1], compose_weights=[1.0, 2.0], null_class=NULL)
+    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, use_ddim=False, null_class=NULL)
+    kw = dict(num_samples=2, batch_size=2, seed=1, classes=range(K), compose=[0, 1], compose_weights=[1.0, 2.0])
     for sampler in ("ula", "uha", "mala", "cha"):
         st = MCMCSettings(sampler, steps=1, step_size=0.5)
-        images, labels = sample_set(model, diffusion, mcmc=st, **kw)
+        images, labels = sample_set(model, replace(spec, mcmc=st), **kw)
         assert images.shape == (2, 8, 8, 1) and list(labels) == [0, 0]
         assert st.stats["corrected_levels"] == 4
         if sampler in ("mala", "cha"):
             assert 0 < st.stats["proposals"] == 4 * 2
     with pytest.raises(ValueError, match="class-conditional"):
-        sample_set(model, diffusion, num_samples=1, batch_size=1, image_shape=(1, 8, 8), compose=[0])
+        sample_set(model, SamplingSpec(diffusion, (1, 8, 8)), num_samples=1, batch_size=1, compose=[0])
 
 
 # ---------------------------------------------------------------------------------- configuration

@@ -39,7 +39,6 @@ from ..runtime import checkpoint as ckpt
 from ..runtime import faults
 from ..runtime.config import ConfigError, dump_config, parse_ema_rates
 from ..runtime.seeding import step_seed
-from ..sampling.classifier_free import null_class_of
 from ..sampling.sample_sets import sample_set
 from ..train_util import DiffusionObjective, Preempted, PreemptionFlag, TrainLoop
 from .base import ContinualContext, freeze
@@ -112,17 +111,11 @@ def append_metrics(path: str, row: Dict) -> None:
 def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: int):
     """Samples of every seen class (a row each), or unconditional samples, with the eval sampler."""
     cfg = ctx.cfg
-    diffusion = experiment.build_diffusion(cfg, cfg.continual.eval_respacing)
     n = per_class * len(task.seen_classes)
     classes = [c for c in task.seen_classes for _ in range(per_class)]
-    images, labels = sample_set(
-        model, diffusion, num_samples=n, batch_size=min(n, max(cfg.sample.batch_size, per_class)),
-        image_shape=ctx.info.shape, seed=seed, class_cond=cfg.model.class_cond,
-        labels=classes if cfg.model.class_cond else None, use_ddim=cfg.continual.eval_use_ddim, eta=0.0,
-        device=ctx.device,
-        guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, ctx.info.num_classes),
-    )
-    return images, labels
+    return sample_set(model, experiment.grid_spec(cfg, ctx.info, ctx.device), num_samples=n,
+                      batch_size=min(n, max(cfg.sample.batch_size, per_class)), seed=seed,
+                      labels=classes if cfg.model.class_cond else None)
 
 
 def _grid_from_evaluation(ctx: ContinualContext, task: Task, evaluators):

@@ -61,12 +61,10 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
         with np.load(path) as f:
             if len(f["arr_0"]) == n:
                 return f["arr_0"], f["arr_1"]
-    sampler = experiment.build_diffusion(cfg, cfg.sample.timestep_respacing)
+    spec = experiment.sample_spec(cfg, setup.info, device, class_cond=setup.teacher.class_cond)
     t0 = time.time()
-    images, labels = sample_set(
-        setup.teacher.net, sampler, num_samples=n, batch_size=min(n, 256), image_shape=setup.info.shape,
-        seed=step_seed(cfg.seed, 0, 3) % (2**31), class_cond=setup.teacher.class_cond,
-        classes=range(setup.info.num_classes or 1), use_ddim=cfg.sample.use_ddim, eta=cfg.sample.eta, device=device)
+    images, labels = sample_set(setup.teacher.net, spec, num_samples=n, batch_size=min(n, 256),
+                                seed=step_seed(cfg.seed, 0, 3) % (2**31), classes=range(setup.info.num_classes or 1))
     if dist_util.is_main():
         buf = io.BytesIO()
         np.savez(buf, arr_0=images, arr_1=labels)
@@ -138,11 +136,9 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
         row = {"model": name, "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols}
         rows[name] = row
         n = 8 * len(classes)
-        sampler = experiment.build_diffusion(cfg, cfg.continual.eval_respacing)
-        imgs, _ = sample_set(net, sampler, num_samples=n, batch_size=min(n, 100), image_shape=setup.info.shape,
-                             seed=cfg.seed, class_cond=cfg.model.class_cond,
-                             labels=[c for c in classes for _ in range(8)] if cfg.model.class_cond else None,
-                             use_ddim=cfg.continual.eval_use_ddim, device=device)
+        imgs, _ = sample_set(net, experiment.grid_spec(cfg, setup.info, device), num_samples=n,
+                             batch_size=min(n, 100), seed=cfg.seed,
+                             labels=[c for c in classes for _ in range(8)] if cfg.model.class_cond else None)
         if dist_util.is_main():
             save_grid(imgs, os.path.join(grids, f"{name}.png"), nrow=8 if cfg.model.class_cond else None)
             _write(results, rows)

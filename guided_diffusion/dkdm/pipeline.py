@@ -125,12 +125,8 @@ def save_samples(cfg: Config, loop: TrainLoop, s: Setup, device, logger) -> None
         return
     model = loop.model
     model.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
-    sampler = experiment.build_diffusion(cfg, cfg.sample.timestep_respacing)
-    images, _ = sample_set(
-        model, sampler, num_samples=n, batch_size=cfg.sample.batch_size, image_shape=s.info.shape, seed=cfg.seed,
-        class_cond=cfg.model.class_cond, classes=range(s.info.num_classes or 1), use_ddim=cfg.sample.use_ddim,
-        eta=cfg.sample.eta, clip_denoised=cfg.sample.clip_denoised, device=device,
-    )
+    images, _ = sample_set(model, experiment.sample_spec(cfg, s.info, device), num_samples=n,
+                           batch_size=cfg.sample.batch_size, seed=cfg.seed, classes=range(s.info.num_classes or 1))
     if dist_util.is_main():
         path = os.path.join(experiment.run_dir_of(cfg), "samples.png")
         save_grid(images, path)

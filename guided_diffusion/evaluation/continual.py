@@ -142,15 +142,13 @@ class ContinualEvaluator:
         seen = [int(c) for c in classes]
         ref, ref_feats = self._reference(seen)
         respacing = ev.respacing or cfg.continual.eval_respacing
-        diffusion = experiment.build_diffusion(cfg, respacing)
+        spec = experiment.sampling_spec(cfg, image_shape, ref.num_classes, respacing=respacing, use_ddim=ev.use_ddim,
+                                        eta=ev.eta, guidance_scale=1.0, device=device)
         labels = None
         if cfg.model.class_cond:
             labels = proportional_labels(seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
-        images, drawn = sample_set(
-            ema_model, diffusion, num_samples=ev.num_samples, batch_size=ev.batch_size, image_shape=image_shape,
-            seed=ev.seed if ev.seed >= 0 else cfg.seed, class_cond=cfg.model.class_cond, labels=labels,
-            use_ddim=ev.use_ddim, eta=ev.eta, device=device,
-        )
+        images, drawn = sample_set(ema_model, spec, num_samples=ev.num_samples, batch_size=ev.batch_size,
+                                   seed=ev.seed if ev.seed >= 0 else cfg.seed, labels=labels)
         faults.point("evaluation")
         self.last_samples = (images, drawn, (respacing, bool(ev.use_ddim), float(ev.eta)))
         sampler = sampler_label(respacing, ev.use_ddim, ev.eta)

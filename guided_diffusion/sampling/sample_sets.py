@@ -4,13 +4,17 @@ Batch ``b`` of a set covers sample indices ``[b*B, (b+1)*B)`` and is drawn by ra
 labels, its starting noise and every noise draw of the sampler come from generators seeded by
 (seed, b) alone, so the set is the same for any number of ranks (for a given batch size).
 
-Classifier-free guidance (``guidance_scale``), compositions of labels (``compose``) and MCMC
-corrections (``mcmc``) apply to any model; see ``cfg`` and ``mcmc``.
+How a set is drawn -- the (spaced) diffusion, the image shape and the sampler's settings -- is one
+``SamplingSpec``, built once per sampler of a config by ``experiment.sampling_spec`` (``sample_spec``:
+the ``sample`` section; ``grid_spec``: the continual grids' pair). Classifier-free guidance
+(``guidance_scale``), compositions of labels (``compose``) and MCMC corrections (``mcmc``) apply to
+any model; see ``classifier_free`` and ``mcmc``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,6 +25,23 @@ from ..image_util import to_uint8
 from ..runtime.seeding import step_seed
 from .classifier_free import cfg_model, composed_model
 from .mcmc import MCMCSettings, sample_loop
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How a sample set is drawn: ``diffusion`` (the respaced diffusion whose steps are taken: ADM's
+    loops or the solver its spec names), the image shape (C, H, W), and the sampler's settings."""
+
+    diffusion: Any
+    image_shape: Tuple[int, int, int]
+    class_cond: bool = False
+    use_ddim: bool = True
+    eta: float = 0.0
+    clip_denoised: bool = True
+    guidance_scale: float = 1.0  # != 1: classifier-free guidance with ``null_class``
+    null_class: Optional[int] = None
+    mcmc: Optional[MCMCSettings] = None
+    device: Any = None
 
 
 def draw_labels(n: int, generator: torch.Generator, classes: Optional[Sequence[int]], class_label: int = -1):
@@ -131,39 +152,33 @@ def solver_loop(diffusion, model, shape, *, noise=None, clip_denoised: bool = Tr
 
 def sample_set(
     model,
-    diffusion,
+    spec: SamplingSpec,
     *,
     num_samples: int,
     batch_size: int,
-    image_shape: Tuple[int, int, int],
     seed: int = 0,
-    class_cond: bool = False,
     classes: Optional[Sequence[int]] = None,
     class_label: int = -1,
     labels: Optional[Sequence[int]] = None,
-    use_ddim: bool = True,
-    eta: float = 0.0,
-    clip_denoised: bool = True,
     cond_fn_for: Optional[Callable] = None,
-    device=None,
     progress=None,
     gather: bool = True,
-    guidance_scale: float = 1.0,
-    null_class: Optional[int] = None,
     compose: Optional[Sequence[int]] = None,
     compose_weights: Optional[Sequence[float]] = None,
-    mcmc: Optional[MCMCSettings] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Draw ``num_samples`` images; returns (uint8 NHWC, int64 labels), complete on every rank.
+    """Draw ``num_samples`` images as ``spec`` says; returns (uint8 NHWC, int64 labels), complete on
+    every rank.
 
     Labels: ``labels[i]`` for sample i when given, else ``class_label``, else uniform over ``classes``.
     ``cond_fn_for(y)`` may return a guidance function for a batch with labels ``y``.
     With ``gather=False`` each rank returns only the batches it drew.
-    ``guidance_scale`` != 1: classifier-free guidance with ``null_class`` (``classifier_free.cfg_model``).
+    ``spec.guidance_scale`` != 1: classifier-free guidance (``classifier_free.cfg_model``).
     ``compose``: every sample from the product of the conditionals of these labels, weighted by
     ``compose_weights`` (``classifier_free.composed_model``); the returned labels are then ``compose[0]``.
-    ``mcmc``: MCMC corrections during sampling; its ``stats`` accumulate over the batches.
+    ``spec.mcmc``: MCMC corrections during sampling; its ``stats`` accumulate over the batches.
     """
+    class_cond, guidance_scale, null_class = spec.class_cond, spec.guidance_scale, spec.null_class
+    image_shape = tuple(spec.image_shape)
     if (compose or guidance_scale != 1.0) and not class_cond:
         raise ValueError("classifier-free guidance and compositions need a class-conditional model")
     if compose:
@@ -188,8 +203,9 @@ def sample_set(
         torch.manual_seed(step_seed(seed, b, 11))  # the sampler's own noise draws
         cond_fn = cond_fn_for(y) if cond_fn_for is not None else None
         x = sample_batch(
-            model, diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=use_ddim, eta=eta,
-            clip_denoised=clip_denoised, cond_fn=cond_fn, noise=noise, device=device, mcmc=mcmc,
+            model, spec.diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=spec.use_ddim,
+            eta=spec.eta, clip_denoised=spec.clip_denoised, cond_fn=cond_fn, noise=noise, device=spec.device,
+            mcmc=spec.mcmc,
         )
         batch_labels = y.numpy() if y is not None else np.zeros(n, dtype=np.int64)
         out[b] = (to_uint8(x), batch_labels.astype(np.int64))

@@ -204,10 +204,8 @@ def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, 
         if grid_per_class > 0:
             grid_classes = [c for c in classes for _ in range(grid_per_class)] if cfg.model.class_cond else None
             n = grid_per_class * len(classes)
-            diff = experiment.build_diffusion(cfg, cfg.continual.eval_respacing)
-            imgs, _ = sample_set(ema, diff, num_samples=n, batch_size=min(n, 100), image_shape=info.shape,
-                                 seed=cfg.seed, class_cond=cfg.model.class_cond, labels=grid_classes,
-                                 use_ddim=cfg.continual.eval_use_ddim, eta=0.0, device=device)
+            imgs, _ = sample_set(ema, experiment.grid_spec(cfg, info, device), num_samples=n,
+                                 batch_size=min(n, 100), seed=cfg.seed, labels=grid_classes)
             if dist_util.is_main():
                 save_grid(imgs, os.path.join(run_dir, f"grid_{images:08d}.png"),
                           nrow=grid_per_class if cfg.model.class_cond else None)

@@ -34,7 +34,6 @@ from ... import dist_util, experiment
 from ...image_util import from_uint8
 from ...runtime import checkpoint as ckpt
 from ...runtime import faults
-from ...sampling.classifier_free import null_class_of
 from ...sampling.sample_sets import sample_set
 from ..base import ContinualMethod, ObjectiveWrapper, register_method
 from ..replay import (
@@ -244,14 +243,12 @@ class GenerativeReplay(_ReplayMethod):
         if data is None:
             n = self.mcfg.n_per_task * task.index
             cfg = self.ctx.cfg
-            diffusion = experiment.build_diffusion(cfg, self.mcfg.timestep_respacing)
+            info = self.ctx.info
+            spec = experiment.sampling_spec(cfg, info.shape, info.num_classes, respacing=self.mcfg.timestep_respacing,
+                                            use_ddim=self.mcfg.use_ddim, device=self.ctx.device)
             start = time.time()
-            images, labels = sample_set(
-                teacher, diffusion, num_samples=n, batch_size=self.mcfg.generation_batch,
-                image_shape=self.ctx.info.shape, seed=cfg.seed + 7919 * task.index, class_cond=cfg.model.class_cond,
-                classes=task.old_classes, use_ddim=self.mcfg.use_ddim, device=self.ctx.device,
-                guidance_scale=cfg.sample.guidance_scale, null_class=null_class_of(cfg, self.ctx.info.num_classes),
-            )
+            images, labels = sample_set(teacher, spec, num_samples=n, batch_size=self.mcfg.generation_batch,
+                                        seed=cfg.seed + 7919 * task.index, classes=task.old_classes)
             self.ctx.logger.log(f"task {task.index}: generated {n} replay images in {time.time() - start:.1f}s")
             faults.point("replay_generation")
             if dist_util.is_main():
