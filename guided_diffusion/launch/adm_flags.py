@@ -328,6 +328,29 @@ def describe(target: Target) -> str:
     return target if isinstance(target, str) else (target.__doc__ or "")
 
 
+def adm_defaults(kind: str) -> List[str]:
+    """ADM's defaults for the flags of ``kind`` that the config's own defaults do not share, as
+    ``key=value`` overrides: what a run typed with ADM's flags and no ``--config`` starts from, so that
+    a flag left out means what it means in guided-diffusion (``--num_channels`` left out: 128, not this
+    project's 64). The values are ADM's table, ``script_util.model_and_diffusion_defaults`` (and
+    ``classifier_defaults`` for the classifier's flags); ADM's scripts' own argparse defaults
+    (``--batch_size``, ``--lr``, ...) are not in it and keep the config's."""
+    from ..runtime.config import Config, to_dict
+    from ..script_util import classifier_defaults, model_and_diffusion_defaults
+
+    adm = {**model_and_diffusion_defaults(), **classifier_defaults()}
+    ours = to_dict(Config())
+    out = []
+    for flag, key in flags_for(kind).items():
+        if not isinstance(key, str) or flag not in adm:
+            continue
+        section, name = key.split(".", 1)
+        value = adm[flag]
+        if str(value).lower() != str(ours.get(section, {}).get(name)).lower():
+            out.append(f"{key}={value}")
+    return out
+
+
 def translate(value: str, target: Target, world_size: int) -> List[str]:
     """The ``key=value`` overrides that a flag with ``target`` (its ``flags_for`` entry) and ``value`` stands for."""
     if isinstance(target, str):

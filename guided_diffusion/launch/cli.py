@@ -99,6 +99,11 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         else:
             raise ConfigError(f"unexpected argument '{word}': overrides look like key.sub=value")
         i += 1
+    if adm and args.config is None and translations:  # typed as in guided-diffusion: ADM's defaults under the flags
+        base = adm_flags.adm_defaults(adm)
+        if base:
+            translations.insert(0, ("(ADM's flags without --config: ADM's defaults)", base))
+            overrides = base + overrides
     _register_section_schemas()
     tree = read_config_tree(args.config, overrides)
     args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
