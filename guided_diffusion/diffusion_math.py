@@ -18,7 +18,6 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-
 # ----------------------------------------------------------------------------------------------
 # Beta schedules
 

@@ -182,7 +182,8 @@ def test_use_ddim_follows_adm_unless_set(tmp_path):
     assert cfg.evaluation.use_ddim is False
     cfg = load_config(None, ["evaluation.respacing=ddim20", "continual.eval_respacing=50"])
     assert cfg.evaluation.use_ddim is True
-    cfg = load_config(None, ["method.name=generative_replay", "method.style=guide", "method.timestep_respacing=100"])
+    cfg = load_config(None, ["method.name=generative_replay", "method.style=guide", "method.timestep_respacing=100",
+                             "model.class_cond=true"])  # GUIDE-style replay draws by label
     assert cfg.method.use_ddim is False
     # the same rule where a config's evaluation section is still a plain mapping (evaluation_of)
     from guided_diffusion.evaluation.settings import evaluation_of

@@ -153,10 +153,14 @@ def test_replay_criterion_min_snr_twice_refused():
     from guided_diffusion.continual.methods.generative import check_replay_weighting
     from guided_diffusion.runtime.config import ConfigError, load_config
 
-    cfg = load_config(os.path.join(ROOT, "yaml/mnist/generative_distillation.yaml"),
-                      ["train.loss_weighting=min_snr", "method.criterion=min_snr"])
+    import dataclasses
+
+    path = os.path.join(ROOT, "yaml/mnist/generative_distillation.yaml")
+    with pytest.raises(ConfigError, match="already takes the data term's weighting"):  # refused when loaded
+        load_config(path, ["train.loss_weighting=min_snr", "method.criterion=min_snr"])
+    cfg = load_config(path, ["train.loss_weighting=min_snr"])
     with pytest.raises(ConfigError, match="already takes the data term's weighting"):
-        check_replay_weighting(cfg.method, cfg)
+        check_replay_weighting(dataclasses.replace(cfg.method, criterion="min_snr"), cfg)
 
 
 # ------------------------------------------------------------------ objectives
@@ -217,9 +221,9 @@ def test_replay_batch_is_global_and_split_over_ranks():
     loss1, terms1 = one(student, x, y, ctx_for())
     assert float(terms2["teacher_nfe"]) == float(terms1["teacher_nfe"]) == 3
     torch.testing.assert_close(loss2, loss1)
-    check_replay_batch(types.SimpleNamespace(replay_batch=6), types.SimpleNamespace(world_size=2))
+    check_replay_batch(types.SimpleNamespace(replay_batch=6), 2)
     with pytest.raises(ConfigError, match="replay_batch 7 is not divisible by the world size 2"):
-        check_replay_batch(types.SimpleNamespace(replay_batch=7), types.SimpleNamespace(world_size=2))
+        check_replay_batch(types.SimpleNamespace(replay_batch=7), 2)
 
 
 def test_gd_loss_by_hand():

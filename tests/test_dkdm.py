@@ -355,7 +355,7 @@ def test_continual_dynamic_distillation_criteria():
     from guided_diffusion.continual.methods.dynamic_cache import DynamicDistillation
 
     with pytest.raises(ConfigError, match="method.criterion 'smooth_l1' is not one of mse, min_snr"):
-        DynamicDistillation(DynamicDistillation.Config(criterion="smooth_l1"), types.SimpleNamespace(cfg=None))
+        DynamicDistillation.check(DynamicDistillation.Config(criterion="smooth_l1"), types.SimpleNamespace(), 1)
 
 
 def test_dkdm_refuses_a_loss_aware_sampler():

@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple, Type
 
 import torch
 
+from .. import dist_util
 from ..runtime.config import register_section_schema
 from .scenario import Scenario, Task, select
 
@@ -35,10 +36,16 @@ def register_method(name: str):
             raise ValueError(f"continual method {name!r} registered twice")
         cls.name = name
         METHODS[name] = cls
-        register_section_schema("method", name, cls.Config)
+        register_section_schema("method", name, cls.Config,
+                                check=lambda mcfg, cfg: cls.check(mcfg, cfg, launch_world_size()))
         return cls
 
     return wrap
+
+
+def launch_world_size() -> int:
+    """The number of processes of this run, known before the process group is up (from the launcher)."""
+    return dist_util.get_world_size() if dist_util.is_initialized() else max(1, dist_util.detect().world_size)
 
 
 @dataclass
@@ -78,6 +85,11 @@ class ContinualMethod:
     @dataclass
     class Config:
         name: str = "naive"
+
+    @classmethod
+    def check(cls, mcfg, cfg, world_size: int) -> None:
+        """The method's checks across its keys and the config, run when the config is loaded (before
+        any data or model is built); raise ConfigError. ``world_size``: the run's processes."""
 
     def __init__(self, mcfg, ctx: ContinualContext):
         self.mcfg = mcfg

@@ -209,31 +209,38 @@ def replay_judgement(prev_clf, x: torch.Tensor, y: torch.Tensor, old_mask: torch
 # ------------------------------------------------------------------ the solver loop
 
 
+def check_solver(s, cfg) -> None:
+    """The ``solver`` section's checks across its keys and the model. Only the classifier's runs read
+    the section (its defaults need a class-conditional model), so they run here, not at every config
+    load: first in ``run_solver``, before any work, and in ``Solver`` for one built by hand."""
+    if s.replay not in REPLAYS:
+        raise ConfigError(f"solver.replay {s.replay!r} is not one of {', '.join(REPLAYS)}")
+    if s.replay in FROM_GENERATOR and not cfg.model.class_cond:
+        raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
+    if s.use_old_grad and s.use_new_grad:
+        raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
+    if s.negate_old_grad and not s.use_old_grad:
+        raise ConfigError("solver.negate_old_grad flips the old classifier's gradient: it needs solver.use_old_grad")
+    if s.replay == "soft" and s.trim_logits:
+        raise ConfigError("solver.replay=soft is Masip's soft targets over all logits of the previous classifier, "
+                          "which trimming leaves untrained for the classes it has not seen: leave "
+                          "solver.trim_logits unset (or false) for soft, or use soft_kd (targets over the old "
+                          "classes only)")
+    if s.noised_classifier and s.replay != "guided":
+        raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
+                          f"{s.replay!r}")
+    solver = sampler_of(s.respacing)
+    if s.replay == "guided" and (s.use_old_grad or s.use_new_grad) and not s.noised_classifier and solver:
+        raise ConfigError(f"solver.respacing {s.respacing!r} names the {solver} solver, which cannot guide through "
+                          "x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' respacing, or "
+                          "solver.noised_classifier: true (guidance on x_t works with every sampler)")
+
+
 class Solver:
     def __init__(self, cfg, x, y, xt, yt, info, scenario: Scenario, device, run_dir: str, logger):
         s = cfg.solver
-        if s.replay not in REPLAYS:
-            raise ConfigError(f"solver.replay {s.replay!r} is not one of {', '.join(REPLAYS)}")
-        if s.replay in FROM_GENERATOR and not cfg.model.class_cond:
-            raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
-        if s.use_old_grad and s.use_new_grad:
-            raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
-        if s.negate_old_grad and not s.use_old_grad:
-            raise ConfigError("solver.negate_old_grad flips the old classifier's gradient: it needs solver.use_old_grad")
-        if s.replay == "soft" and s.trim_logits:
-            raise ConfigError("solver.replay=soft is Masip's soft targets over all logits of the previous classifier, "
-                              "which trimming leaves untrained for the classes it has not seen: leave "
-                              "solver.trim_logits unset (or false) for soft, or use soft_kd (targets over the old "
-                              "classes only)")
+        check_solver(s, cfg)
         self.trim_logits = trims_logits(s)
-        if s.noised_classifier and s.replay != "guided":
-            raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
-                              f"{s.replay!r}")
-        solver = sampler_of(s.respacing)
-        if s.replay == "guided" and (s.use_old_grad or s.use_new_grad) and not s.noised_classifier and solver:
-            raise ConfigError(f"solver.respacing {s.respacing!r} names the {solver} solver, which cannot guide through "
-                              "x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' respacing, or "
-                              "solver.noised_classifier: true (guidance on x_t works with every sampler)")
         self.cfg, self.s = cfg, s
         self.x, self.y, self.xt, self.yt = x, y, xt, yt
         self.info, self.scenario, self.device = info, scenario, device
@@ -441,6 +448,7 @@ class Solver:
 
 
 def run_solver(cfg) -> Solver:
+    check_solver(cfg.solver, cfg)
     device = experiment.init_process(cfg)
     if dist_util.get_world_size() > 1:
         raise ConfigError("the solver runs in one process (its cost is the replay generation); launch it without mpiexec")

@@ -1,6 +1,16 @@
 """Data: readers of image data sets, named data sets with train/test splits, model tensors, and an
 infinite, resumable, world-size-invariant loader."""
 
+from .benchmarks import (
+    FASHION_MNIST_CLASSES,
+    MNIST_CLASSES,
+    read_cifar10,
+    read_cifar100,
+    read_digits,
+    read_idx,
+    read_mnist,
+    read_mnist5k,
+)
 from .datasets import (
     DATASETS,
     HOLDOUT_FRACTION,
@@ -13,16 +23,6 @@ from .datasets import (
     register_dataset,
     subset_by_classes,
     to_tensor,
-)
-from .benchmarks import (
-    FASHION_MNIST_CLASSES,
-    MNIST_CLASSES,
-    read_cifar10,
-    read_cifar100,
-    read_digits,
-    read_idx,
-    read_mnist,
-    read_mnist5k,
 )
 from .formats import (
     IMAGE_EXTENSIONS,

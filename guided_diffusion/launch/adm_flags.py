@@ -328,6 +328,11 @@ def describe(target: Target) -> str:
     return target if isinstance(target, str) else (target.__doc__ or "")
 
 
+# The kinds of ADM's own scripts (image_train, image_sample / classifier_sample, classifier_train),
+# whose flags left out take ADM's defaults (``adm_defaults``); GUIDE's classifier phase is not one.
+ADM_SCRIPTS = ("train", "sample", "classifier")
+
+
 def adm_defaults(kind: str) -> List[str]:
     """ADM's defaults for the flags of ``kind`` that the config's own defaults do not share, as
     ``key=value`` overrides: what a run typed with ADM's flags and no ``--config`` starts from, so that

@@ -99,11 +99,10 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         else:
             raise ConfigError(f"unexpected argument '{word}': overrides look like key.sub=value")
         i += 1
-    if adm and args.config is None and translations:  # typed as in guided-diffusion: ADM's defaults under the flags
-        base = adm_flags.adm_defaults(adm)
-        if base:
-            translations.insert(0, ("(ADM's flags without --config: ADM's defaults)", base))
-            overrides = base + overrides
+    args.adm_defaults = []
+    if adm in adm_flags.ADM_SCRIPTS and args.config is None and translations:  # typed as in guided-diffusion
+        args.adm_defaults = adm_flags.adm_defaults(adm)  # ADM's defaults under the flags
+        overrides = args.adm_defaults + overrides
     _register_section_schemas()
     tree = read_config_tree(args.config, overrides)
     args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
@@ -157,9 +156,12 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
 
 
 def _register_section_schemas() -> None:
-    """Import the modules whose config sections (method, evaluation, dkdm) register schemas, so
-    that every script validates every section of a config the same way."""
-    from ..continual import methods  # noqa: F401  (the method section: one schema per method.name)
+    """Import the modules whose config sections (method, evaluation, dkdm) register schemas and
+    checks, so that every script validates every section of a config the same way, before any work."""
+    from ..continual import (
+        methods,  # noqa: F401  (the method section: one schema per method.name)
+        solver,  # noqa: F401  (the solver section's checks)
+    )
     from ..dkdm import config as dkdm_config  # noqa: F401  (the dkdm section)
     from ..evaluation import settings  # noqa: F401  (the evaluation section)
 
@@ -199,6 +201,8 @@ def run_main(fn: Callable[[], int]) -> None:
 
 def maybe_dry_run(cfg: Config, args) -> bool:
     if args.dry_run:
+        if getattr(args, "adm_defaults", None):
+            print(f"# (ADM's flags without --config: ADM's defaults) -> {' '.join(args.adm_defaults)}")
         for flag, words in getattr(args, "translations", []):
             print(f"# {flag} -> {' '.join(words)}")
         print(dump_config(cfg), end="")

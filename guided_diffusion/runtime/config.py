@@ -252,14 +252,33 @@ class Config:
 _SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
 _SECTION_SELECTOR = {"method": "name", "evaluation": None, "dkdm": None}
 _SECTION_DEFAULT: Dict[str, type] = {}
+# Checks across keys that the module owning a section registers: (section, name) -> check(section, cfg).
+_SECTION_CHECKS: Dict[Tuple[str, Optional[str]], Any] = {}
 
 
-def register_section_schema(section: str, name: Optional[str], schema: type) -> None:
-    """Register the dataclass that validates ``section`` (for ``method``: when ``method.name == name``)."""
-    if name is None:
-        _SECTION_DEFAULT[section] = schema
-    else:
-        _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
+def register_section_schema(section: str, name: Optional[str], schema: Optional[type], check=None) -> None:
+    """Register the dataclass that validates ``section`` (for ``method``: when ``method.name == name``)
+    and, optionally, ``check(parsed_section, cfg)``: the owning module's checks across keys, run when a
+    config is loaded, before any work (raise ConfigError). ``schema`` None with a check: a section of
+    ``Config`` itself whose checks live with the module that reads it (and that every config must pass)."""
+    if schema is not None:
+        if name is None:
+            _SECTION_DEFAULT[section] = schema
+        else:
+            _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
+    if check is not None:
+        _SECTION_CHECKS[(section, name)] = check
+
+
+def _run_section_checks(cfg: "Config", where: str) -> None:
+    for (section, name), check in _SECTION_CHECKS.items():
+        value = getattr(cfg, section)
+        if name is not None and getattr(value, "name", None) != name:
+            continue
+        try:
+            check(value, cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,6 +699,7 @@ def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
     _validate_sections(cfg, where)
     resolve_samplers(cfg)
     validate(cfg, where)
+    _run_section_checks(cfg, where)
     return cfg
 
 

@@ -14,8 +14,9 @@ def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
     if name not in METHODS:
         raise ConfigError(f"unknown continual method {name!r}; known: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    if isinstance(method_cfg, dict):
+    if isinstance(method_cfg, dict):  # not loaded through a config: checked here, as a load would
         from ...runtime.config import from_dict
 
         method_cfg = from_dict(cls.Config, method_cfg, "method")
+        cls.check(method_cfg, ctx.cfg, ctx.world_size)
     return cls(method_cfg, ctx)

@@ -72,12 +72,15 @@ class BufferReplay(ContinualMethod):
         label_uniform: bool = True  # balanced: split each task's share evenly over its labels
         seed: int = 0
 
-    def __init__(self, mcfg, ctx):
-        super().__init__(mcfg, ctx)
+    @classmethod
+    def check(cls, mcfg, cfg, world_size):
         if mcfg.policy not in POLICIES:
             raise ConfigError(f"method.policy {mcfg.policy!r} is not one of {', '.join(POLICIES)}")
         if mcfg.buffer_size < 0:
             raise ConfigError(f"method.buffer_size must be >= 0, got {mcfg.buffer_size}")
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
         self.per_task: Dict[int, np.ndarray] = {}
         self.reservoir = np.zeros(0, dtype=np.int64)
         self.seen = 0

@@ -130,28 +130,34 @@ class DynamicDistillation(ContinualMethod):
         prepare_batch: int = 256  # teacher batch per rank while preparing
         shard_size: int = 1024  # cache entries per shard file
 
-    def __init__(self, mcfg, ctx):
-        super().__init__(mcfg, ctx)
+    @classmethod
+    def check(cls, mcfg, cfg, world_size):
         if mcfg.criterion not in CRITERIA:  # the replay term is DKDM's loss: no smooth_l1 of it
             raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of {', '.join(CRITERIA)} "
                               "(dynamic_distillation's replay term is DKDM's MSE + step KL)")
-        check_replay_weighting(mcfg, ctx.cfg)
+        check_replay_weighting(mcfg, cfg)
         if mcfg.mode not in MODES:
             raise ConfigError(f"method.mode {mcfg.mode!r} is not one of {', '.join(MODES)}")
         if mcfg.lambd < 0:
             raise ConfigError(f"method.lambd must be >= 0, got {mcfg.lambd}")
-        if ctx.cfg.diffusion.timestep_respacing:
+        if cfg.diffusion.timestep_respacing:
             raise ConfigError("dynamic_distillation trains on the full diffusion: leave diffusion.timestep_respacing "
                               "empty and shorten the teacher's chain with method.cache_respacing")
-        self.chain = build_diffusion(ctx.cfg, mcfg.cache_respacing)
-        if self.chain.num_timesteps < 2:
+        chain = build_diffusion(cfg, mcfg.cache_respacing)
+        if chain.num_timesteps < 2:
             raise ConfigError("method.cache_respacing must keep at least 2 steps")
-        check_replay_batch(mcfg, ctx)
-        self.batch = (mcfg.replay_batch or ctx.cfg.train.batch_size) // ctx.world_size  # this rank's share
+        check_replay_batch(mcfg, world_size)
+        batch = (mcfg.replay_batch or cfg.train.batch_size) // world_size
         try:
-            self.n_total = cache_size(mcfg.mode, mcfg.rho, self.chain.num_timesteps, self.batch * ctx.world_size)
+            cache_size(mcfg.mode, mcfg.rho, chain.num_timesteps, batch * world_size)
         except ValueError as e:
             raise ConfigError(f"method: {e}") from None
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
+        self.chain = build_diffusion(ctx.cfg, mcfg.cache_respacing)
+        self.batch = (mcfg.replay_batch or ctx.cfg.train.batch_size) // ctx.world_size  # this rank's share
+        self.n_total = cache_size(mcfg.mode, mcfg.rho, self.chain.num_timesteps, self.batch * ctx.world_size)
         self.cache = None
 
     def before_task(self, task, teacher):

@@ -82,12 +82,15 @@ class EWC(ContinualMethod):
         mode: str = "separate"  # separate | online | last
         gamma: float = 1.0  # online: decay of the previous Fisher
 
-    def __init__(self, mcfg, ctx):
-        super().__init__(mcfg, ctx)
+    @classmethod
+    def check(cls, mcfg, cfg, world_size):
         if mcfg.mode not in MODES:
             raise ConfigError(f"method.mode {mcfg.mode!r} is not one of {', '.join(MODES)}")
         if mcfg.num_samples < 1:
             raise ConfigError(f"method.num_samples must be >= 1, got {mcfg.num_samples}")
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
         self.params = [p for p in ctx.model.parameters() if p.requires_grad]
         self.anchors: List[Tuple[List[torch.Tensor], List[torch.Tensor]]] = []  # (F, theta*) per entry
 

@@ -181,13 +181,13 @@ class GenerativeDistillation(_ReplayMethod):
         replay_start_timestep: int = 0
         weight_replay_loss: bool = True
 
-    def __init__(self, mcfg, ctx):
-        super().__init__(mcfg, ctx)
+    @classmethod
+    def check(cls, mcfg, cfg, world_size):
         if mcfg.source not in SOURCES + ("lwf",):
             from ...runtime.config import ConfigError
 
             raise ConfigError(f"method.source {mcfg.source!r} is not one of {', '.join(SOURCES + ('lwf',))}")
-        _check_common(mcfg, ctx)
+        _check_common(mcfg, cfg, world_size)
 
 
 @register_method("generative_replay")
@@ -211,16 +211,19 @@ class GenerativeReplay(_ReplayMethod):
         use_ddim: Optional[bool] = None  # unset: DDIM iff timestep_respacing starts with "ddim"
         generation_batch: int = 256
 
-    def __init__(self, mcfg, ctx):
+    @classmethod
+    def check(cls, mcfg, cfg, world_size):
         from ...runtime.config import ConfigError
 
-        super().__init__(mcfg, ctx)
         if mcfg.style not in ("masip", "guide"):
             raise ConfigError(f"method.style {mcfg.style!r} is not one of masip, guide")
-        if mcfg.style == "guide" and not ctx.cfg.model.class_cond:
+        if mcfg.style == "guide" and not cfg.model.class_cond:
             raise ConfigError("method.style guide (GUIDE) generates images of the old classes by label: it needs a "
                               "class-conditional model (model.class_cond: true)")
-        _check_common(mcfg, ctx)
+        _check_common(mcfg, cfg, world_size)
+
+    def __init__(self, mcfg, ctx):
+        super().__init__(mcfg, ctx)
         self.replay_x = self.replay_y = None
 
     def objective(self, task, base):
@@ -274,30 +277,30 @@ def check_replay_weighting(mcfg, cfg) -> None:
                           "term already takes the data term's weighting; set method.criterion mse")
 
 
-def _check_common(mcfg, ctx):
+def _check_common(mcfg, cfg, world_size: int):
     from ...runtime.config import ConfigError
 
-    if ctx.cfg.diffusion.timestep_respacing:
+    if cfg.diffusion.timestep_respacing:
         raise ConfigError("replay methods train on the full chain: leave diffusion.timestep_respacing empty "
                           "(sampling respacing is continual.eval_respacing / method.timestep_respacing)")
     if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
         raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
-    check_replay_weighting(mcfg, ctx.cfg)
+    check_replay_weighting(mcfg, cfg)
     if mcfg.teacher_steps < 1:
         raise ConfigError(f"method.teacher_steps must be >= 1, got {mcfg.teacher_steps}")
-    if not 0 <= mcfg.replay_start_timestep < ctx.diffusion.num_timesteps:
+    if not 0 <= mcfg.replay_start_timestep < cfg.diffusion.diffusion_steps:  # the full chain (checked above)
         raise ConfigError("method.replay_start_timestep must be in [0, diffusion_steps)")
     if mcfg.lambd < 0:
         raise ConfigError(f"method.lambd must be >= 0, got {mcfg.lambd}")
-    check_replay_batch(mcfg, ctx)
+    check_replay_batch(mcfg, world_size)
 
 
-def check_replay_batch(mcfg, ctx):
+def check_replay_batch(mcfg, world_size: int):
     """``method.replay_batch`` is a global batch: >= 0 and split evenly over the ranks."""
     from ...runtime.config import ConfigError
 
     if mcfg.replay_batch < 0:
         raise ConfigError(f"method.replay_batch must be >= 0, got {mcfg.replay_batch}")
-    if mcfg.replay_batch % ctx.world_size:
+    if mcfg.replay_batch % world_size:
         raise ConfigError(f"method.replay_batch {mcfg.replay_batch} is not divisible by the world size "
-                          f"{ctx.world_size} (it is the replay batch over all ranks, as train.batch_size)")
+                          f"{world_size} (it is the replay batch over all ranks, as train.batch_size)")
