@@ -185,10 +185,10 @@ def sample_spec(cfg: Config, info: DataInfo, device=None, **overrides) -> Sampli
     return sampling_spec(cfg, info.shape, info.num_classes, **{**kw, **overrides})
 
 
-def grid_spec(cfg: Config, info: DataInfo, device=None) -> SamplingSpec:
+def grid_spec(cfg: Config, info: DataInfo, device=None, **overrides) -> SamplingSpec:
     """The continual grids' sampler (``continual.eval_respacing``, ``eval_use_ddim``; eta 0)."""
-    return sampling_spec(cfg, info.shape, info.num_classes, respacing=cfg.continual.eval_respacing,
-                         use_ddim=cfg.continual.eval_use_ddim, device=device)
+    kw = dict(respacing=cfg.continual.eval_respacing, use_ddim=cfg.continual.eval_use_ddim, device=device)
+    return sampling_spec(cfg, info.shape, info.num_classes, **{**kw, **overrides})
 
 
 def build_classifier(cfg: Config, info: DataInfo) -> torch.nn.Module:

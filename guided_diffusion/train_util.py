@@ -446,7 +446,6 @@ class TrainLoop:
         elif dist_util.is_main():
             print(msg, flush=True)
 
-
     def run_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
         """One optimizer step on this rank's batch (x, y); returns the averaged loss terms."""
         step = self.step

@@ -25,8 +25,6 @@ One scale range serves GUIDE's _old and _new flags (one gradient guides at a tim
 scales that differ are refused, as are both gradients on and --depth other than 18.
 """
 
-
-
 import guided_diffusion.continual.methods  # noqa:F401  (registers the methods' config schemas)
 from guided_diffusion import dist_util
 from guided_diffusion.continual.solver import run_solver

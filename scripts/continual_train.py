@@ -18,8 +18,6 @@ class), metrics.csv (a row per task). Rerunning the same command resumes: finish
 skipped, the unfinished one continues from its latest checkpoint.
 """
 
-
-
 from guided_diffusion.continual.loop import USES, is_continual, train_continual
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.config import ConfigError

@@ -15,8 +15,6 @@ teacher NFEs/s. Rerunning the same command after a kill continues with the missi
 complete cache is reused. Then train the student: scripts/dynamic_train.py --config <same file>.
 """
 
-
-
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.dkdm import config as dkdm_config  # (registers the dkdm section)
 from guided_diffusion.dkdm import pipeline

@@ -17,8 +17,6 @@ state included) with EMA exports, and samples.png at the end. Rerunning the same
 from the latest complete checkpoint, cache and all; SIGTERM/SIGUSR1 checkpoint and exit 0.
 """
 
-
-
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.dkdm import config as dkdm_config  # (registers the dkdm section)
 from guided_diffusion.dkdm import pipeline

@@ -61,7 +61,8 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
         with np.load(path) as f:
             if len(f["arr_0"]) == n:
                 return f["arr_0"], f["arr_1"]
-    spec = experiment.sample_spec(cfg, setup.info, device, class_cond=setup.teacher.class_cond)
+    spec = experiment.sample_spec(cfg, setup.info, device, class_cond=setup.teacher.class_cond, guidance_scale=1.0,
+                                  clip_denoised=True)  # the teacher's own conditioning: no CFG
     t0 = time.time()
     images, labels = sample_set(setup.teacher.net, spec, num_samples=n, batch_size=min(n, 256),
                                 seed=step_seed(cfg.seed, 0, 3) % (2**31), classes=range(setup.info.num_classes or 1))
@@ -136,7 +137,7 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
         row = {"model": name, "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols}
         rows[name] = row
         n = 8 * len(classes)
-        imgs, _ = sample_set(net, experiment.grid_spec(cfg, setup.info, device), num_samples=n,
+        imgs, _ = sample_set(net, experiment.grid_spec(cfg, setup.info, device, guidance_scale=1.0), num_samples=n,
                              batch_size=min(n, 100), seed=cfg.seed,
                              labels=[c for c in classes for _ in range(8)] if cfg.model.class_cond else None)
         if dist_util.is_main():

@@ -125,7 +125,8 @@ def save_samples(cfg: Config, loop: TrainLoop, s: Setup, device, logger) -> None
         return
     model = loop.model
     model.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
-    images, _ = sample_set(model, experiment.sample_spec(cfg, s.info, device), num_samples=n,
+    spec = experiment.sample_spec(cfg, s.info, device, guidance_scale=1.0)  # DKDM trains no null class: no CFG
+    images, _ = sample_set(model, spec, num_samples=n,
                            batch_size=cfg.sample.batch_size, seed=cfg.seed, classes=range(s.info.num_classes or 1))
     if dist_util.is_main():
         path = os.path.join(experiment.run_dir_of(cfg), "samples.png")

@@ -211,5 +211,6 @@ class ContinualEvaluator:
 
 
 def build_evaluator(cfg, log=print) -> ContinualEvaluator:
-    """The evaluator for the continual loop (one call per task) (call once per run: loads or trains the classifier)."""
+    """The continual loop's evaluator, called after every task; build it once per run (it loads or trains
+    the evaluation classifier)."""
     return ContinualEvaluator(cfg, log=log)

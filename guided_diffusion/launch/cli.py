@@ -158,10 +158,7 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
 def _register_section_schemas() -> None:
     """Import the modules whose config sections (method, evaluation, dkdm) register schemas and
     checks, so that every script validates every section of a config the same way, before any work."""
-    from ..continual import (
-        methods,  # noqa: F401  (the method section: one schema per method.name)
-        solver,  # noqa: F401  (the solver section's checks)
-    )
+    from ..continual import methods  # noqa: F401  (the method section: one schema per method.name)
     from ..dkdm import config as dkdm_config  # noqa: F401  (the dkdm section)
     from ..evaluation import settings  # noqa: F401  (the evaluation section)
 

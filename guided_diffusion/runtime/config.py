@@ -256,16 +256,14 @@ _SECTION_DEFAULT: Dict[str, type] = {}
 _SECTION_CHECKS: Dict[Tuple[str, Optional[str]], Any] = {}
 
 
-def register_section_schema(section: str, name: Optional[str], schema: Optional[type], check=None) -> None:
+def register_section_schema(section: str, name: Optional[str], schema: type, check=None) -> None:
     """Register the dataclass that validates ``section`` (for ``method``: when ``method.name == name``)
     and, optionally, ``check(parsed_section, cfg)``: the owning module's checks across keys, run when a
-    config is loaded, before any work (raise ConfigError). ``schema`` None with a check: a section of
-    ``Config`` itself whose checks live with the module that reads it (and that every config must pass)."""
-    if schema is not None:
-        if name is None:
-            _SECTION_DEFAULT[section] = schema
-        else:
-            _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
+    config is loaded, before any work (raise ConfigError)."""
+    if name is None:
+        _SECTION_DEFAULT[section] = schema
+    else:
+        _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
     if check is not None:
         _SECTION_CHECKS[(section, name)] = check
 

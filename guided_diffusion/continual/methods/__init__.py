@@ -14,9 +14,11 @@ def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
     if name not in METHODS:
         raise ConfigError(f"unknown continual method {name!r}; known: {', '.join(sorted(METHODS))}")
     cls = METHODS[name]
-    if isinstance(method_cfg, dict):  # not loaded through a config: checked here, as a load would
+    if isinstance(method_cfg, dict):  # not loaded through a config
         from ...runtime.config import from_dict
 
         method_cfg = from_dict(cls.Config, method_cfg, "method")
-        cls.check(method_cfg, ctx.cfg, ctx.world_size)
+    # The load ran this check with the launcher's world size (unknown to it under an mpiexec that
+    # does not export one); here the process group's is known, and a dict was never checked.
+    cls.check(method_cfg, ctx.cfg, ctx.world_size)
     return cls(method_cfg, ctx)
