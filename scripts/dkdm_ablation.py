@@ -39,8 +39,8 @@ def main() -> int:
     ]
     import guided_diffusion.evaluation.settings  # noqa: F401  (the evaluation section's schema)
 
-    cfg, own = cli.parse(__doc__, options=options, program="dkdm_ablation.py")
-    dkdm_config.check(cfg)
+    uses = (*dkdm_config.USES, "continual", "evaluation")  # the students' grids and their evaluation
+    cfg, own = cli.parse(__doc__, options=options, uses=uses, program="dkdm_ablation.py")
     if cli.maybe_dry_run(cfg, own):
         return 0
     out = own.out or os.path.join("experiments", "results", cfg.name)

@@ -16,14 +16,13 @@ complete cache is reused. Then train the student: scripts/dynamic_train.py --con
 """
 
 from guided_diffusion import dist_util, experiment
-from guided_diffusion.dkdm import config as dkdm_config  # (registers the dkdm section)
+from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.dkdm import pipeline
 from guided_diffusion.launch import cli
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, program="dynamic_prepare.py")
-    dkdm_config.check(cfg)
+    cfg, args = cli.parse(__doc__, uses=dkdm_config.USES, program="dynamic_prepare.py")
     if cli.maybe_dry_run(cfg, args):
         return 0
     device = experiment.init_process(cfg)

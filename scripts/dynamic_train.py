@@ -18,14 +18,13 @@ from the latest complete checkpoint, cache and all; SIGTERM/SIGUSR1 checkpoint a
 """
 
 from guided_diffusion import dist_util, experiment
-from guided_diffusion.dkdm import config as dkdm_config  # (registers the dkdm section)
+from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.dkdm import pipeline
 from guided_diffusion.launch import cli
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, adm="train", program="dynamic_train.py")
-    dkdm_config.check(cfg)
+    cfg, args = cli.parse(__doc__, adm="train", uses=dkdm_config.USES, program="dynamic_train.py")
     if cli.maybe_dry_run(cfg, args):
         return 0
     device = experiment.init_process(cfg)

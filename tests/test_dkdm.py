@@ -368,6 +368,31 @@ def test_dkdm_refuses_a_loss_aware_sampler():
     check(load_config(None, ["dkdm.teacher_path=teacher.pt"]))
 
 
+def test_dkdm_checks_run_at_load_only_for_the_scripts_that_read_dkdm(tmp_path):
+    """The dkdm section's checks (a teacher, a uniform sampler) are registered with
+    ``register_section_check``: ``cli.parse`` runs them for a script whose ``uses`` has ``dkdm``,
+    before any work, and not for one that does not read the section (its default has no teacher)."""
+    from guided_diffusion.dkdm.config import USES
+    from guided_diffusion.launch import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {num_channels: 32}\n")
+    with pytest.raises(ConfigError, match=f"{path}: dkdm.teacher_path is empty"):
+        cli.parse("doc", ["--config", str(path)], uses=USES)
+    with pytest.raises(ConfigError, match="train.schedule_sampler = 'loss-second-moment' with dkdm"):
+        cli.parse("doc", ["--config", str(path), "dkdm.teacher_path=t.pt", "train.schedule_sampler=loss-second-moment"],
+                  uses=lambda cfg, given: USES)
+    cfg, _ = cli.parse("doc", ["--config", str(path), "dkdm.teacher_path=t.pt"], uses=USES)
+    assert cfg.dkdm.teacher_path == "t.pt"
+    for uses in (("data", "model", "diffusion", "train"), None):  # an IID script; a script that declares nothing
+        cfg, _ = cli.parse("doc", ["--config", str(path)], uses=uses)
+        assert cfg.dkdm.teacher_path == ""
+    # The scripts declare it: a DKDM script refuses the config before any work, --dry-run included.
+    p = subprocess.run([sys.executable, "scripts/dynamic_prepare.py", "--config", "yaml/mnist/dkdm.yaml",
+                        "dkdm.teacher_path=", "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "yaml/mnist/dkdm.yaml: dkdm.teacher_path is empty" in p.stderr, p.stderr[-2000:]
+
+
 def _train(run_dir, cache_dir, steps, T=20):
     tdiff = create_gaussian_diffusion(steps=T, noise_schedule="cosine")
     cache = DynamicCache.open(cache_dir, 0, 1)

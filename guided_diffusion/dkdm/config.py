@@ -1,4 +1,5 @@
-"""The ``dkdm`` section of a config (registered on import), for scripts/dynamic_prepare.py and dynamic_train.py.
+"""The ``dkdm`` section of a config (registered on import), for scripts/dynamic_prepare.py, dynamic_train.py
+and dkdm_ablation.py.
 
     dkdm:
       teacher_path: experiments/mnist_iid   # weights (.pt / .safetensors) or a run folder (its newest EMA export)
@@ -12,6 +13,9 @@
 
 The student is ``model``; both share ``diffusion`` (the chain's T is ``diffusion.timestep_respacing``
 when set, else ``diffusion_steps``), and ``train.batch_size`` is the global batch B.
+
+The section's defaults are not a valid DKDM run (no teacher), so ``check`` runs only for the scripts
+that read it (``USES``, their ``cli.parse(uses=...)``), not at every load.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
-from ..runtime.config import Config, ConfigError, register_section_schema
+from ..runtime.config import Config, ConfigError, register_section_check, register_section_schema
 from .prepare import MODES
 
 
@@ -36,7 +40,8 @@ class DKDMConfig:
     clip_denoised: bool = True
 
 
-register_section_schema("dkdm", None, DKDMConfig)
+# The sections the DKDM scripts read (prepare and train read the same file).
+USES = ("data", "model", "diffusion", "train", "sample", "dist", "dkdm")
 
 
 def check(cfg: Config) -> DKDMConfig:
@@ -44,6 +49,12 @@ def check(cfg: Config) -> DKDMConfig:
     d = cfg.dkdm
     if not isinstance(d, DKDMConfig):
         raise ConfigError("the dkdm section was not validated: import guided_diffusion.dkdm.config before load_config")
+    _check(d, cfg)
+    return d
+
+
+def _check(d: DKDMConfig, cfg: Config) -> None:
+    """The section's checks across keys: what a DKDM run needs that the defaults do not give."""
     if d.mode not in MODES:
         raise ConfigError(f"dkdm.mode = {d.mode!r} is not one of {', '.join(MODES)}")
     if d.mode == "dynamic" and not d.rho > 0:
@@ -56,7 +67,10 @@ def check(cfg: Config) -> DKDMConfig:
     if cfg.train.schedule_sampler != "uniform":  # a loss-aware sampler would silently stay uniform
         raise ConfigError(f"train.schedule_sampler = {cfg.train.schedule_sampler!r} with dkdm: the student's t come "
                           "from the cache, not from a sampler; set train.schedule_sampler: uniform")
-    return d
+
+
+register_section_schema("dkdm", None, DKDMConfig)
+register_section_check("dkdm", _check)
 
 
 def cache_dir_of(cfg: Config) -> str:

@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from ..runtime.config import (
     Config,
     ConfigError,
+    check_used_sections,
     config_from_tree,
     dump_config,
     given_sections,
@@ -30,7 +31,7 @@ from ..runtime.config import (
 READERS = {
     "solver": "scripts/classifier_cl_train.py",
     "classifier": "scripts/classifier_train.py and image_sample.py",
-    "dkdm": "scripts/dynamic_prepare.py, dynamic_train.py",
+    "dkdm": "scripts/dynamic_prepare.py, dynamic_train.py, dkdm_ablation.py",
     "evaluation": "continual runs and scripts/evaluate.py --config",
     "sample": "scripts/image_sample.py",
     "continual": "continual runs",
@@ -50,8 +51,10 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
     too (``adm_flags.flags_for``); ``options``: the script's plain options, as argparse
     ``(names, kwargs)`` pairs, listed by ``--help``. ``uses``: the config sections the script
     reads (or a function of the config and the sections it sets that gives them); a section the
-    config sets that is not among them is named in a warning (``args.given_sections``: the set ones). Every flag's
-    translation is kept in ``args.translations`` and printed by ``--dry-run``."""
+    config sets that is not among them is named in a warning (``args.given_sections``: the set ones),
+    and the checks registered for the sections among them (``config.register_section_check``) run
+    here, before any work. Every flag's translation is kept in ``args.translations`` and printed by
+    ``--dry-run``."""
     from . import adm_flags
 
     table: Dict[str, Union[str, Callable]] = dict(adm_flags.flags_for(adm)) if adm else {}
@@ -121,6 +124,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                 named = ", ".join(f"{sec} (read by {READERS[sec]})" if sec in READERS else sec for sec in unused)
                 print(f"warning: {program or 'this script'} does not read the section(s) {named} of {where}: "
                       f"they have no effect here", file=sys.stderr, flush=True)
+        check_used_sections(cfg, uses, args.config or "defaults")
     return cfg, args
 
 

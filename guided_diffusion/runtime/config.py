@@ -6,7 +6,8 @@ unknown key, a wrong type or an impossible combination raises ``ConfigError`` wi
 naming the key, the file and, where possible, the closest valid key.
 
 Sections whose schema depends on a choice (the continual ``method`` section) are registered by the
-module that implements the choice: ``register_section_schema("method", name, dataclass)``.
+module that implements the choice: ``register_section_schema("method", name, dataclass)``. Checks
+that hold only for the programs that read a section are ``register_section_check``'s.
 """
 
 from __future__ import annotations
@@ -266,6 +267,32 @@ def register_section_schema(section: str, name: Optional[str], schema: type, che
         _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
     if check is not None:
         _SECTION_CHECKS[(section, name)] = check
+
+
+# Checks that hold only where a section is read: section -> [check(section, cfg)].
+_USED_SECTION_CHECKS: Dict[str, List[Any]] = {}
+
+
+def register_section_check(section: str, check) -> None:
+    """Register ``check(cfg.<section>, cfg)`` (raise ConfigError): checks of ``section`` that hold only
+    for a program that reads it, because the section's defaults are not valid on their own (DKDM
+    needs a teacher). They run when such a program loads its config, before any work: ``launch.cli.parse``
+    runs them for the sections of its ``uses`` (``check_used_sections``). The checks that hold for
+    every config are ``register_section_schema``'s ``check``."""
+    checks = _USED_SECTION_CHECKS.setdefault(section, [])
+    if check not in checks:
+        checks.append(check)
+
+
+def check_used_sections(cfg: "Config", sections, where: str) -> None:
+    """Run the checks registered by ``register_section_check`` for ``sections`` (the ones a program
+    reads); ConfigError naming ``where``."""
+    for section in sections:
+        for check in _USED_SECTION_CHECKS.get(section, ()):
+            try:
+                check(getattr(cfg, section), cfg)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
 
 
 def _run_section_checks(cfg: "Config", where: str) -> None:
