@@ -242,24 +242,28 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
-    # Validated by the schema that ``method.name`` selects (registered by each continual method).
+    # Free-form sections (typed Dict): validated by the schema a higher layer registers for them
+    # (register_section_schema), one for the section or one per value of its ``name`` key; a section
+    # set with no schema registered is refused.
     method: Dict[str, Any] = field(default_factory=dict)
-    # Validated by the schemas their modules register (guided_diffusion.evaluation, guided_diffusion.dkdm).
     evaluation: Dict[str, Any] = field(default_factory=dict)
     dkdm: Dict[str, Any] = field(default_factory=dict)
 
 
-# Sections whose schema is chosen by a key inside them: section -> (selector key, {name: dataclass}).
+# The free-form sections' schemas. A section registered with names is selected by its key
+# ``_SELECTOR``: section -> {name: dataclass}; a section registered without has one: section -> dataclass.
+_SELECTOR = "name"
 _SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
-_SECTION_SELECTOR = {"method": "name", "evaluation": None, "dkdm": None}
 _SECTION_DEFAULT: Dict[str, type] = {}
 # Checks across keys that the module owning a section registers: (section, name) -> check(section, cfg).
 _SECTION_CHECKS: Dict[Tuple[str, Optional[str]], Any] = {}
 
 
 def register_section_schema(section: str, name: Optional[str], schema: type, check=None) -> None:
-    """Register the dataclass that validates ``section`` (for ``method``: when ``method.name == name``)
-    and, optionally, ``check(parsed_section, cfg)``: the owning module's checks across keys, run when a
+    """Register the dataclass that validates the free-form ``section`` of ``Config``: with a ``name``,
+    the section is selected by its ``name`` key and ``schema`` is the one for ``section.name == name``
+    (``method``: one per continual method); with ``name`` None, ``schema`` is the section's only one.
+    Optionally ``check(parsed_section, cfg)``: the owning module's checks across keys, run when a
     config is loaded, before any work (raise ConfigError)."""
     if name is None:
         _SECTION_DEFAULT[section] = schema
@@ -298,7 +302,7 @@ def check_used_sections(cfg: "Config", sections, where: str) -> None:
 def _run_section_checks(cfg: "Config", where: str) -> None:
     for (section, name), check in _SECTION_CHECKS.items():
         value = getattr(cfg, section)
-        if name is not None and getattr(value, "name", None) != name:
+        if name is not None and getattr(value, _SELECTOR, None) != name:
             continue
         try:
             check(value, cfg)
@@ -441,22 +445,28 @@ def _set_path(tree: Dict[str, Any], path: List[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _free_sections() -> List[str]:
+    """The sections of ``Config`` typed Dict, whose schemas higher layers register."""
+    hints = typing.get_type_hints(Config)
+    return [f.name for f in dataclasses.fields(Config) if typing.get_origin(hints[f.name]) in (dict, Dict)]
+
+
 def _validate_sections(cfg: Config, where: str) -> None:
     """Validate the free-form sections against their registered schemas (strict keys, types)."""
-    for section, selector in _SECTION_SELECTOR.items():
+    for section in _free_sections():
         raw = getattr(cfg, section)
-        if selector is None:
+        if section not in _SECTION_SCHEMAS:
             schema = _SECTION_DEFAULT.get(section)
         else:
             if not raw:
                 continue
-            name = raw.get(selector)
-            options = _SECTION_SCHEMAS.get(section, {})
+            name = raw.get(_SELECTOR)
+            options = _SECTION_SCHEMAS[section]
             if name not in options:
                 hint = _closest(str(name), options) if name else ""
-                valid = ", ".join(sorted(options)) or "(none registered)"
+                valid = ", ".join(sorted(options))
                 raise ConfigError(
-                    f"{where}: {section}.{selector} = {name!r} is not a known {section}{hint}; valid: {valid}"
+                    f"{where}: {section}.{_SELECTOR} = {name!r} is not a known {section}{hint}; valid: {valid}"
                 )
             schema = options[name]
         if schema is None:
@@ -689,7 +699,8 @@ def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     bases = tree.pop("base", None)
     try:
-        from_dict(Config, {k: v for k, v in tree.items() if k not in _SECTION_SELECTOR})
+        free = _free_sections()  # checked once merged: one file may hold part of such a section
+        from_dict(Config, {k: v for k, v in tree.items() if k not in free})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     if bases is None:
