@@ -19,12 +19,7 @@ from .runtime.checkpoint import atomic_write_text
 from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .sampling.classifier_free import null_class_of
 from .sampling.sample_sets import SamplingSpec
-from .script_util import (
-    create_classifier_from_config,
-    create_diffusion_from_config,
-    create_model_from_config,
-    model_kwargs_from_config,
-)
+from .script_util import create_classifier, create_gaussian_diffusion, create_model
 
 
 @dataclass
@@ -127,11 +122,48 @@ def info_for_weights(cfg: Config, state_dict: Optional[Dict[str, torch.Tensor]] 
                       "and classes: set data.channels and model.num_classes")
 
 
+def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int) -> dict:
+    """ADM's ``create_model`` keyword arguments from a ``Config`` (model + diffusion.learn_sigma); what
+    an export records to rebuild the network. Every key is the config's, so ``create_model``'s own
+    defaults (ADM's) never apply. The ``arch`` and ``dit_*`` keys are included for a DiT only, and
+    ``norm_groups`` when not ADM's 32, so a UNet's stay ADM's."""
+    m = cfg.model
+    kwargs = dict(
+        image_size=cfg.data.image_size,
+        num_channels=m.num_channels,
+        num_res_blocks=m.num_res_blocks,
+        channel_mult=m.channel_mult,
+        learn_sigma=cfg.diffusion.learn_sigma,
+        class_cond=m.class_cond,
+        use_checkpoint=m.use_checkpoint,
+        attention_resolutions=m.attention_resolutions,
+        num_heads=m.num_heads,
+        num_head_channels=m.num_head_channels,
+        num_heads_upsample=m.num_heads_upsample,
+        use_scale_shift_norm=m.use_scale_shift_norm,
+        dropout=m.dropout,
+        resblock_updown=m.resblock_updown,
+        use_fp16=m.use_fp16,
+        use_new_attention_order=m.use_new_attention_order,
+        # Classifier-free guidance training adds the null class, one more label row (none without: ADM's keys).
+        num_classes=(m.num_classes or num_classes) + (1 if m.class_cond and cfg.train.uncond_p > 0 else 0),
+        in_channels=in_channels,
+        embedding_kind=m.embedding_kind,
+        attention_backend=m.attention_backend,
+    )
+    if m.norm_groups != 32:
+        kwargs.update(norm_groups=m.norm_groups)
+    if m.arch != "unet":
+        kwargs.update(arch=m.arch, dit_patch_size=m.dit_patch_size, dit_hidden_size=m.dit_hidden_size,
+                      dit_depth=m.dit_depth, dit_num_heads=m.dit_num_heads, dit_mlp_ratio=m.dit_mlp_ratio)
+    return kwargs
+
+
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
     """The network of ``cfg`` (``model.arch``: UNet or DiT), initialised from ``cfg.seed`` (same on every rank)."""
     torch.manual_seed(cfg.seed)
     try:
-        net = create_model_from_config(cfg, info.num_classes, info.channels)
+        net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels))
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."
@@ -156,8 +188,14 @@ def init_weights(cfg: Config, model: torch.nn.Module, log=None) -> None:
 
 
 def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
+    """The diffusion of ``cfg``, respaced by ``timestep_respacing`` (None: ``diffusion.timestep_respacing``)."""
+    d = cfg.diffusion
     try:
-        return create_diffusion_from_config(cfg, timestep_respacing)
+        return create_gaussian_diffusion(
+            steps=d.diffusion_steps, learn_sigma=d.learn_sigma, sigma_small=d.sigma_small,
+            noise_schedule=d.noise_schedule, use_kl=d.use_kl, predict_xstart=d.predict_xstart,
+            rescale_timesteps=d.rescale_timesteps, rescale_learned_sigmas=d.rescale_learned_sigmas,
+            timestep_respacing=d.timestep_respacing if timestep_respacing is None else timestep_respacing)
     except ValueError as e:
         raise ConfigError(f"diffusion: {e}") from None
 
@@ -192,9 +230,16 @@ def grid_spec(cfg: Config, info: DataInfo, device=None, **overrides) -> Sampling
 
 
 def build_classifier(cfg: Config, info: DataInfo) -> torch.nn.Module:
+    """The noisy classifier of ``cfg.classifier`` (ADM's), initialised from ``cfg.seed + 1``."""
     torch.manual_seed(cfg.seed + 1)
+    c = cfg.classifier
     try:
-        return create_classifier_from_config(cfg, info.num_classes, info.channels)
+        return create_classifier(
+            image_size=cfg.data.image_size, classifier_use_fp16=c.use_fp16, classifier_width=c.width,
+            classifier_depth=c.depth, classifier_attention_resolutions=c.attention_resolutions,
+            classifier_use_scale_shift_norm=c.use_scale_shift_norm, classifier_resblock_updown=c.resblock_updown,
+            classifier_pool=c.pool, num_classes=info.num_classes, in_channels=info.channels,
+            attention_backend=cfg.model.attention_backend)
     except ValueError as e:
         raise ConfigError(f"classifier: {e}") from None
 

@@ -4,7 +4,8 @@ Code written against guided-diffusion's ``script_util`` runs unchanged; the addi
 ``num_classes``, ``in_channels``, ``embedding_kind`` and ``attention_backend``, and image size 32
 (channel_mult 1,2,2,2), 28 (1,2,2), 16 (1,2,2) and 8 (1,2) have default channel multipliers.
 ``create_model(..., arch="dit", dit_*=...)`` builds a Diffusion Transformer (``dit.DiTModel``) instead.
-``*_from_config`` build the same objects from the typed config of ``guided_diffusion.runtime.config``.
+The objects of a typed config (``guided_diffusion.runtime.config``) are built by ``experiment``,
+which calls these factories.
 """
 
 from __future__ import annotations
@@ -362,84 +363,3 @@ def create_classifier_and_diffusion(
         timestep_respacing=timestep_respacing,
     )
     return classifier, diffusion
-
-
-# ----------------------------------------------------------------------------------------------
-# From the typed config
-
-
-def model_kwargs_from_config(cfg, num_classes: int, in_channels: int) -> dict:
-    """``create_model`` keyword arguments from a ``Config`` (model + diffusion.learn_sigma).
-
-    The ``arch`` and ``dit_*`` keys are included for a DiT only, so a UNet's stay ADM's.
-    """
-    m = cfg.model
-    kwargs = dict(
-        image_size=cfg.data.image_size,
-        num_channels=m.num_channels,
-        num_res_blocks=m.num_res_blocks,
-        channel_mult=m.channel_mult,
-        learn_sigma=cfg.diffusion.learn_sigma,
-        class_cond=m.class_cond,
-        use_checkpoint=m.use_checkpoint,
-        attention_resolutions=m.attention_resolutions,
-        num_heads=m.num_heads,
-        num_head_channels=m.num_head_channels,
-        num_heads_upsample=m.num_heads_upsample,
-        use_scale_shift_norm=m.use_scale_shift_norm,
-        dropout=m.dropout,
-        resblock_updown=m.resblock_updown,
-        use_fp16=m.use_fp16,
-        use_new_attention_order=m.use_new_attention_order,
-        # Classifier-free guidance training adds the null class, one more label row (none without: ADM's keys).
-        num_classes=(m.num_classes or num_classes) + (1 if m.class_cond and cfg.train.uncond_p > 0 else 0),
-        in_channels=in_channels,
-        embedding_kind=m.embedding_kind,
-        attention_backend=m.attention_backend,
-    )
-    if m.norm_groups != 32:  # ADM's 32 stays implicit, so ADM-style kwargs stay ADM's
-        kwargs.update(norm_groups=m.norm_groups)
-    if m.arch != "unet":
-        kwargs.update(arch=m.arch, dit_patch_size=m.dit_patch_size, dit_hidden_size=m.dit_hidden_size,
-                      dit_depth=m.dit_depth, dit_num_heads=m.dit_num_heads, dit_mlp_ratio=m.dit_mlp_ratio)
-    return kwargs
-
-
-def diffusion_kwargs_from_config(cfg, timestep_respacing=None) -> dict:
-    d = cfg.diffusion
-    return dict(
-        steps=d.diffusion_steps,
-        learn_sigma=d.learn_sigma,
-        sigma_small=d.sigma_small,
-        noise_schedule=d.noise_schedule,
-        use_kl=d.use_kl,
-        predict_xstart=d.predict_xstart,
-        rescale_timesteps=d.rescale_timesteps,
-        rescale_learned_sigmas=d.rescale_learned_sigmas,
-        timestep_respacing=d.timestep_respacing if timestep_respacing is None else timestep_respacing,
-    )
-
-
-def create_model_from_config(cfg, num_classes: int, in_channels: int):
-    return create_model(**model_kwargs_from_config(cfg, num_classes, in_channels))
-
-
-def create_diffusion_from_config(cfg, timestep_respacing=None):
-    return create_gaussian_diffusion(**diffusion_kwargs_from_config(cfg, timestep_respacing))
-
-
-def create_classifier_from_config(cfg, num_classes: int, in_channels: int):
-    c = cfg.classifier
-    return create_classifier(
-        image_size=cfg.data.image_size,
-        classifier_use_fp16=c.use_fp16,
-        classifier_width=c.width,
-        classifier_depth=c.depth,
-        classifier_attention_resolutions=c.attention_resolutions,
-        classifier_use_scale_shift_norm=c.use_scale_shift_norm,
-        classifier_resblock_updown=c.resblock_updown,
-        classifier_pool=c.pool,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        attention_backend=cfg.model.attention_backend,
-    )

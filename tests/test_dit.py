@@ -12,10 +12,10 @@ import torch
 from test_dkdm import PIPE, _tiny_teacher, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
 from guided_diffusion.dit import DiTModel
-from guided_diffusion.experiment import DataInfo, build_model
+from guided_diffusion.experiment import DataInfo, build_model, model_kwargs_from_config
 from guided_diffusion.runtime import checkpoint as ckpt
 from guided_diffusion.runtime.config import ConfigError, load_config
-from guided_diffusion.script_util import create_model, model_kwargs_from_config
+from guided_diffusion.script_util import create_model
 
 
 def tiny(**kw):

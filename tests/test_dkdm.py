@@ -428,7 +428,8 @@ def test_training_resume_is_bit_identical_cache_included(tmp_path):
 
 def _tiny_teacher(tmp_path, **diff):
     """A 2-block UNet teacher on 8x8x1, exported as this project's TrainLoop does (safetensors + JSON)."""
-    from guided_diffusion.script_util import create_model, model_kwargs_from_config
+    from guided_diffusion.experiment import model_kwargs_from_config
+    from guided_diffusion.script_util import create_model
 
     cfg = load_config(None, ["data.image_size=8", "model.num_channels=32", "model.num_res_blocks=2",
                              "model.channel_mult=1", "model.attention_resolutions=", "model.class_cond=true",

@@ -83,8 +83,8 @@ def _shape_facts(sd: Dict[str, torch.Tensor]) -> Tuple[int, int, int]:
 
 def load_teacher(cfg: Config, device) -> Teacher:
     """Build and strictly load the teacher of ``cfg.dkdm``; check that its chain fits ``cfg.diffusion``."""
-    from ..experiment import build_diffusion
-    from ..script_util import create_model, model_kwargs_from_config
+    from ..experiment import build_diffusion, model_kwargs_from_config
+    from ..script_util import create_model
 
     d = cfg.dkdm
     path = resolve_teacher_path(d.teacher_path)
