@@ -27,12 +27,12 @@ scales that differ are refused, as are both gradients on and --depth other than 
 
 import guided_diffusion.continual.methods  # noqa:F401  (registers the methods' config schemas)
 from guided_diffusion import dist_util
-from guided_diffusion.continual.solver import run_solver
+from guided_diffusion.continual.solver import USES, run_solver
 from guided_diffusion.launch import adm_flags, cli
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, adm="guide_classifier", program="classifier_cl_train.py")
+    cfg, args = cli.parse(__doc__, adm="guide_classifier", uses=USES, program="classifier_cl_train.py")
     adm_flags.check_guide_flags(cfg, args.translations)
     if cli.maybe_dry_run(cfg, args):
         return 0

@@ -83,7 +83,8 @@ def test_adm_flags_without_a_config_start_from_adms_defaults(tmp_path):
 
 def test_a_section_the_script_does_not_read_is_named(tmp_path, capsys):
     path = tmp_path / "c.yaml"
-    path.write_text("model: {num_channels: 32}\nsolver: {lr: 0.1}\n")
+    # class_cond: the solver's replay (guided by default) needs it, checked at load where solver is read
+    path.write_text("model: {num_channels: 32, class_cond: true}\nsolver: {lr: 0.1}\n")
     cli.parse("doc", ["--config", str(path)], uses=("data", "model"), program="x.py")
     err = capsys.readouterr().err
     assert "x.py does not read the section(s) solver" in err

@@ -17,7 +17,7 @@ The loop knows no method by name: ``method.name`` in the config picks the class 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 
@@ -28,19 +28,33 @@ from .scenario import Scenario, Task, select
 METHODS: Dict[str, Type["ContinualMethod"]] = {}
 
 
-def register_method(name: str):
-    """Class decorator: make a method available as ``method.name: <name>`` in YAML."""
+def registrar(table: Dict[str, type], what: str, on_register: Optional[Callable[[str, type], None]] = None):
+    """A ``register(name)`` class decorator over ``table``: the class gets ``cls.name = name``; a name
+    registered twice is refused (``what`` names the kind in the error); ``on_register(name, cls)`` runs
+    after. The one registration rule of the generator's methods and the classifier's replay modes."""
 
-    def wrap(cls):
-        if name in METHODS:
-            raise ValueError(f"continual method {name!r} registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        register_section_schema("method", name, cls.Config,
-                                check=lambda mcfg, cfg: cls.check(mcfg, cfg, launch_world_size()))
-        return cls
+    def register(name: str):
+        def wrap(cls):
+            if name in table:
+                raise ValueError(f"{what} {name!r} registered twice")
+            cls.name = name
+            table[name] = cls
+            if on_register is not None:
+                on_register(name, cls)
+            return cls
 
-    return wrap
+        return wrap
+
+    return register
+
+
+def _register_schema(name: str, cls) -> None:
+    register_section_schema("method", name, cls.Config,
+                            check=lambda mcfg, cfg: cls.check(mcfg, cfg, launch_world_size()))
+
+
+# Class decorator: make a method available as ``method.name: <name>`` in YAML (its Config validates the section).
+register_method = registrar(METHODS, "continual method", _register_schema)
 
 
 def launch_world_size() -> int:

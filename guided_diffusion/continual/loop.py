@@ -1,4 +1,5 @@
-"""The continual loop: tasks one after another, each trained by ``TrainLoop`` with a method's parts.
+"""The diffusion model's continual run: tasks one after another (``continual.tasks``: resume,
+preemption, metrics), each trained by ``TrainLoop`` with a method's parts.
 
 Run folder layout (``experiments/<name>/``)::
 
@@ -22,8 +23,7 @@ See docs/reliability.md.
 from __future__ import annotations
 
 import copy
-import csv
-import io
+import dataclasses
 import json
 import time
 from typing import Callable, Dict, List, Optional
@@ -36,24 +36,20 @@ from ..data import InfiniteLoader
 from ..image_util import save_grid
 from ..logger import read_csv
 from ..runtime import checkpoint as ckpt
-from ..runtime import faults
 from ..runtime.config import ConfigError, dump_config, parse_ema_rates
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
-from ..train_util import DiffusionObjective, Preempted, PreemptionFlag, TrainLoop
+from ..train_util import DiffusionObjective, PreemptionFlag, TrainLoop
 from .base import ContinualContext, freeze
 from .methods import build_method
 from .scenario import Task, build_scenario
+from .tasks import TaskLearner, resume_point, run_tasks, stop_if_preempted
 from .warm_start import copy_first_task, first_task_results, first_task_source
-
-
-def _done_path(ctx: ContinualContext, task: Task) -> str:
-    return f"{ctx.task_dir(task)}/task_done.json"
 
 
 def _task_damage(ctx: ContinualContext, task: Task) -> Optional[str]:
     """None if the finished ``task``'s final checkpoint and method state are intact, else what is wrong."""
-    tdir, path = ctx.task_dir(task), _done_path(ctx, task)
+    tdir, path = ctx.task_dir(task), f"{ctx.task_dir(task)}/task_done.json"
     try:
         done = json.loads(ckpt.read_bytes(path))
     except (ValueError, UnicodeDecodeError) as e:
@@ -66,13 +62,6 @@ def _task_damage(ctx: ContinualContext, task: Task) -> Optional[str]:
         if reason is not None:
             return reason
     return None
-
-
-def _stop_if_preempted(flag: PreemptionFlag, ctx: ContinualContext, what: str) -> None:
-    """Collective: raise ``Preempted`` on every rank if SIGTERM/SIGUSR1 reached any rank."""
-    if dist_util.any_rank(flag.received is not None):
-        raise Preempted(f"{flag.received or 'a preemption signal'} received {what}: everything finished so far is "
-                        f"saved in {ctx.run_dir}; rerun the same command to resume")
 
 
 def final_weights(task_dir: str, step: Optional[int] = None):
@@ -92,20 +81,6 @@ def final_weights(task_dir: str, step: Optional[int] = None):
 def _final_objective_state(task_dir: str, step: int) -> dict:
     """The training objective's state in the checkpoint at ``step`` (the schedule sampler's, ...)."""
     return ckpt.load_torch(bf.join(task_dir, f"state{step:06d}.pt"))["components"].get("objective", {})
-
-
-def append_metrics(path: str, row: Dict) -> None:
-    """Append a row to a CSV, rewriting the header when new columns appear (rank 0 only)."""
-    rows = [r for r in read_csv(path) if str(r.get("task")) != str(row["task"])] + [row]
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    for r in rows:
-        w.writerow(r)
-    ckpt.atomic_write_text(path, buf.getvalue())
 
 
 def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: int):
@@ -168,56 +143,67 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     diffusion = experiment.build_diffusion(cfg)
     ctx = ContinualContext(cfg, scenario, x, y, info, model, diffusion, device, run_dir, root_logger,
                            dist_util.get_rank(), dist_util.get_world_size())
-    method = build_method(cfg.method, ctx)
-    # One diffusion objective, hence one schedule sampler, for the whole run: a loss-aware sampler's
-    # history carries over from task to task (each task's checkpoints hold it; the methods wrap it).
-    base = DiffusionObjective.from_config(cfg, diffusion, info.num_classes)
+    learner = DiffusionLearner(ctx, build_method(cfg.method, ctx), flag)
     root_logger.log(experiment.describe(cfg, info, model, len(x)))
-    root_logger.log(f"method {method.name}; class order {list(scenario.class_order)}; tasks "
+    root_logger.log(f"method {learner.method.name}; class order {list(scenario.class_order)}; tasks "
                     + "; ".join(f"{t.index}: classes {list(t.classes)} x {t.num_steps} steps" for t in scenario.tasks))
-
-    # Skip finished tasks; restore the state after the last one.
-    first = 0
-    while first < len(scenario.tasks) and bf.exists(_done_path(ctx, scenario.tasks[first])):
-        first += 1
-    while first > 0 and (damage := _task_damage(ctx, scenario.tasks[first - 1])) is not None:
-        root_logger.log(f"task {first - 1} is marked done but {damage}; redoing it from its latest intact checkpoint")
-        first -= 1
-    ema_state = None
-    if first > 0:
-        prev = scenario.tasks[first - 1]
-        model_sd, ema_state = final_weights(ctx.task_dir(prev), prev.num_steps)
-        ckpt.load_checked(model, model_sd, f"{ctx.task_dir(prev)}/model{prev.num_steps:06d}.pt")
-        state_path = f"{ctx.task_dir(prev)}/method_state.pt"
-        if bf.exists(state_path):
-            method.load_state_dict(ckpt.load_torch(state_path))
-        # The sampler as the uninterrupted run has it after task first - 1 (its final checkpoint).
-        base.load_state_dict(_final_objective_state(ctx.task_dir(prev), prev.num_steps))
-        root_logger.log(f"tasks 0..{first - 1} already finished; continuing with task {first}")
-    init_step = None
+    first = resume_point(scenario.tasks, learner, root_logger.log)
     if first == 0 and cfg.continual.init_from:  # task 0 from another run (checked before any work)
-        init_step = first_task_source(cfg, scenario.tasks[0], info.num_classes)
+        learner.init_step = first_task_source(cfg, scenario.tasks[0], info.num_classes)
     if dist_util.is_main():
         ckpt.atomic_write_text(bf.join(run_dir, "config.yaml"), dump_config(cfg))
     dist_util.barrier()
+    learner.evaluators = _evaluators(cfg, root_logger)
+    run_tasks(scenario.tasks[first:], learner, run_dir, flag)
+    return ctx
 
-    evaluators = _evaluators(cfg, root_logger)
-    rates = parse_ema_rates(cfg.train.ema_rate)
-    for task in scenario.tasks[first:]:
-        _stop_if_preempted(flag, ctx, f"before task {task.index}")
+
+class DiffusionLearner(TaskLearner):
+    """The diffusion model's tasks: each trained by ``TrainLoop`` with the method's parts, then
+    evaluated (the configured evaluators, a grid of samples per seen class)."""
+
+    def __init__(self, ctx: ContinualContext, method, flag: PreemptionFlag):
+        self.ctx, self.method, self.flag = ctx, method, flag
+        # One diffusion objective, hence one schedule sampler, for the whole run: a loss-aware sampler's
+        # history carries over from task to task (each task's checkpoints hold it; the methods wrap it).
+        self.base = DiffusionObjective.from_config(ctx.cfg, ctx.diffusion, ctx.info.num_classes)
+        self.rates = parse_ema_rates(ctx.cfg.train.ema_rate)
+        self.ema_state = None
+        self.init_step = None  # the step of continual.init_from's task 0 to copy (None: train task 0)
+        self.evaluators: List[Callable] = []
+        self.logger = None
+
+    def done_path(self, task: Task) -> str:
+        return f"{self.ctx.task_dir(task)}/task_done.json"
+
+    def damage(self, task: Task) -> Optional[str]:
+        return _task_damage(self.ctx, task)
+
+    def restore(self, task: Task) -> None:
+        tdir = self.ctx.task_dir(task)
+        model_sd, self.ema_state = final_weights(tdir, task.num_steps)
+        ckpt.load_checked(self.ctx.model, model_sd, f"{tdir}/model{task.num_steps:06d}.pt")
+        state_path = f"{tdir}/method_state.pt"
+        if bf.exists(state_path):
+            self.method.load_state_dict(ckpt.load_torch(state_path))
+        # The sampler as the uninterrupted run has it after the task (its final checkpoint).
+        self.base.load_state_dict(_final_objective_state(tdir, task.num_steps))
+
+    def learn(self, task: Task) -> Dict:
+        ctx, cfg, method = self.ctx, self.ctx.cfg, self.method
         tdir = ctx.task_dir(task)
         if dist_util.is_main():
             bf.makedirs(tdir)
-        if init_step is not None and task.index == 0:
-            if dist_util.is_main():
-                copy_first_task(cfg.continual.init_from, init_step, tdir, root_logger.log)
+        copies_first = self.init_step is not None and task.index == 0
+        if copies_first and dist_util.is_main():
+            copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log)
         dist_util.barrier()
-        logger = experiment.make_logger(cfg, tdir)
+        self.logger = experiment.make_logger(cfg, tdir)
         teacher = None
         if task.index > 0 and method.needs_teacher:
-            teacher = copy.deepcopy(model)
-            if cfg.continual.teacher_ema and ema_state is not None:
-                teacher.load_state_dict(ema_state[rates[0]])
+            teacher = copy.deepcopy(ctx.model)
+            if cfg.continual.teacher_ema and self.ema_state is not None:
+                teacher.load_state_dict(self.ema_state[self.rates[0]])
             freeze(teacher)
         t0 = time.time()
         method.before_task(task, teacher)
@@ -225,61 +211,60 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
         xt, yt = method.task_data(task, *ctx.real_data(task.classes))
         data = InfiniteLoader(xt, yt, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                               seed=step_seed(cfg.seed, task.index, 1) % (2**31), random_flip=cfg.data.random_flip)
-        import dataclasses
-
         tcfg = dataclasses.replace(cfg.train, total_steps=task.num_steps)
-        loop = TrainLoop(model=model, data=data, cfg=tcfg, run_dir=tdir, objective=method.objective(task, base),
-                         seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=logger, device=device,
-                         hooks=method.hooks(task), init_ema=ema_state,
-                         export_config=experiment.export_config(cfg, info), tag=f"task {task.index}")
+        loop = TrainLoop(model=ctx.model, data=data, cfg=tcfg, run_dir=tdir, objective=method.objective(task, self.base),
+                         seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=self.logger, device=ctx.device,
+                         hooks=method.hooks(task), init_ema=self.ema_state,
+                         export_config=experiment.export_config(cfg, ctx.info), tag=f"task {task.index}")
         start_step = loop.step
         t1 = time.time()
         loop.run()
-        _stop_if_preempted(flag, ctx, f"during task {task.index}")
+        stop_if_preempted(self.flag, ctx.run_dir, f"during task {task.index}")
         train_sec = time.time() - t1
-        ema_state = {r: {k: v.detach().clone() for k, v in sd.items()} for r, sd in loop.ema_state_dicts().items()}
+        self.ema_state = {r: {k: v.detach().clone() for k, v in sd.items()} for r, sd in loop.ema_state_dicts().items()}
         t2 = time.time()
         method.after_task(task)
         t_after = time.time() - t2
-        if dist_util.is_main():
-            saved = {"method_state.pt": ckpt.atomic_torch_save(method.state_dict(), f"{tdir}/method_state.pt")}
         row = {"task": task.index, "classes": " ".join(map(str, task.classes)),
                "seen_classes": len(task.seen_classes), "steps": task.num_steps, "images": len(xt),
                "before_task_sec": round(t_before, 3), "train_sec": round(train_sec, 3),
                "steps_this_run": task.num_steps - start_step,
                "after_task_sec": round(t_after, 3)}
         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
-        reused = None
-        if init_step is not None and task.index == 0:
-            reused = first_task_results(cfg, cfg.continual.init_from)
+        reused = first_task_results(cfg, cfg.continual.init_from) if copies_first else None
         if reused is not None:  # the same weights, seeds and settings: the same grid and numbers
             cols, grid = reused
             row.update(cols)
             if grid is not None and dist_util.is_main():
                 ckpt.atomic_write_bytes(f"{tdir}/samples.png", ckpt.read_bytes(grid))
-            root_logger.log(f"task 0: grid and evaluation taken from {cfg.continual.init_from} (same settings)")
+            ctx.logger.log(f"task 0: grid and evaluation taken from {cfg.continual.init_from} (same settings)")
         else:
-            ema_model = copy.deepcopy(model)
-            ema_model.load_state_dict(ema_state[rates[0]])
-            ema_model.eval()
-            for evaluator in evaluators:
-                row.update(evaluator(ctx, task, ema_model))
-            if cfg.continual.grid_per_class > 0:
-                images = _grid_from_evaluation(ctx, task, evaluators)
-                if images is None:
-                    images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
-                if dist_util.is_main():
-                    n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
-                    save_grid(images, f"{tdir}/samples.png", nrow=n_col)
-            del ema_model
-        if dist_util.is_main():
-            append_metrics(f"{run_dir}/metrics.csv", row)
-            faults.point("task_end")
-            ckpt.atomic_write_text(_done_path(ctx, task), json.dumps({**row, "files": saved}, indent=2))
-        dist_util.barrier()
-        root_logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
-        logger.close()
-    return ctx
+            self._evaluate(task, row)
+        return row
+
+    def _evaluate(self, task: Task, row: Dict) -> None:
+        """The evaluators' columns into ``row`` and the task's grid, from the EMA weights."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        ema_model = copy.deepcopy(ctx.model)
+        ema_model.load_state_dict(self.ema_state[self.rates[0]])
+        ema_model.eval()
+        for evaluator in self.evaluators:
+            row.update(evaluator(ctx, task, ema_model))
+        if cfg.continual.grid_per_class > 0:
+            images = _grid_from_evaluation(ctx, task, self.evaluators)
+            if images is None:
+                images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
+            if dist_util.is_main():
+                n_col = cfg.continual.grid_per_class if cfg.model.class_cond else None
+                save_grid(images, f"{ctx.task_dir(task)}/samples.png", nrow=n_col)
+
+    def save(self, task: Task, row: Dict) -> Dict:
+        path = f"{self.ctx.task_dir(task)}/method_state.pt"
+        return {"files": {"method_state.pt": ckpt.atomic_torch_save(self.method.state_dict(), path)}}
+
+    def finished(self, task: Task, row: Dict) -> None:
+        self.ctx.logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        self.logger.close()
 
 
 def _evaluators(cfg, logger) -> List[Callable]:

@@ -1,0 +1,155 @@
+"""The continual classifier's replay modes as parts chosen by name (``solver.replay``), like the
+generator's continual methods (``continual.base.METHODS``).
+
+A replay says which real classes a task trains on, whether old classes are replayed from the
+diffusion model after the previous task, whether their targets are the previous classifier's
+logits, how replayed images are guided, and the loss of a mixed batch (real rows first, then the
+replayed rows). The solver (``continual.solver.learner``) knows no mode by name.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+import torch.nn.functional as F
+
+from ...respace import sampler_of
+from ...runtime.config import ConfigError, register_section_check
+from .base import REPLAY_MODES, Replay, register_replay
+from .guidance import guide_cond_fn
+
+def masip_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
+    """Masip et al.'s soft replay loss, exactly (their solver's distillation loss): T^2 times the row mean of
+    -sum_c softmax(student/T)_c log softmax(teacher/T)_c over all logits of the classifier after the
+    previous task. The student's softmax multiplies the teacher's log-softmax (their "reversed" soft
+    cross-entropy): minimising it moves the student's mass to the teacher's most likely class, so
+    it acts as a confidence-weighted pseudo-label. Student logits trimmed to -inf add nothing."""
+    p_student = F.softmax(student_logits.float() / T, dim=-1)
+    log_p_teacher = F.log_softmax(teacher_logits.float() / T, dim=-1)
+    return -(p_student * log_p_teacher).sum(-1).mean() * T * T
+
+
+def soft_target_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, old_classes: List[int],
+                   T: float) -> torch.Tensor:
+    """``soft_kd`` replay (not Masip's): T^2 KL(p_teacher || p_student), the standard distillation
+    direction, averaged over rows. The teacher gives a distribution over the old classes only; the
+    student's is over all its logits (those of unseen classes may be -inf, trimmed), so mass it puts
+    on the new classes counts against it."""
+    old = torch.as_tensor(old_classes, device=student_logits.device)
+    log_pt = F.log_softmax(teacher_logits.float().index_select(1, old) / T, -1)
+    log_ps = F.log_softmax(student_logits.float() / T, -1).index_select(1, old)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1).mean() * T * T
+
+
+@register_replay("none")
+class FineTuning(Replay):
+    """Fine-tuning: the task's real data only."""
+
+
+@register_replay("joint")
+class Joint(Replay):
+    """The upper bound: real data of every class seen so far."""
+
+    def train_classes(self, task) -> tuple:
+        return task.seen_classes
+
+
+@register_replay("plain")
+class Plain(Replay):
+    """Replayed images with hard labels: the class they were conditioned on."""
+
+    from_generator = True
+
+
+@register_replay("soft")
+class Soft(Replay):
+    """Masip et al.'s ``WeightedSoftGenerativeReplay``: loss (1/(i+1)) CE_real + (i/(i+1)) ``masip_soft_loss``
+    over all logits of the classifier after task i-1 (untrimmed, as their solver)."""
+
+    from_generator = soft_targets = True
+    trims_by_default = False
+
+    @classmethod
+    def check(cls, s, cfg) -> None:
+        if s.trim_logits:
+            raise ConfigError("solver.replay=soft is Masip's soft targets over all logits of the previous classifier, "
+                              "which trimming leaves untrained for the classes it has not seen: leave "
+                              "solver.trim_logits unset (or false) for soft, or use soft_kd (targets over the old "
+                              "classes only)")
+
+    def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, task) -> torch.Tensor:
+        return masip_soft_loss(student, teacher, self.s.temperature)
+
+    def loss(self, logits, labels, n_real, soft, task):
+        if soft is None:  # task 0: nothing replayed
+            return F.cross_entropy(logits, labels)
+        i = task.index
+        real = F.cross_entropy(logits[:n_real], labels[:n_real])
+        return real / (i + 1) + self.soft_loss(logits[n_real:], soft, task) * i / (i + 1)
+
+
+@register_replay("soft_kd")
+class SoftKD(Soft):
+    """Standard distillation on the replayed rows: ``soft_target_kd`` over the old classes (not Masip's);
+    trimmed by default."""
+
+    trims_by_default = True
+
+    @classmethod
+    def check(cls, s, cfg) -> None:
+        pass
+
+    def soft_loss(self, student, teacher, task):
+        return soft_target_kd(student, teacher, list(task.old_classes), self.s.temperature)
+
+
+@register_replay("guided")
+class Guided(Replay):
+    """GUIDE: each replayed old class guided by ``guide_cond_fn`` with GUIDE's flags, at a per-sample scale
+    ~ U[scale_min, scale_max]; on x̂0 through the diffusion network, or, with ``noised_classifier``, on
+    x_t by a time-conditioned classifier."""
+
+    from_generator = guides = True
+
+    @classmethod
+    def check(cls, s, cfg) -> None:
+        solver = sampler_of(s.respacing)
+        if (s.use_old_grad or s.use_new_grad) and not s.noised_classifier and solver:
+            raise ConfigError(f"solver.respacing {s.respacing!r} names the {solver} solver, which cannot guide "
+                              "through x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' respacing, "
+                              "or solver.noised_classifier: true (guidance on x_t works with every sampler)")
+
+    def cond_fn(self, task, n, gen, nets, seen_mask, old_mask):
+        s = self.s
+        scales = s.scale_min + (s.scale_max - s.scale_min) * torch.rand(n, generator=gen)
+        noised = nets["noised"] is not None
+        clf, prev = (nets["noised"], nets["prev_noised"]) if noised else (nets["clf"], nets["prev"])
+        return guide_cond_fn(clf, prev, seen_mask, task.classes, old_mask, scales, s, noised=noised)
+
+
+def check_solver(s, cfg) -> None:
+    """The ``solver`` section's checks across its keys and the model. Only the classifier's runs read
+    the section (its defaults need a class-conditional model), so they run for them only: when its
+    script loads the config (registered below), and in ``Solver`` for one built by hand."""
+    if s.replay not in REPLAY_MODES:
+        raise ConfigError(f"solver.replay {s.replay!r} is not one of {', '.join(REPLAY_MODES)}")
+    replay = REPLAY_MODES[s.replay]
+    if replay.from_generator and not cfg.model.class_cond:
+        raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
+    if s.use_old_grad and s.use_new_grad:
+        raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
+    if s.negate_old_grad and not s.use_old_grad:
+        raise ConfigError("solver.negate_old_grad flips the old classifier's gradient: it needs solver.use_old_grad")
+    if s.noised_classifier and not replay.guides:
+        raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
+                          f"{s.replay!r}")
+    replay.check(s, cfg)
+
+
+register_section_check("solver", check_solver)
+
+
+def build_replay(s) -> Replay:
+    """The replay part ``solver.replay`` names."""
+    return REPLAY_MODES[s.replay](s)
