@@ -209,3 +209,44 @@ def test_soft_replay_is_untrimmed_and_refuses_trimming():
     cfg.solver = dataclasses.replace(SolverConfig(), replay="soft", trim_logits=True)
     with pytest.raises(ConfigError, match="soft_kd"):
         Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
+
+
+# ------------------------------------------------------------------ solver.arch
+
+
+def test_mlp_solver_is_avalanches_simple_mlp():
+    """Masip's --solver_type mlp: Avalanche's SimpleMLP defaults (one hidden layer of 512, ReLU, dropout
+    0.5) on the flattened image; it takes the time conditioning like the conv nets."""
+    net = create_classifier_net("mlp", 10, 1)
+    linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 512), (512, 10)]
+    assert sum(p.numel() for p in net.parameters()) == 784 * 512 + 512 + 512 * 10 + 10
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.5]
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    net.eval()
+    h = torch.relu(x.flatten(1) @ linears[0].weight.T + linears[0].bias)
+    torch.testing.assert_close(net(x), h @ linears[1].weight.T + linears[1].bias)
+    rgb = create_classifier_net("mlp", 100, 3, image_size=16)
+    assert rgb(torch.zeros(2, 3, 16, 16)).shape == (2, 100)
+    timed = create_classifier_net("mlp", 10, 1, time_conditioned=True).eval()
+    timed.net.load_state_dict(net.state_dict())
+    torch.testing.assert_close(timed(x, torch.tensor([0, 10, 500, 999])), net(x))  # the wrapper starts as its net
+
+
+def test_solver_arch_is_checked_and_an_mlp_solver_trains_task_after_task(tmp_path):
+    from guided_diffusion.continual.solver import check_solver, run_solver
+    from guided_diffusion.runtime.config import Config, load_config
+
+    cfg = Config()
+    cfg.model.class_cond = True
+    with pytest.raises(ConfigError, match="solver.arch 'vgg' is not one of resnet18, cnn, mlp"):
+        check_solver(dataclasses.replace(SolverConfig(), arch="vgg"), cfg)
+    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    cfg = load_config(f"{root}/yaml/mnist/solver.yaml", [
+        f"out_dir={tmp_path}", "continual.limit_tasks=2", "solver.arch=mlp", "solver.replay=joint",
+        "solver.init_num_steps=30", "solver.num_steps=30", "solver.batch_size=32", "solver.augment=",
+        "solver.log_interval=10", "train.num_threads=1"])
+    solver = run_solver(cfg)
+    assert sorted(solver.acc) == [0, 1] and sorted(solver.acc[1]) == [0, 1]
+    assert isinstance(solver.clf, torch.nn.Module) and solver.clf.fc.in_features == 512
+    assert solver.acc[1][1] > 0.8  # 30 steps of joint training learn the second pair of digits

@@ -78,6 +78,28 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
+class SimpleMLP(nn.Module):
+    """Masip et al.'s MLP solver (``--solver_type mlp``: Avalanche's ``SimpleMLP`` with its defaults): the
+    flattened image through ``hidden_layers`` blocks of Linear(hidden_size) - ReLU - Dropout(drop_rate),
+    then a linear layer to the classes."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28, hidden_size: int = 512,
+                 hidden_layers: int = 1, drop_rate: float = 0.5):
+        super().__init__()
+        layers, width = [nn.Flatten()], in_channels * image_size * image_size
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(width, hidden_size), nn.ReLU(), nn.Dropout(drop_rate)]
+            width = hidden_size
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(width, num_classes)
+
+    def features(self, x):
+        return self.body(x)
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
 class TimeConditioned(nn.Module):
     """A classifier of noisy images x_t that also takes their timestep: ``forward(x, timesteps)``.
 
@@ -107,12 +129,15 @@ class TimeConditioned(nn.Module):
         return self.net.fc(h * (1 + scale) + shift)
 
 
-ARCHS = {"resnet18": PreActResNet18, "cnn": SmallCNN}
+ARCHS = {"resnet18": PreActResNet18, "cnn": SmallCNN, "mlp": SimpleMLP}
 
 
-def create_classifier_net(arch: str, num_classes: int, in_channels: int, time_conditioned: bool = False) -> nn.Module:
-    """The solver's classifier; ``time_conditioned``: wrapped to also take the timestep of x_t."""
+def create_classifier_net(arch: str, num_classes: int, in_channels: int, time_conditioned: bool = False,
+                          image_size: int = 28) -> nn.Module:
+    """The solver's classifier (``solver.arch``: mlp, cnn (Masip's), resnet18 (GUIDE's)); ``time_conditioned``:
+    wrapped to also take the timestep of x_t. ``image_size`` sizes the MLP's input (the conv nets pool)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {arch!r}; valid: {', '.join(ARCHS)}")
-    net = ARCHS[arch](num_classes=num_classes, in_channels=in_channels)
+    extra = {"image_size": image_size} if arch == "mlp" else {}
+    net = ARCHS[arch](num_classes=num_classes, in_channels=in_channels, **extra)
     return TimeConditioned(net) if time_conditioned else net

@@ -190,7 +190,7 @@ class ContinualConfig:
 class SolverConfig:
     """The continual classifier trained with replay from the continual diffusion model (GUIDE, Masip)."""
 
-    arch: str = "cnn"  # cnn (Masip's solver) | resnet18 (pre-activation, GUIDE's)
+    arch: str = "cnn"  # cnn (Masip's solver) | mlp (Masip's MLP solver) | resnet18 (pre-activation, GUIDE's)
     replay: str = "guided"  # none (fine-tune) | joint | plain | soft | guided
     diffusion_run: str = ""  # run folder of the continual diffusion model ("" -> this config's run folder)
     batch_size: int = 64  # per task i > 0: B/(i+1) real images + B*i/(i+1) replay images

@@ -70,12 +70,12 @@ class Solver(TaskLearner):
         self.run_dir, self.logger = run_dir, logger
         self.diffusion_run = s.diffusion_run or experiment.run_dir_of(cfg)
         torch.manual_seed(cfg.seed + 2)
-        self.clf = create_classifier_net(s.arch, info.num_classes, info.channels).to(device)
+        self.clf = create_classifier_net(s.arch, info.num_classes, info.channels, image_size=info.image_size).to(device)
         # GUIDE's train_noised_classifier: a second, time-conditioned classifier, trained on noised
         # batches, guides on x_t. Deliberate difference: GUIDE trains its one classifier on noised
         # batches; we keep the solver clean (its test accuracy is the result) and add this one.
-        self.nclf = create_classifier_net(s.arch, info.num_classes, info.channels, time_conditioned=True).to(device) \
-            if s.noised_classifier else None
+        self.nclf = create_classifier_net(s.arch, info.num_classes, info.channels, time_conditioned=True,
+                                          image_size=info.image_size).to(device) if s.noised_classifier else None
         self.acc: Dict[int, Dict[int, float]] = {}
         self.gen_sec = 0.0
         self.gen_images = 0

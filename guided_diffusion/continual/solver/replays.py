@@ -14,6 +14,7 @@ from typing import List
 import torch
 import torch.nn.functional as F
 
+from ...classifiers.nets import ARCHS
 from ...respace import sampler_of
 from ...runtime.config import ConfigError, register_section_check
 from .base import REPLAY_MODES, Replay, register_replay
@@ -134,6 +135,8 @@ def check_solver(s, cfg) -> None:
     script loads the config (registered below), and in ``Solver`` for one built by hand."""
     if s.replay not in REPLAY_MODES:
         raise ConfigError(f"solver.replay {s.replay!r} is not one of {', '.join(REPLAY_MODES)}")
+    if s.arch not in ARCHS:
+        raise ConfigError(f"solver.arch {s.arch!r} is not one of {', '.join(ARCHS)}")
     replay = REPLAY_MODES[s.replay]
     if replay.from_generator and not cfg.model.class_cond:
         raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
