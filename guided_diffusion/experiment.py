@@ -20,6 +20,8 @@ from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .sampling.classifier_free import null_class_of
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
+from .train_util import DiffusionObjective
+from .vae import MlpVAE, VAEObjective
 
 
 @dataclass
@@ -159,9 +161,22 @@ def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int) ->
     return kwargs
 
 
+def vae_kwargs_from_config(cfg: Config, info: DataInfo) -> dict:
+    """``MlpVAE`` keyword arguments (``generator: vae``, the ``vae`` section)."""
+    v = cfg.vae
+    return {"shape": list(info.shape), "encoder_dims": [int(d) for d in v.encoder_dims.split(",") if d.strip()],
+            "decoder_dims": [int(d) for d in v.decoder_dims.split(",") if d.strip()], "latent_dim": v.latent_dim}
+
+
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
-    """The network of ``cfg`` (``model.arch``: UNet or DiT), initialised from ``cfg.seed`` (same on every rank)."""
+    """The network of ``cfg`` (``model.arch``: UNet or DiT; ``generator: vae``: Masip's VAE), initialised
+    from ``cfg.seed`` (same on every rank)."""
     torch.manual_seed(cfg.seed)
+    if cfg.generator == "vae":
+        try:
+            return MlpVAE(**vae_kwargs_from_config(cfg, info))
+        except ValueError as e:
+            raise ConfigError(f"vae: {e}") from None
     try:
         net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels))
     except ValueError as e:
@@ -185,6 +200,14 @@ def init_weights(cfg: Config, model: torch.nn.Module, log=None) -> None:
     load_weights(model, path, what="model (model.init_path)")
     if log is not None:
         log(f"initial weights from {path} (model.init_path)")
+
+
+def build_objective(cfg: Config, diffusion, num_classes: int):
+    """What a step of training minimises: the diffusion loss of ``cfg`` (``DiffusionObjective``), or the
+    VAE's loss (``generator: vae``)."""
+    if cfg.generator == "vae":
+        return VAEObjective()
+    return DiffusionObjective.from_config(cfg, diffusion, num_classes)
 
 
 def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
@@ -246,6 +269,9 @@ def build_classifier(cfg: Config, info: DataInfo) -> torch.nn.Module:
 
 def export_config(cfg: Config, info: DataInfo) -> dict:
     """What a reader of an exported model needs to rebuild it."""
+    if cfg.generator == "vae":
+        return {"generator": "vae", "vae": vae_kwargs_from_config(cfg, info),
+                "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels}}
     return {
         "model": model_kwargs_from_config(cfg, info.num_classes, info.channels),
         "diffusion": to_dict(cfg.diffusion),
@@ -259,10 +285,14 @@ def count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _network_name(cfg: Config) -> str:
+    return "VAE" if cfg.generator == "vae" else "DiT" if cfg.model.arch == "dit" else "UNet"
+
+
 def describe(cfg: Config, info: DataInfo, model: torch.nn.Module, n_train: int) -> str:
     return (
         f"run {cfg.name}: {cfg.data.dataset} ({n_train} train images, {info.num_classes} classes, "
-        f"{info.channels}x{info.image_size}x{info.image_size}); {'DiT' if cfg.model.arch == 'dit' else 'UNet'} "
+        f"{info.channels}x{info.image_size}x{info.image_size}); {_network_name(cfg)} "
         f"{count_params(model) / 1e6:.2f}M params; "
         f"world size {dist_util.get_world_size()}, device {dist_util.dev()}"
     )

@@ -30,7 +30,7 @@ from guided_diffusion.image_util import save_grid
 from guided_diffusion.launch import cli
 from guided_diffusion.respace import sampler_label
 from guided_diffusion.sampling.sample_sets import sample_set
-from guided_diffusion.train_util import DiffusionObjective, TrainLoop
+from guided_diffusion.train_util import TrainLoop
 
 IID_USES = ("data", "model", "diffusion", "train", "sample", "dist")
 
@@ -53,7 +53,7 @@ def main() -> int:
     data = InfiniteLoader(x, y, cfg.train.batch_size, rank=dist_util.get_rank(),
                           world_size=dist_util.get_world_size(), seed=cfg.seed,
                           random_flip=cfg.data.random_flip)
-    objective = DiffusionObjective.from_config(cfg, diffusion, info.num_classes)
+    objective = experiment.build_objective(cfg, diffusion, info.num_classes)
     loop = TrainLoop(model=model, data=data, cfg=cfg.train, run_dir=run_dir, objective=objective, seed=cfg.seed,
                      logger=logger, device=device, export_config=experiment.export_config(cfg, info))
     loop.run()

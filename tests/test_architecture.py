@@ -13,7 +13,7 @@ PKG = "guided_diffusion"
 # Bottom to top; a module belongs to the first layer with a matching prefix.
 LAYERS = [
     ("math and networks", ["diffusion_math", "gaussian_diffusion", "respace", "resample", "losses", "nn", "unet",
-                           "dit", "energy"]),
+                           "dit", "energy", "vae"]),
     ("runtime", ["runtime"]),
     ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data"]),
     ("training and sampling", ["train_util", "sampling", "classifiers"]),

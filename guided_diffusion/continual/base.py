@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 import torch
 
 from .. import dist_util
-from ..runtime.config import register_section_schema
+from ..runtime.config import ConfigError, register_section_schema
 from .scenario import Scenario, Task, select
 
 METHODS: Dict[str, Type["ContinualMethod"]] = {}
@@ -48,9 +48,18 @@ def registrar(table: Dict[str, type], what: str, on_register: Optional[Callable[
     return register
 
 
+def check_method(cls, mcfg, cfg, world_size: int) -> None:
+    """A method's checks: that it trains the config's generator (``generator``), then its own ``check``."""
+    if cfg.generator not in cls.generators:
+        raise ConfigError(f"method {cls.name} trains a {' or '.join(cls.generators)} generator, not generator: "
+                          f"{cfg.generator} (methods for it: "
+                          f"{', '.join(n for n, c in METHODS.items() if cfg.generator in c.generators)})")
+    cls.check(mcfg, cfg, world_size)
+
+
 def _register_schema(name: str, cls) -> None:
     register_section_schema("method", name, cls.Config,
-                            check=lambda mcfg, cfg: cls.check(mcfg, cfg, launch_world_size()))
+                            check=lambda mcfg, cfg: check_method(cls, mcfg, cfg, launch_world_size()))
 
 
 # Class decorator: make a method available as ``method.name: <name>`` in YAML (its Config validates the section).
@@ -95,6 +104,7 @@ class ContinualMethod:
 
     name = "base"
     needs_teacher = False
+    generators = ("diffusion",)  # the generators (``generator``) the method can train
 
     @dataclass
     class Config:

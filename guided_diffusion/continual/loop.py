@@ -39,7 +39,7 @@ from ..runtime import checkpoint as ckpt
 from ..runtime.config import ConfigError, dump_config, parse_ema_rates
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
-from ..train_util import DiffusionObjective, PreemptionFlag, TrainLoop
+from ..train_util import PreemptionFlag, TrainLoop
 from .base import ContinualContext, freeze
 from .methods import build_method
 from .scenario import Task, build_scenario
@@ -166,7 +166,7 @@ class DiffusionLearner(TaskLearner):
         self.ctx, self.method, self.flag = ctx, method, flag
         # One diffusion objective, hence one schedule sampler, for the whole run: a loss-aware sampler's
         # history carries over from task to task (each task's checkpoints hold it; the methods wrap it).
-        self.base = DiffusionObjective.from_config(ctx.cfg, ctx.diffusion, ctx.info.num_classes)
+        self.base = experiment.build_objective(ctx.cfg, ctx.diffusion, ctx.info.num_classes)
         self.rates = parse_ema_rates(ctx.cfg.train.ema_rate)
         self.ema_state = None
         self.init_step = None  # the step of continual.init_from's task 0 to copy (None: train task 0)
@@ -288,7 +288,7 @@ def _last_terms(tdir: str) -> Dict[str, float]:
         out["sec_per_step"] = sum(secs) / len(secs)
     for k, v in rows[-1].items():
         if k in ("loss", "mse", "vb", "data_loss", "replay_loss", "replay_sec", "ewc_penalty",
-                 "teacher_nfe") and v not in ("", None):
+                 "teacher_nfe", "bce", "kl") and v not in ("", None):
             out[f"final_{k}"] = float(v)
     return out
 

@@ -151,7 +151,7 @@ class ContinualEvaluator:
                                    seed=ev.seed if ev.seed >= 0 else cfg.seed, labels=labels)
         faults.point("evaluation")
         self.last_samples = (images, drawn, (respacing, bool(ev.use_ddim), float(ev.eta)))
-        sampler = sampler_label(respacing, ev.use_ddim, ev.eta)
+        sampler = "one decoder pass" if cfg.generator == "vae" else sampler_label(respacing, ev.use_ddim, ev.eta)
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
                            f"{what}EMA samples{' ' + when if when else ''}, {sampler}")

@@ -222,6 +222,15 @@ class SolverConfig:
 
 
 @dataclass
+class VAEConfig:
+    """The VAE generator (``generator: vae``): Masip et al.'s baseline, their configs/model/vae.json."""
+
+    encoder_dims: str = "400,400"  # widths of the encoder's hidden layers
+    decoder_dims: str = "400,400"  # widths of the decoder's hidden layers
+    latent_dim: int = 100
+
+
+@dataclass
 class DistConfig:
     backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
     timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
@@ -233,6 +242,7 @@ class Config:
     seed: int = 0
     out_dir: str = "experiments"
     device: str = ""  # "" -> cuda (local rank) if available, else cpu
+    generator: str = "diffusion"  # diffusion (the model and diffusion sections) | vae (Masip's VAE baseline: the vae section)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -240,6 +250,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     dist: DistConfig = field(default_factory=DistConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     # Free-form sections (typed Dict): validated by the schema a higher layer registers for them
@@ -487,6 +498,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         raise ConfigError(f"{where}: {msg}")
 
     choices = {
+        "generator": (cfg.generator, ("diffusion", "vae")),
         "data.resize": (cfg.data.resize, ("auto", "pad", "resize", "center_crop")),
         "model.embedding_kind": (cfg.model.embedding_kind, ("add_time_learned", "concat_time_1hot", "none")),
         "model.attention_backend": (cfg.model.attention_backend, ("sdpa", "einsum")),
@@ -551,6 +563,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     if cfg.model.class_cond and cfg.model.embedding_kind == "none":
         bad("model.class_cond is true but model.embedding_kind is 'none': the model could not see the label")
     _validate_energy_guidance(cfg, bad)
+    if cfg.generator == "vae":
+        _validate_vae(cfg, bad)
     if cfg.model.arch == "dit":
         m = cfg.model
         for key in ("dit_patch_size", "dit_hidden_size", "dit_depth", "dit_num_heads"):
@@ -566,6 +580,26 @@ def validate(cfg: Config, where: str = "config") -> None:
         if m.class_cond and m.embedding_kind != "add_time_learned":
             bad(f"model.arch 'dit' adds a learned label embedding: model.embedding_kind must be add_time_learned, "
                 f"got {m.embedding_kind!r}")
+
+
+def _validate_vae(cfg: Config, bad) -> None:
+    """``generator: vae``: Masip's VAE is unconditional and trained by its own loss."""
+    for key in ("encoder_dims", "decoder_dims"):
+        text = getattr(cfg.vae, key)
+        try:
+            dims = [int(v) for v in str(text).split(",") if v.strip()]
+        except ValueError:
+            dims = []
+        if not dims or min(dims) < 1:
+            bad(f"vae.{key} must be a comma-separated list of positive widths, got {text!r}")
+    if cfg.vae.latent_dim < 1:
+        bad(f"vae.latent_dim must be >= 1, got {cfg.vae.latent_dim}")
+    if cfg.model.class_cond:
+        bad("generator: vae is Masip's unconditional VAE: set model.class_cond false")
+    if cfg.train.uncond_p > 0 or cfg.sample.guidance_scale != 1.0:
+        bad("generator: vae has no classifier-free guidance: leave train.uncond_p at 0 and sample.guidance_scale at 1")
+    if cfg.train.precision != "fp32" or cfg.model.use_fp16:
+        bad("generator: vae trains in fp32 (train.precision fp32, model.use_fp16 false)")
 
 
 def _validate_energy_guidance(cfg: Config, bad) -> None:

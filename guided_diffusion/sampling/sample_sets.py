@@ -78,6 +78,17 @@ def sample_batch(
     sampled by that solver (``solver_loop``); ``use_ddim`` and ``eta`` then do not apply.
     """
     device = device or next(model.parameters()).device
+    if getattr(model, "direct_sampler", False):  # a generator that decodes noise in one pass (the VAE)
+        if cond_fn is not None or (mcmc is not None and mcmc.sampler != "none"):
+            raise ValueError("guidance and MCMC steps need a diffusion; this generator samples in one pass")
+        noise = noise if noise is not None else torch.randn(shape)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return model.sample_from_noise(noise.to(device))
+        finally:
+            model.train(was_training)
     model_kwargs = {"y": y.to(device)} if y is not None else {}
     net = model
 

@@ -2,7 +2,7 @@
 the one a config selects (the registry itself, ``METHODS``, lives in ``continual.base``)."""
 
 from ...runtime.config import ConfigError
-from ..base import METHODS, ContinualContext, ContinualMethod
+from ..base import METHODS, ContinualContext, ContinualMethod, check_method
 from . import buffer, dynamic_cache, ewc, generative, naive  # noqa: F401  (each registers its methods)
 
 
@@ -20,5 +20,5 @@ def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
         method_cfg = from_dict(cls.Config, method_cfg, "method")
     # The load ran this check with the launcher's world size (unknown to it under an mpiexec that
     # does not export one); here the process group's is known, and a dict was never checked.
-    cls.check(method_cfg, ctx.cfg, ctx.world_size)
+    check_method(cls, method_cfg, ctx.cfg, ctx.world_size)
     return cls(method_cfg, ctx)

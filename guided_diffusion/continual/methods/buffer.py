@@ -64,6 +64,8 @@ def reservoir_update(buffer: np.ndarray, seen: int, new: np.ndarray, size: int, 
 class BufferReplay(ContinualMethod):
     """Train each task on its data plus a fixed-size buffer of real images of earlier tasks."""
 
+    generators = ("diffusion", "vae")
+
     @dataclass
     class Config:
         name: str = "buffer_replay"

@@ -192,7 +192,12 @@ class GenerativeDistillation(_ReplayMethod):
 
 @register_method("generative_replay")
 class GenerativeReplay(_ReplayMethod):
-    """Self-rehearsal: the previous model generates old classes, the new one trains on them."""
+    """Self-rehearsal: the previous model generates old classes, the new one trains on them. With
+    ``generator: vae`` (Masip's VAE baseline), the previous VAE's samples join each real batch as
+    data, as many as the batch (their ``UpdatedGenerativeReplayPlugin``): only ``style: masip`` applies
+    and the diffusion keys (lambd, criterion, teacher_steps, ...) are not read."""
+
+    generators = ("diffusion", "vae")
 
     @dataclass
     class Config:
@@ -217,6 +222,9 @@ class GenerativeReplay(_ReplayMethod):
 
         if mcfg.style not in ("masip", "guide"):
             raise ConfigError(f"method.style {mcfg.style!r} is not one of masip, guide")
+        if cfg.generator == "vae" and mcfg.style != "masip":
+            raise ConfigError("generator: vae replays its samples in every batch (Masip's VAE baseline): "
+                              "method.style must be masip")
         if mcfg.style == "guide" and not cfg.model.class_cond:
             raise ConfigError("method.style guide (GUIDE) generates images of the old classes by label: it needs a "
                               "class-conditional model (model.class_cond: true)")
@@ -229,6 +237,8 @@ class GenerativeReplay(_ReplayMethod):
     def objective(self, task, base):
         if self.mcfg.style == "guide":
             return base
+        if hasattr(base, "with_replay") and task.index > 0 and self.teacher is not None:
+            return base.with_replay(self.teacher)  # the VAE: the teacher's samples are data
         return super().objective(task, base)
 
     def before_task(self, task, teacher):

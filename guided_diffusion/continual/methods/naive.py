@@ -11,6 +11,8 @@ from ..base import ContinualMethod, register_method
 class Naive(ContinualMethod):
     """Fine-tune on each task's data alone: what forgetting looks like."""
 
+    generators = ("diffusion", "vae")
+
     @dataclass
     class Config:
         name: str = "naive"
@@ -19,6 +21,8 @@ class Naive(ContinualMethod):
 @register_method("joint")
 class Joint(ContinualMethod):
     """Train each task on the real data of every class seen so far: the upper bound."""
+
+    generators = ("diffusion", "vae")
 
     @dataclass
     class Config:
