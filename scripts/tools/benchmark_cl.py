@@ -14,6 +14,7 @@ A *suite* is a YAML file (``yaml/bench/split_mnist.yaml``)::
       naive: {name: naive}
       gd_full: {name: generative_distillation, source: full_generation}
       ewc: yaml/mnist/ewc.yaml            # or a config file: its method section
+      vae_gr: {name: generative_replay, settings: {generator: vae, ...}}  # a row's own settings: its own task 0
     solver:                  # the continual classifier, replaying from one method's diffusion runs
       diffusion: gd_full
       replays: [none, joint, plain, soft, soft_kd, guided]
@@ -137,10 +138,17 @@ def load_suite(path: str, scale: str = "") -> Suite:
     return suite
 
 
+def row_settings(entry) -> Dict[str, Any]:
+    """A method entry's own config settings (its ``settings`` key: e.g. another generator), merged over the
+    suite's; a row with its own settings trains its own task 0 (it is not the shared one)."""
+    return copy.deepcopy(entry.get("settings") or {}) if isinstance(entry, dict) else {}
+
+
 def _method_section(entry) -> Dict[str, Any]:
-    """A suite's method entry: the ``method:`` mapping itself, or a config file whose section is taken."""
+    """A suite's method entry: the ``method:`` mapping itself (without its ``settings``), or a config file
+    whose section is taken."""
     if isinstance(entry, dict):
-        return copy.deepcopy(entry)
+        return {k: v for k, v in copy.deepcopy(entry).items() if k != "settings"}
     if not os.path.isfile(_abs(str(entry))):
         raise ConfigError(f"method entry {entry!r}: neither a method section nor a config file")
     return _read(str(entry)).get("method") or {"name": "naive"}
@@ -183,9 +191,11 @@ def plan(suite: Suite) -> List[RunSpec]:
         first_run, first_label = None, None
         for label, method in suite.methods.items():
             name = f"{label}_s{seed}"
-            cfg = _merge(base, suite.settings)
+            own = row_settings(method)
+            cfg = _merge(_merge(base, suite.settings), own)
             cfg.update(name=name, seed=int(seed), out_dir=out_dir, method=_method_section(method))
-            if suite.share_first_task and first_run is not None:
+            shares = suite.share_first_task and first_run is not None and not own
+            if shares:
                 cfg = _merge(cfg, {"continual": {"init_from": first_run}})
             path = os.path.join(cfg_dir, f"{name}.yaml")
             with open(path, "w") as f:
@@ -195,9 +205,9 @@ def plan(suite: Suite) -> List[RunSpec]:
             except ConfigError as e:
                 raise ConfigError(f"suite {suite.path}, method {label}: {e}") from None
             run_dir = os.path.join(out_dir, name)
-            needs = first_label if suite.share_first_task and first_run is not None else None
+            needs = first_label if shares else None
             specs.append(RunSpec(label, int(seed), "continual", path, run_dir, needs=needs))
-            if first_run is None:
+            if first_run is None and not own:
                 first_run, first_label = run_dir, label
         if suite.solver:
             src = next(s for s in specs if s.seed == seed and s.label == suite.solver["diffusion"])
