@@ -120,3 +120,28 @@ def test_a_vae_continual_run_learns_with_replay_and_resumes_bit_identically(tmp_
     naive = run_continual(cfg)
     c = _final(naive.run_dir, 1)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_classifier_replays_from_the_vae_with_soft_targets(tmp_path):
+    """Masip's VAE baseline pairs the VAE with soft replay (their WeightedSoftGenerativeReplay) and an MLP
+    solver: the previous classifier's logits are the targets, so unlabelled samples do; plain replay,
+    which labels by the conditioning class, is refused for an unconditional generator."""
+    import csv
+    import dataclasses
+
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.continual.solver import check_solver, run_solver
+
+    cfg = load_config(PRESET, ["continual.num_steps=20", "continual.first_task_num_steps=20", "continual.limit_tasks=2",
+                               "train.batch_size=32", "train.save_interval=20", "train.num_threads=1",
+                               "evaluation.enabled=false", "continual.grid_per_class=0", f"out_dir={tmp_path}",
+                               "solver.arch=mlp", "solver.replay=soft", "solver.init_num_steps=10",
+                               "solver.num_steps=10", "solver.batch_size=16", "solver.augment=",
+                               "solver.generation_interval=5"])
+    run_continual(cfg)
+    solver = run_solver(cfg)
+    rows = list(csv.DictReader(open(f"{solver.run_dir}/metrics.csv")))
+    assert [int(r["replay_per_batch"]) for r in rows] == [0, 8] and int(rows[1]["gen_images"]) == 2 * 8
+    assert "replay_label_agree" not in rows[1] and float(rows[1]["replay_old_entropy"]) >= 0
+    with pytest.raises(ConfigError, match="an unconditional generator .* replays with soft or soft_kd"):
+        check_solver(dataclasses.replace(cfg.solver, replay="plain"), cfg)

@@ -124,7 +124,7 @@ class Solver(TaskLearner):
             noise = torch.randn((len(yc), *self.info.shape), generator=gen)
             cond_fn = self.replay.cond_fn(task, len(yc), gen, nets, seen_mask, old_mask)
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-            xs = sample_batch(model, diffusion, (len(yc), *self.info.shape), y=yc, class_cond=True,
+            xs = sample_batch(model, diffusion, (len(yc), *self.info.shape), y=yc, class_cond=self.cfg.model.class_cond,
                               use_ddim=self.s.use_ddim, cond_fn=cond_fn, noise=noise, device=self.device)
             chunks.append(xs.detach().clone())
         self.clf.train()
@@ -184,7 +184,9 @@ class Solver(TaskLearner):
             xr, yr = xr.to(self.device), yr.to(self.device)
             if gen_mode and step % s.generation_interval == 0:
                 x_gen, y_gen = self.generate(model, diffusion, task, n_gen, gen, prev_clf, prev_nclf)
-                judged.append(replay_judgement(prev_clf, x_gen, y_gen, old_mask))
+                agree, entropy = replay_judgement(prev_clf, x_gen, y_gen, old_mask)
+                # an unconditional generator's images have no intended class: only the entropy is meaningful
+                judged.append((agree if self.cfg.model.class_cond else float("nan"), entropy))
                 if replay.soft_targets:
                     with torch.no_grad():
                         soft_gen = prev_clf(x_gen).float()
@@ -216,7 +218,8 @@ class Solver(TaskLearner):
         row = {"train_sec": round(time.time() - start, 2), "sec_per_step": round((time.time() - start) / steps, 4),
                "final_loss": round(float(np.mean(losses[-20:])), 5), "real_per_batch": n_real, "replay_per_batch": n_gen}
         if judged:
-            row["replay_label_agree"] = round(float(np.mean([a for a, _ in judged])), 4)
+            if self.cfg.model.class_cond:
+                row["replay_label_agree"] = round(float(np.mean([a for a, _ in judged])), 4)
             row["replay_old_entropy"] = round(float(np.mean([e for _, e in judged])), 4)
         return row
 

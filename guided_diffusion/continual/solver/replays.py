@@ -138,8 +138,10 @@ def check_solver(s, cfg) -> None:
     if s.arch not in ARCHS:
         raise ConfigError(f"solver.arch {s.arch!r} is not one of {', '.join(ARCHS)}")
     replay = REPLAY_MODES[s.replay]
-    if replay.from_generator and not cfg.model.class_cond:
-        raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond)")
+    if replay.from_generator and not replay.soft_targets and not cfg.model.class_cond:
+        raise ConfigError(f"solver.replay {s.replay} labels the replay by its conditioning class: it needs a "
+                          f"class-conditional model (model.class_cond); an unconditional generator (Masip's VAE "
+                          f"baseline) replays with soft or soft_kd (the previous classifier's logits as targets)")
     if s.use_old_grad and s.use_new_grad:
         raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
     if s.negate_old_grad and not s.use_old_grad:
