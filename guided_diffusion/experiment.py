@@ -20,6 +20,8 @@ from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .sampling.classifier_free import null_class_of
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
+from .prompts import PromptConditioned
+from .text_encoder import class_prompts, encode_prompts, text_width
 from .train_util import DiffusionObjective
 from .vae import MlpVAE, VAEObjective
 
@@ -155,6 +157,8 @@ def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int) ->
     )
     if m.norm_groups != 32:
         kwargs.update(norm_groups=m.norm_groups)
+    if cfg.text.encoder:  # the class's prompt conditions the UNet (prompts.PromptConditioned), no label embedding
+        kwargs.update(class_cond=False, text_dim=text_width(cfg.text.encoder))
     if m.arch != "unet":
         kwargs.update(arch=m.arch, dit_patch_size=m.dit_patch_size, dit_hidden_size=m.dit_hidden_size,
                       dit_depth=m.dit_depth, dit_num_heads=m.dit_num_heads, dit_mlp_ratio=m.dit_mlp_ratio)
@@ -166,6 +170,15 @@ def vae_kwargs_from_config(cfg: Config, info: DataInfo) -> dict:
     v = cfg.vae
     return {"shape": list(info.shape), "encoder_dims": [int(d) for d in v.encoder_dims.split(",") if d.strip()],
             "decoder_dims": [int(d) for d in v.decoder_dims.split(",") if d.strip()], "latent_dim": v.latent_dim}
+
+
+def prompts_of(cfg: Config, num_classes: int) -> list:
+    """The prompt of each class (``text``), and the empty prompt for the null class under CFG training."""
+    try:
+        return class_prompts(cfg.text.template, cfg.text.class_names, cfg.data.dataset, num_classes,
+                             null_prompt=null_class_of(cfg, num_classes) is not None)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
@@ -181,6 +194,9 @@ def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
         net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels))
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
+    if cfg.text.encoder:  # each label's prompt, encoded once (state_dict keys gain the prefix "net.")
+        net = PromptConditioned(net, *encode_prompts(cfg.text.encoder, prompts_of(cfg, info.num_classes),
+                                                     cfg.text.max_length))
     if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."
         net = EnergyModel(net, cfg.model.energy_form)
     return net
@@ -272,7 +288,10 @@ def export_config(cfg: Config, info: DataInfo) -> dict:
     if cfg.generator == "vae":
         return {"generator": "vae", "vae": vae_kwargs_from_config(cfg, info),
                 "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels}}
+    text = {"text": {"encoder": cfg.text.encoder, "max_length": cfg.text.max_length,
+                     "prompts": prompts_of(cfg, info.num_classes)}} if cfg.text.encoder else {}
     return {
+        **text,
         "model": model_kwargs_from_config(cfg, info.num_classes, info.channels),
         "diffusion": to_dict(cfg.diffusion),
         "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels},

@@ -149,6 +149,7 @@ def create_model(
     dit_num_heads=6,
     dit_mlp_ratio=4.0,
     norm_groups=32,
+    text_dim=None,
 ):
     if arch == "dit":  # the UNet's own options do not apply
         return create_dit_model(image_size, in_channels=in_channels, learn_sigma=learn_sigma, class_cond=class_cond,
@@ -178,6 +179,7 @@ def create_model(
         embedding_kind=embedding_kind if class_cond else "none",
         attention_backend=attention_backend,
         norm_groups=norm_groups,
+        text_dim=text_dim,
     )
 
 

@@ -137,18 +137,24 @@ class _QKVAttentionBase(nn.Module):
         self.n_heads = n_heads
         self.backend = backend
 
-    def forward(self, qkv, double_backward=False):
+    def forward(self, qkv, double_backward=False, encoder_kv=None):
+        """``encoder_kv`` [N, 2*H*ch, S]: keys and values of S encoder tokens (a text's), laid out as the
+        qkv's k and v (legacy: heads first), prepended to the image's keys and values (GLIDE)."""
         n, width, length = qkv.shape
         assert width % (3 * self.n_heads) == 0, f"qkv width {width} not divisible by 3 * {self.n_heads} heads"
         ch = width // (3 * self.n_heads)
         if self.backend == "einsum":
-            return self._einsum(qkv, n, ch, length)
+            return self._einsum(qkv, n, ch, length, encoder_kv)
         # Splitting the channel dimension is a view whatever its stride, so a token-major qkv
         # (the transpose of a linear's output) yields [N, H, T, ch] views with unit last stride.
         if self.legacy:
             q, k, v = qkv.view(n, self.n_heads, 3, ch, length).transpose(-1, -2).unbind(2)
         else:
             q, k, v = qkv.view(n, 3, self.n_heads, ch, length).transpose(-1, -2).unbind(1)
+        if encoder_kv is not None:
+            ek, ev = self._split_encoder_kv(encoder_kv, n, ch)  # [N, H, ch, S] each
+            k = torch.cat([ek.transpose(-1, -2), k], dim=2)
+            v = torch.cat([ev.transpose(-1, -2), v], dim=2)
         if double_backward:
             a = _softmax_attention(q, k, v)
         else:
@@ -156,8 +162,16 @@ class _QKVAttentionBase(nn.Module):
         # [N, H, T, ch] -> [N, T, H*ch] (heads outermost, as ADM) -> [N, H*ch, T] view.
         return a.transpose(1, 2).reshape(n, length, self.n_heads * ch).transpose(1, 2)
 
+    def _split_encoder_kv(self, encoder_kv, n, ch):
+        """(ek, ev), each [N, H, ch, S], from [N, 2*H*ch, S] in this attention's layout."""
+        s = encoder_kv.shape[-1]
+        assert encoder_kv.shape[1] == 2 * self.n_heads * ch, "encoder_kv must have 2 * heads * ch channels"
+        if self.legacy:
+            return encoder_kv.reshape(n, self.n_heads, 2, ch, s).unbind(2)
+        return encoder_kv.reshape(n, 2, self.n_heads, ch, s).unbind(1)
+
     @abstractmethod
-    def _einsum(self, qkv, n, ch, length):
+    def _einsum(self, qkv, n, ch, length, encoder_kv=None):
         """ADM's einsum attention."""
 
     count_flops = staticmethod(count_flops_attn)
@@ -168,8 +182,11 @@ class QKVAttentionLegacy(_QKVAttentionBase):
 
     legacy = True
 
-    def _einsum(self, qkv, n, ch, length):
+    def _einsum(self, qkv, n, ch, length, encoder_kv=None):
         q, k, v = qkv.reshape(n * self.n_heads, ch * 3, length).split(ch, dim=1)
+        if encoder_kv is not None:
+            ek, ev = (e.reshape(n * self.n_heads, ch, -1) for e in self._split_encoder_kv(encoder_kv, n, ch))
+            k, v = torch.cat([ek, k], dim=-1), torch.cat([ev, v], dim=-1)
         scale = 1 / math.sqrt(math.sqrt(ch))
         weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
         weight = torch.softmax(_upcast(weight), dim=-1).type(weight.dtype)
@@ -180,16 +197,15 @@ class QKVAttentionLegacy(_QKVAttentionBase):
 class QKVAttention(_QKVAttentionBase):
     """ADM's new order: q, k, v are split first, then heads (layout [3, H, ch])."""
 
-    def _einsum(self, qkv, n, ch, length):
-        q, k, v = qkv.chunk(3, dim=1)
+    def _einsum(self, qkv, n, ch, length, encoder_kv=None):
+        q, k, v = (t.reshape(n * self.n_heads, ch, length) for t in qkv.chunk(3, dim=1))
+        if encoder_kv is not None:
+            ek, ev = (e.reshape(n * self.n_heads, ch, -1) for e in self._split_encoder_kv(encoder_kv, n, ch))
+            k, v = torch.cat([ek, k], dim=-1), torch.cat([ev, v], dim=-1)
         scale = 1 / math.sqrt(math.sqrt(ch))
-        weight = torch.einsum(
-            "bct,bcs->bts",
-            (q * scale).reshape(n * self.n_heads, ch, length),
-            (k * scale).reshape(n * self.n_heads, ch, length),
-        )
+        weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
         weight = torch.softmax(_upcast(weight), dim=-1).type(weight.dtype)
-        a = torch.einsum("bts,bcs->bct", weight, v.reshape(n * self.n_heads, ch, length))
+        a = torch.einsum("bts,bcs->bct", weight, v)
         return a.reshape(n, -1, length)
 
 
@@ -237,11 +253,17 @@ class TimestepBlock(nn.Module):
 
 
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
-    """Sequential that passes `emb` to the children that are TimestepBlocks."""
+    """Sequential that passes `emb` to the children that are TimestepBlocks, and the encoder's
+    tokens (a text's, [N, D, S]) to the attention blocks that attend to them."""
 
-    def forward(self, x, emb):
+    def forward(self, x, emb, encoder_out=None):
         for layer in self:
-            x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
+            if isinstance(layer, TimestepBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, AttentionBlock) and encoder_out is not None:
+                x = layer(x, encoder_out)
+            else:
+                x = layer(x)
         return x
 
 
@@ -399,6 +421,7 @@ class AttentionBlock(nn.Module):
         *,
         attention_backend="sdpa",
         norm_groups=32,
+        encoder_channels=None,
     ):
         super().__init__()
         _check_backend(attention_backend)
@@ -417,20 +440,23 @@ class AttentionBlock(nn.Module):
         attention_cls = QKVAttention if use_new_attention_order else QKVAttentionLegacy
         self.attention = attention_cls(self.num_heads, backend=attention_backend)
         self.proj_out = zero_module(conv_nd(1, channels, channels, 1))
+        if encoder_channels is not None:  # GLIDE: the encoder's tokens as extra keys and values
+            self.encoder_kv = conv_nd(1, encoder_channels, channels * 2, 1)
 
-    def forward(self, x):
-        """[N, C, ...] -> [N, C, ...]."""
-        return checkpoint(self._forward, x, double_backward_wanted(), enabled=self.use_checkpoint)
+    def forward(self, x, encoder_out=None):
+        """[N, C, ...] -> [N, C, ...]; ``encoder_out`` [N, D, S]: tokens to attend to as well."""
+        return checkpoint(self._forward, x, encoder_out, double_backward_wanted(), enabled=self.use_checkpoint)
 
-    def _forward(self, x, double_backward):
+    def _forward(self, x, encoder_out, double_backward):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.norm(x)
+        ekv = self.encoder_kv(encoder_out.to(h.dtype)) if encoder_out is not None else None
         if self.attention_backend == "einsum":
-            h = self.proj_out(self.attention(self.qkv(h)))
+            h = self.proj_out(self.attention(self.qkv(h), encoder_kv=ekv))
         else:
             qkv = _conv1x1_linear(self.qkv, h.transpose(1, 2)).transpose(1, 2)
-            a = self.attention(qkv, double_backward)
+            a = self.attention(qkv, double_backward, encoder_kv=ekv)
             h = _conv1x1_linear(self.proj_out, a.transpose(1, 2)).transpose(1, 2)
         return (x + h).reshape(b, c, *spatial)
 
@@ -471,8 +497,10 @@ def _build_encoder(
     use_new_attention_order,
     attention_backend,
     norm_groups=32,
+    encoder_channels=None,
 ):
-    """Build `input_blocks` and `middle_block` on `net` (shared by both models, ADM's order).
+    """Build `input_blocks` and `middle_block` on `net` (shared by both models, ADM's order);
+    ``encoder_channels``: the attention blocks also attend to an encoder's tokens of that width.
 
     Returns (ch, input_block_chans, ds): the channels at the bottom, the channels of every
     input block's output (the skips), and the downsample factor at the bottom.
@@ -487,7 +515,8 @@ def _build_encoder(
     def attn(ch):
         return AttentionBlock(ch, use_checkpoint=use_checkpoint, num_heads=num_heads,
                               num_head_channels=num_head_channels, use_new_attention_order=use_new_attention_order,
-                              attention_backend=attention_backend, norm_groups=norm_groups)
+                              attention_backend=attention_backend, norm_groups=norm_groups,
+                              encoder_channels=encoder_channels)
 
     ch = int(channel_mult[0] * model_channels)
     net.input_blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(dims, in_channels, ch, 3, padding=1))])
@@ -573,6 +602,7 @@ class UNetModel(nn.Module):
         embedding_kind=None,
         attention_backend="sdpa",
         norm_groups=32,
+        text_dim=None,
     ):
         super().__init__()
         if embedding_kind is None:
@@ -624,11 +654,14 @@ class UNetModel(nn.Module):
         )
         if embedding_kind == "add_time_learned":
             self.label_emb = nn.Embedding(num_classes, time_embed_dim)
+        self.text_dim = text_dim
+        if text_dim is not None:  # GLIDE's text conditioning: the pooled state joins the embedding
+            self.text_proj = linear(text_dim, time_embed_dim)
 
         ch, input_block_chans, ds = _build_encoder(
             self, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout, channel_mult,
             conv_resample, dims, use_checkpoint, num_heads, num_head_channels, use_scale_shift_norm,
-            resblock_updown, use_new_attention_order, attention_backend, norm_groups,
+            resblock_updown, use_new_attention_order, attention_backend, norm_groups, encoder_channels=text_dim,
         )
 
         self.output_blocks = nn.ModuleList([])
@@ -647,7 +680,8 @@ class UNetModel(nn.Module):
                         AttentionBlock(ch, use_checkpoint=use_checkpoint, num_heads=num_heads_upsample,
                                        num_head_channels=num_head_channels,
                                        use_new_attention_order=use_new_attention_order,
-                                       attention_backend=attention_backend, norm_groups=norm_groups)
+                                       attention_backend=attention_backend, norm_groups=norm_groups,
+                                       encoder_channels=text_dim)
                     )
                 if level and i == num_res_blocks:
                     layers.append(
@@ -679,16 +713,21 @@ class UNetModel(nn.Module):
             m.apply(_convert_module_to_f32)
         self.dtype = torch.float32
 
-    def forward(self, x, timesteps, y=None):
+    def forward(self, x, timesteps, y=None, text=None):
         """Apply the model.
 
         :param x: [N, in_channels, ...] inputs.
         :param timesteps: [N] timesteps (may be fractional).
         :param y: [N] integer labels, given if and only if the model is class-conditional.
+        :param text: (states [N, S, D], pooled [N, D]) of a text encoder, given if and only if the model
+            is text-conditional (``text_dim``): the pooled state is added to the embedding and every
+            attention block attends to the states too (GLIDE).
         :return: [N, out_channels, ...] outputs, in x's dtype.
         """
         if (y is not None) != (self.num_classes is not None):
             raise ValueError("must specify y if and only if the model is class-conditional")
+        if (text is not None) != (self.text_dim is not None):
+            raise ValueError("must give text if and only if the model is text-conditional (text_dim)")
         with double_backward_attention(torch.is_grad_enabled() and x.requires_grad):
             emb = self.time_embed(timestep_embedding(timesteps, self.model_channels))
             if self.num_classes is not None:
@@ -697,15 +736,20 @@ class UNetModel(nn.Module):
                     emb = emb + self.label_emb(y)
                 else:
                     emb = torch.cat([emb, F.one_hot(y, self.num_classes).to(emb.dtype)], dim=1)
+            encoder_out = None
+            if text is not None:
+                states, pooled = text
+                emb = emb + self.text_proj(pooled.to(emb.dtype))
+                encoder_out = states.transpose(1, 2)  # [N, D, S]
 
             hs = []
             h = x.type(self.dtype)
             for module in self.input_blocks:
-                h = module(h, emb)
+                h = module(h, emb, encoder_out)
                 hs.append(h)
-            h = self.middle_block(h, emb)
+            h = self.middle_block(h, emb, encoder_out)
             for module in self.output_blocks:
-                h = module(torch.cat([h, hs.pop()], dim=1), emb)
+                h = module(torch.cat([h, hs.pop()], dim=1), emb, encoder_out)
             return self.out(h.type(x.dtype))
 
 

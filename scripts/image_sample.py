@@ -18,6 +18,9 @@ Options (aliases of the config's sample section):
                                               with scripts/classifier_train.py)
     --classes 0,1,2,3             samples spread over these classes, class by class (one grid row
                                   per class when num_samples is a multiple); default: uniform over all
+    --prompt "a handwritten digit seven" [--prompt ...]
+                                  a text-conditional model (the text section): samples of these
+                                  prompts, spread over them as --classes (arr_1: the prompt's index)
     --out_dir D                   where to write (default: the run folder of the config)
     --guidance_scale w            classifier-free guidance eps_u + w (eps_c - eps_u) (models trained
                                   with train.uncond_p > 0; 1 = conditional)
@@ -42,6 +45,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.image_util import save_grid, save_npz
@@ -94,6 +98,9 @@ def _class_list(text: str):
 OPTIONS = [
     (["--classes"], dict(type=_class_list, default=None, metavar="0,1,2",
                          help="samples spread over these classes, class by class (default: uniform over all)")),
+    (["--prompt"], dict(action="append", default=None, metavar="TEXT",
+                        help="a text-conditional model (text section): sample from this prompt; repeat it for "
+                             "several (spread over them, a grid row each; arr_1 holds each sample's prompt index)")),
     (["--to_rgb"], dict(type=cli.bool_type("--to_rgb"), default=False, metavar="BOOL",
                         help="write grayscale sets as RGB (ADM's evaluator expects 3 channels; default false)")),
     (["--sampler"], dict(default=None, metavar="NAME",
@@ -118,7 +125,7 @@ def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
     return respacing_spec(sampler, steps, spacing), sampler == "ddim"
 
 
-USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist")
+USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae")
 
 
 def main() -> int:
@@ -161,6 +168,10 @@ def main() -> int:
             raise ConfigError("--classes needs a class-conditional model (model.class_cond) or a classifier")
         nrow = -(-s.num_samples // len(only_classes))  # samples per class: a grid row each
         labels = [only_classes[i // nrow] for i in range(s.num_samples)]
+    if args.prompt:
+        if only_classes is not None or s.compose or s.class_label >= 0:
+            raise ConfigError("--prompt cannot be combined with --classes, --compose or --class")
+        labels, nrow = prompt_labels(cfg, model, args.prompt, s.num_samples)
     mcmc = MCMCSettings.from_config(s)
     spec = experiment.sample_spec(cfg, info, device, mcmc=mcmc)
     cond_fn_for = None
@@ -178,12 +189,15 @@ def main() -> int:
 
         progress = lambda **kw: progress_bar(**kw)  # noqa: E731
     start = time.time()
+    first_prompt = getattr(model, "num_prompts", 0) - len(args.prompt or [])
     images, labels = sample_set(
         model, spec, num_samples=s.num_samples, batch_size=s.batch_size, seed=cfg.seed,
         classes=range(info.num_classes), class_label=s.class_label, labels=labels, cond_fn_for=cond_fn_for,
         progress=progress, compose=s.compose, compose_weights=s.compose_weights,
     )
     seconds = time.time() - start
+    if args.prompt:
+        labels = labels - first_prompt  # the index of each sample's prompt in --prompt order
     if dist_util.is_main():
         print(cost_line(s, mcmc, seconds, len(images), spec.diffusion.num_timesteps), flush=True)
         if to_rgb and images.shape[-1] == 1:
@@ -197,6 +211,20 @@ def main() -> int:
     dist_util.barrier()
     dist_util.cleanup()
     return 0
+
+
+def prompt_labels(cfg, model, prompts, num_samples: int) -> tuple:
+    """Append ``prompts``' encodings to a text-conditional model's table (after its classes' and the null
+    prompt, whose indices stay) and return (each sample's row, samples per prompt)."""
+    from guided_diffusion.text_encoder import encode_prompts
+
+    if not cfg.text.encoder or not hasattr(model, "set_prompts"):
+        raise ConfigError("--prompt needs a text-conditional model (text.encoder in the config)")
+    states, pooled = encode_prompts(cfg.text.encoder, list(prompts), cfg.text.max_length)
+    first = model.num_prompts
+    model.set_prompts(torch.cat([model.states.cpu(), states]), torch.cat([model.pooled.cpu(), pooled]))
+    per = -(-num_samples // len(prompts))
+    return [first + i // per for i in range(num_samples)], per
 
 
 def cost_line(s, mcmc, seconds: float, n: int, steps: int) -> str:

@@ -32,7 +32,7 @@ from guided_diffusion.respace import sampler_label
 from guided_diffusion.sampling.sample_sets import sample_set
 from guided_diffusion.train_util import TrainLoop
 
-IID_USES = ("data", "model", "diffusion", "train", "sample", "dist")
+IID_USES = ("data", "model", "diffusion", "train", "sample", "dist", "text", "vae")
 
 
 def main() -> int:

@@ -13,9 +13,9 @@ PKG = "guided_diffusion"
 # Bottom to top; a module belongs to the first layer with a matching prefix.
 LAYERS = [
     ("math and networks", ["diffusion_math", "gaussian_diffusion", "respace", "resample", "losses", "nn", "unet",
-                           "dit", "energy", "vae"]),
+                           "dit", "energy", "vae", "prompts"]),
     ("runtime", ["runtime"]),
-    ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data"]),
+    ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data", "text_encoder"]),
     ("training and sampling", ["train_util", "sampling", "classifiers"]),
     ("builders", ["experiment"]),
     ("applications", ["evaluation", "dkdm", "continual"]),

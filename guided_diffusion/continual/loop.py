@@ -294,7 +294,7 @@ def _last_terms(tdir: str) -> Dict[str, float]:
 
 
 # The sections a continual run reads (scripts warn about the others a config sets).
-USES = ("data", "model", "diffusion", "train", "sample", "dist", "continual", "method", "evaluation")
+USES = ("data", "model", "diffusion", "train", "sample", "dist", "continual", "method", "evaluation", "text", "vae")
 
 
 def is_continual(cfg, given_sections) -> bool:

