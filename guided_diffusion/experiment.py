@@ -31,6 +31,7 @@ class DataInfo:
     num_classes: int
     channels: int
     image_size: int
+    class_names: tuple = ()  # the data set's own names of its classes (a task dict's text labels), if any
 
     @property
     def shape(self):
@@ -89,14 +90,15 @@ def load_split(cfg: Config, split: str = "train", classes: Optional[Sequence[int
     channels = d.channels or arrays.images.shape[-1]
     x = to_tensor(arrays, d.image_size, channels, resize=d.resize)
     y = torch.as_tensor(arrays.labels, dtype=torch.long)
-    return x, y, DataInfo(arrays.num_classes, channels, d.image_size)
+    return x, y, DataInfo(arrays.num_classes, channels, d.image_size, tuple(arrays.class_names))
 
 
 def dataset_info(cfg: Config) -> DataInfo:
     """Classes and channels of ``cfg.data`` (reads the smaller test split)."""
     d = cfg.data
     arrays = _load_arrays(cfg, "test")
-    return DataInfo(arrays.num_classes, d.channels or arrays.images.shape[-1], d.image_size)
+    return DataInfo(arrays.num_classes, d.channels or arrays.images.shape[-1], d.image_size,
+                    tuple(arrays.class_names))
 
 
 def info_for_weights(cfg: Config, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> DataInfo:
@@ -172,11 +174,12 @@ def vae_kwargs_from_config(cfg: Config, info: DataInfo) -> dict:
             "decoder_dims": [int(d) for d in v.decoder_dims.split(",") if d.strip()], "latent_dim": v.latent_dim}
 
 
-def prompts_of(cfg: Config, num_classes: int) -> list:
+def prompts_of(cfg: Config, info: DataInfo) -> list:
     """The prompt of each class (``text``), and the empty prompt for the null class under CFG training."""
     try:
-        return class_prompts(cfg.text.template, cfg.text.class_names, cfg.data.dataset, num_classes,
-                             null_prompt=null_class_of(cfg, num_classes) is not None)
+        return class_prompts(cfg.text.template, cfg.text.class_names, cfg.data.dataset, info.num_classes,
+                             null_prompt=null_class_of(cfg, info.num_classes) is not None,
+                             data_names=info.class_names)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -195,7 +198,7 @@ def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.text.encoder:  # each label's prompt, encoded once (state_dict keys gain the prefix "net.")
-        net = PromptConditioned(net, *encode_prompts(cfg.text.encoder, prompts_of(cfg, info.num_classes),
+        net = PromptConditioned(net, *encode_prompts(cfg.text.encoder, prompts_of(cfg, info),
                                                      cfg.text.max_length))
     if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."
         net = EnergyModel(net, cfg.model.energy_form)
@@ -289,7 +292,7 @@ def export_config(cfg: Config, info: DataInfo) -> dict:
         return {"generator": "vae", "vae": vae_kwargs_from_config(cfg, info),
                 "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels}}
     text = {"text": {"encoder": cfg.text.encoder, "max_length": cfg.text.max_length,
-                     "prompts": prompts_of(cfg, info.num_classes)}} if cfg.text.encoder else {}
+                     "prompts": prompts_of(cfg, info)}} if cfg.text.encoder else {}
     return {
         **text,
         "model": model_kwargs_from_config(cfg, info.num_classes, info.channels),

@@ -108,14 +108,18 @@ def encode_prompts(encoder: str, prompts: Sequence[str], max_length: int = 16,
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def class_prompts(template: str, class_names: str, dataset: str, num_classes: int, null_prompt: bool) -> List[str]:
+def class_prompts(template: str, class_names: str, dataset: str, num_classes: int, null_prompt: bool,
+                  data_names: Sequence[str] = ()) -> List[str]:
     """One prompt per class (``template`` with ``{name}``), and the empty prompt last when ``null_prompt``
-    (classifier-free guidance's null class). Names: ``class_names`` (comma-separated), else the
-    digits' words for the MNIST-like data sets, else the class ids."""
+    (classifier-free guidance's null class). Names: ``class_names`` (comma-separated), else the data
+    set's own (a task dict's text labels), else the digits' words for the MNIST-like data sets, else
+    the class ids."""
     if class_names:
         names = [n.strip() for n in class_names.split(",")]
         if len(names) != num_classes:
             raise ValueError(f"text.class_names has {len(names)} names for {num_classes} classes")
+    elif data_names:
+        names = list(data_names)
     elif num_classes == 10 and dataset in ("mnist5k", "mnist", "digits"):
         names = list(DIGIT_NAMES)
     else:

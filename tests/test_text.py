@@ -165,3 +165,27 @@ def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
     assert images.shape == (2, 28, 28, 1) and list(labels) == [11, 11]
     with pytest.raises(ConfigError, match="set model.class_cond true"):
         load_config(preset, [t for t in tiny if not t.startswith("train.uncond_p")] + ["model.class_cond=false"])
+
+
+def test_a_task_dict_with_text_labels_gives_classes_and_their_prompts(tmp_path):
+    """Continual-Diffusers' task dicts may carry texts instead of class ids: each distinct text is a
+    class (ids by sorted text) and its own prompt."""
+    from guided_diffusion import experiment
+    from guided_diffusion.data import read_task_dict, write_task_dict
+    from guided_diffusion.runtime.config import load_config
+
+    img = np.zeros((4, 8, 8, 1), np.uint8)
+    path = str(tmp_path / "tasks.npz")
+    write_task_dict(path, {1: {"images": img, "labels": np.array(["a red circle", "a blue square"] * 2)},
+                           2: {"images": img, "labels": np.array(["a green star"] * 4)}})
+    arrays = read_task_dict(path)
+    assert arrays.class_names == ["a blue square", "a green star", "a red circle"] and arrays.num_classes == 3
+    assert arrays.labels.tolist() == [2, 0, 2, 0, 1, 1, 1, 1] and arrays.task_ids.tolist() == [1] * 4 + [2] * 4
+    cfg = load_config(None, ["data.dataset=task_dict", f"data.data_dir={path}", f"data.test_dir={path}",
+                             "data.image_size=8", "model.class_cond=true", "text.encoder=all-minilm-l6-v2"])
+    _, _, info = experiment.load_split(cfg, "train")
+    assert experiment.prompts_of(cfg, info) == ["a blue square", "a green star", "a red circle"]
+    write_task_dict(path, {1: {"images": img, "labels": np.array(["a", "b", "c", "d"])},
+                           2: {"images": img, "labels": np.arange(4)}})
+    with pytest.raises(ValueError, match="text labels"):
+        read_task_dict(path)

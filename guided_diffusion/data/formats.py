@@ -437,6 +437,7 @@ def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
             raise ValueError(f"{path}: cannot unpickle the task dict ({e})") from None
     if not tasks:
         raise ValueError(f"{path}: the task dict is empty")
+    names = _text_label_names(tasks, path)
     ids, parts, has_labels = [], [], []
     for key in sorted(tasks, key=lambda k: int(k)):
         d = tasks[key]
@@ -445,6 +446,8 @@ def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
         images = _images_nhwc(np.asarray(d["images"]), path, f"task {key} images")
         lab = d.get("labels")
         has = lab is not None and np.asarray(lab).size > 0
+        if has and names:  # text labels: the class id is the text's rank among the file's texts
+            lab = np.asarray([names.index(str(t)) for t in np.asarray(lab).reshape(-1)], np.int64)
         labels = labels_1d(lab, images.shape[0], path, f"task {key} labels") if has else None
         ids.append(int(key))
         parts.append((images, labels))
@@ -461,7 +464,26 @@ def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
     else:
         labels = np.zeros(images.shape[0], np.int64)
     task_ids = np.concatenate([np.full(p[0].shape[0], t, np.int64) for t, p in zip(ids, parts)])
+    if names:  # every text is a class (its prompt), whether or not this split holds it
+        return ImageArrays(images, labels, len(names), class_names=names, task_ids=task_ids)
     return ImageArrays(images, labels, _num_classes(labels), task_ids=task_ids)
+
+
+def _text_label_names(tasks: dict, path: str) -> List[str]:
+    """The sorted distinct texts when a task dict's labels are strings (Continual-Diffusers' text
+    conditioning: each text is a prompt, and a class); [] for integer labels."""
+    texts = []
+    for key, d in tasks.items():
+        lab = d.get("labels") if isinstance(d, dict) else None
+        arr = np.asarray(lab) if lab is not None else np.zeros(0)
+        if arr.size and (arr.dtype.kind in "US" or (arr.dtype.kind == "O" and isinstance(arr.reshape(-1)[0], str))):
+            texts.append([str(t) for t in arr.reshape(-1)])
+        elif arr.size and texts:
+            raise ValueError(f"{path}: task {key} has integer labels while others have text labels")
+    if texts and len(texts) != sum(1 for d in tasks.values() if isinstance(d, dict) and d.get("labels") is not None
+                                   and np.asarray(d["labels"]).size):
+        raise ValueError(f"{path}: some tasks have text labels and others integer labels; give one kind")
+    return sorted({t for ts in texts for t in ts})
 
 
 def _open_npz_any(path: str, allow_pickle: bool):
