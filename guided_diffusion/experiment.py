@@ -20,6 +20,7 @@ from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .sampling.classifier_free import null_class_of
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
+from .latent import LatentCodec
 from .prompts import PromptConditioned
 from .text_encoder import class_prompts, encode_prompts, text_width
 from .train_util import DiffusionObjective
@@ -93,6 +94,43 @@ def load_split(cfg: Config, split: str = "train", classes: Optional[Sequence[int
     return x, y, DataInfo(arrays.num_classes, channels, d.image_size, tuple(arrays.class_names))
 
 
+_CODECS: Dict[str, LatentCodec] = {}
+
+
+def latent_codec(cfg: Config) -> Optional[LatentCodec]:
+    """The autoencoder stage of ``latent.autoencoder`` (loaded once per process), or None (pixels)."""
+    path = cfg.latent.autoencoder
+    if not path:
+        return None
+    if path not in _CODECS:
+        try:
+            _CODECS[path] = LatentCodec(path)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
+    return _CODECS[path]
+
+
+def model_info(cfg: Config, info: DataInfo) -> DataInfo:
+    """What the network sees: the data's shape, or (latent diffusion) the autoencoder's latents'."""
+    codec = latent_codec(cfg)
+    if codec is None:
+        return info
+    try:
+        c, h, _ = codec.latent_shape(info.channels, info.image_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return DataInfo(info.num_classes, c, h, info.class_names)
+
+
+def to_model_space(cfg: Config, x: torch.Tensor, info: DataInfo, split: str = "train"):
+    """(x, info) as the network trains on them: the images, or their latents (encoded once, cached)."""
+    codec = latent_codec(cfg)
+    if codec is None:
+        return x, info
+    what = f"{cfg.data.dataset} {cfg.data.data_dir} {split} {info.image_size}px {info.channels}ch"
+    return codec.encode_cached(x, what), model_info(cfg, info)
+
+
 def dataset_info(cfg: Config) -> DataInfo:
     """Classes and channels of ``cfg.data`` (reads the smaller test split)."""
     d = cfg.data
@@ -128,14 +166,15 @@ def info_for_weights(cfg: Config, state_dict: Optional[Dict[str, torch.Tensor]] 
                       "and classes: set data.channels and model.num_classes")
 
 
-def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int) -> dict:
+def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int, image_size: Optional[int] = None) -> dict:
     """ADM's ``create_model`` keyword arguments from a ``Config`` (model + diffusion.learn_sigma); what
     an export records to rebuild the network. Every key is the config's, so ``create_model``'s own
     defaults (ADM's) never apply. The ``arch`` and ``dit_*`` keys are included for a DiT only, and
-    ``norm_groups`` when not ADM's 32, so a UNet's stay ADM's."""
+    ``norm_groups`` when not ADM's 32, so a UNet's stay ADM's. ``image_size``: the network's input
+    size when not ``data.image_size`` (latent diffusion: the latents')."""
     m = cfg.model
     kwargs = dict(
-        image_size=cfg.data.image_size,
+        image_size=image_size or cfg.data.image_size,
         num_channels=m.num_channels,
         num_res_blocks=m.num_res_blocks,
         channel_mult=m.channel_mult,
@@ -194,7 +233,7 @@ def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
         except ValueError as e:
             raise ConfigError(f"vae: {e}") from None
     try:
-        net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels))
+        net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels, info.image_size))
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.text.encoder:  # each label's prompt, encoded once (state_dict keys gain the prefix "net.")
@@ -248,10 +287,12 @@ def sampling_spec(cfg: Config, image_shape, num_classes: int, *, respacing: str,
     """A sampler of ``cfg``'s model: the diffusion respaced by ``respacing`` and the sampler's settings.
     The model's conditioning comes from the config (``model.class_cond``, the CFG null class);
     ``guidance_scale`` defaults to ``sample.guidance_scale``."""
+    codec = latent_codec(cfg)
     return SamplingSpec(
         diffusion=build_diffusion(cfg, respacing), image_shape=tuple(image_shape),
         class_cond=cfg.model.class_cond if class_cond is None else bool(class_cond), use_ddim=bool(use_ddim),
-        eta=float(eta), clip_denoised=bool(clip_denoised),
+        eta=float(eta), clip_denoised=bool(clip_denoised) and codec is None,  # latents are not in [-1, 1]
+        decode=codec.decode if codec is not None else None,
         guidance_scale=cfg.sample.guidance_scale if guidance_scale is None else float(guidance_scale),
         null_class=null_class_of(cfg, num_classes), mcmc=mcmc, device=device,
     )
@@ -295,7 +336,8 @@ def export_config(cfg: Config, info: DataInfo) -> dict:
                      "prompts": prompts_of(cfg, info)}} if cfg.text.encoder else {}
     return {
         **text,
-        "model": model_kwargs_from_config(cfg, info.num_classes, info.channels),
+        "model": model_kwargs_from_config(cfg, info.num_classes, info.channels, info.image_size),
+        **({"latent": {"autoencoder": cfg.latent.autoencoder}} if cfg.latent.autoencoder else {}),
         "diffusion": to_dict(cfg.diffusion),
         "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels},
         "parameterization": {"kind": cfg.model.parameterization, "energy_form": cfg.model.energy_form,

@@ -125,7 +125,7 @@ def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
     return respacing_spec(sampler, steps, spacing), sampler == "ddim"
 
 
-USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae")
+USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae", "latent")
 
 
 def main() -> int:
@@ -149,6 +149,7 @@ def main() -> int:
     out_dir = s.out_dir or experiment.run_dir_of(cfg)
     weights = load_state_dict_file(s.model_path)
     info = experiment.info_for_weights(cfg, weights)  # no data set needed when the weights tell
+    info = experiment.model_info(cfg, info)  # latent diffusion: the latents' shape (samples are decoded)
     model = experiment.build_model(cfg, info)
     load_checked(model, weights, s.model_path, what="model")
     del weights

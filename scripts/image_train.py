@@ -32,7 +32,7 @@ from guided_diffusion.respace import sampler_label
 from guided_diffusion.sampling.sample_sets import sample_set
 from guided_diffusion.train_util import TrainLoop
 
-IID_USES = ("data", "model", "diffusion", "train", "sample", "dist", "text", "vae")
+IID_USES = ("data", "model", "diffusion", "train", "sample", "dist", "text", "vae", "latent")
 
 
 def main() -> int:
@@ -46,6 +46,7 @@ def main() -> int:
     run_dir = experiment.run_dir_of(cfg)
     logger = experiment.setup_run(cfg)
     x, y, info = experiment.load_split(cfg, "train")
+    x, info = experiment.to_model_space(cfg, x, info)  # latent diffusion: the autoencoder's latents
     model = experiment.build_model(cfg, info)
     experiment.init_weights(cfg, model, logger.log)
     diffusion = experiment.build_diffusion(cfg)

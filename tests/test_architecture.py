@@ -15,7 +15,7 @@ LAYERS = [
     ("math and networks", ["diffusion_math", "gaussian_diffusion", "respace", "resample", "losses", "nn", "unet",
                            "dit", "energy", "vae", "prompts"]),
     ("runtime", ["runtime"]),
-    ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data", "text_encoder"]),
+    ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data", "text_encoder", "latent"]),
     ("training and sampling", ["train_util", "sampling", "classifiers"]),
     ("builders", ["experiment"]),
     ("applications", ["evaluation", "dkdm", "continual"]),

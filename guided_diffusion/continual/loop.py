@@ -136,6 +136,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     # Everything below up to the config's write checks the input (data, scenario, model, method, the
     # finished tasks' files): a bad config fails here without replacing an existing run's config.yaml.
     x, y, info = experiment.load_split(cfg, "train")
+    x, info = experiment.to_model_space(cfg, x, info)  # latent diffusion: the autoencoder's latents
     scenario = build_scenario(cfg.continual, info.num_classes)
     model = experiment.build_model(cfg, info)
     experiment.init_weights(cfg, model, root_logger.log)  # task 0 starts from them (finished tasks replace them)
@@ -294,7 +295,7 @@ def _last_terms(tdir: str) -> Dict[str, float]:
 
 
 # The sections a continual run reads (scripts warn about the others a config sets).
-USES = ("data", "model", "diffusion", "train", "sample", "dist", "continual", "method", "evaluation", "text", "vae")
+USES = ("data", "model", "diffusion", "train", "sample", "dist", "continual", "method", "evaluation", "text", "vae", "latent")
 
 
 def is_continual(cfg, given_sections) -> bool:

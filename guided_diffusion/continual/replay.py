@@ -145,7 +145,9 @@ def _replay_inputs(
     device,
     guidance_scale: float = 1.0,
     null_class: Optional[int] = None,
+    clip: bool = True,
 ) -> ReplayBatch:
+    """``clip``: the teacher's x0 clipped to [-1, 1] while it generates (images; not latents)."""
     if source not in SOURCES:
         raise ValueError(f"unknown replay source {source!r}; valid: {', '.join(SOURCES)}")
     T = diffusion.num_timesteps
@@ -160,12 +162,13 @@ def _replay_inputs(
     gen_net = cfg_model(teacher, guidance_scale, null_class) if y is not None else teacher
     nfe_per_eval = 1 if gen_net is teacher else 2
     if source == "full_generation":
-        x0 = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device)
+        x0 = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device,
+                           clip=clip)
         nfe += n * teacher_steps * nfe_per_eval
         x_in = diffusion.q_sample(x0, t, noise)
     elif source == "partial_generation":
         x_in = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, stop_t=t,
-                             generator=generator, device=device)
+                             generator=generator, device=device, clip=clip)
         ts = trailing_timesteps(T, teacher_steps)
         nfe += int(sum(int((t < tc).sum()) for tc in ts)) * nfe_per_eval
         x0 = None

@@ -241,6 +241,21 @@ class TextConfig:
 
 
 @dataclass
+class LatentConfig:
+    """Latent diffusion: the diffusion runs on an autoencoder's latents (Rombach et al. 2022)."""
+
+    autoencoder: str = ""  # "" (pixels) | a diffusers AutoencoderKL folder (scripts/autoencoder_train.py, or SD's vae)
+    # scripts/autoencoder_train.py: the autoencoder it trains and where it writes it (latent.autoencoder)
+    block_out_channels: str = "32,64"  # widths per level (each level after the first halves the size)
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    kl_weight: float = 1.0e-6
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1.0e-3
+
+
+@dataclass
 class DistConfig:
     backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
     timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
@@ -262,6 +277,7 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
     solver: SolverConfig = field(default_factory=SolverConfig)
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     # Free-form sections (typed Dict): validated by the schema a higher layer registers for them
@@ -578,6 +594,8 @@ def validate(cfg: Config, where: str = "config") -> None:
         _validate_vae(cfg, bad)
     if cfg.text.encoder:
         _validate_text(cfg, bad)
+    if cfg.latent.autoencoder and cfg.generator != "diffusion":
+        bad("latent.autoencoder: latent diffusion (generator: diffusion)")
     if cfg.model.arch == "dit":
         m = cfg.model
         for key in ("dit_patch_size", "dit_hidden_size", "dit_depth", "dit_num_heads"):

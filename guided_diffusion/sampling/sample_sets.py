@@ -42,6 +42,7 @@ class SamplingSpec:
     null_class: Optional[int] = None
     mcmc: Optional[MCMCSettings] = None
     device: Any = None
+    decode: Optional[Callable] = None  # latent diffusion: latents -> images in [-1, 1] (latent.LatentCodec)
 
 
 def draw_labels(n: int, generator: torch.Generator, classes: Optional[Sequence[int]], class_label: int = -1):
@@ -218,6 +219,8 @@ def sample_set(
             eta=spec.eta, clip_denoised=spec.clip_denoised, cond_fn=cond_fn, noise=noise, device=spec.device,
             mcmc=spec.mcmc,
         )
+        if spec.decode is not None:
+            x = spec.decode(x)
         batch_labels = y.numpy() if y is not None else np.zeros(n, dtype=np.int64)
         out[b] = (to_uint8(x), batch_labels.astype(np.int64))
         if bar is not None:

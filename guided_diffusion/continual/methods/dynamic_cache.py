@@ -140,6 +140,9 @@ class DynamicDistillation(ContinualMethod):
             raise ConfigError(f"method.mode {mcfg.mode!r} is not one of {', '.join(MODES)}")
         if mcfg.lambd < 0:
             raise ConfigError(f"method.lambd must be >= 0, got {mcfg.lambd}")
+        if cfg.latent.autoencoder:  # its cache clips the teacher's x0 to [-1, 1]: images only
+            raise ConfigError("dynamic_distillation runs on images, not latents (latent.autoencoder): use "
+                              "generative_distillation for latent diffusion")
         if cfg.diffusion.timestep_respacing:
             raise ConfigError("dynamic_distillation trains on the full diffusion: leave diffusion.timestep_respacing "
                               "empty and shorten the teacher's chain with method.cache_respacing")

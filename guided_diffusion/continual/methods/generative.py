@@ -128,6 +128,7 @@ class ReplayObjective(ObjectiveWrapper):
             distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
             t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
             guidance_scale=self.method.generation_guidance, null_class=self.base.null_class,
+            clip=not self.method.ctx.cfg.latent.autoencoder,  # latents are not in [-1, 1]
         )
 
     def drop_replay_labels(self, replay: ReplayBatch, ctx) -> ReplayBatch:
@@ -222,6 +223,9 @@ class GenerativeReplay(_ReplayMethod):
 
         if mcfg.style not in ("masip", "guide"):
             raise ConfigError(f"method.style {mcfg.style!r} is not one of masip, guide")
+        if cfg.latent.autoencoder and mcfg.style == "guide":
+            raise ConfigError("method.style guide stores its replay set as images; with latent diffusion use style "
+                              "masip (replay latents every step) or buffer_replay")
         if cfg.generator == "vae" and mcfg.style != "masip":
             raise ConfigError("generator: vae replays its samples in every batch (Masip's VAE baseline): "
                               "method.style must be masip")

@@ -91,7 +91,7 @@ class Solver(TaskLearner):
                 f"with the same config first (or set solver.diffusion_run)"
             )
         _, emas = final_weights(tdir)
-        model = experiment.build_model(self.cfg, self.info)
+        model = experiment.build_model(self.cfg, experiment.model_info(self.cfg, self.info))
         model.load_state_dict(emas[parse_ema_rates(self.cfg.train.ema_rate)[0]])
         model.to(self.device).eval()
         for p in model.parameters():
@@ -113,6 +113,8 @@ class Solver(TaskLearner):
         seen_mask, old_mask = self.masks(task)
         nets = {"clf": self.clf, "prev": prev_clf, "noised": self.nclf, "prev_noised": prev_nclf}
         chunk = self.s.guidance_batch if self.replay.guides else n
+        codec = experiment.latent_codec(self.cfg)  # latent diffusion: the replay is decoded to images
+        shape = experiment.model_info(self.cfg, self.info).shape
         start = time.perf_counter()
         chunks = []
         if self.replay.guides:  # the classifiers guide in eval mode
@@ -121,12 +123,13 @@ class Solver(TaskLearner):
                 self.nclf.eval()
         for i in range(0, n, chunk):
             yc = y[i : i + chunk]
-            noise = torch.randn((len(yc), *self.info.shape), generator=gen)
+            noise = torch.randn((len(yc), *shape), generator=gen)
             cond_fn = self.replay.cond_fn(task, len(yc), gen, nets, seen_mask, old_mask)
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-            xs = sample_batch(model, diffusion, (len(yc), *self.info.shape), y=yc, class_cond=self.cfg.model.class_cond,
-                              use_ddim=self.s.use_ddim, cond_fn=cond_fn, noise=noise, device=self.device)
-            chunks.append(xs.detach().clone())
+            xs = sample_batch(model, diffusion, (len(yc), *shape), y=yc, class_cond=self.cfg.model.class_cond,
+                              use_ddim=self.s.use_ddim, cond_fn=cond_fn, noise=noise, device=self.device,
+                              clip_denoised=codec is None)
+            chunks.append((codec.decode(xs) if codec is not None else xs).detach().clone())
         self.clf.train()
         if self.nclf is not None:
             self.nclf.train()

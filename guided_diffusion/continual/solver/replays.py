@@ -138,6 +138,9 @@ def check_solver(s, cfg) -> None:
     if s.arch not in ARCHS:
         raise ConfigError(f"solver.arch {s.arch!r} is not one of {', '.join(ARCHS)}")
     replay = REPLAY_MODES[s.replay]
+    if replay.guides and cfg.latent.autoencoder:
+        raise ConfigError("solver.replay guided guides the sampling with the classifier, which sees images, not a "
+                          "latent diffusion's latents: use plain, soft or soft_kd (replay decoded to images)")
     if replay.from_generator and not replay.soft_targets and not cfg.model.class_cond:
         raise ConfigError(f"solver.replay {s.replay} labels the replay by its conditioning class: it needs a "
                           f"class-conditional model (model.class_cond); an unconditional generator (Masip's VAE "
