@@ -20,6 +20,7 @@ from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .sampling.classifier_free import null_class_of
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
+from .diffusers_unet import DiffusersUNet, load_diffusers_unet
 from .latent import LatentCodec
 from .prompts import PromptConditioned
 from .text_encoder import class_prompts, encode_prompts, text_width
@@ -200,6 +201,9 @@ def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int, im
         kwargs.update(norm_groups=m.norm_groups)
     if cfg.text.encoder:  # the class's prompt conditions the UNet (prompts.PromptConditioned), no label embedding
         kwargs.update(class_cond=False, text_dim=text_width(cfg.text.encoder))
+    if m.arch == "diffusers":
+        return {"arch": "diffusers", "diffusers_path": m.diffusers_path, "image_size": kwargs["image_size"],
+                "in_channels": in_channels, "text_dim": kwargs.get("text_dim")}
     if m.arch != "unet":
         kwargs.update(arch=m.arch, dit_patch_size=m.dit_patch_size, dit_hidden_size=m.dit_hidden_size,
                       dit_depth=m.dit_depth, dit_num_heads=m.dit_num_heads, dit_mlp_ratio=m.dit_mlp_ratio)
@@ -224,8 +228,8 @@ def prompts_of(cfg: Config, info: DataInfo) -> list:
 
 
 def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
-    """The network of ``cfg`` (``model.arch``: UNet or DiT; ``generator: vae``: Masip's VAE), initialised
-    from ``cfg.seed`` (same on every rank)."""
+    """The network of ``cfg`` (``model.arch``: UNet, DiT, or a pretrained diffusers UNet; ``generator: vae``:
+    Masip's VAE), initialised from ``cfg.seed`` (same on every rank)."""
     torch.manual_seed(cfg.seed)
     if cfg.generator == "vae":
         try:
@@ -233,10 +237,21 @@ def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
         except ValueError as e:
             raise ConfigError(f"vae: {e}") from None
     try:
-        net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels, info.image_size))
-    except ValueError as e:
+        if cfg.model.arch == "diffusers":  # a pretrained diffusers UNet, fine-tuned (its weights are the start)
+            net = DiffusersUNet(load_diffusers_unet(cfg.model.diffusers_path))
+            if net.in_channels != info.channels:
+                raise ValueError(f"the diffusers UNet takes {net.in_channels} channels, the data (or latents) have "
+                                 f"{info.channels}")
+        else:
+            net = create_model(**model_kwargs_from_config(cfg, info.num_classes, info.channels, info.image_size))
+    except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"model: {e}") from None
     if cfg.text.encoder:  # each label's prompt, encoded once (state_dict keys gain the prefix "net.")
+        width = getattr(net, "cross_attention_dim", None)
+        if width is not None and width != text_width(cfg.text.encoder):
+            raise ConfigError(f"model: the diffusers UNet's cross-attention takes {width}-wide tokens, the text "
+                              f"encoder {cfg.text.encoder!r} gives {text_width(cfg.text.encoder)} (use the text "
+                              f"encoder it was trained with, e.g. Stable Diffusion's text_encoder folder)")
         net = PromptConditioned(net, *encode_prompts(cfg.text.encoder, prompts_of(cfg, info),
                                                      cfg.text.max_length))
     if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."

@@ -108,3 +108,42 @@ def test_a_missing_autoencoder_is_named(tmp_path):
     cfg = load_config(PRESET, [f"latent.autoencoder={tmp_path}/nowhere"])
     with pytest.raises(ConfigError, match="no autoencoder there .* scripts/autoencoder_train.py"):
         experiment.latent_codec(cfg)
+
+
+def test_a_pretrained_diffusers_unet_is_fine_tuned_task_after_task(tmp_path):
+    """model.arch diffusers: a (tiny, random) UNet2DConditionModel saved in the diffusers layout, as Stable
+    Diffusion's unet/, is loaded with its weights, conditioned on each class's prompt through its
+    cross-attention, and fine-tuned by a continual run; a text encoder of another width is refused."""
+    from diffusers import UNet2DConditionModel
+
+    from guided_diffusion import experiment
+    from guided_diffusion.continual.loop import final_weights, run_continual
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1,
+                                block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=384,
+                                attention_head_dim=8, norm_num_groups=8)
+    root = tmp_path / "sd"
+    unet.save_pretrained(root / "unet")  # found under an SD root
+    preset = os.path.join(ROOT, "yaml/mnist/text_buffer_replay.yaml")
+    over = ["model.arch=diffusers", f"model.diffusers_path={root}", "data.image_size=16", "continual.num_steps=2",
+            "continual.first_task_num_steps=2", "continual.limit_tasks=2", "train.batch_size=4",
+            "train.save_interval=2", "train.num_threads=1", "continual.grid_per_class=1",
+            "continual.eval_respacing=ddim2", f"out_dir={tmp_path}/runs"]
+    cfg = load_config(preset, over)
+    _, _, info = experiment.load_split(cfg, "train")
+    model = experiment.build_model(cfg, info)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(start[f"net.unet.{k}"], v) for k, v in unet.state_dict().items())  # its weights
+    ctx = run_continual(cfg)
+    trained = final_weights(f"{ctx.run_dir}/task_1")[0]
+    assert trained.keys() == start.keys() and not all(torch.equal(trained[k], start[k]) for k in start)
+    assert os.path.exists(f"{ctx.run_dir}/task_1/samples.png")
+    UNet2DConditionModel(sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=64,
+                         attention_head_dim=8, norm_num_groups=8).save_pretrained(tmp_path / "narrow")
+    with pytest.raises(ConfigError, match="cross-attention takes 64-wide tokens"):
+        experiment.build_model(load_config(preset, over[:1] + [f"model.diffusers_path={tmp_path}/narrow"] + over[2:]),
+                               info)

@@ -66,7 +66,8 @@ class ModelConfig:
     use_new_attention_order: bool = False
     embedding_kind: str = "add_time_learned"  # add_time_learned | concat_time_1hot | none
     attention_backend: str = "sdpa"  # sdpa | einsum
-    arch: str = "unet"  # unet | dit (a Diffusion Transformer, guided_diffusion/dit.py: the dit_* keys below)
+    arch: str = "unet"  # unet | dit (a Diffusion Transformer, guided_diffusion/dit.py: the dit_* keys below) | diffusers
+    diffusers_path: str = ""  # arch diffusers: a pretrained diffusers UNet folder (SD's unet/) to fine-tune
     dit_patch_size: int = 2  # data.image_size must be divisible by it
     dit_hidden_size: int = 384  # token width (divisible by 4 and by dit_num_heads)
     dit_depth: int = 12
@@ -529,7 +530,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "data.resize": (cfg.data.resize, ("auto", "pad", "resize", "center_crop")),
         "model.embedding_kind": (cfg.model.embedding_kind, ("add_time_learned", "concat_time_1hot", "none")),
         "model.attention_backend": (cfg.model.attention_backend, ("sdpa", "einsum")),
-        "model.arch": (cfg.model.arch, ("unet", "dit")),
+        "model.arch": (cfg.model.arch, ("unet", "dit", "diffusers")),
         "diffusion.noise_schedule": (cfg.diffusion.noise_schedule, ("linear", "cosine")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "linear", "cosine")),
         "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
@@ -596,6 +597,11 @@ def validate(cfg: Config, where: str = "config") -> None:
         _validate_text(cfg, bad)
     if cfg.latent.autoencoder and cfg.generator != "diffusion":
         bad("latent.autoencoder: latent diffusion (generator: diffusion)")
+    if cfg.model.arch == "diffusers":
+        if not cfg.model.diffusers_path:
+            bad("model.arch diffusers fine-tunes a pretrained diffusers UNet: set model.diffusers_path to its folder")
+        if cfg.diffusion.learn_sigma or cfg.model.parameterization != "score":
+            bad("model.arch diffusers predicts eps: diffusion.learn_sigma false, model.parameterization score")
     if cfg.model.arch == "dit":
         m = cfg.model
         for key in ("dit_patch_size", "dit_hidden_size", "dit_depth", "dit_num_heads"):
@@ -635,8 +641,8 @@ def _validate_vae(cfg: Config, bad) -> None:
 
 def _validate_text(cfg: Config, bad) -> None:
     """``text.encoder``: the label picks a class's prompt, so the model is class-conditional through it."""
-    if cfg.generator != "diffusion" or cfg.model.arch != "unet" or cfg.model.parameterization != "score":
-        bad("text.encoder conditions the UNet of a diffusion model (generator diffusion, model.arch unet, "
+    if cfg.generator != "diffusion" or cfg.model.arch == "dit" or cfg.model.parameterization != "score":
+        bad("text.encoder conditions the UNet of a diffusion model (generator diffusion, model.arch unet or diffusers, "
             "model.parameterization score)")
     if not cfg.model.class_cond:
         bad("text.encoder: set model.class_cond true (each label stands for its class's prompt)")
