@@ -174,29 +174,19 @@ def model_kwargs_from_config(cfg: Config, num_classes: int, in_channels: int, im
     ``norm_groups`` when not ADM's 32, so a UNet's stay ADM's. ``image_size``: the network's input
     size when not ``data.image_size`` (latent diffusion: the latents')."""
     m = cfg.model
-    kwargs = dict(
-        image_size=image_size or cfg.data.image_size,
-        num_channels=m.num_channels,
-        num_res_blocks=m.num_res_blocks,
-        channel_mult=m.channel_mult,
-        learn_sigma=cfg.diffusion.learn_sigma,
-        class_cond=m.class_cond,
-        use_checkpoint=m.use_checkpoint,
-        attention_resolutions=m.attention_resolutions,
-        num_heads=m.num_heads,
-        num_head_channels=m.num_head_channels,
-        num_heads_upsample=m.num_heads_upsample,
-        use_scale_shift_norm=m.use_scale_shift_norm,
-        dropout=m.dropout,
-        resblock_updown=m.resblock_updown,
-        use_fp16=m.use_fp16,
-        use_new_attention_order=m.use_new_attention_order,
-        # Classifier-free guidance training adds the null class, one more label row (none without: ADM's keys).
-        num_classes=(m.num_classes or num_classes) + (1 if m.class_cond and cfg.train.uncond_p > 0 else 0),
-        in_channels=in_channels,
-        embedding_kind=m.embedding_kind,
-        attention_backend=m.attention_backend,
-    )
+
+    def same(*names):  # keys that the config and ADM's create_model name alike
+        return {k: getattr(m, k) for k in names}
+
+    # In create_model's order (an export records them so).
+    kwargs = {"image_size": image_size or cfg.data.image_size, **same("num_channels", "num_res_blocks", "channel_mult"),
+              "learn_sigma": cfg.diffusion.learn_sigma,
+              **same("class_cond", "use_checkpoint", "attention_resolutions", "num_heads", "num_head_channels",
+                     "num_heads_upsample", "use_scale_shift_norm", "dropout", "resblock_updown", "use_fp16",
+                     "use_new_attention_order"),
+              # Classifier-free guidance training adds the null class, one more label row (none without: ADM's keys).
+              "num_classes": (m.num_classes or num_classes) + (1 if m.class_cond and cfg.train.uncond_p > 0 else 0),
+              "in_channels": in_channels, **same("embedding_kind", "attention_backend")}
     if m.norm_groups != 32:
         kwargs.update(norm_groups=m.norm_groups)
     if cfg.text.encoder:  # the class's prompt conditions the UNet (prompts.PromptConditioned), no label embedding

@@ -62,8 +62,19 @@ def _register_schema(name: str, cls) -> None:
                             check=lambda mcfg, cfg: check_method(cls, mcfg, cfg, launch_world_size()))
 
 
-# Class decorator: make a method available as ``method.name: <name>`` in YAML (its Config validates the section).
-register_method = registrar(METHODS, "continual method", _register_schema)
+_register_method = registrar(METHODS, "continual method", _register_schema)
+ANY_GENERATOR = ("diffusion", "vae")
+
+
+def register_method(name: str, generators: Tuple[str, ...] = ("diffusion",)):
+    """Class decorator: make a method available as ``method.name: <name>`` in YAML (its Config validates the
+    section); ``generators``: those it can train (``generator``; checked at load)."""
+
+    def wrap(cls):
+        cls.generators = tuple(generators)
+        return _register_method(name)(cls)
+
+    return wrap
 
 
 def launch_world_size() -> int:

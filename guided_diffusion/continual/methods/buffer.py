@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ...runtime.config import ConfigError
-from ..base import ContinualMethod, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, register_method
 
 POLICIES = ("balanced", "reservoir", "all_data", "no_data")
 
@@ -60,11 +60,9 @@ def reservoir_update(buffer: np.ndarray, seen: int, new: np.ndarray, size: int, 
     return np.asarray(buffer, dtype=np.int64), seen
 
 
-@register_method("buffer_replay")
+@register_method("buffer_replay", generators=ANY_GENERATOR)
 class BufferReplay(ContinualMethod):
     """Train each task on its data plus a fixed-size buffer of real images of earlier tasks."""
-
-    generators = ("diffusion", "vae")
 
     @dataclass
     class Config:

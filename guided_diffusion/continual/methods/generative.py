@@ -35,7 +35,7 @@ from ...image_util import from_uint8
 from ...runtime import checkpoint as ckpt
 from ...runtime import faults
 from ...sampling.sample_sets import sample_set
-from ..base import ContinualMethod, ObjectiveWrapper, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method
 from ..replay import (
     SOURCES,
     ReplayBatch,
@@ -191,14 +191,12 @@ class GenerativeDistillation(_ReplayMethod):
         _check_common(mcfg, cfg, world_size)
 
 
-@register_method("generative_replay")
+@register_method("generative_replay", generators=ANY_GENERATOR)
 class GenerativeReplay(_ReplayMethod):
     """Self-rehearsal: the previous model generates old classes, the new one trains on them. With
     ``generator: vae`` (Masip's VAE baseline), the previous VAE's samples join each real batch as
     data, as many as the batch (their ``UpdatedGenerativeReplayPlugin``): only ``style: masip`` applies
     and the diffusion keys (lambd, criterion, teacher_steps, ...) are not read."""
-
-    generators = ("diffusion", "vae")
 
     @dataclass
     class Config:

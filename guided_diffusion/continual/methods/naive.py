@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..base import ContinualMethod, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, register_method
 
 
-@register_method("naive")
+@register_method("naive", generators=ANY_GENERATOR)
 class Naive(ContinualMethod):
     """Fine-tune on each task's data alone: what forgetting looks like."""
-
-    generators = ("diffusion", "vae")
 
     @dataclass
     class Config:
         name: str = "naive"
 
 
-@register_method("joint")
+@register_method("joint", generators=ANY_GENERATOR)
 class Joint(ContinualMethod):
     """Train each task on the real data of every class seen so far: the upper bound."""
-
-    generators = ("diffusion", "vae")
 
     @dataclass
     class Config:
