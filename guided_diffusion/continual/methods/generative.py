@@ -128,7 +128,7 @@ class ReplayObjective(ObjectiveWrapper):
             distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
             t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
             guidance_scale=self.method.generation_guidance, null_class=self.base.null_class,
-            clip=not self.method.ctx.cfg.latent.autoencoder,  # latents are not in [-1, 1]
+            clip=self.method.clip_generation,
         )
 
     def drop_replay_labels(self, replay: ReplayBatch, ctx) -> ReplayBatch:
@@ -156,6 +156,12 @@ class _ReplayMethod(ContinualMethod):
         """The classifier-free guidance scale of the teacher's generation (``sample.guidance_scale``)."""
         ctx = getattr(self, "ctx", None)
         return float(ctx.cfg.sample.guidance_scale) if ctx is not None else 1.0
+
+    @property
+    def clip_generation(self) -> bool:
+        """The teacher's x0 clipped to [-1, 1] while it generates: for images, not for latents."""
+        ctx = getattr(self, "ctx", None)
+        return not (ctx is not None and ctx.cfg.latent.autoencoder)
 
     def objective(self, task, base):
         if task.index == 0 or self.teacher is None:
