@@ -200,7 +200,11 @@ def main() -> int:
     if args.prompt:
         labels = labels - first_prompt  # the index of each sample's prompt in --prompt order
     if dist_util.is_main():
-        print(cost_line(s, mcmc, seconds, len(images), spec.diffusion.num_timesteps), flush=True)
+        if cfg.generator == "vae":  # one decoder pass, no reverse steps
+            print(f"cost: {seconds / max(len(images), 1):.3f} s/image on this process; 1 decoder pass per image",
+                  flush=True)
+        else:
+            print(cost_line(s, mcmc, seconds, len(images), spec.diffusion.num_timesteps), flush=True)
         if to_rgb and images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
         n, h, w, c = images.shape
