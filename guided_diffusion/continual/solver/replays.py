@@ -142,8 +142,8 @@ def check_solver(s, cfg) -> None:
         raise ConfigError("solver.replay guided guides the sampling with the classifier, which sees images, not a "
                           "latent diffusion's latents: use plain, soft or soft_kd (replay decoded to images)")
     if replay.from_generator and not replay.soft_targets and not cfg.model.class_cond:
-        raise ConfigError(f"solver.replay {s.replay} labels the replay by its conditioning class: it needs a "
-                          f"class-conditional model (model.class_cond); an unconditional generator (Masip's VAE "
+        raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond): "
+                          f"it labels the replay by its conditioning class; an unconditional generator (Masip's VAE "
                           f"baseline) replays with soft or soft_kd (the previous classifier's logits as targets)")
     if s.use_old_grad and s.use_new_grad:
         raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
