@@ -55,8 +55,9 @@ def main() -> int:
     from guided_diffusion.logger import progress_bar
 
     bar = progress_bar(total=lc.steps, desc="autoencoder")
+    log = getattr(bar, "write", None) or (lambda m: print(m, flush=True))  # above the bar; in a log file too
     curve = train_autoencoder(ae, x, lc.steps, lc.batch_size, lc.lr, lc.kl_weight, seed=cfg.seed,
-                              log=lambda m: None, progress=bar)
+                              log=log, progress=bar)
     bar.close()
     with torch.no_grad():
         probe = xt[:256]
