@@ -12,8 +12,6 @@ and cached in ``model/latent_cache/``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from typing import Tuple
 
@@ -68,20 +66,9 @@ class LatentCodec:
     def encode_cached(self, x: torch.Tensor, what: str, root: str = "model") -> torch.Tensor:
         """``encode(x)``, cached under ``root/latent_cache`` by the autoencoder's weights and ``what``
         (a description of the data: data set, split, size)."""
-        weights = sorted(f for f in os.listdir(self.path) if f.endswith((".safetensors", ".bin")))
-        stamp = [(f, os.path.getsize(os.path.join(self.path, f)), os.path.getmtime(os.path.join(self.path, f)))
-                 for f in weights]
-        key = json.dumps([os.path.abspath(self.path), stamp, what, list(x.shape)])
-        path = os.path.join(root, "latent_cache", hashlib.sha256(key.encode()).hexdigest()[:24] + ".pt")
-        if os.path.exists(path):
-            try:
-                return ckpt.load_torch(path)["latents"]
-            except ckpt.CheckpointError:
-                pass  # damaged: encoded again
-        z = self.encode(x)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        ckpt.atomic_torch_save({"latents": z, "what": what}, path)
-        return z
+        key = [os.path.abspath(self.path), ckpt.folder_stamp(self.path), what, list(x.shape)]
+        return ckpt.cached_torch(os.path.join(root, "latent_cache"), key,
+                                 lambda: {"latents": self.encode(x), "what": what})["latents"]
 
 
 def build_autoencoder(block_out_channels, latent_channels: int, layers_per_block: int, channels: int,

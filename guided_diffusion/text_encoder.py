@@ -14,7 +14,6 @@ embedding). Each (encoder, prompts, length) is encoded once and cached in ``mode
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -75,34 +74,24 @@ def _load(path: str):
     return AutoTokenizer.from_pretrained(path, local_files_only=True), model.eval()
 
 
-def _cache_path(path: str, prompts: Sequence[str], max_length: int, root: str) -> str:
-    weights = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
-    stamp = [(f, os.path.getsize(os.path.join(path, f))) for f in weights]
-    key = json.dumps([os.path.abspath(path), stamp, list(prompts), max_length])
-    return os.path.join(root, "text_cache", hashlib.sha256(key.encode()).hexdigest()[:24] + ".pt")
-
-
 @torch.no_grad()
-def encode_prompts(encoder: str, prompts: Sequence[str], max_length: int = 16,
-                   root: str = ROOT) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(states [K, max_length, D], pooled [K, D]) of ``prompts`` under ``encoder`` (float32, CPU)."""
-    path = encoder_dir(encoder, root)
-    cache = _cache_path(path, prompts, max_length, root)
-    if os.path.exists(cache):
-        try:
-            d = ckpt.load_torch(cache)
-            return d["states"], d["pooled"]
-        except ckpt.CheckpointError:
-            pass  # damaged: encoded again
+def _encode(path: str, prompts: Sequence[str], max_length: int) -> dict:
     tokenizer, model = _load(path)
     tok = tokenizer(list(prompts), padding="max_length", truncation=True, max_length=max_length,
                     return_tensors="pt")
     states = model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]).last_hidden_state.float()
     mask = tok["attention_mask"].unsqueeze(-1).float()
     pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    ckpt.atomic_torch_save({"states": states, "pooled": pooled, "prompts": list(prompts)}, cache)
-    return states, pooled
+    return {"states": states, "pooled": pooled, "prompts": list(prompts)}
+
+
+def encode_prompts(encoder: str, prompts: Sequence[str], max_length: int = 16,
+                   root: str = ROOT) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(states [K, max_length, D], pooled [K, D]) of ``prompts`` under ``encoder`` (float32, CPU)."""
+    path = encoder_dir(encoder, root)
+    key = [os.path.abspath(path), ckpt.folder_stamp(path), list(prompts), max_length]
+    d = ckpt.cached_torch(os.path.join(root, "text_cache"), key, lambda: _encode(path, prompts, max_length))
+    return d["states"], d["pooled"]
 
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -46,11 +46,11 @@ class MlpVAE(nn.Module):
         pixels = self.shape[0] * self.shape[1] * self.shape[2]
         if not 1 <= self.latent_dim <= pixels:
             raise ValueError(f"the VAE's latent_dim must be in 1..{pixels} (the pixels of an image), got {latent_dim}")
-        self.encoder = nn.Sequential(nn.Flatten(), *_mlp([pixels, *encoder_dims]))
-        self.z_mean = nn.Linear(([pixels, *encoder_dims])[-1], self.latent_dim)
-        self.z_log_var = nn.Linear(([pixels, *encoder_dims])[-1], self.latent_dim)
-        self.decoder = nn.Sequential(*_mlp([self.latent_dim, *decoder_dims]),
-                                     nn.Linear(([self.latent_dim, *decoder_dims])[-1], pixels), nn.Sigmoid())
+        encoder, decoder = [pixels, *encoder_dims], [self.latent_dim, *decoder_dims]
+        self.encoder = nn.Sequential(nn.Flatten(), *_mlp(encoder))
+        self.z_mean = nn.Linear(encoder[-1], self.latent_dim)
+        self.z_log_var = nn.Linear(encoder[-1], self.latent_dim)
+        self.decoder = nn.Sequential(*_mlp(decoder), nn.Linear(decoder[-1], pixels), nn.Sigmoid())
 
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(mean, logvar) of q(z | x) for images ``x`` in [-1, 1]."""
@@ -69,8 +69,8 @@ class MlpVAE(nn.Module):
     def sample_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] decoded from z = the first ``latent_dim`` entries of each sample's noise (a
         sample set draws image-shaped noise per sample from its seed: the VAE's samples are seeded alike)."""
-        z = noise.flatten(1)[:, : self.latent_dim].to(next(self.parameters()).dtype)
-        return self.decode(z) * 2 - 1
+        p = next(self.parameters())
+        return self.decode(noise.flatten(1)[:, : self.latent_dim].to(p.device, p.dtype)) * 2 - 1
 
 
 def vae_loss(x: torch.Tensor, probs: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -116,5 +116,4 @@ class VAEObjective:
 
 def vae_samples(model: MlpVAE, n: int, generator: torch.Generator) -> torch.Tensor:
     """``n`` samples of ``model`` in [-1, 1], z drawn from ``generator`` (CPU)."""
-    z = torch.randn((n, model.latent_dim), generator=generator)
-    return model.decode(z.to(next(model.parameters()).device)) * 2 - 1
+    return model.sample_from_noise(torch.randn((n, model.latent_dim), generator=generator))

@@ -22,7 +22,7 @@ import torch
 
 from guided_diffusion import experiment
 from guided_diffusion.image_util import save_grid, to_uint8
-from guided_diffusion.latent import build_autoencoder, train_autoencoder
+from guided_diffusion.latent import LatentCodec, build_autoencoder, train_autoencoder
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.config import ConfigError
 
@@ -75,7 +75,7 @@ def main() -> int:
     save_grid(np.concatenate([to_uint8(probe[:n]), to_uint8(rec[:n])]), os.path.join(out, "reconstructions.png"),
               nrow=n)
     meta = {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels,
-            "latent_shape": [lc.latent_channels] + [info.image_size // 2 ** (len(lc.block_out_channels.split(",")) - 1)] * 2,
+            "latent_shape": list(LatentCodec(out).latent_shape(info.channels, info.image_size)),
             "scaling_factor": float(ae.config.scaling_factor), "test_mse": mse, "test_psnr_db": psnr,
             "params": sum(p.numel() for p in ae.parameters()), "curve": curve}
     with open(os.path.join(out, "autoencoder.json"), "w") as f:

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import tempfile
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import blobfile as bf
 import torch
@@ -273,3 +273,25 @@ def prune_checkpoints(run_dir: str, keep: int, protect: tuple = ()) -> None:
             path = bf.join(run_dir, name)
             if bf.exists(path):
                 bf.remove(path)
+
+
+def folder_stamp(folder: str) -> List[Tuple[str, int, float]]:
+    """(name, size, modification time) of the weight files in ``folder``: what a cache of what they
+    compute is keyed by, so that new weights in the same place are not mistaken for the old."""
+    names = sorted(f for f in os.listdir(folder) if f.endswith((".safetensors", ".bin")))
+    return [(f, os.path.getsize(os.path.join(folder, f)), os.path.getmtime(os.path.join(folder, f))) for f in names]
+
+
+def cached_torch(directory: str, key: Any, make: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    """The dict cached in ``directory`` under ``key`` (JSON-able: a hash names the file), or ``make()``
+    saved there atomically; a damaged cache file is made again."""
+    path = os.path.join(directory, hashlib.sha256(json.dumps(key).encode()).hexdigest()[:24] + ".pt")
+    if os.path.exists(path):
+        try:
+            return load_torch(path)
+        except CheckpointError:
+            pass
+    out = make()
+    os.makedirs(directory, exist_ok=True)
+    atomic_torch_save(out, path)
+    return out

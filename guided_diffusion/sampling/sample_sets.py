@@ -79,25 +79,17 @@ def sample_batch(
     sampled by that solver (``solver_loop``); ``use_ddim`` and ``eta`` then do not apply.
     """
     device = device or next(model.parameters()).device
-    if getattr(model, "direct_sampler", False):  # a generator that decodes noise in one pass (the VAE)
-        if cond_fn is not None or (mcmc is not None and mcmc.sampler != "none"):
-            raise ValueError("guidance and MCMC steps need a diffusion; this generator samples in one pass")
-        noise = noise if noise is not None else torch.randn(shape)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                return model.sample_from_noise(noise.to(device))
-        finally:
-            model.train(was_training)
     model_kwargs = {"y": y.to(device)} if y is not None else {}
     net = model
 
     def model_fn(x, t, y=None, **kw):
         return net(x, t, y=y, **kw) if class_cond else net(x, t, **kw)
 
-    solver = getattr(diffusion, "sampler", "")
+    direct = getattr(net, "direct_sampler", False)  # a generator that decodes noise in one pass (the VAE)
+    solver = "" if direct else getattr(diffusion, "sampler", "")
     use_mcmc = mcmc is not None and mcmc.sampler != "none"
+    if direct and (cond_fn is not None or use_mcmc):
+        raise ValueError("guidance and MCMC steps need a diffusion; this generator samples in one pass")
     if solver and use_mcmc:
         raise ValueError(f"MCMC corrections run on ADM's ancestral/DDIM steps, not on the {solver} solver")
     if solver and eta:
@@ -106,6 +98,9 @@ def sample_batch(
     was_training = net.training
     net.eval()
     try:
+        if direct:
+            with torch.no_grad():
+                return net.sample_from_noise(noise if noise is not None else torch.randn(shape).to(device))
         if solver:
             return solver_loop(diffusion, model_fn, shape, noise=noise, clip_denoised=clip_denoised,
                                model_kwargs=model_kwargs, cond_fn=cond_fn, device=device)
