@@ -15,7 +15,9 @@ The suite file (see scripts/tools/benchmark_cl.py) names a base config, the sett
 every run, the methods (label -> method section), the seeds and the solver runs. Every run's config
 is written to <out_dir>/configs/ and validated before anything runs. Rerun the same command to
 resume after an interruption: finished runs are skipped, an interrupted one resumes from its
-checkpoints. The report goes to the suite's report_dir: README.md (headline tables, claims, the
+checkpoints. Each finished run's results are also copied to the suite's archive (``archive_dir``,
+default ``<report_dir>/runs``: metrics, configs, grids; small, committed), so a suite that takes
+longer than one machine's life resumes on the next one: commit the archive as runs finish. The report goes to the suite's report_dir: README.md (headline tables, claims, the
 exact command, commit and machine), report.md/.html (per-run tables, plots, every sample grid).
 """
 

@@ -1,7 +1,9 @@
 """The fidelity benchmark's planning, tables and claims (the runs themselves are the scripts')."""
 
 import csv
+import json
 import os
+import shutil
 
 import pytest
 from tools import benchmark_cl as bcl
@@ -202,11 +204,13 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     threads = {(label, seed): t for kind, label, seed, t in events if kind == "start"}
     assert threads[("naive", 0)] == "train.num_threads=3"  # both seeds' first runs go together
     assert threads[("joint", 0)] == "train.num_threads=2"  # three at once
-    with open(tmp_path / "runs" / "suite_times.csv") as f:
+    with open(tmp_path / "report" / "runs" / "suite_times.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(specs) and all(r["commit"] for r in rows)  # the commit each run ran at
+    assert all(bcl._archived(suite, s.run_dir) for s in specs)  # every finished run is archived
 
     # --only: a selected run brings the unfinished run it reads (seed 1's task-0 run), never starts before it
+    shutil.rmtree(tmp_path / "report" / "runs")  # nothing finished yet
     events.clear()
     bcl.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2, only=["gd_full"])
     starts = [(label, seed) for kind, label, seed, _ in events if kind == "start"]
@@ -223,6 +227,75 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
         bcl.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2)
     started = {(label, seed) for kind, label, seed, _ in events if kind == "start"}
     assert not any(s.seed == 0 and s.needs == "fail_me" and (s.label, 0) in started for s in specs)
+
+
+def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
+    """A finished run's report files go to the archive (no checkpoints); on a machine without the run
+    folders the archived runs count as finished, task 0 comes from the first run that can give it, and
+    a run whose checkpoints a pending solver reads runs again from a cleared folder."""
+    from tools import run_archive
+
+    run = tmp_path / "out" / "gd_full_s0"
+    _write(f"{run}/metrics.csv", [{"task": 0, "eval_fid": 3.0}, {"task": 1, "eval_fid": 4.0}])
+    for t in (0, 1):
+        (run / f"task_{t}").mkdir()
+        (run / f"task_{t}" / "samples.png").write_bytes(b"png%d" % t)
+        (run / f"task_{t}" / "model000010.pt").write_bytes(b"weights")
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "solver_plain").mkdir()
+    arch, out = str(tmp_path / "archive"), str(tmp_path / "out")
+    assert run_archive.info(arch, out, str(run)) is None
+    run_archive.save(arch, out, str(run), {"label": "gd_full", "seed": 0, "commit": "abc", "seconds": 9.5})
+    kept = sorted(str(p.relative_to(tmp_path / "archive" / "gd_full_s0")) for p in (tmp_path / "archive").rglob("*")
+                  if p.is_file())
+    assert kept == ["archived.json", "config.yaml", "metrics.csv", "task_0/samples.png", "task_1/samples.png"]
+    assert run_archive.info(arch, out, str(run))["seconds"] == 9.5
+    assert run_archive.restore(arch, out, str(run)) and (run / "task_0" / "model000010.pt").exists()  # own: untouched
+    elsewhere = tmp_path / "out2" / "gd_full_s0"  # a new machine
+    assert run_archive.restore(arch, str(tmp_path / "out2"), str(elsewhere))
+    assert (elsewhere / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
+    assert (elsewhere / "task_1" / "samples.png").read_bytes() == b"png1"
+    assert not run_archive.has_checkpoints(str(elsewhere)) and run_archive.has_checkpoints(str(run))
+    (elsewhere / "solver_plain").mkdir()
+    run_archive.clear_restored(str(elsewhere))
+    assert os.listdir(elsewhere) == ["solver_plain"]
+    run_archive.clear_restored(str(run))  # a run's own folder: never cleared
+    assert (run / "task_0" / "model000010.pt").exists()
+
+    # the suite: seed 0's naive, joint and gd_full archived on another machine
+    import guided_diffusion.continual.methods  # noqa: F401
+    import guided_diffusion.evaluation.settings  # noqa: F401
+
+    with open(SUITE) as f:
+        methods = {k: v for k, v in yaml.safe_load(f)["methods"].items() if not bcl.row_settings(v)}
+    suite = bcl.load_suite(_suite(tmp_path, seeds=[0], learning_curve={}, methods=methods,
+                                  solver={"diffusion": "gd_full", "replays": ["plain"]}))
+    done = ("naive", "joint", "gd_full")
+    for label in done:
+        d = str(tmp_path / "elsewhere" / f"{label}_s0")
+        _write(f"{d}/metrics.csv", [{"task": 0, "eval_fid": 3.0}])
+        run_archive.save(bcl._abs(suite.archive_dir), str(tmp_path / "elsewhere"), d, {"label": label, "seed": 0})
+    specs = bcl.plan(suite)
+    by = {s.label: s for s in specs}
+    assert by["buffer_replay"].needs is None  # the first run that will run trains task 0 ...
+    assert load_config(by["buffer_replay"].config_path).continual.init_from == ""
+    assert by["ewc"].needs == "buffer_replay" and by["gd_full"].needs == "buffer_replay"  # ... for the others
+    assert load_config(by["ewc"].config_path).continual.init_from == by["buffer_replay"].run_dir
+    started = []
+
+    def fake_call(cmd, cwd, stdout, stderr):
+        cfg = cmd[cmd.index("--config") + 1]
+        spec = next(s for s in specs if s.config_path == cfg and s.overrides == cmd[cmd.index(cfg) + 1:])
+        started.append(spec.label)
+        return 0
+
+    monkeypatch.setattr(bcl.subprocess, "call", fake_call)
+    bcl.run_suite(suite, specs, log=lambda m: None)
+    # naive and joint count as finished; gd_full runs again: the solver replays from its checkpoints
+    assert "naive" not in started and "joint" not in started and "gd_full" in started
+    assert started.index("gd_full") < started.index("solver_plain")
+    assert json.loads(open(f"{by['naive'].run_dir}/restored.json").read())["label"] == "naive"
+    assert not os.path.exists(f"{by['gd_full'].run_dir}/metrics.csv")  # cleared before it ran again
 
 
 @pytest.mark.slow
@@ -261,7 +334,7 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
     assert "Task 0 converged?" in report and "Rule: a claim is *confirmed*" in report
     assert "task 0 taken from" in (tmp_path / "runs" / "gd_full_s0" / "log.txt").read_text()
     assert (tmp_path / "report" / "report_grids" / "gd_full_s0_task1.png").exists()
-    with open(tmp_path / "runs" / "suite_times.csv") as f:
+    with open(tmp_path / "report" / "runs" / "suite_times.csv") as f:
         rows = list(csv.DictReader(f))
     threads = {r["label"]: r["threads"] for r in rows}
     # the curve and task 0 go first, two at once; then the runs that take task 0

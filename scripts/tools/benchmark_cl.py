@@ -6,6 +6,7 @@ A *suite* is a YAML file (``yaml/bench/split_mnist.yaml``)::
     name: split_mnist
     out_dir: experiments/bench_split_mnist        # the run folders (<label>_s<seed>/)
     report_dir: experiments/results/split_mnist   # the report (Markdown + HTML + PNGs, small)
+    archive_dir: experiments/results/split_mnist/runs   # finished runs' results (default: <report_dir>/runs)
     base: yaml/mnist/generative_distillation_eval.yaml   # every run: this config ...
     settings: {continual: {num_steps: 100}}      # ... with these keys merged in (nested YAML)
     seeds: [0, 1, 2]
@@ -25,7 +26,9 @@ A *suite* is a YAML file (``yaml/bench/split_mnist.yaml``)::
 Each run is one process of ``scripts/image_train.py`` (or ``classifier_cl_train.py``) on a
 config written to ``<out_dir>/configs/``; every config is built and validated before the first run
 starts. A rerun of the suite resumes: finished runs are skipped by the scripts themselves, a run
-cut short resumes from its checkpoints. Wall times go to ``<out_dir>/suite_times.csv``.
+cut short resumes from its checkpoints. A finished run's results are copied to the archive
+(``run_archive.py``: small, committed), so a suite outlives the machine it ran on: on a new one the
+archived runs count as finished. Wall times go to ``<archive_dir>/suite_times.csv``.
 
 The report (``write_report``) has the headline tables (mean and spread over seeds), the three
 claims of the papers with a verdict computed from the numbers, and, below, the per-run report of
@@ -56,8 +59,10 @@ from guided_diffusion.runtime.config import (
     read_tree,
 )
 
+from . import run_archive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository (scripts/tools/..)
-SUITE_KEYS = ("name", "out_dir", "report_dir", "base", "settings", "seeds", "share_first_task", "methods",
+SUITE_KEYS = ("name", "out_dir", "report_dir", "archive_dir", "base", "settings", "seeds", "share_first_task", "methods",
               "solver", "scales", "description", "learning_curve")
 CURVE_KEYS = ("classes", "points", "num_samples")
 
@@ -69,6 +74,7 @@ class Suite:
     methods: Dict[str, Dict[str, Any]]
     out_dir: str = "experiments/bench"
     report_dir: str = ""
+    archive_dir: str = ""  # finished runs' results, committed (run_archive.py); default <report_dir>/runs
     settings: Dict[str, Any] = field(default_factory=dict)
     seeds: List[int] = field(default_factory=lambda: [0])
     share_first_task: bool = True
@@ -135,7 +141,23 @@ def load_suite(path: str, scale: str = "") -> Suite:
             raise ConfigError(f"{path}: unknown learning_curve key(s) {bad}; valid: {', '.join(CURVE_KEYS)}")
     if not suite.report_dir:
         suite.report_dir = os.path.join(suite.out_dir, "report")
+    if not suite.archive_dir:
+        suite.archive_dir = os.path.join(suite.report_dir, "runs")
     return suite
+
+
+def times_path(suite: Suite) -> str:
+    """The suite's ``suite_times.csv`` (a row per run process), kept with the archive."""
+    return os.path.join(_abs(suite.archive_dir), "suite_times.csv")
+
+
+def _archived(suite: Suite, run_dir: str) -> bool:
+    return run_archive.info(_abs(suite.archive_dir), _abs(suite.out_dir), run_dir) is not None
+
+
+def _holds_task0(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds its own finished task 0 (checkpoints, not a restored copy)."""
+    return os.path.isfile(os.path.join(run_dir, "task_0", "task_done.json")) and run_archive.has_checkpoints(run_dir)
 
 
 def row_settings(entry) -> Dict[str, Any]:
@@ -158,7 +180,9 @@ def plan(suite: Suite) -> List[RunSpec]:
     """Write every run's config (``<out_dir>/configs/``) and check it; returns the runs in order.
 
     Per seed: the methods in the suite's order (with ``share_first_task``, the first one trains task
-    0 and the others take it, ``continual.init_from``), then the solver runs."""
+    0 and the others take it, ``continual.init_from``), then the solver runs. A method run archived
+    on another machine (no checkpoints here) cannot give its task 0: the first run that can (it
+    holds its task 0, or it will run) trains it instead."""
     import guided_diffusion.continual.methods  # noqa: F401  (the methods' config schemas, to check the configs)
     import guided_diffusion.evaluation  # noqa: F401  (the evaluation section's schema)
 
@@ -207,7 +231,7 @@ def plan(suite: Suite) -> List[RunSpec]:
             run_dir = os.path.join(out_dir, name)
             needs = first_label if shares else None
             specs.append(RunSpec(label, int(seed), "continual", path, run_dir, needs=needs))
-            if first_run is None and not own:
+            if first_run is None and not own and (_holds_task0(run_dir) or not _archived(suite, run_dir)):
                 first_run, first_label = run_dir, label
         if suite.solver:
             src = next(s for s in specs if s.seed == seed and s.label == suite.solver["diffusion"])
@@ -251,12 +275,14 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
     so a run alone gets every core. A failed run stops the suite (``SuiteRunError``; rerun to resume):
     runs already started finish, no other starts. ``only``: these labels, and every run one of them
     needs (a finished one returns at once), so a selected run never starts before what it reads.
-    Each run's row in ``suite_times.csv`` records the commit it ran at."""
+    Each run's row in ``suite_times.csv`` records the commit it ran at. Archived runs count as
+    finished (``restore_archived``), but one whose checkpoints a pending run reads runs again; a
+    finished run is archived."""
     import threading
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     out_dir = _abs(suite.out_dir)
-    times = os.path.join(out_dir, "suite_times.csv")
+    times = times_path(suite)
     commit = (_git("rev-parse", "--short", "HEAD") or "unknown") + (
         "+" if _git("status", "--porcelain", "--untracked-files=no") else "")  # +: with uncommitted changes
     lock = threading.Lock()
@@ -279,19 +305,33 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
                                 "exit": code, "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                                 "threads": extra[0].split("=")[1] if extra else "", "commit": commit})
         log(f"    {spec.label} seed {spec.seed}: {'done' if code == 0 else 'FAILED'} in {sec:.0f}s")
+        if code == 0:
+            with lock:
+                run_archive.save(_abs(suite.archive_dir), out_dir, spec.run_dir,
+                                 {"label": spec.label, "seed": spec.seed, "kind": spec.kind, "commit": commit,
+                                  "seconds": round(sec, 1), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")})
         if code != 0:
             with open(out_path) as f:
                 tail = f.read()[-2000:]
             raise SuiteRunError(f"{spec.label} (seed {spec.seed}) exited with {code}; rerun the same command to "
                                 f"resume. Its output ends with:\n{tail}")
 
-    pending = [s for s in specs if not only or s.label in only]
+    archived = restore_archived(suite, specs)
+    pending = [s for s in specs if (not only or s.label in only) and id(s) not in archived]
     by_key = {(s.label, s.seed): s for s in specs}
     for spec in pending:  # grows while it is walked: what the added runs need joins too
         need = by_key.get((spec.needs, spec.seed)) if spec.needs else None
-        if need is not None and need not in pending:
+        if need is None or need in pending:
+            continue
+        if id(need) not in archived:
             log(f"    {spec.label} seed {spec.seed} needs {need.label} seed {need.seed}: it runs too (if finished, "
                 "it returns at once)")
+            pending.append(need)
+        elif not run_archive.has_checkpoints(need.run_dir):
+            log(f"    {spec.label} seed {spec.seed} reads the checkpoints of {need.label} seed {need.seed}, archived "
+                "elsewhere: it runs again")
+            run_archive.clear_restored(need.run_dir)
+            archived.discard(id(need))
             pending.append(need)
     pending.sort(key=lambda s: index[id(s)])
     done = {(s.label, s.seed) for s in specs if s not in pending}  # runs left out are taken as finished
@@ -319,6 +359,12 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
     return time.time() - start
 
 
+def restore_archived(suite: Suite, specs: List[RunSpec]) -> set:
+    """Restore the archived runs into their folders (where a folder does not hold its own finished
+    run); returns the ``id`` of each archived spec."""
+    return {id(s) for s in specs if run_archive.restore(_abs(suite.archive_dir), _abs(suite.out_dir), s.run_dir)}
+
+
 TIME_COLUMNS = ["label", "seed", "kind", "seconds", "exit", "finished_at", "threads", "commit"]
 
 
@@ -333,6 +379,7 @@ def append_time(path: str, row: Dict[str, Any]) -> None:
             w.writeheader()
             w.writerows(rows)
     new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, TIME_COLUMNS)
         if new:
@@ -388,7 +435,7 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
     ``fr_fid`` (per-task FID); ``fid0`` (FID after task 0); ``sps``/``nfe`` (tasks 1+); ``wall``."""
     from guided_diffusion.evaluation.class_metrics import clog_metrics
 
-    times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    times = read_csv(times_path(suite))
     cols = [("eval_fid", "FID ↓"), ("eval_kld", "KLD ↓"), ("eval_ard", "ARD ↓"), ("eval_class_acc", "class acc ↑")]
     extra = [("aiq_acc", "AIQ acc ↑"), ("fr_acc", "FR acc ↓"), ("aiq_fid", "AIQ FID ↓"), ("afq_fid", "AFQ FID ↓"),
              ("fr_fid", "FR FID ↓")]
@@ -439,7 +486,7 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
     """(header, rows, values) of the classifier runs; ``values[replay]["acc"|"fgt"]``: per-seed numbers."""
     header = ["replay", "seeds", "final avg acc ↑", "forgetting ↓", "replay label = previous classifier's argmax",
               "previous classifier's entropy on replay (nats)", "replay generation s", "wall min"]
-    times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    times = read_csv(times_path(suite))
     rows, values = [], {}
     n_tasks = _n_tasks(specs)
     for replay in suite.solver.get("replays", []) if suite.solver else []:
@@ -593,10 +640,11 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
 
     report_dir = _abs(suite.report_dir)
     os.makedirs(report_dir, exist_ok=True)
+    restore_archived(suite, specs)  # a report on a new machine: the archived runs
     detail, _ = build_report(_abs(suite.out_dir), report_dir, f"{suite.name}: every run", copy_grids=True)
     mh, mr, mm = method_table(suite, specs)
     sh, sr, sm = solver_table(suite, specs)
-    times = read_csv(os.path.join(_abs(suite.out_dir), "suite_times.csv"))
+    times = read_csv(times_path(suite))
     total = sum(as_number(r["seconds"]) or 0 for r in times)
     commit = _git("rev-parse", "HEAD")
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--untracked-files=no") else ""
