@@ -185,6 +185,17 @@ def test_a_task_dict_with_text_labels_gives_classes_and_their_prompts(tmp_path):
                              "data.image_size=8", "model.class_cond=true", "text.encoder=all-minilm-l6-v2"])
     _, _, info = experiment.load_split(cfg, "train")
     assert experiment.prompts_of(cfg, info) == ["a blue square", "a green star", "a red circle"]
+    # a test file with only some of the texts: each text keeps the training file's class id
+    from guided_diffusion.data import load_dataset
+
+    test = str(tmp_path / "test.npz")
+    write_task_dict(test, {1: {"images": img[:2], "labels": np.array(["a red circle", "a green star"])}})
+    assert read_task_dict(test).labels.tolist() == [1, 0]  # alone: ranks among its own two texts
+    arrays = load_dataset("task_dict", path, split="test", test_path=test)
+    assert arrays.labels.tolist() == [2, 1] and arrays.class_names[2] == "a red circle" and arrays.num_classes == 3
+    write_task_dict(test, {1: {"images": img[:1], "labels": np.array(["a purple moon"])}})
+    with pytest.raises(ValueError, match=r"text labels \['a purple moon'\] are not classes of the training file"):
+        load_dataset("task_dict", path, split="test", test_path=test)
     write_task_dict(path, {1: {"images": img, "labels": np.array(["a", "b", "c", "d"])},
                            2: {"images": img, "labels": np.arange(4)}})
     with pytest.raises(ValueError, match="text labels"):

@@ -154,10 +154,19 @@ def _npz(data_dir, split, test_path):
 
 @register_dataset("task_dict", needs_dir=True, test_path=True, options=("allow_pickle",), layout=formats._TASK_LAYOUT)
 def _task_dict(data_dir, split, test_path, allow_pickle=False):
-    def read(p):
-        return formats.read_task_dict(p, allow_pickle=allow_pickle)
+    def read(p, names=None):
+        return formats.read_task_dict(p, allow_pickle=allow_pickle, class_names=names)
 
-    return _with_holdout(read, data_dir, split, test_path, lambda p: read(p).num_classes)
+    if not test_path:
+        return _with_holdout(read, data_dir, split, test_path, None)
+    # text labels: the test file's texts take the training file's class ids (not their own ranks)
+    train = read(data_dir)
+    test = read(test_path, train.class_names)
+    arrays = test if split == "test" else train
+    n = max(train.num_classes, test.num_classes)
+    if n > arrays.num_classes:
+        arrays = ImageArrays(arrays.images, arrays.labels, n, task_ids=arrays.task_ids)
+    return arrays
 
 
 def dataset_names() -> Tuple[str, ...]:

@@ -409,12 +409,14 @@ def _unpickled_tasks(z: Dict[str, np.ndarray], path: str) -> dict:
     return tasks
 
 
-def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
+def read_task_dict(path: str, allow_pickle: bool = False, class_names: Optional[Sequence[str]] = None) -> ImageArrays:
     """The union of every task of a Continual-Diffusers task dict, with per-sample ``task_ids``.
 
     Task ids are the dict's keys (1-based in Continual-Diffusers) in increasing order; labels are
     global class ids (squeezed, like Continual-Diffusers). A file where no task has labels is one
-    unconditional class. Pickled layouts can execute arbitrary code when loaded, so they are read
+    unconditional class. Text labels are classes: their sorted distinct texts, or, with
+    ``class_names`` (a test file read against its training file's texts), the index of each text
+    among those (a text not among them is an error); integer labels ignore ``class_names``. Pickled layouts can execute arbitrary code when loaded, so they are read
     only with ``allow_pickle=True`` (config ``data.allow_pickle: true``) for files you trust;
     ``write_task_dict`` converts them to the safe flat layout.
     """
@@ -438,6 +440,12 @@ def read_task_dict(path: str, allow_pickle: bool = False) -> ImageArrays:
     if not tasks:
         raise ValueError(f"{path}: the task dict is empty")
     names = _text_label_names(tasks, path)
+    if names and class_names is not None:
+        unknown = sorted(set(names) - {str(n) for n in class_names})
+        if unknown:
+            raise ValueError(f"{path}: text labels {unknown[:5]} are not classes of the training file "
+                             f"({len(class_names)} texts); a test file's texts must all occur in the training file")
+        names = [str(n) for n in class_names]
     ids, parts, has_labels = [], [], []
     for key in sorted(tasks, key=lambda k: int(k)):
         d = tasks[key]
