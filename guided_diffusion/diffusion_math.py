@@ -23,7 +23,8 @@ import torch
 
 
 def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
-    """The betas of a named schedule: "linear" (Ho et al. 2020) or "cosine" (Nichol & Dhariwal 2021, eq. 17)."""
+    """The betas of a named schedule: "linear" (Ho et al. 2020), "cosine" (Nichol & Dhariwal 2021, eq. 17)
+    or "scaled_linear" (Stable Diffusion's, diffusers' name: linear in sqrt(beta) from 0.00085 to 0.012)."""
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if name == "linear":
@@ -32,7 +33,10 @@ def get_named_beta_schedule(name: str, num_timesteps: int) -> np.ndarray:
         return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
     if name == "cosine":
         return betas_for_alpha_bar(num_timesteps, lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2)
-    raise ValueError(f"unknown beta schedule {name!r}; expected 'linear' or 'cosine'")
+    if name == "scaled_linear":
+        # Rombach et al.'s latent diffusion (and Stable Diffusion): the pretrained UNets expect it.
+        return np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, num_timesteps, dtype=np.float64) ** 2
+    raise ValueError(f"unknown beta schedule {name!r}; expected 'linear', 'cosine' or 'scaled_linear'")
 
 
 def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999) -> np.ndarray:

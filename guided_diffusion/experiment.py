@@ -5,10 +5,12 @@ Scripts and the continual loop call these so that every program builds things th
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import blobfile as bf
+import numpy as np
 import torch
 
 from . import dist_util
@@ -34,6 +36,7 @@ class DataInfo:
     channels: int
     image_size: int
     class_names: tuple = ()  # the data set's own names of its classes (a task dict's text labels), if any
+    task_classes: tuple = ()  # per task of the data set itself (a task dict's keys, in order): its classes
 
     @property
     def shape(self):
@@ -87,12 +90,14 @@ def load_split(cfg: Config, split: str = "train", classes: Optional[Sequence[int
             f"model.num_classes = {cfg.model.num_classes} but dataset '{d.dataset}' has "
             f"{arrays.num_classes} classes"
         )
+    tasks = () if arrays.task_ids is None else tuple(
+        tuple(int(c) for c in np.unique(arrays.labels[arrays.task_ids == t])) for t in np.unique(arrays.task_ids))
     if classes is not None:
         arrays = subset_by_classes(arrays, classes)
     channels = d.channels or arrays.images.shape[-1]
     x = to_tensor(arrays, d.image_size, channels, resize=d.resize)
     y = torch.as_tensor(arrays.labels, dtype=torch.long)
-    return x, y, DataInfo(arrays.num_classes, channels, d.image_size, tuple(arrays.class_names))
+    return x, y, DataInfo(arrays.num_classes, channels, d.image_size, tuple(arrays.class_names), tasks)
 
 
 _CODECS: Dict[str, LatentCodec] = {}
@@ -120,7 +125,7 @@ def model_info(cfg: Config, info: DataInfo) -> DataInfo:
         c, h, _ = codec.latent_shape(info.channels, info.image_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return DataInfo(info.num_classes, c, h, info.class_names)
+    return dataclasses.replace(info, channels=c, image_size=h)  # the classes and tasks are the data's
 
 
 def to_model_space(cfg: Config, x: torch.Tensor, info: DataInfo, split: str = "train"):

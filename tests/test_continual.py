@@ -73,6 +73,19 @@ def test_scenario_errors():
         build_scenario(ContinualConfig(scenario="split_mnst"), 10)
 
 
+def test_the_datas_own_tasks():
+    """``scenario: from_data``: a task dict's tasks, in the file's order, with however many classes each."""
+    s = build_scenario(ContinualConfig(scenario="from_data", num_steps=5, first_task_num_steps=8), 6,
+                       ((4, 5), (0,), (1, 2, 3)))
+    assert [t.classes for t in s.tasks] == [(4, 5), (0,), (1, 2, 3)] and s.class_order == (4, 5, 0, 1, 2, 3)
+    assert s.tasks[2].old_classes == (4, 5, 0) and [t.num_steps for t in s.tasks] == [8, 5, 5]
+    assert len(build_scenario(ContinualConfig(scenario="from_data", limit_tasks=2), 6, ((4, 5), (0,), (1,))).tasks) == 2
+    with pytest.raises(ConfigError, match="class 0 occurs in the data's tasks 0 and 1"):
+        build_scenario(ContinualConfig(scenario="from_data"), 3, ((0, 1), (0, 2)))
+    with pytest.raises(ConfigError, match="this one has none"):
+        build_scenario(ContinualConfig(scenario="from_data"), 10)
+
+
 # ------------------------------------------------------------------ replay inputs
 
 

@@ -41,6 +41,15 @@ def test_cosine_schedule_golden():
     assert dm.betas_for_alpha_bar(10, lambda u: 1 - u, max_beta=0.5)[-1] == 0.5
 
 
+def test_scaled_linear_schedule_is_stable_diffusions():
+    b = dm.get_named_beta_schedule("scaled_linear", 1000)
+    assert b[0] == pytest.approx(0.00085, rel=1e-12) and b[-1] == pytest.approx(0.012, rel=1e-12)
+    assert np.all(np.diff(np.sqrt(b)) == pytest.approx((0.012 ** 0.5 - 0.00085 ** 0.5) / 999, rel=1e-9))
+    diffusers = pytest.importorskip("diffusers")
+    ref = diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).betas
+    np.testing.assert_allclose(b, ref.double().numpy(), rtol=1e-6)  # diffusers computes in float32
+
+
 def test_bad_schedules_raise():
     with pytest.raises(ValueError, match="unknown beta schedule 'quad'"):
         dm.get_named_beta_schedule("quad", 10)

@@ -147,3 +147,52 @@ def test_a_pretrained_diffusers_unet_is_fine_tuned_task_after_task(tmp_path):
     with pytest.raises(ConfigError, match="cross-attention takes 64-wide tokens"):
         experiment.build_model(load_config(preset, over[:1] + [f"model.diffusers_path={tmp_path}/narrow"] + over[2:]),
                                info)
+
+
+def test_the_stable_diffusion_preset_runs_on_a_tiny_sd_folder(tmp_path):
+    """yaml/sd/text_buffer_replay.yaml, as a user with Stable Diffusion on disk runs it, on a tiny random
+    SD folder in the diffusers layout (unet/, vae/, text_encoder/ a CLIP text model, tokenizer/) and a
+    task dict with text labels: its UNet is fine-tuned on the VAE's latents, task after task in the
+    file's order, on SD's noise schedule."""
+    import csv
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel
+
+    from guided_diffusion.continual.loop import final_weights, run_continual
+    from guided_diffusion.data import write_task_dict
+
+    torch.manual_seed(0)
+    sd = tmp_path / "sd"
+    UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+                         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                         attention_head_dim=8, norm_num_groups=8).save_pretrained(sd / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), latent_channels=4,
+                  layers_per_block=1, norm_num_groups=8, sample_size=16).save_pretrained(sd / "vae")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "blue", "circle", "square", "green", "star"]
+    (tmp_path / "vocab.txt").write_text("\n".join(words))
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(sd / "tokenizer")
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(words), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=77)).save_pretrained(sd / "text_encoder")
+    rng = np.random.RandomState(0)
+    data = str(tmp_path / "tasks.npz")
+    write_task_dict(data, {1: {"images": rng.randint(0, 255, (6, 16, 16, 3), dtype=np.uint8),
+                               "labels": np.array(["a red circle", "a blue square"] * 3)},
+                           2: {"images": rng.randint(0, 255, (4, 16, 16, 3), dtype=np.uint8),
+                               "labels": np.array(["a green star"] * 4)}})
+    cfg = load_config(os.path.join(ROOT, "yaml/sd/text_buffer_replay.yaml"), [
+        f"model.diffusers_path={sd}", f"latent.autoencoder={sd}/vae", f"text.encoder={sd}", f"data.data_dir={data}",
+        f"data.test_dir={data}", "data.image_size=16", "train.precision=fp32", "train.batch_size=4",
+        "continual.num_steps=2", "train.save_interval=2", "train.warmup_steps=0", "train.num_threads=1",
+        "continual.grid_per_class=1", "continual.eval_respacing=ddim2", "method.buffer_size=4",
+        f"out_dir={tmp_path}/runs"])
+    ctx = run_continual(cfg)
+    rows = list(csv.DictReader(open(f"{ctx.run_dir}/metrics.csv")))
+    assert [r["classes"] for r in rows] == ["0 2", "1"]  # the file's tasks; classes by sorted text
+    sd_unet = UNet2DConditionModel.from_pretrained(sd / "unet").state_dict()
+    trained = final_weights(f"{ctx.run_dir}/task_1")[0]
+    assert not all(torch.equal(trained[f"net.unet.{k}"], v) for k, v in sd_unet.items())  # fine-tuned
+    assert ctx.diffusion.betas[0] == pytest.approx(0.00085) and ctx.diffusion.betas[-1] == pytest.approx(0.012)
+    assert os.path.exists(f"{ctx.run_dir}/task_1/samples.png")

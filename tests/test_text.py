@@ -4,6 +4,7 @@ all-MiniLM-L6-v2 encoder against sentence-transformers, a local Hugging Face enc
 text-conditioned continual run sampled from a new prompt."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -131,6 +132,19 @@ def test_a_local_hugging_face_encoder_folder(tmp_path):
     np.testing.assert_allclose(pooled.norm(dim=-1).numpy(), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="neither a folder nor a packaged encoder"):
         encode_prompts(str(tmp_path / "missing"), ["x"], 4, root=str(tmp_path))
+    # Stable Diffusion's layout: text_encoder/ and tokenizer/ side by side, named by the root or the encoder
+    sd = tmp_path / "sd"
+    (sd / "text_encoder").mkdir(parents=True)
+    for n in os.listdir(folder):
+        (sd / ("tokenizer" if "token" in n or "vocab" in n else "text_encoder")).mkdir(exist_ok=True)
+        shutil.copy(folder / n, sd / ("tokenizer" if "token" in n or "vocab" in n else "text_encoder") / n)
+    for name in (sd, sd / "text_encoder"):
+        s2, p2 = encode_prompts(str(name), ["a handwritten digit one", "two"], 6, root=str(tmp_path))
+        torch.testing.assert_close((s2, p2), (states, pooled))
+        assert text_width(str(name)) == 8
+    shutil.rmtree(sd / "tokenizer")
+    with pytest.raises(ValueError, match="no tokenizer files there"):
+        encode_prompts(str(sd), ["a digit"], 6, root=str(tmp_path))
 
 
 def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
@@ -167,6 +181,34 @@ def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
         load_config(preset, [t for t in tiny if not t.startswith("train.uncond_p")] + ["model.class_cond=false"])
 
 
+def test_a_continual_run_over_the_tasks_of_a_text_task_dict(tmp_path):
+    """Continual-Diffusers' data: a task dict whose labels are texts, trained task after task in the
+    file's own tasks (continual.scenario from_data), each text its own prompt."""
+    import csv
+
+    import guided_diffusion.continual.methods  # noqa: F401
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.data import write_task_dict
+    from guided_diffusion.runtime.config import load_config
+
+    rng = np.random.RandomState(0)
+    path = str(tmp_path / "tasks.npz")
+    write_task_dict(path, {1: {"images": rng.randint(0, 255, (6, 8, 8, 1), dtype=np.uint8),
+                               "labels": np.array(["a red circle", "a blue square"] * 3)},
+                           2: {"images": rng.randint(0, 255, (4, 8, 8, 1), dtype=np.uint8),
+                               "labels": np.array(["a green star"] * 4)}})
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/text_buffer_replay.yaml"), [
+        "data.dataset=task_dict", f"data.data_dir={path}", f"data.test_dir={path}", "data.image_size=8",
+        "continual.scenario=from_data", "text.template='{name}'", "model.num_channels=16", "model.channel_mult=1,2",
+        "model.attention_resolutions=4", "model.num_head_channels=16", "continual.num_steps=2",
+        "continual.first_task_num_steps=2", "train.batch_size=4", "train.save_interval=2", "train.num_threads=1",
+        "continual.grid_per_class=1", "continual.eval_respacing=ddim2", "method.buffer_size=4", f"out_dir={tmp_path}"])
+    ctx = run_continual(cfg)
+    rows = list(csv.DictReader(open(f"{ctx.run_dir}/metrics.csv")))
+    # classes by sorted text: 0 blue square, 1 green star, 2 red circle; the file's task 1, then its task 2
+    assert [r["classes"] for r in rows] == ["0 2", "1"]
+
+
 def test_a_task_dict_with_text_labels_gives_classes_and_their_prompts(tmp_path):
     """Continual-Diffusers' task dicts may carry texts instead of class ids: each distinct text is a
     class (ids by sorted text) and its own prompt."""
@@ -185,6 +227,7 @@ def test_a_task_dict_with_text_labels_gives_classes_and_their_prompts(tmp_path):
                              "data.image_size=8", "model.class_cond=true", "text.encoder=all-minilm-l6-v2"])
     _, _, info = experiment.load_split(cfg, "train")
     assert experiment.prompts_of(cfg, info) == ["a blue square", "a green star", "a red circle"]
+    assert info.task_classes == ((0, 2), (1,))  # the file's tasks: continual.scenario from_data
     # a test file with only some of the texts: each text keeps the training file's class id
     from guided_diffusion.data import load_dataset
 

@@ -137,7 +137,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
     # finished tasks' files): a bad config fails here without replacing an existing run's config.yaml.
     x, y, info = experiment.load_split(cfg, "train")
     x, info = experiment.to_model_space(cfg, x, info)  # latent diffusion: the autoencoder's latents
-    scenario = build_scenario(cfg.continual, info.num_classes)
+    scenario = build_scenario(cfg.continual, info.num_classes, info.task_classes)
     model = experiment.build_model(cfg, info)
     experiment.init_weights(cfg, model, root_logger.log)  # task 0 starts from them (finished tasks replace them)
     model = model.to(device)
@@ -150,7 +150,7 @@ def _run_continual(cfg, flag: PreemptionFlag) -> ContinualContext:
                     + "; ".join(f"{t.index}: classes {list(t.classes)} x {t.num_steps} steps" for t in scenario.tasks))
     first = resume_point(scenario.tasks, learner, root_logger.log)
     if first == 0 and cfg.continual.init_from:  # task 0 from another run (checked before any work)
-        learner.init_step = first_task_source(cfg, scenario.tasks[0], info.num_classes)
+        learner.init_step = first_task_source(cfg, scenario.tasks[0], info)
     if dist_util.is_main():
         ckpt.atomic_write_text(bf.join(run_dir, "config.yaml"), dump_config(cfg))
     dist_util.barrier()

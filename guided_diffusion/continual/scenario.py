@@ -60,16 +60,46 @@ def _class_order(spec: str, seed: int, num_classes: int) -> List[int]:
     return order
 
 
-def build_scenario(c, num_classes: int) -> Scenario:
-    """The scenario of a ``ContinualConfig`` on a dataset with ``num_classes`` classes."""
+FROM_DATA = "from_data"  # the data set's own tasks (a task dict's keys), in their order
+
+
+def _data_tasks(c, num_classes: int, task_classes: Sequence[Sequence[int]]) -> Scenario:
+    """``continual.scenario: from_data``: task k brings the classes of the data's k-th task."""
+    if not task_classes:
+        raise ConfigError(f"continual.scenario {FROM_DATA} takes the tasks of the data set, and this one has none "
+                          "(data.dataset task_dict: a Continual-Diffusers task dict)")
+    seen: dict = {}
+    for k, classes in enumerate(task_classes):
+        for cl in classes:
+            if cl in seen:
+                raise ConfigError(f"continual.scenario {FROM_DATA}: class {cl} occurs in the data's tasks {seen[cl]} "
+                                  f"and {k}; class-incremental tasks bring disjoint classes")
+            seen[cl] = k
+    order = [int(cl) for classes in task_classes for cl in classes]
+    tasks = []
+    n_tasks = len(task_classes) if c.limit_tasks < 0 else min(len(task_classes), c.limit_tasks)
+    for i in range(n_tasks):
+        steps = c.first_task_num_steps if (i == 0 and c.first_task_num_steps > 0) else c.num_steps
+        start = sum(len(t) for t in task_classes[:i])
+        tasks.append(Task(i, tuple(int(cl) for cl in task_classes[i]), tuple(order[:start + len(task_classes[i])]),
+                          steps))
+    return Scenario(tuple(order), tuple(tasks))
+
+
+def build_scenario(c, num_classes: int, task_classes: Sequence[Sequence[int]] = ()) -> Scenario:
+    """The scenario of a ``ContinualConfig`` on a dataset with ``num_classes`` classes (and, for
+    ``scenario: from_data``, the classes of each of the data's own tasks)."""
     num_tasks, first, per = c.num_tasks, c.first_task_num_classes, c.classes_per_task
+    if c.scenario == FROM_DATA:
+        return _data_tasks(c, num_classes, task_classes)
     if c.scenario:
         if c.scenario not in PRESETS:
             import difflib
 
             m = difflib.get_close_matches(c.scenario, list(PRESETS), n=1)
             hint = f" (did you mean '{m[0]}'?)" if m else ""
-            raise ConfigError(f"continual.scenario {c.scenario!r} is not a preset{hint}; presets: {', '.join(PRESETS)}")
+            raise ConfigError(f"continual.scenario {c.scenario!r} is not a preset{hint}; presets: {', '.join(PRESETS)}, "
+                              f"or {FROM_DATA} (the data's own tasks)")
         num_tasks, first, per, expected = PRESETS[c.scenario]
         if num_classes != expected:
             raise ConfigError(

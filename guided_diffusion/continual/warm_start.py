@@ -46,7 +46,7 @@ def _differences(a: Dict[str, Any], b: Dict[str, Any]) -> List[str]:
     return [f"{k}: {b.get(k)!r} there, {a.get(k)!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def first_task_source(cfg, task, num_classes: int) -> int:
+def first_task_source(cfg, task, info) -> int:
     """Check that ``cfg.continual.init_from`` holds a finished task 0 that this run would have trained
     itself; returns the step of its final checkpoint. Read-only (every rank may call it)."""
     src_run = cfg.continual.init_from
@@ -56,7 +56,7 @@ def first_task_source(cfg, task, num_classes: int) -> int:
                           "(run that config first)")
     other = load_config(f"{src_run}/config.yaml")
     diffs = _differences(_first_task_settings(cfg), _first_task_settings(other))
-    theirs = build_scenario(other.continual, num_classes).tasks[0]
+    theirs = build_scenario(other.continual, info.num_classes, info.task_classes).tasks[0]
     if (tuple(theirs.classes), theirs.num_steps) != (tuple(task.classes), task.num_steps):
         diffs.append(f"task 0: classes {list(theirs.classes)} x {theirs.num_steps} steps there, "
                      f"{list(task.classes)} x {task.num_steps} steps here")

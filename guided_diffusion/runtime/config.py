@@ -82,7 +82,7 @@ class DiffusionConfig:
 
     learn_sigma: bool = False
     diffusion_steps: int = 1000
-    noise_schedule: str = "linear"  # linear | cosine
+    noise_schedule: str = "linear"  # linear | cosine | scaled_linear (Stable Diffusion's: fine-tuning its UNet)
     timestep_respacing: str = ""
     use_kl: bool = False
     predict_xstart: bool = False
@@ -171,7 +171,7 @@ class ClassifierConfig:
 class ContinualConfig:
     """A class-incremental scenario and its per-task training budget."""
 
-    scenario: str = ""  # a preset (split_mnist, split_fmnist, cifar10_2, cifar10_5, cifar100_5, cifar100_10, imagenet100_5) or "" for the keys below
+    scenario: str = ""  # a preset (split_mnist, split_fmnist, cifar10_2, cifar10_5, cifar100_5, cifar100_10, imagenet100_5), from_data (the data's own tasks: a task dict's keys) or "" for the keys below
     num_tasks: int = 5
     classes_per_task: int = 0  # 0: (num_classes - first_task_num_classes) / (num_tasks - 1), or num_classes / num_tasks
     first_task_num_classes: int = 0  # 0: classes_per_task
@@ -531,7 +531,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         "model.embedding_kind": (cfg.model.embedding_kind, ("add_time_learned", "concat_time_1hot", "none")),
         "model.attention_backend": (cfg.model.attention_backend, ("sdpa", "einsum")),
         "model.arch": (cfg.model.arch, ("unet", "dit", "diffusers")),
-        "diffusion.noise_schedule": (cfg.diffusion.noise_schedule, ("linear", "cosine")),
+        "diffusion.noise_schedule": (cfg.diffusion.noise_schedule, ("linear", "cosine", "scaled_linear")),
         "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "linear", "cosine")),
         "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
         "train.loss_weighting": (cfg.train.loss_weighting, ("none", "min_snr")),

@@ -290,7 +290,7 @@ def run_solver(cfg) -> Solver:
     logger = experiment.setup_run(cfg, run_dir=run_dir)
     x, y, info = experiment.load_split(cfg, "train")
     xt, yt, _ = experiment.load_split(cfg, "test")
-    scenario = build_scenario(cfg.continual, info.num_classes)
+    scenario = build_scenario(cfg.continual, info.num_classes, info.task_classes)
     solver = Solver(cfg, x, y, xt, yt, info, scenario, device, run_dir, logger)
     flag = PreemptionFlag()
     try:
