@@ -149,7 +149,7 @@ def test_a_pretrained_diffusers_unet_is_fine_tuned_task_after_task(tmp_path):
                                info)
 
 
-def test_the_stable_diffusion_preset_runs_on_a_tiny_sd_folder(tmp_path):
+def test_the_stable_diffusion_preset_runs_on_a_tiny_sd_folder(tmp_path, text_task_dict):
     """yaml/sd/text_buffer_replay.yaml, as a user with Stable Diffusion on disk runs it, on a tiny random
     SD folder in the diffusers layout (unet/, vae/, text_encoder/ a CLIP text model, tokenizer/) and a
     task dict with text labels: its UNet is fine-tuned on the VAE's latents, task after task in the
@@ -160,7 +160,6 @@ def test_the_stable_diffusion_preset_runs_on_a_tiny_sd_folder(tmp_path):
     from transformers import BertTokenizerFast, CLIPTextConfig, CLIPTextModel
 
     from guided_diffusion.continual.loop import final_weights, run_continual
-    from guided_diffusion.data import write_task_dict
 
     torch.manual_seed(0)
     sd = tmp_path / "sd"
@@ -176,12 +175,7 @@ def test_the_stable_diffusion_preset_runs_on_a_tiny_sd_folder(tmp_path):
     BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(sd / "tokenizer")
     CLIPTextModel(CLIPTextConfig(vocab_size=len(words), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                  num_attention_heads=2, max_position_embeddings=77)).save_pretrained(sd / "text_encoder")
-    rng = np.random.RandomState(0)
-    data = str(tmp_path / "tasks.npz")
-    write_task_dict(data, {1: {"images": rng.randint(0, 255, (6, 16, 16, 3), dtype=np.uint8),
-                               "labels": np.array(["a red circle", "a blue square"] * 3)},
-                           2: {"images": rng.randint(0, 255, (4, 16, 16, 3), dtype=np.uint8),
-                               "labels": np.array(["a green star"] * 4)}})
+    data = text_task_dict(16, 3)
     cfg = load_config(os.path.join(ROOT, "yaml/sd/text_buffer_replay.yaml"), [
         f"model.diffusers_path={sd}", f"latent.autoencoder={sd}/vae", f"text.encoder={sd}", f"data.data_dir={data}",
         f"data.test_dir={data}", "data.image_size=16", "train.precision=fp32", "train.batch_size=4",

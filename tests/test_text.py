@@ -181,22 +181,16 @@ def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
         load_config(preset, [t for t in tiny if not t.startswith("train.uncond_p")] + ["model.class_cond=false"])
 
 
-def test_a_continual_run_over_the_tasks_of_a_text_task_dict(tmp_path):
+def test_a_continual_run_over_the_tasks_of_a_text_task_dict(tmp_path, text_task_dict):
     """Continual-Diffusers' data: a task dict whose labels are texts, trained task after task in the
     file's own tasks (continual.scenario from_data), each text its own prompt."""
     import csv
 
     import guided_diffusion.continual.methods  # noqa: F401
     from guided_diffusion.continual.loop import run_continual
-    from guided_diffusion.data import write_task_dict
     from guided_diffusion.runtime.config import load_config
 
-    rng = np.random.RandomState(0)
-    path = str(tmp_path / "tasks.npz")
-    write_task_dict(path, {1: {"images": rng.randint(0, 255, (6, 8, 8, 1), dtype=np.uint8),
-                               "labels": np.array(["a red circle", "a blue square"] * 3)},
-                           2: {"images": rng.randint(0, 255, (4, 8, 8, 1), dtype=np.uint8),
-                               "labels": np.array(["a green star"] * 4)}})
+    path = text_task_dict(8, 1)
     cfg = load_config(os.path.join(ROOT, "yaml/mnist/text_buffer_replay.yaml"), [
         "data.dataset=task_dict", f"data.data_dir={path}", f"data.test_dir={path}", "data.image_size=8",
         "continual.scenario=from_data", "text.template='{name}'", "model.num_channels=16", "model.channel_mult=1,2",

@@ -56,11 +56,17 @@ def save(archive_dir: str, out_dir: str, run_dir: str, record: Dict[str, Any]) -
     dst = entry(archive_dir, out_dir, run_dir)
     if os.path.isfile(os.path.join(dst, MARK)):
         os.remove(os.path.join(dst, MARK))  # incomplete until the copy is done
-    for rel in _files(run_dir):
-        os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
-        shutil.copyfile(os.path.join(run_dir, rel), os.path.join(dst, rel))
-    atomic_write_text(os.path.join(dst, MARK), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    _copy(run_dir, dst, MARK, record)
     return dst
+
+
+def _copy(src: str, dst: str, mark: str, record: Dict[str, Any]) -> None:
+    """The kept files of ``src`` into ``dst``, then ``mark`` (the record) last."""
+    os.makedirs(dst, exist_ok=True)
+    for rel in _files(src):
+        os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+        shutil.copyfile(os.path.join(src, rel), os.path.join(dst, rel))
+    atomic_write_text(os.path.join(dst, mark), json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def has_checkpoints(run_dir: str) -> bool:
@@ -76,12 +82,7 @@ def restore(archive_dir: str, out_dir: str, run_dir: str) -> bool:
         return False
     if os.path.isfile(os.path.join(run_dir, "metrics.csv")) and has_checkpoints(run_dir):
         return True  # the run's own folder (this machine ran it)
-    src = entry(archive_dir, out_dir, run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    for rel in _files(src):
-        os.makedirs(os.path.dirname(os.path.join(run_dir, rel)), exist_ok=True)
-        shutil.copyfile(os.path.join(src, rel), os.path.join(run_dir, rel))
-    atomic_write_text(os.path.join(run_dir, RESTORED), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    _copy(entry(archive_dir, out_dir, run_dir), run_dir, RESTORED, record)
     return True
 
 
