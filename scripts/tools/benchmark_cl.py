@@ -657,6 +657,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         suite.description.strip(), "",
         f"- command: `{command_line}`",
         f"- commit: `{commit}`{dirty}; the runs ran at {_commits_of(times)}",
+        *_archive_line(suite, specs),
         f"- machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads",
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}; "
@@ -705,6 +706,23 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
 
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _archive_line(suite: Suite, specs: List[RunSpec]) -> List[str]:
+    """A line on the runs whose results come from the archive (run on earlier machines), and on those
+    recovered from an earlier report rather than archived when they finished (their ``source``)."""
+    records = [(s, run_archive.info(_abs(suite.archive_dir), _abs(suite.out_dir), s.run_dir)) for s in specs
+               if not run_archive.has_checkpoints(s.run_dir)]
+    records = [(s, r) for s, r in records if r is not None]
+    if not records:
+        return []
+    recovered = [(s, r) for s, r in records if r.get("source")]
+    line = (f"- archive: {len(records)} run(s) ran on earlier machines; their results are read from "
+            f"`{os.path.relpath(_abs(suite.archive_dir), ROOT)}`")
+    if recovered:
+        line += (f"; {len(recovered)} of them ({', '.join(f'{s.label} s{s.seed}' for s, _ in recovered)}) were "
+                 f"{recovered[0][1]['source']}")
+    return [line]
 
 
 def _task0_images(suite: Suite) -> str:
