@@ -42,7 +42,10 @@ def load_diffusers_unet(path: str) -> nn.Module:
         name = json.load(f).get("_class_name", "UNet2DConditionModel")
     if name not in ("UNet2DConditionModel", "UNet2DModel"):
         raise ValueError(f"{folder}: a {name}, not a UNet2DConditionModel or UNet2DModel")
-    return getattr(diffusers, name).from_pretrained(folder, local_files_only=True)
+    # low_cpu_mem_usage=False: what diffusers falls back to without accelerate (not a dependency), said
+    # here so that it does not warn on every load
+    return getattr(diffusers, name).from_pretrained(folder, local_files_only=True,
+                                                low_cpu_mem_usage=False)
 
 
 class DiffusersUNet(nn.Module):

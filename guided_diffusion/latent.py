@@ -29,7 +29,9 @@ def load_autoencoder(path: str):
         from diffusers import AutoencoderKL
     except ImportError:
         raise ImportError("latent diffusion needs diffusers: pip install -e '.[ldm]'") from None
-    ae = AutoencoderKL.from_pretrained(path, local_files_only=True).eval()
+    # low_cpu_mem_usage=False: what diffusers falls back to without accelerate (not a dependency), said
+    # here so that it does not warn on every load
+    ae = AutoencoderKL.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False).eval()
     for p in ae.parameters():
         p.requires_grad_(False)
     return ae

@@ -59,9 +59,9 @@ def main() -> int:
     curve = train_autoencoder(ae, x, lc.steps, lc.batch_size, lc.lr, lc.kl_weight, seed=cfg.seed,
                               log=log, progress=bar)
     bar.close()
-    with torch.no_grad():
-        probe = xt[:256]
-        rec = ae.decode(ae.encode(probe).latent_dist.mean).sample.clamp(-1, 1)
+    with torch.no_grad():  # the whole test split (data sets are ordered by class: a prefix is one class)
+        probe = xt
+        rec = torch.cat([ae.decode(ae.encode(b).latent_dist.mean).sample.clamp(-1, 1) for b in probe.split(256)])
     mse = float(torch.mean((rec - probe) ** 2))
     psnr = float(10 * np.log10(4.0 / mse))  # images span [-1, 1]: peak-to-peak 2
     tmp = out.rstrip("/") + ".partial"
@@ -72,7 +72,8 @@ def main() -> int:
         shutil.rmtree(out)
     os.replace(tmp, out)
     n = min(16, len(probe))
-    save_grid(np.concatenate([to_uint8(probe[:n]), to_uint8(rec[:n])]), os.path.join(out, "reconstructions.png"),
+    pick = np.linspace(0, len(probe) - 1, n).round().astype(int)  # spread over the split: every class
+    save_grid(np.concatenate([to_uint8(probe[pick]), to_uint8(rec[pick])]), os.path.join(out, "reconstructions.png"),
               nrow=n)
     meta = {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels,
             "latent_shape": list(LatentCodec(out).latent_shape(info.channels, info.image_size)),
