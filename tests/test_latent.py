@@ -100,6 +100,10 @@ def test_what_cannot_run_on_latents_is_refused():
         check_method(gr, gr.Config(style="guide"), cfg, 1)
     with pytest.raises(ConfigError, match="runs on images, not latents"):
         check_method(METHODS["dynamic_distillation"], METHODS["dynamic_distillation"].Config(), cfg, 1)
+    # unclipped latents on the cosine schedule diverge at its last steps: refused at load, naming the fix
+    with pytest.raises(ConfigError, match="noise_schedule cosine.*use scaled_linear"):
+        load_config(PRESET, ["diffusion.noise_schedule=cosine"])
+    load_config(PRESET, ["diffusion.noise_schedule=cosine", "diffusion.predict_xstart=true"])  # x0 directly: no 1/sqrt(alpha)
 
 
 def test_a_missing_autoencoder_is_named(tmp_path):

@@ -597,6 +597,13 @@ def validate(cfg: Config, where: str = "config") -> None:
         _validate_text(cfg, bad)
     if cfg.latent.autoencoder and cfg.generator != "diffusion":
         bad("latent.autoencoder: latent diffusion (generator: diffusion)")
+    if cfg.latent.autoencoder and cfg.diffusion.noise_schedule == "cosine" and not cfg.diffusion.predict_xstart:
+        # Latents are sampled without clipping x0 to [-1, 1]; the cosine schedule's last steps have
+        # alpha_t near 0, and 1/sqrt(alpha_t) multiplies the eps error there (630x at 50 respaced steps):
+        # the samples diverge (measured: latent std ~800 instead of ~1).
+        bad("latent diffusion with diffusion.noise_schedule cosine: latents are sampled without clipping, and "
+            "the cosine schedule's last steps (alpha_t near 0) amplify the noise prediction's error until the "
+            "samples diverge; use scaled_linear (Rombach et al.'s LDMs) or linear")
     if cfg.model.arch == "diffusers":
         if not cfg.model.diffusers_path:
             bad("model.arch diffusers fine-tunes a pretrained diffusers UNet: set model.diffusers_path to its folder")
