@@ -26,3 +26,18 @@ def text_task_dict(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_classifier(tmp_path_factory):
+    """Overrides that give a run a tiny random evaluation classifier (for presets that evaluate after
+    every task, as the main job's does), instead of training the real one on a fresh checkout (2.5 min)."""
+    import torch
+
+    from guided_diffusion.evaluation.domain_classifier import DomainClassifier, save_domain_classifier
+
+    torch.manual_seed(0)
+    path = str(tmp_path_factory.mktemp("eval_clf") / "clf.safetensors")
+    save_domain_classifier(DomainClassifier(1, 28, 10, width=4, feature_dim=8), path,
+                           {"dataset": "mnist5k", "split": "train", "test_accuracy": 0.1})
+    return [f"evaluation.classifier_path={path}", "evaluation.train_classifier=false"]

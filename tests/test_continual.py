@@ -398,8 +398,16 @@ TINY = [
 ]
 
 
+EVAL = []  # the tiny evaluation classifier's overrides (the main job's preset evaluates), set below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tiny_eval(tiny_eval_classifier):
+    EVAL[:] = tiny_eval_classifier
+
+
 def _cfg(tmp_path, method_yaml, extra=()):
-    cfg = load_config(os.path.join(ROOT, method_yaml), TINY + [f"out_dir={tmp_path}", *extra])
+    cfg = load_config(os.path.join(ROOT, method_yaml), TINY + EVAL + [f"out_dir={tmp_path}", *extra])
     return cfg
 
 

@@ -53,7 +53,7 @@ def test_unet_forward_on_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_continual_run(tmp_path, precision):
+def test_mixed_precision_continual_run(tmp_path, precision, tiny_eval_classifier):
     """Two tasks of generative distillation under autocast: finite losses and weights, close to fp32."""
     from test_continual import TINY, _final_model
 
@@ -62,7 +62,7 @@ def test_mixed_precision_continual_run(tmp_path, precision):
     runs = {}
     for p in ("fp32", precision):
         cfg = load_config(os.path.join(ROOT, "yaml/mnist/generative_distillation.yaml"),
-                          TINY + CUDA + [f"out_dir={tmp_path}/{p}", f"train.precision={p}"])
+                          TINY + tiny_eval_classifier + CUDA + [f"out_dir={tmp_path}/{p}", f"train.precision={p}"])
         ctx = run_continual(cfg)
         with open(f"{ctx.run_dir}/metrics.csv") as f:
             rows = list(csv.DictReader(f))
@@ -76,17 +76,17 @@ def test_mixed_precision_continual_run(tmp_path, precision):
     assert drift < 1e-2
 
 
-def test_resume_on_cuda_is_bit_identical(tmp_path):
+def test_resume_on_cuda_is_bit_identical(tmp_path, tiny_eval_classifier):
     """A run stopped between the tasks ends as the uninterrupted one, on the GPU (deterministic kernels)."""
     from test_continual import TINY, _final_model
 
     from guided_diffusion.continual.loop import run_continual
 
     yaml = os.path.join(ROOT, "yaml/mnist/generative_distillation.yaml")
-    a = load_config(yaml, TINY + CUDA + [f"out_dir={tmp_path}/a"])
+    a = load_config(yaml, TINY + tiny_eval_classifier + CUDA + [f"out_dir={tmp_path}/a"])
     run_continual(a)
-    run_continual(load_config(yaml, TINY + CUDA + [f"out_dir={tmp_path}/b", "continual.limit_tasks=1"]))
-    b = load_config(yaml, TINY + CUDA + [f"out_dir={tmp_path}/b"])
+    run_continual(load_config(yaml, TINY + tiny_eval_classifier + CUDA + [f"out_dir={tmp_path}/b", "continual.limit_tasks=1"]))
+    b = load_config(yaml, TINY + tiny_eval_classifier + CUDA + [f"out_dir={tmp_path}/b"])
     run_continual(b)
     wa, wb = _final_model(f"{tmp_path}/a/{a.name}", 1), _final_model(f"{tmp_path}/b/{b.name}", 1)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -99,7 +99,7 @@ def test_dkdm_cache_on_device(tmp_path):
     import guided_diffusion.continual.methods  # noqa: F401
     from guided_diffusion.continual.loop import run_continual
 
-    cfg = load_config(os.path.join(ROOT, "yaml/mnist/gd_dynamic_cache.yaml"), TINY + CUDA + [f"out_dir={tmp_path}"])
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/gd_dynamic_cache.yaml"), TINY + tiny_eval_classifier + CUDA + [f"out_dir={tmp_path}"])
     ctx = run_continual(cfg)
     with open(f"{ctx.run_dir}/metrics.csv") as f:
         rows = list(csv.DictReader(f))

@@ -127,8 +127,9 @@ def test_classifier_train_runs_and_logs_accuracy(tmp_path):
 
 
 @pytest.mark.skipif(not HAVE_MPI, reason="mpiexec not installed")
-def test_continual_two_processes(tmp_path):
+def test_continual_two_processes(tmp_path, tiny_eval_classifier):
     run(["scripts/image_train.py", "--config", "yaml/mnist/generative_distillation.yaml", *TINY,  # GUIDE: one script
+         *tiny_eval_classifier,
          "model.class_cond=true", f"out_dir={tmp_path}", "continual.limit_tasks=2", "continual.num_steps=2",
          "continual.first_task_num_steps=2", "continual.grid_per_class=1", "continual.eval_respacing=ddim5",
          "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.respacing=5"], MPI)
