@@ -236,7 +236,7 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
         assert "x̂0" not in str(e.value)
 
 
-def test_sampler_steps_script_rows_resume_and_table(tmp_path):
+def test_sampler_steps_script_rows_resume_and_table(tmp_path, tiny_eval_classifier):
     """scripts/sampler_steps.py: one row per (spec, seed), a rerun with one more seed adds only its
     rows, and the table holds mean ± sd per cell."""
     import csv
@@ -247,7 +247,7 @@ def test_sampler_steps_script_rows_resume_and_table(tmp_path):
     args = ["sampler_steps.py", "--config", "yaml/mnist/iid.yaml", *TINY[:5], "--model_path", weights,
             "--out", str(tmp_path / "s"), "--samplers", "unipc,ddim", "--steps", "2,3", "--spacings", "trailing",
             "--reference", "ddim4", "evaluation.num_samples=10", "evaluation.batch_size=10",
-            "evaluation.metrics=fid,class_acc"]
+            "evaluation.metrics=fid,class_acc", *tiny_eval_classifier]
     code, out, err = run_script(*args, "--seeds", "0")
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "s" / "steps.csv")))
