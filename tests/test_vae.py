@@ -94,7 +94,7 @@ def _final(run_dir, task):
     return final_weights(f"{run_dir}/task_{task}")[0]
 
 
-def test_a_vae_continual_run_learns_with_replay_and_resumes_bit_identically(tmp_path):
+def test_a_vae_continual_run_learns_with_replay_and_resumes_bit_identically(tmp_path, tiny_eval_classifier):
     import csv
 
     from guided_diffusion.continual.loop import run_continual
@@ -102,7 +102,7 @@ def test_a_vae_continual_run_learns_with_replay_and_resumes_bit_identically(tmp_
     tiny = ["continual.num_steps=40", "continual.first_task_num_steps=60", "continual.limit_tasks=2",
             "train.batch_size=32", "train.save_interval=20", "train.log_interval=20", "train.num_threads=1",
             "evaluation.num_samples=40", "evaluation.batch_size=40", "continual.grid_per_class=2",
-            "vae.encoder_dims=64", "vae.decoder_dims=64", "vae.latent_dim=8"]
+            "vae.encoder_dims=64", "vae.decoder_dims=64", "vae.latent_dim=8", *tiny_eval_classifier]
     whole = run_continual(load_config(PRESET, tiny + [f"out_dir={tmp_path}/whole"]))
     rows = list(csv.DictReader(open(f"{whole.run_dir}/metrics.csv")))
     assert [r["task"] for r in rows] == ["0", "1"] and all(float(r["eval_fid"]) > 0 for r in rows)
