@@ -59,11 +59,6 @@ def main() -> int:
     curve = train_autoencoder(ae, x, lc.steps, lc.batch_size, lc.lr, lc.kl_weight, seed=cfg.seed,
                               log=log, progress=bar)
     bar.close()
-    with torch.no_grad():  # the whole test split (data sets are ordered by class: a prefix is one class)
-        probe = xt
-        rec = torch.cat([ae.decode(ae.encode(b).latent_dist.mean).sample.clamp(-1, 1) for b in probe.split(256)])
-    mse = float(torch.mean((rec - probe) ** 2))
-    psnr = float(10 * np.log10(4.0 / mse))  # images span [-1, 1]: peak-to-peak 2
     tmp = out.rstrip("/") + ".partial"
     ae.save_pretrained(tmp)
     if os.path.exists(out):
@@ -71,12 +66,17 @@ def main() -> int:
 
         shutil.rmtree(out)
     os.replace(tmp, out)
+    codec = LatentCodec(out)  # read back as every later run reads it
+    probe = xt  # the whole test split (data sets are ordered by class: a prefix is one class)
+    rec = codec.decode(codec.encode(probe))
+    mse = float(torch.mean((rec - probe) ** 2))
+    psnr = float(10 * np.log10(4.0 / mse))  # images span [-1, 1]: peak-to-peak 2
     n = min(16, len(probe))
     pick = np.linspace(0, len(probe) - 1, n).round().astype(int)  # spread over the split: every class
     save_grid(np.concatenate([to_uint8(probe[pick]), to_uint8(rec[pick])]), os.path.join(out, "reconstructions.png"),
               nrow=n)
     meta = {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels,
-            "latent_shape": list(LatentCodec(out).latent_shape(info.channels, info.image_size)),
+            "latent_shape": list(codec.latent_shape(info.channels, info.image_size)),
             "scaling_factor": float(ae.config.scaling_factor), "test_mse": mse, "test_psnr_db": psnr,
             "params": sum(p.numel() for p in ae.parameters()), "curve": curve}
     with open(os.path.join(out, "autoencoder.json"), "w") as f:

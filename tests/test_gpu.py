@@ -99,7 +99,7 @@ def test_dkdm_cache_on_device(tmp_path):
     import guided_diffusion.continual.methods  # noqa: F401
     from guided_diffusion.continual.loop import run_continual
 
-    cfg = load_config(os.path.join(ROOT, "yaml/mnist/gd_dynamic_cache.yaml"), TINY + tiny_eval_classifier + CUDA + [f"out_dir={tmp_path}"])
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/gd_dynamic_cache.yaml"), TINY + CUDA + [f"out_dir={tmp_path}"])
     ctx = run_continual(cfg)
     with open(f"{ctx.run_dir}/metrics.csv") as f:
         rows = list(csv.DictReader(f))
