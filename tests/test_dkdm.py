@@ -627,3 +627,17 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     assert {k: str(v["eval_fid"]) for k, v in again.items()} == {k: str(v["eval_fid"]) for k, v in rows.items()}
     with open(tmp_path / "dk_dynamic" / "log.txt") as f:
         assert "already complete" in f.read()
+    assert all(r["teacher_sha256"] == rows["teacher"]["teacher_sha256"] for r in again.values())
+    # Other teacher weights under the same path: the rerun refuses instead of mixing two teachers.
+    from safetensors.torch import load_file
+
+    wpath = os.path.join(tdir, "ema_0.9_000010.safetensors")
+    meta = json.load(open(os.path.join(tdir, "ema_0.9_000010.json")))
+    sd = load_file(wpath)
+    sd["out.2.bias"] = sd["out.2.bias"] + 0.1
+    ckpt.save_safetensors(sd, wpath, meta)
+    with pytest.raises(ConfigError, match="another teacher"):
+        ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
+    shutil.rmtree(out)  # a fresh table, but the students' folders still hold the old teacher's training
+    with pytest.raises(ConfigError, match="dk_baseline holds results of another teacher"):
+        ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)

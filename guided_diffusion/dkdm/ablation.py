@@ -16,7 +16,10 @@ Each student's EMA and the teacher are then evaluated against the *real* test im
 class-conditional samples). Rows go to ``<out>/results.csv``; ``<out>/README.md`` holds the table,
 the two verdicts (dynamic beats the baseline; the order iterative > shuffled > dynamic in FID) and
 a grid of every model. Every stage resumes: a student's training from its checkpoints, the
-baseline's image set once complete, and finished evaluations from ``results.csv``.
+baseline's image set once complete, and finished evaluations from ``results.csv``. Each of those
+records the teacher (``teacher.json``: path and sha256 of its weights, in ``<out>`` and in every
+student's run folder; a ``teacher_sha256`` column): a rerun with other teacher weights stops with an
+error instead of mixing two teachers in one table.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import copy
 import csv
 import dataclasses
 import io
+import json
 import os
 import time
 from typing import Callable, Dict, List, Sequence
@@ -38,6 +42,7 @@ from ..image_util import from_uint8, save_grid
 from ..logger import read_csv
 from ..respace import sampler_label
 from ..runtime import checkpoint as ckpt
+from ..runtime.config import ConfigError
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
 from ..train_util import DiffusionObjective, TrainLoop
@@ -47,6 +52,24 @@ from .pipeline import train as train_dkdm
 MODES = ("baseline", "iterative", "shuffled", "dynamic")
 COLUMNS = ["model", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_fid_real", "eval_class_acc",
            "eval_precision", "eval_recall", "eval_sec"]
+
+
+def pin_teacher(folder: str, teacher) -> None:
+    """Record the teacher of ``folder`` (``teacher.json``), or refuse when it recorded another one."""
+    path = os.path.join(folder, "teacher.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old.get("sha256") != teacher.sha256:
+            raise ConfigError(
+                f"{folder} holds results of another teacher ({old.get('path')}, sha256 {str(old.get('sha256'))[:12]}) "
+                f"than {teacher.path} (sha256 {teacher.sha256[:12]}): move {folder} aside to start over with this "
+                "teacher, or set dkdm.teacher_path back")
+        return
+    if dist_util.is_main():
+        os.makedirs(folder, exist_ok=True)
+        ckpt.atomic_write_text(path, json.dumps({"path": teacher.path, "sha256": teacher.sha256}, indent=1) + "\n")
+    dist_util.barrier()
 
 
 def baseline_images(cfg) -> int:
@@ -81,6 +104,7 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
     setup = build_setup(cfg, device)
     n = n_images or baseline_images(cfg)
     run_dir = experiment.run_dir_of(cfg)
+    pin_teacher(run_dir, setup.teacher)
     images, labels = _teacher_set(cfg, setup, n, os.path.join(run_dir, "teacher_set.npz"), device, logger.log)
     x, y = from_uint8(images), torch.as_tensor(labels, dtype=torch.long)
     model = experiment.build_model(cfg, setup.info)
@@ -125,6 +149,11 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
     rows: Dict[str, Dict] = dict(_read(results))
+    setup = build_setup(cfg, device)
+    if rows and not os.path.isfile(os.path.join(out_dir, "teacher.json")):
+        raise ConfigError(f"{results} does not record its teacher (written before teacher.json): move {out_dir} "
+                          "aside to start over")
+    pin_teacher(out_dir, setup.teacher)
     evaluator = build_evaluator(cfg, log=log)
     grids = os.path.join(out_dir, "grids")
     os.makedirs(grids, exist_ok=True)
@@ -134,7 +163,8 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
             return
         classes = list(range(setup.info.num_classes)) if setup.info.num_classes else [0]
         cols = evaluator.evaluate(net, classes, setup.info.shape, device, f"of the {name}")
-        row = {"model": name, "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols}
+        row = {"model": name, "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols,
+               "teacher_sha256": setup.teacher.sha256}
         rows[name] = row
         n = 8 * len(classes)
         imgs, _ = sample_set(net, experiment.grid_spec(cfg, setup.info, device, guidance_scale=1.0), num_samples=n,
@@ -147,7 +177,6 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
         log(f"{name}: FID {row.get('eval_fid')} (floor {row.get('eval_fid_real')}), class acc "
             f"{row.get('eval_class_acc')}")
 
-    setup = build_setup(cfg, device)
     evaluate("teacher", setup.teacher.net, {"train_steps": "", "teacher_nfe": ""})
     for mode in modes:
         name = f"student_{mode}"
@@ -155,6 +184,8 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
             cfg.dkdm, mode=mode if mode != "baseline" else "dynamic",
             cache_dir=os.path.join(cfg.out_dir, f"{cfg.name}_{mode}", "cache") if mode != "baseline" else ""))
         logger = experiment.setup_run(scfg)
+        if mode != "baseline":
+            pin_teacher(experiment.run_dir_of(scfg), setup.teacher)
         if mode == "baseline":
             loop, _, nfe = train_baseline(scfg, device, logger, baseline_n)
         else:
