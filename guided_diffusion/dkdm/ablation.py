@@ -78,7 +78,7 @@ def baseline_images(cfg) -> int:
     return len(x)
 
 
-def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
+def _teacher_set(cfg, setup, n: int, path: str, device, log, progress=None) -> tuple:
     """The teacher's fixed image set (uint8 NHWC, labels), generated once and kept in ``path``."""
     if os.path.isfile(path):
         with np.load(path) as f:
@@ -86,9 +86,11 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log) -> tuple:
                 return f["arr_0"], f["arr_1"]
     spec = experiment.sample_spec(cfg, setup.info, device, class_cond=setup.teacher.class_cond, guidance_scale=1.0,
                                   clip_denoised=True)  # the teacher's own conditioning: no CFG
+    log(f"baseline: drawing {n} teacher images ({sampler_label(cfg.sample.timestep_respacing, cfg.sample.use_ddim)})")
     t0 = time.time()
     images, labels = sample_set(setup.teacher.net, spec, num_samples=n, batch_size=min(n, 256),
-                                seed=step_seed(cfg.seed, 0, 3) % (2**31), classes=range(setup.info.num_classes or 1))
+                                seed=step_seed(cfg.seed, 0, 3) % (2**31), classes=range(setup.info.num_classes or 1),
+                                progress=progress)
     if dist_util.is_main():
         buf = io.BytesIO()
         np.savez(buf, arr_0=images, arr_1=labels)
@@ -105,7 +107,8 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
     n = n_images or baseline_images(cfg)
     run_dir = experiment.run_dir_of(cfg)
     pin_teacher(run_dir, setup.teacher)
-    images, labels = _teacher_set(cfg, setup, n, os.path.join(run_dir, "teacher_set.npz"), device, logger.log)
+    images, labels = _teacher_set(cfg, setup, n, os.path.join(run_dir, "teacher_set.npz"), device, logger.log,
+                                  progress=lambda **kw: logger.progress_bar(**kw))
     x, y = from_uint8(images), torch.as_tensor(labels, dtype=torch.long)
     model = experiment.build_model(cfg, setup.info)
     # The student learns the whole (unspaced) chain of the teacher's schedule, as on real data.
