@@ -165,6 +165,13 @@ def test_compare_rule():
     assert bcl.compare([1.0], [3.0, 3.2], higher_is_better=False) is None
 
 
+def test_cells_show_mean_and_spread_over_seeds():
+    assert bcl._cell([1.0, 3.0]) == "2 ± 1.4"
+    assert bcl._cell([0.2, 0.2, 0.2]) == "0.2 ± 0"  # seeds that agree: round-off (3e-17) is no spread
+    assert bcl._cell([0.5, None]) == "0.5" and bcl._cell([None]) == ""
+    assert bcl._ms([0.9, 0.91]) == "0.905 ± 0.0071" and bcl._ms([0.9]) == "0.9 (1 seed)"
+
+
 def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     """The scheduler with the processes faked: order, parallelism, threads, and a failure."""
     import threading

@@ -395,13 +395,19 @@ def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     return float(np.mean(vals)) if vals else None
 
 
+def _std(vals: Sequence[float]) -> float:
+    """The sample std over seeds; 0 where the seeds agree (float round-off is not a spread)."""
+    sd = float(np.std(vals, ddof=1))
+    return 0.0 if sd <= 1e-9 * max(1.0, float(np.max(np.abs(vals)))) else sd
+
+
 def _cell(values: Sequence[Optional[float]], digits: int = 3) -> str:
     vals = [v for v in values if v is not None]
     if not vals:
         return ""
     if len(vals) == 1:
         return f"{vals[0]:.{digits}g}"
-    return f"{np.mean(vals):.{digits}g} ± {np.std(vals, ddof=1):.2g}"
+    return f"{np.mean(vals):.{digits}g} ± {_std(vals):.2g}"
 
 
 def _n_tasks(specs: List[RunSpec]) -> int:
@@ -556,7 +562,7 @@ def _ms(vals: Sequence[float]) -> str:
         return "n/a"
     if len(vals) == 1:
         return f"{vals[0]:.4g} (1 seed)"
-    return f"{np.mean(vals):.4g} ± {np.std(vals, ddof=1):.2g}"
+    return f"{np.mean(vals):.4g} ± {_std(vals):.2g}"
 
 
 def claims(m: Dict[str, Dict[str, List[float]]], s: Dict[str, Dict[str, List[float]]]) -> List[str]:
