@@ -621,6 +621,9 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     path = ablation.write_report(cfg, out, rows, "python scripts/dkdm_ablation.py")
     text = open(path).read()
     assert "| student_dynamic |" in text and "beats the data-free baseline" in text
+    assert "x fewer parameters than the teacher" in text
+    only_baseline = {k: v for k, v in rows.items() if k != "student_dynamic"}  # the ratio from either student
+    assert "x fewer parameters than the teacher" in open(ablation.write_report(cfg, out, only_baseline, "x")).read()
     assert os.path.isfile(os.path.join(out, "grids", "student_baseline.png"))
     # A rerun trains and evaluates nothing again: the rows are read back as they were.
     again = ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)

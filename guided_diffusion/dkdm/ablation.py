@@ -237,7 +237,7 @@ def write_report(cfg, out_dir: str, rows: Dict[str, Dict], command_line: str) ->
                                                                       "eval_fid", "eval_fid_real", "eval_class_acc",
                                                                       "eval_precision", "eval_recall")) + " |")
     t = rows.get("teacher", {})
-    s = rows.get("student_dynamic", {})
+    s = next((rows[f"student_{m}"] for m in ("dynamic", *MODES) if f"student_{m}" in rows), {})  # one student arch
     ratio = ""
     try:
         ratio = f"{float(t['params_M']) / float(s['params_M']):.1f}x fewer parameters than the teacher"
