@@ -106,9 +106,8 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
     setup = build_setup(cfg, device)
     n = n_images or baseline_images(cfg)
     run_dir = experiment.run_dir_of(cfg)
-    pin_teacher(run_dir, setup.teacher)
     images, labels = _teacher_set(cfg, setup, n, os.path.join(run_dir, "teacher_set.npz"), device, logger.log,
-                                  progress=lambda **kw: logger.progress_bar(**kw))
+                                  progress=logger.progress_bar)
     x, y = from_uint8(images), torch.as_tensor(labels, dtype=torch.long)
     model = experiment.build_model(cfg, setup.info)
     # The student learns the whole (unspaced) chain of the teacher's schedule, as on real data.
@@ -187,8 +186,7 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
             cfg.dkdm, mode=mode if mode != "baseline" else "dynamic",
             cache_dir=os.path.join(cfg.out_dir, f"{cfg.name}_{mode}", "cache") if mode != "baseline" else ""))
         logger = experiment.setup_run(scfg)
-        if mode != "baseline":
-            pin_teacher(experiment.run_dir_of(scfg), setup.teacher)
+        pin_teacher(experiment.run_dir_of(scfg), setup.teacher)  # before its checkpoints or teacher set resume
         if mode == "baseline":
             loop, _, nfe = train_baseline(scfg, device, logger, baseline_n)
         else:
