@@ -158,20 +158,6 @@ def test_suite_times_gain_the_commit_column_without_losing_rows(tmp_path):
     assert bcl._commits_of(rows) == "an unrecorded commit (1 run), `abc1234` (1 run)"
 
 
-def test_compare_rule():
-    assert bcl.compare([1.0, 1.2], [3.0, 3.2], higher_is_better=False) == "better"
-    assert bcl.compare([1.0, 1.2], [3.0, 3.2], higher_is_better=True) == "worse"
-    assert bcl.compare([1.0, 3.0], [2.0, 4.0], higher_is_better=True) == "tie"  # 1 apart, spread 2.8
-    assert bcl.compare([1.0], [3.0, 3.2], higher_is_better=False) is None
-
-
-def test_cells_show_mean_and_spread_over_seeds():
-    assert bcl._cell([1.0, 3.0]) == "2 ± 1.4"
-    assert bcl._cell([0.2, 0.2, 0.2]) == "0.2 ± 0"  # seeds that agree: round-off (3e-17) is no spread
-    assert bcl._cell([0.5, None]) == "0.5" and bcl._cell([None]) == ""
-    assert bcl._ms([0.9, 0.91]) == "0.905 ± 0.0071" and bcl._ms([0.9]) == "0.9 (1 seed)"
-
-
 def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     """The scheduler with the processes faked: order, parallelism, threads, and a failure."""
     import threading

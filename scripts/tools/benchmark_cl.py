@@ -51,6 +51,7 @@ import numpy as np
 
 import yaml
 from guided_diffusion.evaluation.report import as_number, md_table
+from guided_diffusion.evaluation.seeds import RULE, all_better, cell, compare, mean, mean_std
 from guided_diffusion.logger import read_csv
 from guided_diffusion.runtime.config import (
     ConfigError,
@@ -390,26 +391,6 @@ def append_time(path: str, row: Dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
-    vals = [v for v in values if v is not None]
-    return float(np.mean(vals)) if vals else None
-
-
-def _std(vals: Sequence[float]) -> float:
-    """The sample std over seeds; 0 where the seeds agree (float round-off is not a spread)."""
-    sd = float(np.std(vals, ddof=1))
-    return 0.0 if sd <= 1e-9 * max(1.0, float(np.max(np.abs(vals)))) else sd
-
-
-def _cell(values: Sequence[Optional[float]], digits: int = 3) -> str:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return ""
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}g}"
-    return f"{np.mean(vals):.{digits}g} ± {_std(vals):.2g}"
-
-
 def _n_tasks(specs: List[RunSpec]) -> int:
     """The scenario's number of tasks as the runs show it: the most rows any run's metrics.csv has
     (every run of a suite has the same scenario). A run with fewer is still running, or was cut."""
@@ -478,13 +459,13 @@ def method_table(suite: Suite, specs: List[RunSpec]) -> tuple:
                 per["afq_fid"].append(q["afq"])
                 per["fr_fid"].append(q["fr"])
             later = [x for x in rows_ if (as_number(x.get("task")) or 0) > 0] or rows_
-            per["sps"].append(_mean([as_number(x.get("sec_per_step")) for x in later]))
-            per["nfe"].append(_mean([as_number(x.get("final_teacher_nfe")) for x in later]))
+            per["sps"].append(mean([as_number(x.get("sec_per_step")) for x in later]))
+            per["nfe"].append(mean([as_number(x.get("final_teacher_nfe")) for x in later]))
             per["wall"].append((_wall(times, label, s.seed) or 0) / 60 or None)
         values[label] = {k: [v for v in vals if v is not None] for k, vals in per.items()}
-        rows.append([label, f"{done}/{len(runs)}"] + [_cell(per[c]) for c, _ in cols]
-                    + [_cell(per["avg"]), _cell(per["fgt"])] + [_cell(per[k]) for k, _ in extra]
-                    + [_cell(per["sps"]), _cell(per["nfe"]), _cell(per["wall"])])
+        rows.append([label, f"{done}/{len(runs)}"] + [cell(per[c]) for c, _ in cols]
+                    + [cell(per["avg"]), cell(per["fgt"])] + [cell(per[k]) for k, _ in extra]
+                    + [cell(per["sps"]), cell(per["nfe"]), cell(per["wall"])])
     return header, rows, values
 
 
@@ -514,55 +495,14 @@ def solver_table(suite: Suite, specs: List[RunSpec]) -> tuple:
             wall.append((_wall(times, s.label, s.seed) or 0) / 60 or None)
         values[replay] = {"acc": [v for v in acc if v is not None], "fgt": [v for v in fgt if v is not None],
                           "agree": agree}
-        rows.append([replay, f"{len(acc)}/{len(runs)}", _cell(acc), _cell(fgt), _cell(agree), _cell(ent), _cell(gen),
-                     _cell(wall)])
+        rows.append([replay, f"{len(acc)}/{len(runs)}", cell(acc), cell(fgt), cell(agree), cell(ent), cell(gen),
+                     cell(wall)])
     return header, rows, values
-
-
-# The verdict rule. With n >= 2 seeds per side, a difference "exceeds the spread" when the means differ
-# by more than the sum of the two sample standard deviations (mean +- 1 std intervals do not overlap).
-# Then the claim is confirmed (right direction) or not confirmed (wrong direction); otherwise, and
-# always with a single seed, it is not resolved.
-RULE = ("a claim is *confirmed* when the difference of the means over seeds is in the claimed direction and "
-        "larger than the sum of the two standard deviations over seeds (the mean ± std intervals do not overlap), "
-        "*not confirmed* when it is that large in the other direction, *not resolved* otherwise (and always with "
-        "fewer than two seeds a side)")
-
-
-def compare(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> Optional[str]:
-    """'better' / 'worse' when ``a`` beats / loses to ``b`` by more than the spread, 'tie' when the
-    difference is within it, None when a side has fewer than two seeds (see ``RULE``)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    diff = float(np.mean(a) - np.mean(b)) * (1.0 if higher_is_better else -1.0)
-    spread = float(np.std(a, ddof=1) + np.std(b, ddof=1))
-    if diff > spread:
-        return "better"
-    if -diff > spread:
-        return "worse"
-    return "tie"
 
 
 def _verdict(v: Optional[str]) -> str:
     return {"confirmed": "**confirmed**", "not confirmed": "**not confirmed**", "not resolved": "**not resolved**",
             None: "**not measured**"}[v]
-
-
-def _both(outcomes: Sequence[Optional[str]]) -> str:
-    """A claim that needs every comparison to go the claimed way."""
-    if any(o == "worse" for o in outcomes):
-        return "not confirmed"
-    if outcomes and all(o == "better" for o in outcomes):
-        return "confirmed"
-    return "not resolved"
-
-
-def _ms(vals: Sequence[float]) -> str:
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.4g} (1 seed)"
-    return f"{np.mean(vals):.4g} ± {_std(vals):.2g}"
 
 
 def claims(m: Dict[str, Dict[str, List[float]]], s: Dict[str, Dict[str, List[float]]]) -> List[str]:
@@ -579,15 +519,15 @@ def claims(m: Dict[str, Dict[str, List[float]]], s: Dict[str, Dict[str, List[flo
     if not (gd and gr and gdk and grk):
         v = None
     else:
-        v = _both([compare(gd, gr, False), compare(gdk, grk, False)])
+        v = all_better([compare(gd, gr, False), compare(gdk, grk, False)])
     gap = ""
     if gd and gr and joint and np.mean(gr) != np.mean(joint):
         gap = (f"; GD closes {100 * (np.mean(gr) - np.mean(gd)) / (np.mean(gr) - np.mean(joint)):.0f}% of the FID gap "
                "between generative replay and joint")
     out.append(f"1. *Generative distillation keeps the generator's quality far better than generative replay, close "
-               f"to joint training* — final FID GD {_ms(gd)} vs GR {_ms(gr)} ({best}, the better generative replay"
-               + "".join(f"; {g} {_ms(get(g, 'eval_fid'))}" for g in grs if g != best)
-               + f") vs joint {_ms(joint)}; KLD GD {_ms(gdk)} vs GR {_ms(grk)}{gap}: {_verdict(v)} (GD better than GR "
+               f"to joint training* — final FID GD {mean_std(gd)} vs GR {mean_std(gr)} ({best}, the better generative replay"
+               + "".join(f"; {g} {mean_std(get(g, 'eval_fid'))}" for g in grs if g != best)
+               + f") vs joint {mean_std(joint)}; KLD GD {mean_std(gdk)} vs GR {mean_std(grk)}{gap}: {_verdict(v)} (GD better than GR "
                "on both FID and KLD by more than the spread).")
     dyn, full = get("gd_dynamic_cache", "eval_fid"), get("gd_full", "eval_fid")
     dn, fn = get("gd_dynamic_cache", "nfe"), get("gd_full", "nfe")
@@ -603,23 +543,23 @@ def claims(m: Dict[str, Dict[str, List[float]]], s: Dict[str, Dict[str, List[flo
         fewer = float(np.mean(dn)) < float(np.mean(fn))
         v = "confirmed" if (excess <= max(0.1 * float(np.mean(full)), spread) and fewer) else "not confirmed"
     out.append(f"2. *Distillation from the dynamic cache matches full-generation distillation at a fraction of the "
-               f"teacher cost* — final FID cache {_ms(dyn)} vs full generation {_ms(full)}; teacher NFEs per step "
-               f"{_ms(dn)} vs {_ms(fn)}; seconds per step {_ms(ds)} vs {_ms(fs)}: {_verdict(v)} (the cache's FID "
+               f"teacher cost* — final FID cache {mean_std(dyn)} vs full generation {mean_std(full)}; teacher NFEs per step "
+               f"{mean_std(dn)} vs {mean_std(fn)}; seconds per step {mean_std(ds)} vs {mean_std(fs)}: {_verdict(v)} (the cache's FID "
                "no worse than full generation's by more than 10% or the spread, whichever is larger, with fewer "
                "teacher NFEs).")
     ga, pa = (s.get("guided") or {}).get("acc") or [], (s.get("plain") or {}).get("acc") or []
-    v = None if not (ga and pa) else _both([compare(ga, pa, True)])
+    v = None if not (ga and pa) else all_better([compare(ga, pa, True)])
     out.append(f"3. *Guided replay gives the classifier a higher final average accuracy than plain replay* — "
-               f"guided {_ms(ga)} vs plain {_ms(pa)} (soft {_ms((s.get('soft') or {}).get('acc') or [])}, joint "
-               f"{_ms((s.get('joint') or {}).get('acc') or [])}, none {_ms((s.get('none') or {}).get('acc') or [])}): "
+               f"guided {mean_std(ga)} vs plain {mean_std(pa)} (soft {mean_std((s.get('soft') or {}).get('acc') or [])}, joint "
+               f"{mean_std((s.get('joint') or {}).get('acc') or [])}, none {mean_std((s.get('none') or {}).get('acc') or [])}): "
                f"{_verdict(v)}.")
     sa, ka = (s.get("soft") or {}).get("acc") or [], (s.get("soft_kd") or {}).get("acc") or []
     agree = (s.get("plain") or {}).get("agree") or []
     v = None if not (sa and pa) else {"better": "confirmed", "tie": "confirmed", "worse": "not confirmed",
                                       None: "not resolved"}[compare(sa, pa, True)]
-    out.append(f"4. *Soft-target replay (Masip et al.'s loss) is at least as good as plain replay* — soft {_ms(sa)} "
-               f"vs plain {_ms(pa)} (standard distillation, soft_kd: {_ms(ka)}); the previous classifier's argmax "
-               f"agrees with the replay's label on {_ms(agree)} of the replayed images (plain runs, tasks 1-4): soft "
+    out.append(f"4. *Soft-target replay (Masip et al.'s loss) is at least as good as plain replay* — soft {mean_std(sa)} "
+               f"vs plain {mean_std(pa)} (standard distillation, soft_kd: {mean_std(ka)}); the previous classifier's argmax "
+               f"agrees with the replay's label on {mean_std(agree)} of the replayed images (plain runs, tasks 1-4): soft "
                f"targets carry the previous classifier's errors, where plain replay has the class-conditional "
                f"generator's label: {_verdict(v)} (not worse than plain by more than the spread).")
     return out
@@ -632,7 +572,7 @@ def convergence_check(m: Dict[str, Dict[str, List[float]]]) -> str:
     if not first or not joint:
         return "Task 0 against joint training: not measured."
     ratio = float(np.mean(first)) / float(np.mean(joint))
-    return (f"Task 0 converged? FID after task 0 {_ms(first)} vs joint training's final FID {_ms(joint)}: ratio "
+    return (f"Task 0 converged? FID after task 0 {mean_std(first)} vs joint training's final FID {mean_std(joint)}: ratio "
             f"{ratio:.2f} (at most 1.5 asked): {'yes' if ratio <= 1.5 else '**no**'}.")
 
 
@@ -758,4 +698,4 @@ def _git(*args) -> str:
 
 
 __all__ = ["Suite", "RunSpec", "SuiteRunError", "load_suite", "plan", "run_suite", "write_report", "claims",
-           "method_table", "solver_table", "compare", "convergence_check", "RULE"]
+           "method_table", "solver_table", "convergence_check"]
