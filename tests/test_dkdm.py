@@ -3,6 +3,7 @@ trajectory, the objective's target / restarts / write-back, bit-identical resume
 training, the scripts' pipeline, and the continual ``dynamic_distillation`` method on mnist5k."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -610,27 +611,44 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     out = str(tmp_path / "res")
     assert ablation.baseline_images(cfg) == 1621  # the real training set of digits (as DKDM's 50K for CIFAR-10)
     rows = ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
-    assert list(rows) == ["teacher", "student_baseline", "student_dynamic"]
+    assert list(rows) == [("teacher", 0), ("student_baseline", 0), ("student_dynamic", 0)]
     for name, r in rows.items():
         assert r["eval_fid"] > 0 and 0 <= r["eval_class_acc"] <= 1 and r["eval_samples"] == 12, name
     # the baseline's set: 10 images of the 5-step sampler; the cache: one NFE a sample and step
-    assert rows["student_baseline"]["teacher_nfe"] == 10 * 5 and rows["student_dynamic"]["teacher_nfe"] == 4 * 3
-    assert rows["student_baseline"]["train_steps"] == rows["student_dynamic"]["train_steps"] == 3
-    with np.load(tmp_path / "dk_baseline" / "teacher_set.npz") as f:
+    assert rows[("student_baseline", 0)]["teacher_nfe"] == 10 * 5 and rows[("student_dynamic", 0)]["teacher_nfe"] == 4 * 3
+    assert rows[("student_baseline", 0)]["train_steps"] == rows[("student_dynamic", 0)]["train_steps"] == 3
+    with np.load(tmp_path / "dk_baseline_s0" / "teacher_set.npz") as f:
         assert f["arr_0"].shape == (10, 8, 8, 1) and set(f["arr_1"]) <= {0, 1, 2}
     path = ablation.write_report(cfg, out, rows, "python scripts/dkdm_ablation.py")
     text = open(path).read()
-    assert "| student_dynamic |" in text and "beats the data-free baseline" in text
+    assert "| student_dynamic | 1 |" in text and "beats the data-free baseline" in text and "(one seed)" in text
     assert "x fewer parameters than the teacher" in text
-    only_baseline = {k: v for k, v in rows.items() if k != "student_dynamic"}  # the ratio from either student
+    only_baseline = {k: v for k, v in rows.items() if k[0] != "student_dynamic"}  # the ratio from either student
     assert "x fewer parameters than the teacher" in open(ablation.write_report(cfg, out, only_baseline, "x")).read()
-    assert os.path.isfile(os.path.join(out, "grids", "student_baseline.png"))
+    assert os.path.isfile(os.path.join(out, "grids", "student_baseline_s0.png"))
     # A rerun trains and evaluates nothing again: the rows are read back as they were.
+    mtime = os.path.getmtime(tmp_path / "dk_dynamic_s0" / "log.txt")
     again = ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
     assert {k: str(v["eval_fid"]) for k, v in again.items()} == {k: str(v["eval_fid"]) for k, v in rows.items()}
-    with open(tmp_path / "dk_dynamic" / "log.txt") as f:
-        assert "already complete" in f.read()
-    assert all(r["teacher_sha256"] == rows["teacher"]["teacher_sha256"] for r in again.values())
+    assert os.path.getmtime(tmp_path / "dk_dynamic_s0" / "log.txt") == mtime  # its run was not even opened
+    assert all(r["teacher_sha256"] == rows[("teacher", 0)]["teacher_sha256"] for r in again.values())
+    assert rows[("teacher", 0)]["eval_features"].endswith(f"sha256 {ckpt.file_sha256(clf)[:12]})")
+    # Another evaluation classifier (as retrained on another machine): the rerun refuses to mix FIDs.
+    clf2 = str(tmp_path / "clf2.safetensors")
+    save_domain_classifier(DomainClassifier(1, 8, 10, width=4, feature_dim=8), clf2,
+                           {"dataset": "digits", "split": "train", "test_accuracy": 0.1})
+    cfg2 = dataclasses.replace(cfg, evaluation=dataclasses.replace(cfg.evaluation, classifier_path=clf2))
+    with pytest.raises(ConfigError, match="other evaluation features"):
+        ablation.run_ablation(cfg2, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
+    # Another seed (as another process would) adds its rows beside seed 0's, in its own run folders.
+    one = ablation.run_ablation(cfg, out, ["dynamic"], baseline_n=10, log=lambda m: None, seeds=[1])
+    assert set(one) == {("teacher", 0), ("student_baseline", 0), ("student_dynamic", 0), ("teacher", 1),
+                        ("student_dynamic", 1)}
+    assert os.path.isdir(tmp_path / "dk_dynamic_s1") and one[("student_dynamic", 1)]["eval_fid"] != \
+        one[("student_dynamic", 0)]["eval_fid"]  # another initialisation, cache and evaluation sample
+    assert set(ablation._read(os.path.join(out, "results.csv"))) == set(one)
+    text = open(ablation.write_report(cfg, out, one, "x")).read()
+    assert "| student_dynamic | 2 |" in text and "| teacher | 2 |" in text and " ± " in text
     # Other teacher weights under the same path: the rerun refuses instead of mixing two teachers.
     from safetensors.torch import load_file
 
@@ -642,5 +660,24 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     with pytest.raises(ConfigError, match="another teacher"):
         ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
     shutil.rmtree(out)  # a fresh table, but the students' folders still hold the old teacher's training
-    with pytest.raises(ConfigError, match="dk_baseline holds results of another teacher"):
+    with pytest.raises(ConfigError, match="dk_baseline_s0 holds results of another teacher"):
         ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
+
+
+def test_ablation_verdicts_follow_the_benchmark_rule_over_seeds():
+    from guided_diffusion.dkdm import ablation
+
+    def rows(**fids):
+        return {(f"student_{m}", s): {"model": f"student_{m}", "seed": s, "eval_fid": v}
+                for m, vals in fids.items() for s, v in enumerate(vals)}
+
+    v = ablation.verdicts(rows(dynamic=[40, 41, 39], baseline=[60, 65, 63], shuffled=[46, 47, 45],
+                               iterative=[800, 850, 900]))
+    assert "**confirmed**" in v[0] and "**confirmed**" in v[1]
+    v = ablation.verdicts(rows(dynamic=[40, 44, 39], baseline=[60, 65, 63], shuffled=[43, 47, 45],
+                               iterative=[800, 850, 900]))
+    assert "**confirmed**" in v[0] and "**not resolved**" in v[1]  # shuffled vs dynamic within the spread
+    v = ablation.verdicts(rows(dynamic=[70, 71], baseline=[60, 61]))
+    assert len(v) == 1 and "**not confirmed**" in v[0]
+    v = ablation.verdicts(rows(dynamic=[40], baseline=[60]))
+    assert "**not resolved** (one seed)" in v[0]

@@ -18,8 +18,10 @@ the two verdicts (dynamic beats the baseline; the order iterative > shuffled > d
 a grid of every model. Every stage resumes: a student's training from its checkpoints, the
 baseline's image set once complete, and finished evaluations from ``results.csv``. Each of those
 records the teacher (``teacher.json``: path and sha256 of its weights, in ``<out>`` and in every
-student's run folder; a ``teacher_sha256`` column): a rerun with other teacher weights stops with an
-error instead of mixing two teachers in one table.
+student's run folder; a ``teacher_sha256`` column) and the evaluation's features (``eval_features``:
+the domain classifier with its weights' sha256): a rerun with another teacher or another evaluation
+classifier stops with an error instead of mixing them in one table. ``--seeds`` repeats every row
+per seed; the README gives mean ± std and judges the claims by the benchmark's rule.
 """
 
 from __future__ import annotations
@@ -27,17 +29,20 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import fcntl
 import io
 import json
 import os
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from .. import dist_util, experiment
 from ..data import InfiniteLoader
+from ..evaluation.report import as_number
+from ..evaluation.seeds import RULE, all_better, cell, compare, mean_std
 from ..image_util import from_uint8, save_grid
 from ..logger import read_csv
 from ..respace import sampler_label
@@ -50,7 +55,7 @@ from .pipeline import build_setup
 from .pipeline import train as train_dkdm
 
 MODES = ("baseline", "iterative", "shuffled", "dynamic")
-COLUMNS = ["model", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_fid_real", "eval_class_acc",
+COLUMNS = ["model", "seed", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_fid_real", "eval_class_acc",
            "eval_precision", "eval_recall", "eval_sec"]
 
 
@@ -123,119 +128,181 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
     return loop, setup, n * sampler.num_timesteps
 
 
-def _read(path: str) -> Dict[str, Dict[str, str]]:
-    return {r["model"]: r for r in read_csv(path)}
+Key = Tuple[str, int]  # (model, seed)
 
 
-def _write(path: str, rows: Dict[str, Dict]) -> None:
+def _read(path: str, default_seed: int = 0) -> Dict[Key, Dict[str, str]]:
+    """The rows of ``results.csv`` by (model, seed); a row written before the seed column had the
+    config's seed (``default_seed``)."""
+    out = {}
+    for r in read_csv(path):
+        r.setdefault("seed", "")
+        if r["seed"] in ("", None):
+            r["seed"] = str(default_seed)
+        out[(r["model"], int(r["seed"]))] = r
+    return out
+
+
+def _write(path: str, rows: Dict[Key, Dict]) -> None:
     keys = list(COLUMNS)
     for r in rows.values():
         keys += [k for k in r if k not in keys]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
-    for r in rows.values():
-        w.writerow(r)
+    for key in sorted(rows, key=_order):
+        w.writerow(rows[key])
     ckpt.atomic_write_text(path, buf.getvalue())
 
 
+def _order(key: Key):
+    model, seed = key
+    names = ["teacher"] + [f"student_{m}" for m in MODES]
+    return (names.index(model) if model in names else len(names), model, seed)
+
+
+def _store(path: str, row: Dict, default_seed: int) -> Dict[Key, Dict]:
+    """Add ``row`` to ``results.csv``, merged with what other processes (other seeds) wrote since
+    this one read it: the file is re-read and rewritten under a lock. Returns every row."""
+    with open(path + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            rows = _read(path, default_seed)
+            rows[(row["model"], int(row["seed"]))] = row
+            _write(path, rows)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return rows
+
+
 def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: int = 0,
-                 log: Callable[[str], None] = print) -> Dict[str, Dict]:
-    """Train (or resume) every student of ``modes``, evaluate them and the teacher; returns the rows."""
+                 log: Callable[[str], None] = print, seeds: Optional[Sequence[int]] = None) -> Dict[Key, Dict]:
+    """Train (or resume) every student of ``modes`` for each of ``seeds`` (default: the config's),
+    evaluate them and the teacher; returns every row of ``results.csv`` by (model, seed).
+
+    A student whose row exists is not trained again. Several processes (one seed each) may share
+    ``out_dir``: each adds its rows to ``results.csv`` under a lock."""
     from ..evaluation.continual import build_evaluator
 
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ValueError(f"unknown DKDM ablation mode(s) {bad}; valid: {', '.join(MODES)}")
+    seeds = [int(s) for s in (seeds if seeds is not None else [cfg.seed])]
     device = experiment.init_process(cfg)
     os.makedirs(out_dir, exist_ok=True)
     results = os.path.join(out_dir, "results.csv")
-    rows: Dict[str, Dict] = dict(_read(results))
+    rows: Dict[Key, Dict] = dict(_read(results, cfg.seed))
     setup = build_setup(cfg, device)
     if rows and not os.path.isfile(os.path.join(out_dir, "teacher.json")):
         raise ConfigError(f"{results} does not record its teacher (written before teacher.json): move {out_dir} "
                           "aside to start over")
     pin_teacher(out_dir, setup.teacher)
-    evaluator = build_evaluator(cfg, log=log)
+    features = build_evaluator(cfg, log=log).features.name  # loads (or trains) the evaluation classifier once
+    other = sorted({r.get("eval_features") or "an unrecorded classifier" for r in rows.values()} - {features})
+    if other:
+        raise ConfigError(f"{results} holds rows measured with other evaluation features ({'; '.join(other)}) than "
+                          f"{features}: FIDs under two classifiers do not compare; move {out_dir} aside to start over, "
+                          "or set evaluation.classifier_path to the classifier of those rows")
     grids = os.path.join(out_dir, "grids")
     os.makedirs(grids, exist_ok=True)
 
-    def evaluate(name: str, net, extra: Dict) -> None:
-        if name in rows:
-            return
+    def evaluate(scfg, name: str, net, extra: Dict) -> None:
         classes = list(range(setup.info.num_classes)) if setup.info.num_classes else [0]
+        evaluator = build_evaluator(scfg, log=log)
         cols = evaluator.evaluate(net, classes, setup.info.shape, device, f"of the {name}")
-        row = {"model": name, "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols,
+        row = {"model": name, "seed": scfg.seed,
+               "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols,
                "teacher_sha256": setup.teacher.sha256}
-        rows[name] = row
         n = 8 * len(classes)
-        imgs, _ = sample_set(net, experiment.grid_spec(cfg, setup.info, device, guidance_scale=1.0), num_samples=n,
-                             batch_size=min(n, 100), seed=cfg.seed,
+        imgs, _ = sample_set(net, experiment.grid_spec(scfg, setup.info, device, guidance_scale=1.0), num_samples=n,
+                             batch_size=min(n, 100), seed=scfg.seed,
                              labels=[c for c in classes for _ in range(8)] if cfg.model.class_cond else None)
         if dist_util.is_main():
-            save_grid(imgs, os.path.join(grids, f"{name}.png"), nrow=8 if cfg.model.class_cond else None)
-            _write(results, rows)
+            save_grid(imgs, os.path.join(grids, f"{name}_s{scfg.seed}.png"), nrow=8 if cfg.model.class_cond else None)
+            for key, r in _store(results, row, cfg.seed).items():  # and what other seeds' processes wrote
+                rows.setdefault(key, r)
         dist_util.barrier()
-        log(f"{name}: FID {row.get('eval_fid')} (floor {row.get('eval_fid_real')}), class acc "
+        rows[(name, scfg.seed)] = row
+        log(f"{name} (seed {scfg.seed}): FID {row.get('eval_fid')} (floor {row.get('eval_fid_real')}), class acc "
             f"{row.get('eval_class_acc')}")
 
-    evaluate("teacher", setup.teacher.net, {"train_steps": "", "teacher_nfe": ""})
-    for mode in modes:
-        name = f"student_{mode}"
-        scfg = dataclasses.replace(cfg, name=f"{cfg.name}_{mode}", dkdm=dataclasses.replace(
-            cfg.dkdm, mode=mode if mode != "baseline" else "dynamic",
-            cache_dir=os.path.join(cfg.out_dir, f"{cfg.name}_{mode}", "cache") if mode != "baseline" else ""))
-        logger = experiment.setup_run(scfg)
-        pin_teacher(experiment.run_dir_of(scfg), setup.teacher)  # before its checkpoints or teacher set resume
-        if mode == "baseline":
-            loop, _, nfe = train_baseline(scfg, device, logger, baseline_n)
-        else:
-            loop, _ = train_dkdm(scfg, device, logger)
-            nfe = cfg.train.batch_size * cfg.train.total_steps
-        ema = copy.deepcopy(loop.model)
-        ema.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
-        ema.eval()
-        evaluate(name, ema, {"train_steps": loop.step, "teacher_nfe": nfe})
-        logger.close()
-        del loop, ema
+    for seed in seeds:
+        scfg_seed = dataclasses.replace(cfg, seed=seed)
+        if ("teacher", seed) not in rows:
+            evaluate(scfg_seed, "teacher", setup.teacher.net, {"train_steps": "", "teacher_nfe": ""})
+        for mode in modes:
+            name = f"student_{mode}"
+            if (name, seed) in rows:
+                continue
+            run = f"{cfg.name}_{mode}_s{seed}"
+            scfg = dataclasses.replace(scfg_seed, name=run, dkdm=dataclasses.replace(
+                cfg.dkdm, mode=mode if mode != "baseline" else "dynamic",
+                cache_dir=os.path.join(cfg.out_dir, run, "cache") if mode != "baseline" else ""))
+            logger = experiment.setup_run(scfg)
+            pin_teacher(experiment.run_dir_of(scfg), setup.teacher)  # before its checkpoints or teacher set resume
+            if mode == "baseline":
+                loop, _, nfe = train_baseline(scfg, device, logger, baseline_n)
+            else:
+                loop, _ = train_dkdm(scfg, device, logger)
+                nfe = cfg.train.batch_size * cfg.train.total_steps
+            ema = copy.deepcopy(loop.model)
+            ema.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
+            ema.eval()
+            evaluate(scfg, name, ema, {"train_steps": loop.step, "teacher_nfe": nfe})
+            logger.close()
+            del loop, ema
     return rows
 
 
-def verdicts(rows: Dict[str, Dict]) -> List[str]:
-    """DKDM's two claims, from the FIDs of one seed (the spread is not measured here: said so)."""
-    def fid(m):
-        r = rows.get(f"student_{m}")
-        try:
-            return float(r["eval_fid"]) if r else None
-        except (TypeError, ValueError):
-            return None
-
+def _values(rows: Dict[Key, Dict], model: str, key: str = "eval_fid") -> List[float]:
+    """``key`` of ``model`` over the seeds that have it."""
     out = []
-    d, b = fid("dynamic"), fid("baseline")
-    if d is not None and b is not None:
-        out.append(f"- *The dynamic-iterative student beats the data-free baseline* (same student, teacher, batch and "
-                   f"steps): FID {d:.4g} vs {b:.4g}: **{'holds' if d < b else 'does not hold'}** (one seed).")
-    it, sh = fid("iterative"), fid("shuffled")
-    if None not in (it, sh, d):
-        order = it > sh > d
-        out.append(f"- *Ablation order iterative > shuffled > dynamic in FID*: {it:.4g} > {sh:.4g} > {d:.4g}: "
-                   f"**{'holds' if order else 'does not hold'}** (one seed).")
+    for (m, _), r in sorted(rows.items(), key=lambda kv: kv[0][1]):
+        if m == model:
+            v = as_number(r.get(key))
+            if v is not None:
+                out.append(v)
     return out
 
 
-def write_report(cfg, out_dir: str, rows: Dict[str, Dict], command_line: str) -> str:
+def verdicts(rows: Dict[Key, Dict]) -> List[str]:
+    """DKDM's two claims, judged by the benchmark's rule (``evaluation.seeds.RULE``) on the FIDs over seeds."""
+    def fid(m):
+        return _values(rows, f"student_{m}")
+
+    def judged(outcomes, n):
+        v = all_better(outcomes)
+        return f"**{v}**" + (" (one seed)" if n < 2 else "")
+
+    out = []
+    d, b = fid("dynamic"), fid("baseline")
+    if d and b:
+        out.append(f"- *The dynamic-iterative student beats the data-free baseline* (same student, teacher, batch and "
+                   f"steps): FID {mean_std(d)} vs {mean_std(b)}: {judged([compare(d, b, False)], min(len(d), len(b)))}.")
+    it, sh = fid("iterative"), fid("shuffled")
+    if it and sh and d:
+        out.append(f"- *Ablation order iterative > shuffled > dynamic in FID*: {mean_std(it)} > {mean_std(sh)} > "
+                   f"{mean_std(d)}: {judged([compare(sh, it, False), compare(d, sh, False)], min(map(len, (it, sh, d))))}.")
+    return out
+
+
+def write_report(cfg, out_dir: str, rows: Dict[Key, Dict], command_line: str) -> str:
     order = ["teacher"] + [f"student_{m}" for m in MODES]
-    table = ["| model | params (M) | student steps | teacher NFEs | FID ↓ | real floor | class acc ↑ | precision | "
-             "recall |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in order + [n for n in rows if n not in order]:
-        r = rows.get(name)
-        if not r:
+    models = order + sorted({m for m, _ in rows if m not in order})
+    seeds = sorted({s for _, s in rows})
+    table = ["| model | seeds | params (M) | student steps | teacher NFEs | FID ↓ | real floor | class acc ↑ | precision | "
+             "recall |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name in models:
+        mine = [r for (m, _), r in sorted(rows.items(), key=lambda kv: kv[0][1]) if m == name]
+        if not mine:
             continue
-        table.append("| " + " | ".join(str(_fmt(r.get(k))) for k in ("model", "params_M", "train_steps", "teacher_nfe",
-                                                                      "eval_fid", "eval_fid_real", "eval_class_acc",
-                                                                      "eval_precision", "eval_recall")) + " |")
-    t = rows.get("teacher", {})
-    s = next((rows[f"student_{m}"] for m in ("dynamic", *MODES) if f"student_{m}" in rows), {})  # one student arch
+        first = mine[0]
+        table.append("| " + " | ".join(
+            [name, str(len(mine))] + [str(_fmt(first.get(k))) for k in ("params_M", "train_steps", "teacher_nfe")]
+            + [cell(_values(rows, name, k), 4 if k == "eval_fid" else 3)
+               for k in ("eval_fid", "eval_fid_real", "eval_class_acc", "eval_precision", "eval_recall")]) + " |")
+    t = next((r for (m, _), r in rows.items() if m == "teacher"), {})
+    s = next((r for m in ("dynamic", *MODES) for (n, _), r in rows.items() if n == f"student_{m}"), {})  # one arch
     ratio = ""
     try:
         ratio = f"{float(t['params_M']) / float(s['params_M']):.1f}x fewer parameters than the teacher"
@@ -246,12 +313,15 @@ def write_report(cfg, out_dir: str, rows: Dict[str, Dict], command_line: str) ->
              f"- command: `{command_line}`", f"- teacher: `{cfg.dkdm.teacher_path}`; students: `model` of the config "
              f"({ratio}); batch {cfg.train.batch_size}, {cfg.train.total_steps} steps each; chain "
              f"{cfg.diffusion.timestep_respacing or cfg.diffusion.diffusion_steps} steps",
+             f"- seeds: {', '.join(map(str, seeds))} (each: the students' initialisation, data order and cache, the "
+             "baseline's teacher set, the evaluation's samples); cells are mean ± std over the seeds",
              f"- evaluation: {protocol}", "",
-             "\n".join(table), "", "## Verdicts", ""] + verdicts(rows) + [
-             "", "## Samples (a row per class)", ""]
+             "\n".join(table), "", "## Verdicts", "", f"Rule (as the fidelity benchmark's): {RULE}.", ""]
+    lines += verdicts(rows) + ["", f"## Samples (a row per class; seed {seeds[0] if seeds else ''})", ""]
     for name in order:
-        if os.path.isfile(os.path.join(out_dir, "grids", f"{name}.png")):
-            lines += [f"**{name}**", "", f"![{name}](grids/{name}.png)", ""]
+        grid = f"{name}_s{seeds[0]}.png" if seeds else ""
+        if grid and os.path.isfile(os.path.join(out_dir, "grids", grid)):
+            lines += [f"**{name}**", "", f"![{name}](grids/{grid})", ""]
     path = os.path.join(out_dir, "README.md")
     ckpt.atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -55,14 +55,6 @@ def resolve_teacher_path(path: str) -> str:
     return path
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def state_sha256(module: torch.nn.Module) -> str:
     """A hash of a network's weights (for teachers that exist only in memory)."""
     h = hashlib.sha256()
@@ -115,7 +107,7 @@ def load_teacher(cfg: Config, device) -> Teacher:
     ckpt.load_weights(net, path, what="teacher")
     net.to(device).eval().requires_grad_(False)
     tdiff = build_diffusion(dataclasses.replace(cfg, diffusion=_with_sigma(cfg, learn_sigma)))
-    return Teacher(net, tdiff, path, _sha256(path), classes > 0, classes, c_in)
+    return Teacher(net, tdiff, path, ckpt.file_sha256(path), classes > 0, classes, c_in)
 
 
 def _with_sigma(cfg: Config, learn_sigma: bool):

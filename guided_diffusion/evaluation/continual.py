@@ -11,7 +11,8 @@ After each task the loop calls ``ContinualEvaluator(ctx, task, ema_model)``, whi
 3. returns the ``eval_*`` columns of the task's row of ``metrics.csv``: ``eval_fid``, ``eval_kld``,
    ``eval_ard``, ``eval_class_acc``, ``eval_precision``, ``eval_recall``, ``eval_acc_class_{c}``,
    ``eval_acc_task_{j}`` (mean over task j's classes: the generator's accuracy matrix row),
-   ``eval_samples``, ``eval_ref_images``, ``eval_sec`` and ``eval_protocol`` (the protocol);
+   ``eval_samples``, ``eval_ref_images``, ``eval_sec``, ``eval_features`` (the feature extractor: a
+   domain classifier's name, test accuracy and weights' sha256) and ``eval_protocol`` (the protocol);
    and ``eval_fid_real``: the same FID for as many *real training* images of the seen classes
    (same class proportions) -- the floor that small sets put under the generated FID.
 """
@@ -190,6 +191,7 @@ class ContinualEvaluator:
         if any(k.startswith("eval_fid_task_") for k in out):
             protocols.append("eval_fid_task_j: FID of the samples of task j's classes against the reference images "
                              "of task j's classes (same features)")
+        out["eval_features"] = self.features.name  # what makes two FIDs comparable (the weights' hash included)
         out["eval_samples"] = len(samples)
         out["eval_ref_images"] = len(ref)
         out["eval_sec"] = round(time.time() - t0, 3)

@@ -6,7 +6,9 @@ and recall; its logits give the class predictions of KLD / ARD / per-class accur
 once as ``.safetensors`` plus a ``.json`` beside it (architecture, data set, split, version, test
 accuracy), by default ``model/eval_classifier_{dataset}.safetensors``
 (``scripts/train_eval_classifier.py``). Domain FIDs are comparable only between runs that use the
-same classifier file: the protocol string names it, with its test accuracy.
+same classifier file: the protocol string names it, with its test accuracy and the sha256 of its
+weights (the first 12 hex digits). The classifiers of the presets ship in ``model/`` so that every
+machine measures with the same weights.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def load_domain_classifier(path: str, device=None) -> Tuple[DomainClassifier, Di
 class DomainFeatures(FeatureExtractor):
     """``pool`` = penultimate features, ``logits`` = class logits of a domain classifier."""
 
-    def __init__(self, model: DomainClassifier, meta: Optional[Dict] = None, path: str = ""):
+    def __init__(self, model: DomainClassifier, meta: Optional[Dict] = None, path: str = "", sha256: str = ""):
         super().__init__()
         self.model = model
         self.meta = meta or {}
@@ -192,8 +194,9 @@ class DomainFeatures(FeatureExtractor):
         self.predicts_dataset_classes = True
         acc = self.meta.get("test_accuracy")
         acc_s = f", test acc {acc:.4f}" if isinstance(acc, float) else ""
+        sha_s = f", sha256 {sha256[:12]}" if sha256 else ""
         self.name = (f"domain-cnn({self.meta.get('dataset', '?')} {self.meta.get('split', '?')}, "
-                     f"v{self.meta.get('version', '?')}{acc_s})")
+                     f"v{self.meta.get('version', '?')}{acc_s}{sha_s})")
 
     def describe(self) -> str:
         where = f" [{self.path}]" if self.path else ""
@@ -217,8 +220,10 @@ def build_domain(classifier_path: Optional[str] = None, dataset: Optional[str] =
         if not dataset:
             raise ValueError("the domain features need classifier_path (or the data set's name for the default path)")
         classifier_path = default_classifier_path(dataset)
+    from ..runtime.checkpoint import file_sha256
+
     model, meta = load_domain_classifier(classifier_path, device)
-    return DomainFeatures(model, meta, classifier_path)
+    return DomainFeatures(model, meta, classifier_path, sha256=file_sha256(classifier_path))
 
 
 def classifier_data(dataset: str, image_size: int, channels: int, data_dir: Optional[str] = None,

@@ -67,6 +67,15 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             f.write(data)
 
 
+def file_sha256(path: str) -> str:
+    """The sha256 of a file's bytes (read in blocks): what pins a teacher or an evaluation classifier."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_torch_save(obj: Any, path: str) -> Dict[str, Any]:
     """torch.save ``obj`` atomically; return the manifest entry (size, sha256)."""
     buf = io.BytesIO()
