@@ -338,3 +338,12 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
     # the curve and task 0 go first, two at once; then the runs that take task 0
     assert {rows[0]["label"], rows[1]["label"]} == {"curve_task0", "naive"}
     assert threads["naive"] == threads["joint"] == threads["gd_full"] == str(max(1, os.cpu_count() // 2))
+
+
+def test_the_report_names_the_evaluation_classifier_of_each_run():
+    proto = ("500 class-conditional EMA samples after task 0, 50 ancestral vs 100 mnist5k test images; "
+             "domain-cnn(mnist5k train, v1, test acc 0.9700), 64-d penultimate [model/x.safetensors]: fid")
+    assert bcl.features_of([{"eval_protocol": proto}]) == "domain-cnn(mnist5k train, v1, test acc 0.9700)"
+    named = "domain-cnn(mnist5k train, v1, test acc 0.9740, sha256 0123456789ab)"
+    assert bcl.features_of([{"eval_features": named, "eval_protocol": proto}]) == named
+    assert bcl.features_of([{"eval_protocol": "no extractor here"}, {}]) == ""

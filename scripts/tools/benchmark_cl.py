@@ -41,6 +41,7 @@ import copy
 import csv
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -609,6 +610,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         f"- date: {time.strftime('%Y-%m-%d %H:%M')}; "
         + ("" if wall_sec is None else f"wall clock of the suite command: {wall_sec / 60:.1f} min; ")
         + f"sum of the runs' process times: {total / 60:.1f} min",
+        *_features_line(specs),
         f"- seeds: {', '.join(map(str, suite.seeds))}; base config `{suite.base}` with `{suite.path}`'s settings "
         f"(every run's resolved config is in `{os.path.relpath(os.path.join(_abs(suite.out_dir), 'configs'), ROOT)}`)",
         "",
@@ -652,6 +654,48 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
 
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+_FEATURES = re.compile(r"[\w-]+\([^()]*test acc [^()]*\)")
+
+
+def features_of(rows_: List[Dict[str, str]]) -> str:
+    """The evaluation features a run's ``metrics.csv`` was measured with: its ``eval_features``, or
+    (runs from before that column) the extractor named in ``eval_protocol``; "" when unrecorded."""
+    for r in rows_:
+        if r.get("eval_features"):
+            return r["eval_features"]
+        m = _FEATURES.search(r.get("eval_protocol") or "")
+        if m:
+            return m.group(0)
+    return ""
+
+
+def _features_line(specs: List[RunSpec]) -> List[str]:
+    """A line naming the evaluation classifier(s) the diffusion runs were measured with: FIDs under two
+    classifiers do not compare exactly, so a suite measured with more than one says so, with the runs
+    of each and the real-data floor after task 0 under each."""
+    by: Dict[str, List[str]] = {}
+    floor: Dict[str, List[float]] = {}
+    for s in specs:
+        if s.kind != "continual":
+            continue
+        rows_ = read_csv(os.path.join(s.run_dir, "metrics.csv"))
+        if not rows_:
+            continue
+        f = features_of(rows_) or "unrecorded (recovered from an earlier report)"
+        by.setdefault(f, []).append(f"{s.label} s{s.seed}")
+        v = as_number(rows_[0].get("eval_fid_real"))
+        if v is not None:
+            floor.setdefault(f, []).append(v)
+    if len(by) <= 1:
+        return [f"- evaluation features: {next(iter(by))}"] if by else []
+    parts = [f"`{f}` ({len(runs)} runs" + (f"; real-data floor after task 0 {mean_std(floor[f])}" if f in floor else "")
+             + "): " + ", ".join(runs) for f, runs in sorted(by.items(), key=lambda kv: -len(kv[1]))]
+    return ["- evaluation features: **more than one evaluation classifier** measured these runs (it was trained "
+            "anew on each machine before it shipped in `model/`); FIDs under two classifiers agree only to within "
+            "the difference of their real-data floors (the floor, the same real images under each classifier, also tells an "
+            "unrecorded one apart): " + "; ".join(parts)]
 
 
 def _archive_line(suite: Suite, specs: List[RunSpec]) -> List[str]:
