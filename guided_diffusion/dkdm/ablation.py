@@ -310,8 +310,8 @@ def write_report(cfg, out_dir: str, rows: Dict[Key, Dict], command_line: str) ->
         pass
     protocol = next((r.get("eval_protocol") for r in rows.values() if r.get("eval_protocol")), "")
     lines = [f"# DKDM on {cfg.data.dataset}: dynamic iterative distillation against the data-free baseline", "",
-             f"- command: `{command_line}`", f"- teacher: `{cfg.dkdm.teacher_path}`; students: `model` of the config "
-             f"({ratio}); batch {cfg.train.batch_size}, {cfg.train.total_steps} steps each; chain "
+             f"- command: `{command_line}`", f"- teacher: `{cfg.dkdm.teacher_path}`; students: `model` of the config"
+             f"{f' ({ratio})' if ratio else ''}; batch {cfg.train.batch_size}, {cfg.train.total_steps} steps each; chain "
              f"{cfg.diffusion.timestep_respacing or cfg.diffusion.diffusion_steps} steps",
              f"- seeds: {', '.join(map(str, seeds))} (each: the students' initialisation, data order and cache, the "
              "baseline's teacher set, the evaluation's samples); cells are mean ± std over the seeds",
