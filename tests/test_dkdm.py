@@ -677,6 +677,9 @@ def test_ablation_verdicts_follow_the_benchmark_rule_over_seeds():
     v = ablation.verdicts(rows(dynamic=[40, 44, 39], baseline=[60, 65, 63], shuffled=[43, 47, 45],
                                iterative=[800, 850, 900]))
     assert "**confirmed**" in v[0] and "**not resolved**" in v[1]  # shuffled vs dynamic within the spread
+    v = ablation.verdicts(rows(dynamic=[40, 41, 39], baseline=[60, 65, 63], shuffled=[46, 47, 45]))
+    assert "iterative not measured yet" in v[1] and "**confirmed** for that pair" in v[1]
+    assert v[1].endswith("the order: **not resolved**.")
     v = ablation.verdicts(rows(dynamic=[70, 71], baseline=[60, 61]))
     assert len(v) == 1 and "**not confirmed**" in v[0]
     v = ablation.verdicts(rows(dynamic=[40], baseline=[60]))
