@@ -55,7 +55,10 @@ def main() -> int:
         if not rows:
             raise FileNotFoundError(f"no results.csv in {out}: run without --report-only first")
     else:
-        seeds = [int(x) for x in own.seeds.split(",") if x.strip()] if own.seeds else [cfg.seed]
+        try:
+            seeds = [int(x) for x in own.seeds.split(",") if x.strip()] or None  # None: the config's seed
+        except ValueError:
+            raise ValueError(f"--seeds {own.seeds!r}: comma-separated integers expected, e.g. --seeds 0,1,2") from None
         rows = ablation.run_ablation(cfg, out, modes, own.baseline_images, seeds=seeds)
     if dist_util.is_main():
         path = ablation.write_report(cfg, out, rows, "python " + " ".join(shlex.quote(a) for a in sys.argv))

@@ -206,9 +206,8 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
     grids = os.path.join(out_dir, "grids")
     os.makedirs(grids, exist_ok=True)
 
-    def evaluate(scfg, name: str, net, extra: Dict) -> None:
+    def evaluate(scfg, evaluator, name: str, net, extra: Dict) -> None:
         classes = list(range(setup.info.num_classes)) if setup.info.num_classes else [0]
-        evaluator = build_evaluator(scfg, log=log)
         cols = evaluator.evaluate(net, classes, setup.info.shape, device, f"of the {name}")
         row = {"model": name, "seed": scfg.seed,
                "params_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 3), **extra, **cols,
@@ -228,8 +227,9 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
 
     for seed in seeds:
         scfg_seed = dataclasses.replace(cfg, seed=seed)
+        evaluator = build_evaluator(scfg_seed, log=log)  # its samples follow the seed; one for the seed's rows
         if ("teacher", seed) not in rows:
-            evaluate(scfg_seed, "teacher", setup.teacher.net, {"train_steps": "", "teacher_nfe": ""})
+            evaluate(scfg_seed, evaluator, "teacher", setup.teacher.net, {"train_steps": "", "teacher_nfe": ""})
         for mode in modes:
             name = f"student_{mode}"
             if (name, seed) in rows:
@@ -248,7 +248,7 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
             ema = copy.deepcopy(loop.model)
             ema.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
             ema.eval()
-            evaluate(scfg, name, ema, {"train_steps": loop.step, "teacher_nfe": nfe})
+            evaluate(scfg, evaluator, name, ema, {"train_steps": loop.step, "teacher_nfe": nfe})
             logger.close()
             del loop, ema
     return rows
