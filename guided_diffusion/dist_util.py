@@ -56,7 +56,7 @@ __all__ = [
     "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank", "get_world_size", "get_local_rank",
     "is_main", "dev", "backend", "barrier", "broadcast_object", "all_gather_object", "all_reduce_mean",
     "all_gather_tensor", "sync_params", "load_state_dict", "main_first", "rank0_first",
-    "autocast_context", "expand_nodelist", "detect",
+    "expand_nodelist", "detect",
 ]
 
 # Environment variables that name an MPI rank / world size / local rank, by implementation.
@@ -577,22 +577,3 @@ def load_state_dict(path: str, map_location: Any = "cpu") -> Any:
     from .runtime.checkpoint import load_torch
 
     return load_torch(path, map_location)
-
-
-# ---------------------------------------------------------------------------------------- device tools
-
-_PRECISIONS = {
-    "fp32": None, "float32": None, "no": None,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
-}
-
-
-def autocast_context(device: Any, precision: str = "fp32"):
-    """``torch.autocast`` for ``precision`` "bf16"/"fp16" on ``device``'s type; a no-op for "fp32"."""
-    if precision not in _PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use 'fp32', 'bf16' or 'fp16'")
-    dtype = _PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

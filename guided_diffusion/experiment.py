@@ -19,6 +19,8 @@ from .energy import EnergyModel
 from .logger import Logger
 from .runtime.checkpoint import atomic_write_text
 from .runtime.config import Config, ConfigError, dump_config, to_dict
+from .runtime.precision import Precision, describe_cpu
+from .runtime.precision import resolve as resolve_precision
 from .sampling.classifier_free import null_class_of
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
@@ -45,6 +47,15 @@ class DataInfo:
 
 def run_dir_of(cfg: Config) -> str:
     return bf.join(cfg.out_dir, cfg.name)
+
+
+def precision_of(cfg: Config, device=None) -> Precision:
+    """The run's compute precision on ``device`` (default: the process's): ``train.precision`` and
+    ``train.memory_format`` resolved by ``runtime.precision.resolve``; the VAE generator trains in fp32.
+    Training (``TrainLoop``) and every sample set of the run (``sampling_spec``) use it."""
+    if cfg.generator == "vae":
+        return Precision(reason="generator: vae trains in fp32")
+    return resolve_precision(cfg.train.precision, cfg.train.memory_format, device or cfg.device or dist_util.dev())
 
 
 def init_process(cfg: Config) -> torch.device:
@@ -304,7 +315,7 @@ def sampling_spec(cfg: Config, image_shape, num_classes: int, *, respacing: str,
         eta=float(eta), clip_denoised=bool(clip_denoised) and codec is None,  # latents are not in [-1, 1]
         decode=codec.decode if codec is not None else None,
         guidance_scale=cfg.sample.guidance_scale if guidance_scale is None else float(guidance_scale),
-        null_class=null_class_of(cfg, num_classes), mcmc=mcmc, device=device,
+        null_class=null_class_of(cfg, num_classes), mcmc=mcmc, device=device, precision=precision_of(cfg, device),
     )
 
 
@@ -368,5 +379,6 @@ def describe(cfg: Config, info: DataInfo, model: torch.nn.Module, n_train: int) 
         f"run {cfg.name}: {cfg.data.dataset} ({n_train} train images, {info.num_classes} classes, "
         f"{info.channels}x{info.image_size}x{info.image_size}); {_network_name(cfg)} "
         f"{count_params(model) / 1e6:.2f}M params; "
-        f"world size {dist_util.get_world_size()}, device {dist_util.dev()}"
+        f"world size {dist_util.get_world_size()}, device {dist_util.dev()}; precision "
+        f"{precision_of(cfg).describe()}" + (f"; CPU {describe_cpu()}" if dist_util.dev().type == "cpu" else "")
     )

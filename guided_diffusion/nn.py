@@ -23,6 +23,12 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x):
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous():
+            # The CPU kernel takes bf16 input with fp32 weights and computes the statistics and the
+            # normalisation in fp32 itself (forward and backward): no casts of the activations.
+            with torch.autocast(device_type="cpu", enabled=False):
+                return F.group_norm(x, self.num_groups, self._cast(self.weight, torch.float32),
+                                    self._cast(self.bias, torch.float32), self.eps)
         dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = F.group_norm(x.to(dtype), self.num_groups, self._cast(self.weight, dtype),

@@ -34,6 +34,8 @@ from .resample import LossAwareSampler
 from .runtime import checkpoint as ckpt
 from .runtime import faults
 from .runtime.config import parse_ema_rates
+from .runtime.precision import Precision
+from .runtime.precision import resolve as resolve_precision
 from .runtime.seeding import seed_everything_for_step
 
 LOSS_WEIGHTINGS = ("none", "min_snr")
@@ -266,6 +268,8 @@ class TrainLoop:
         init_ema: optional {rate: state_dict} to start the EMA from (e.g. the previous task's).
         export_config: JSON-able model description saved beside the EMA safetensors exports.
         tag: a label (e.g. "task 2") used in messages.
+        precision: the forward's autocast and the network's layout (default: ``cfg.precision`` and
+            ``cfg.memory_format`` resolved for the device, ``runtime.precision.resolve``).
     """
 
     def __init__(
@@ -283,6 +287,7 @@ class TrainLoop:
         init_ema: Optional[Dict[float, Dict[str, torch.Tensor]]] = None,
         export_config: Optional[dict] = None,
         tag: str = "",
+        precision: Optional[Precision] = None,
     ):
         self.model = model
         self.data = data
@@ -308,12 +313,14 @@ class TrainLoop:
                 f"train.microbatch {cfg.microbatch} does not divide the per-rank batch {self.batch_per_rank} "
                 f"(batch_size {cfg.batch_size} / world size {self.world_size})"
             )
-        self.model.to(self.device)
+        self.precision = precision or resolve_precision(cfg.precision, getattr(cfg, "memory_format", "auto"),
+                                                        self.device)
+        self.precision.to_layout(self.model.to(self.device))  # channels_last: the weights, hence the EMA too
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.use_cuda = torch.device(self.device).type == "cuda"
-        self.opt = torch.optim.AdamW(  # fused on CUDA: one kernel for the whole update
+        self.opt = torch.optim.AdamW(  # fused on CUDA: one kernel for the whole update; foreach on the CPU
             self.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            fused=self.use_cuda,
+            fused=self.use_cuda, foreach=not self.use_cuda,
         )
         self.ema_rates = parse_ema_rates(cfg.ema_rate)
         names = [n for n, p in self.model.named_parameters() if p.requires_grad]
@@ -324,8 +331,7 @@ class TrainLoop:
             ]
         else:
             self.ema = [[p.detach().clone() for p in self.params] for _ in self.ema_rates]
-        self.precision = cfg.precision
-        self.scaler = torch.amp.GradScaler("cuda", enabled=(self.precision == "fp16" and self.use_cuda))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(self.precision.name == "fp16" and self.use_cuda))
         self.step = 0
         self._resume()
         # Wrap only after every rank has loaded its weights.
@@ -467,7 +473,7 @@ class TrainLoop:
             last = i == n_micro - 1
             sync = contextlib.nullcontext() if (last or not self.is_ddp) else self.ddp_model.no_sync()
             with sync:
-                with dist_util.autocast_context(self.device, self.precision):
+                with self.precision.autocast(self.device):
                     loss, terms = self.objective(self.ddp_model, x[sl], y[sl], ctx)
                 self.scaler.scale(loss / n_micro).backward()
             for k, v in list(terms.items()) + [("__loss", loss)]:

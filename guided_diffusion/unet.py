@@ -74,6 +74,26 @@ def double_backward_attention(enabled=True):
         _state.double_backward = prev
 
 
+def upcast_wanted():
+    return getattr(_state, "upcast", False)
+
+
+@contextlib.contextmanager
+def attention_upcast(enabled=True):
+    """Context in which the attention core (softmax(QK^T)V) of a bf16/fp16 forward runs in float32.
+
+    ``runtime.precision`` enters it on a CPU without AMX, where torch's bf16 flash-attention kernel is
+    slower than its fp32 one (backward 2-3x; docs/performance.md); projections stay in autocast's dtype.
+    Read when an attention block runs forward and passed to it, as ``double_backward_attention``.
+    """
+    prev = upcast_wanted()
+    _state.upcast = bool(enabled)
+    try:
+        yield
+    finally:
+        _state.upcast = prev
+
+
 def _check_backend(attention_backend):
     if attention_backend not in ATTENTION_BACKENDS:
         raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, got {attention_backend!r}")
@@ -137,9 +157,10 @@ class _QKVAttentionBase(nn.Module):
         self.n_heads = n_heads
         self.backend = backend
 
-    def forward(self, qkv, double_backward=False, encoder_kv=None):
+    def forward(self, qkv, double_backward=False, encoder_kv=None, upcast=False):
         """``encoder_kv`` [N, 2*H*ch, S]: keys and values of S encoder tokens (a text's), laid out as the
-        qkv's k and v (legacy: heads first), prepended to the image's keys and values (GLIDE)."""
+        qkv's k and v (legacy: heads first), prepended to the image's keys and values (GLIDE).
+        ``upcast``: compute softmax(QK^T)V in float32 and return it in qkv's dtype (``attention_upcast``)."""
         n, width, length = qkv.shape
         assert width % (3 * self.n_heads) == 0, f"qkv width {width} not divisible by 3 * {self.n_heads} heads"
         ch = width // (3 * self.n_heads)
@@ -155,10 +176,12 @@ class _QKVAttentionBase(nn.Module):
             ek, ev = self._split_encoder_kv(encoder_kv, n, ch)  # [N, H, ch, S] each
             k = torch.cat([ek.transpose(-1, -2), k], dim=2)
             v = torch.cat([ev.transpose(-1, -2), v], dim=2)
-        if double_backward:
-            a = _softmax_attention(q, k, v)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v)
+        dtype = q.dtype
+        if upcast and dtype in (torch.bfloat16, torch.float16):
+            q, k, v = q.float(), k.float(), v.float()
+        with torch.autocast(q.device.type, enabled=False) if upcast else contextlib.nullcontext():
+            a = _softmax_attention(q, k, v) if double_backward else F.scaled_dot_product_attention(q, k, v)
+        a = a.to(dtype)
         # [N, H, T, ch] -> [N, T, H*ch] (heads outermost, as ADM) -> [N, H*ch, T] view.
         return a.transpose(1, 2).reshape(n, length, self.n_heads * ch).transpose(1, 2)
 
@@ -239,7 +262,7 @@ class AttentionPool2d(nn.Module):
         if self.attention_backend == "einsum":
             return self.c_proj(self.attention(self.qkv_proj(x)))[:, :, 0]
         qkv = _conv1x1_linear(self.qkv_proj, x.transpose(1, 2)).transpose(1, 2)
-        a = self.attention(qkv, double_backward)
+        a = self.attention(qkv, double_backward, upcast=upcast_wanted())
         # c_proj acts token-wise and only token 0 is returned: project that token alone.
         return F.linear(a[:, :, 0], self.c_proj.weight.squeeze(-1), self.c_proj.bias)
 
@@ -445,9 +468,10 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x, encoder_out=None):
         """[N, C, ...] -> [N, C, ...]; ``encoder_out`` [N, D, S]: tokens to attend to as well."""
-        return checkpoint(self._forward, x, encoder_out, double_backward_wanted(), enabled=self.use_checkpoint)
+        return checkpoint(self._forward, x, encoder_out, double_backward_wanted(), upcast_wanted(),
+                          enabled=self.use_checkpoint)
 
-    def _forward(self, x, encoder_out, double_backward):
+    def _forward(self, x, encoder_out, double_backward, upcast):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         h = self.norm(x)
@@ -456,7 +480,7 @@ class AttentionBlock(nn.Module):
             h = self.proj_out(self.attention(self.qkv(h), encoder_kv=ekv))
         else:
             qkv = _conv1x1_linear(self.qkv, h.transpose(1, 2)).transpose(1, 2)
-            a = self.attention(qkv, double_backward, encoder_kv=ekv)
+            a = self.attention(qkv, double_backward, encoder_kv=ekv, upcast=upcast)
             h = _conv1x1_linear(self.proj_out, a.transpose(1, 2)).transpose(1, 2)
         return (x + h).reshape(b, c, *spatial)
 

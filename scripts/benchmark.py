@@ -1,22 +1,24 @@
 """Measure the UNet on the current device: params, FLOPs, training img/s, DDIM sampling img/s, memory.
 
 Usage:
-    python scripts/benchmark.py                           # all named configs, ours vs reference
+    python scripts/benchmark.py                           # all named configs: ADM's fp32, ours fp32, ours auto
     python scripts/benchmark.py --configs adm_cifar10 --batch 32 --iters 5
-    python scripts/benchmark.py --configs mnist --precision fp32 bf16
+    python scripts/benchmark.py --configs mnist_demo --precision fp32 bf16 --memory-format channels_last
 
-For each config it builds the model twice in one process and times them side by side:
-- ``reference``: a straightforward ADM implementation -- einsum attention on conv1d projections,
+For each config it builds the model once per path in one process and times the paths side by side:
+- ``reference fp32``: a straightforward ADM implementation -- einsum attention on conv1d projections,
   fp32 (``attention_backend=einsum``); on CUDA also ``ADM fp16``: ADM's own mixed precision (the
   torso cast to fp16 by ``convert_to_fp16``, fp32 master weights, a loss scale and its overflow
   check every step, as its ``MixedPrecisionTrainer``);
-- ``ours``: scaled_dot_product_attention with linear projections, under autocast at the given
-  precision (default bf16 on CUDA, fp32 on CPU: measured here, a CPU without bf16 instructions ran
-  the 1.1M mnist_demo UNet's bf16 training at 0.10x of fp32).
+- ``ours <precision>``: scaled_dot_product_attention with linear projections, in the precision and
+  layout that ``runtime.precision.resolve`` gives (``auto`` as ``train.precision: auto`` resolves on this
+  device: bf16 on CUDA and on a CPU with AVX512-BF16 or AMX, channels_last on AMX; fp32 elsewhere).
 Training = forward + backward + AdamW step on random data (median over ``--iters`` after a warm-up);
 sampling = DDIM steps (one forward each) under inference_mode, reported as DDIM-50 img/s.
+``GFLOP/s``: the training step's achieved rate (3 x forward FLOPs per image x img/s), beside the device's
+measured dense matmul peak in fp32 and bf16 (a 1024^2 matmul on CPU; printed first).
 On CUDA it also prints the MFU against the dense bf16 peak (``--peak-tflops``, H100/H200: 989).
-Ratios are what to read on a shared machine: both paths run in the same process, interleaved.
+Ratios are what to read on a shared machine: every path runs in the same process, interleaved.
 """
 
 import argparse
@@ -26,6 +28,7 @@ import time
 
 import torch
 
+from guided_diffusion.runtime.precision import FP32, describe_cpu, resolve
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model
 
 CONFIGS = {
@@ -40,7 +43,8 @@ CONFIGS = {
                   attention_resolutions="14", dropout=0.0, num_heads=4),
     # The model of yaml/mnist/*.yaml (the CPU continual demo).
     "mnist_demo": dict(image_size=28, in_channels=1, num_channels=32, num_res_blocks=1, channel_mult="1,2,2",
-                       attention_resolutions="7", num_head_channels=32, class_cond=True, num_classes=10),
+                       attention_resolutions="7", num_head_channels=32, norm_groups=8, class_cond=True,
+                       num_classes=10),
 }
 
 
@@ -57,10 +61,23 @@ def forward_flops(model, x, t, y):
     return counter.get_total_flops() / x.shape[0]
 
 
-def autocast(device, precision):
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+def matmul_peaks(device, n=1024, iters=10):
+    """Measured dense matmul rates (GFLOP/s) in fp32 and bf16: the ceiling a step's achieved rate is read
+    against (a CPU without native bf16 shows a low bf16 figure)."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        sync(device)
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            a @ b
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        out[name] = 2 * n**3 / statistics.median(times) / 1e9
+    return out
 
 
 def sync(device):
@@ -82,14 +99,18 @@ def images_per_second(step, batch, device, iters):
 
 
 def time_train(model, x, t, y, device, precision, iters):
+    """Training img/s of ``model`` under ``precision`` (a ``runtime.precision.Precision``; "adm_fp16": ADM's
+    own fp16 trainer), with the optimizer ``TrainLoop`` builds."""
     if precision == "adm_fp16":
         return time_train_adm_fp16(model, x, t, y, device, iters)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    precision.to_layout(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda", foreach=device.type != "cuda")
     target = torch.randn_like(x)
     kwargs = {"y": y} if y is not None else {}
+    x = precision.input(x)
 
     def step():
-        with autocast(device, precision):
+        with precision.autocast(device):
             out = model(x, t, **kwargs)
         loss = ((out.float() - target) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -133,15 +154,21 @@ def time_ddim(model, diffusion, x, y, device, precision, steps):
     kwargs = {"y": y} if y is not None else {}
     model.eval()
     indices = list(range(diffusion.num_timesteps))[::-1][:steps]
-    amp = autocast(device, "fp32" if precision == "adm_fp16" else precision)  # ADM's fp16 casts in the model
-    with torch.inference_mode(), amp:
+    precision = FP32 if precision == "adm_fp16" else precision  # ADM's fp16 casts in the model
+
+    def net(x_t, ts, **kw):  # as sampling_sets.sample_batch calls the network
+        with precision.autocast(device):
+            out = model(precision.input(x_t), ts, **kw)
+        return precision.output(out)
+
+    with torch.inference_mode():
         img = x.clone()
-        diffusion.ddim_sample(model, img, torch.full((x.shape[0],), indices[0], device=device), model_kwargs=kwargs)
+        diffusion.ddim_sample(net, img, torch.full((x.shape[0],), indices[0], device=device), model_kwargs=kwargs)
         sync(device)
         t0 = time.perf_counter()
         for i in indices:
-            out = diffusion.ddim_sample(model, img, torch.full((x.shape[0],), i, device=device), model_kwargs=kwargs)
-            img = out["sample"].float()
+            out = diffusion.ddim_sample(net, img, torch.full((x.shape[0],), i, device=device), model_kwargs=kwargs)
+            img = out["sample"]
         sync(device)
     model.train()
     per_step = (time.perf_counter() - t0) / len(indices)
@@ -161,8 +188,10 @@ def main():
     p.add_argument("--batch", type=int, default=32, help="training and sampling batch (default 32)")
     p.add_argument("--iters", type=int, default=5, help="timed iterations after a warm-up; the median (default 5)")
     p.add_argument("--ddim-steps", type=int, default=5, help="DDIM steps timed (reported as DDIM-50 img/s)")
-    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="default: bf16 on CUDA, fp32 on CPU (a CPU without AVX512-BF16/AMX runs bf16 ~10x slower)")
+    p.add_argument("--precision", nargs="+", default=["fp32", "auto"], choices=["auto", "fp32", "bf16", "fp16"],
+                   help="our paths' train.precision values (default: fp32 and auto, as auto resolves on this device)")
+    p.add_argument("--memory-format", nargs="+", default=["auto"], choices=["auto", "contiguous", "channels_last"],
+                   help="our paths' train.memory_format values (default: auto)")
     p.add_argument("--reference", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the straightforward ADM path (einsum attention, fp32)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for the MFU (CUDA)")
@@ -171,14 +200,24 @@ def main():
     p.add_argument("--compile", action="store_true", help="also time ours under torch.compile (train.compile: inductor)")
     args = p.parse_args()
     device = torch.device(args.device)
-    args.precision = args.precision or (["bf16"] if device.type == "cuda" else ["fp32"])
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
-          f"torch {torch.__version__}, batch {args.batch}, median of {args.iters}")
-    header = f"{'config':<12} {'path':<16} {'params':>8} {'GFLOP/img':>9} {'train img/s':>11} {'DDIM-50 img/s':>13} {'peak MB':>8}"
+    where = torch.cuda.get_device_name() if device.type == "cuda" else \
+        f"{torch.get_num_threads()} threads, CPU {describe_cpu()}"
+    peaks = matmul_peaks(device)
+    print(f"device {device} ({where}), torch {torch.__version__}, batch {args.batch}, median of {args.iters}; "
+          f"1024^2 matmul: fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s")
+    header = (f"{'config':<12} {'path':<30} {'params':>8} {'GFLOP/img':>9} {'train img/s':>11} {'GFLOP/s':>8} "
+              f"{'DDIM-50 img/s':>13} {'peak MB':>8}")
     if device.type == "cuda":
         header += f" {'MFU':>6}"
     print(header)
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="ddim50")
+    ours = {}  # label -> Precision, one per distinct resolved choice
+    for prec in args.precision:
+        for fmt in args.memory_format:
+            r = resolve(prec, fmt, device)
+            label = f"ours {prec}" + (f" {fmt}" if len(args.memory_format) > 1 else "")
+            if r not in ours.values():
+                ours[f"{label} ({r.name}{', channels_last' if r.channels_last else ''})" if prec == "auto" else label] = r
     records = []
     for name in args.configs:
         cfg = CONFIGS[name]
@@ -186,11 +225,11 @@ def main():
         x = torch.randn(args.batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"], device=device)
         t = torch.randint(0, 1000, (args.batch,), device=device)
         y = torch.randint(0, cfg.get("num_classes", 10), (args.batch,), device=device) if cfg.get("class_cond") else None
-        paths = [(f"ours {p}", "sdpa", p) for p in args.precision]
+        paths = [(label, "sdpa", r) for label, r in ours.items()]
         if args.compile:
-            paths += [(f"ours {p} compiled", "sdpa", p) for p in args.precision]
+            paths += [(f"{label} compiled", "sdpa", r) for label, r in ours.items()]
         if args.reference:
-            paths.insert(0, ("reference fp32", "einsum", "fp32"))
+            paths.insert(0, ("reference fp32", "einsum", FP32))
             if device.type == "cuda":
                 paths.insert(1, ("ADM fp16", "einsum", "adm_fp16"))
         results = {}
@@ -208,10 +247,12 @@ def main():
                              precision, args.ddim_steps)
             mem = peak_memory_mb(device)
             results[label] = (train, ddim)
+            gflops = 3 * flops * train / 1e9
             records.append({"config": name, "path": label, "params_m": n_params / 1e6, "gflop_per_img": flops / 1e9,
-                            "train_img_s": train, "ddim50_img_s": ddim, "peak_mb": mem,
+                            "train_img_s": train, "train_gflop_s": gflops, "ddim50_img_s": ddim, "peak_mb": mem,
+                            "precision": precision if isinstance(precision, str) else precision.describe(),
                             "mfu": 3 * flops * train / (args.peak_tflops * 1e12) if device.type == "cuda" else None})
-            line = (f"{name:<12} {label:<16} {n_params / 1e6:>7.2f}M {flops / 1e9:>9.3f} {train:>11.1f} "
+            line = (f"{name:<12} {label:<30} {n_params / 1e6:>7.2f}M {flops / 1e9:>9.3f} {train:>11.1f} {gflops:>8.0f} "
                     f"{ddim:>13.2f} {mem:>8.0f}")
             if device.type == "cuda":
                 line += f" {3 * flops * train / (args.peak_tflops * 1e12):>6.1%}"
@@ -221,15 +262,15 @@ def main():
             if ref in results:
                 for label, v in results.items():
                     if label not in ("reference fp32", "ADM fp16"):
-                        print(f"{name:<12} {label:<16} over {ref}: training {v[0] / results[ref][0]:.2f}x, "
+                        print(f"{name:<12} {label:<30} over {ref}: training {v[0] / results[ref][0]:.2f}x, "
                               f"DDIM {v[1] / results[ref][1]:.2f}x")
 
     if args.json:
         import json
 
         with open(args.json, "w") as f:
-            json.dump({"device": str(device), "torch": torch.__version__, "batch": args.batch, "rows": records}, f,
-                      indent=1)
+            json.dump({"device": str(device), "where": where, "torch": torch.__version__, "batch": args.batch,
+                       "matmul_gflop_s": peaks, "rows": records}, f, indent=1)
 
 
 if __name__ == "__main__":

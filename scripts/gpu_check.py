@@ -124,7 +124,7 @@ def main() -> int:
     else:
         bench = ["--configs", "mnist_demo", "adm_cifar10", "--batch", "128", "--iters", "10", "--ddim-steps", "10"]
         if cuda:
-            bench += ["--precision", "bf16", "fp16", "--compile"]
+            bench += ["--precision", "bf16", "fp16", "--memory-format", "contiguous", "channels_last", "--compile"]
     code_b, sec_b = _run([sys.executable, "scripts/benchmark.py", *bench, "--json", bench_json],
                          os.path.join(args.out, "benchmark.txt"), 90 if args.quick else 300)
     with open(os.path.join(args.out, "tests.txt")) as f:

@@ -56,7 +56,8 @@ def main() -> int:
                           random_flip=cfg.data.random_flip)
     objective = experiment.build_objective(cfg, diffusion, info.num_classes)
     loop = TrainLoop(model=model, data=data, cfg=cfg.train, run_dir=run_dir, objective=objective, seed=cfg.seed,
-                     logger=logger, device=device, export_config=experiment.export_config(cfg, info))
+                     logger=logger, device=device, export_config=experiment.export_config(cfg, info),
+                     precision=experiment.precision_of(cfg, device))
     loop.run()
     if cfg.train.sample_at_end > 0:
         # Sample with the EMA weights of the first rate, with the sampling section's respacing.

@@ -19,7 +19,9 @@ from guided_diffusion.continual.replay import (
     trailing_timesteps,
 )
 from guided_diffusion.continual.scenario import build_scenario
+from guided_diffusion import experiment
 from guided_diffusion.runtime.config import ConfigError, ContinualConfig, load_config
+from guided_diffusion.runtime.precision import describe_cpu
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.train_util import DiffusionObjective, StepContext
 
@@ -435,6 +437,9 @@ def test_two_task_run(tmp_path, method):
         rows = list(csv.DictReader(f))
     assert [r["task"] for r in rows] == ["0", "1"]
     assert all(float(r["sec_per_step"]) > 0 for r in rows)
+    # Each row records the precision it trained in (train.precision: auto, as it resolved here) and the CPU.
+    want = experiment.precision_of(cfg)
+    assert all(r["precision"] == want.name and r["cpu"] == describe_cpu() for r in rows)
     assert os.path.exists(f"{ctx.run_dir}/task_1/samples.png")
     if method.startswith(("generative", "gd_")) and method != "generative_replay_guide":
         assert float(rows[1]["final_replay_loss"]) > 0  # the replay term was trained on in task 1

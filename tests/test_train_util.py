@@ -60,12 +60,15 @@ def assert_same(a, b):
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(ob["state"][k][name]))
 
 
-def test_resume_is_bit_identical(tmp_path):
-    full = make_loop(tmp_path / "full")
+@pytest.mark.parametrize("precision", [("fp32", "contiguous"), ("bf16", "contiguous"), ("bf16", "channels_last")])
+def test_resume_is_bit_identical(tmp_path, precision):
+    """In every precision and layout: bf16 autocast is as deterministic on one machine as fp32."""
+    kw = dict(precision=precision[0], memory_format=precision[1])
+    full = make_loop(tmp_path / "full", **kw)
     full.run()
-    part = make_loop(tmp_path / "part", steps=3)
+    part = make_loop(tmp_path / "part", steps=3, **kw)
     part.run()
-    resumed = make_loop(tmp_path / "part", steps=6)
+    resumed = make_loop(tmp_path / "part", steps=6, **kw)
     assert resumed.step == 3
     resumed.run()
     assert resumed.step == 6
@@ -92,8 +95,8 @@ def det_objective(model, x, y, ctx):
 
 def test_microbatches_match_full_batch(tmp_path):
     # No clipping, and gradients compared directly: AdamW alone would hide a wrong scale.
-    a = make_loop(tmp_path / "a", steps=1, microbatch=-1, objective=det_objective, grad_clip=0)
-    b = make_loop(tmp_path / "b", steps=1, microbatch=2, objective=det_objective, grad_clip=0)
+    a = make_loop(tmp_path / "a", steps=1, microbatch=-1, objective=det_objective, grad_clip=0, precision="fp32")
+    b = make_loop(tmp_path / "b", steps=1, microbatch=2, objective=det_objective, grad_clip=0, precision="fp32")
     for loop in (a, b):
         loop.model.eval()  # no dropout
     a.run_step(*next(a.data))

@@ -37,6 +37,7 @@ from ..image_util import save_grid
 from ..logger import read_csv
 from ..runtime import checkpoint as ckpt
 from ..runtime.config import ConfigError, dump_config, parse_ema_rates
+from ..runtime.precision import describe_cpu
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
 from ..train_util import PreemptionFlag, TrainLoop
@@ -216,7 +217,8 @@ class DiffusionLearner(TaskLearner):
         loop = TrainLoop(model=ctx.model, data=data, cfg=tcfg, run_dir=tdir, objective=method.objective(task, self.base),
                          seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=self.logger, device=ctx.device,
                          hooks=method.hooks(task), init_ema=self.ema_state,
-                         export_config=experiment.export_config(cfg, ctx.info), tag=f"task {task.index}")
+                         export_config=experiment.export_config(cfg, ctx.info), tag=f"task {task.index}",
+                         precision=experiment.precision_of(cfg, ctx.device))
         start_step = loop.step
         t1 = time.time()
         loop.run()
@@ -230,7 +232,9 @@ class DiffusionLearner(TaskLearner):
                "seen_classes": len(task.seen_classes), "steps": task.num_steps, "images": len(xt),
                "before_task_sec": round(t_before, 3), "train_sec": round(train_sec, 3),
                "steps_this_run": task.num_steps - start_step,
-               "after_task_sec": round(t_after, 3)}
+               "after_task_sec": round(t_after, 3), "precision": loop.precision.name,
+               "memory_format": "channels_last" if loop.precision.channels_last else "contiguous",
+               "cpu": describe_cpu() if ctx.device.type == "cpu" else ""}
         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
         reused = first_task_results(cfg, cfg.continual.init_from) if copies_first else None
         if reused is not None:  # the same weights, seeds and settings: the same grid and numbers

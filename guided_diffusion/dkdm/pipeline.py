@@ -69,7 +69,7 @@ def prepare(cfg: Config, device, logger) -> dict:
     s = build_setup(cfg, device)
     logger.log(describe(cfg, s))
     return prepare_cache(s.teacher.net, s.teacher.diffusion, s.spec, s.cache_dir, prepare_batch=cfg.dkdm.prepare_batch,
-                         device=device, logger=logger)
+                         device=device, logger=logger, precision=experiment.precision_of(cfg, device))
 
 
 class EmptyBatches:
@@ -93,7 +93,7 @@ def train(cfg: Config, device, logger):
     if header is None:
         logger.log(f"no complete cache in {s.cache_dir}: preparing it first")
         prepare_cache(s.teacher.net, s.teacher.diffusion, s.spec, s.cache_dir, prepare_batch=cfg.dkdm.prepare_batch,
-                      device=device, logger=logger)
+                      device=device, logger=logger, precision=experiment.precision_of(cfg, device))
     else:
         check_key(header, s.spec.key(), s.cache_dir)
     cache = DynamicCache.open(s.cache_dir)

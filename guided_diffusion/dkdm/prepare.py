@@ -27,6 +27,7 @@ import torch
 from .. import dist_util
 from ..logger import progress_bar
 from ..runtime import faults
+from ..runtime.precision import FP32, Precision
 from ..runtime.seeding import step_seed
 from ..train_util import Preempted, PreemptionFlag, preemption_requested
 from .format import (
@@ -97,8 +98,9 @@ def shard_nfe(spec: CacheSpec, index: int, count: int) -> int:
 
 
 def prepare_shard(teacher, diffusion, spec: CacheSpec, index: int, count: int, *, prepare_batch: int, device,
-                  on_nfe=None):
-    """(x, t, y) of shard ``index``: every entry run from x_T down to its own stopping state."""
+                  on_nfe=None, precision: Precision = FP32):
+    """(x, t, y) of shard ``index``: every entry run from x_T down to its own stopping state (the teacher's
+    forwards under ``precision``'s autocast)."""
     g, stop, y, x = shard_draws(spec, index, count)
     x = x.to(device)
     y_dev = y.to(device) if y is not None else None
@@ -110,8 +112,9 @@ def prepare_shard(teacher, diffusion, spec: CacheSpec, index: int, count: int, *
         for part in active.split(prepare_batch):
             noise = torch.randn((len(part), *spec.shape), generator=g).to(device)
             t = torch.full((len(part),), k, dtype=torch.long, device=device)
-            x[part], _ = teacher_step(teacher, diffusion, x[part], t, None if y_dev is None else y_dev[part], noise,
-                                      spec.clip_denoised)
+            with precision.autocast(device):
+                x[part], _ = teacher_step(teacher, diffusion, x[part], t, None if y_dev is None else y_dev[part],
+                                          noise, spec.clip_denoised)
             if on_nfe is not None:
                 on_nfe(len(part))
     return x.cpu(), stop, y
@@ -119,8 +122,9 @@ def prepare_shard(teacher, diffusion, spec: CacheSpec, index: int, count: int, *
 
 def prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepare_batch: int = 256, device=None,
                   rank: Optional[int] = None, world_size: Optional[int] = None, logger=None,
-                  show_progress: Optional[bool] = None) -> Dict[str, Any]:
+                  show_progress: Optional[bool] = None, precision: Precision = FP32) -> Dict[str, Any]:
     """Prepare (or finish, or reuse) the cache of ``spec`` in ``cache_dir``; collective over ranks.
+    ``precision``: the teacher's forwards (a run's ``experiment.precision_of``).
 
     Returns stats: ``nfe`` and ``seconds`` (this call, all ranks), ``shards_done`` /
     ``shards_skipped`` (this rank), ``complete_before`` (the cache already existed). SIGTERM/SIGUSR1
@@ -129,13 +133,14 @@ def prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepar
     flag = PreemptionFlag()  # standalone (scripts/dynamic_prepare.py) or nested in a continual run's
     try:
         return _prepare_cache(teacher, diffusion, spec, cache_dir, prepare_batch=prepare_batch, device=device,
-                              rank=rank, world_size=world_size, logger=logger, show_progress=show_progress)
+                              rank=rank, world_size=world_size, logger=logger, show_progress=show_progress,
+                              precision=precision)
     finally:
         flag.close()
 
 
 def _prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepare_batch, device, rank, world_size,
-                   logger, show_progress) -> Dict[str, Any]:
+                   logger, show_progress, precision) -> Dict[str, Any]:
     import os
 
     rank = dist_util.get_rank() if rank is None else rank
@@ -176,7 +181,7 @@ def _prepare_cache(teacher, diffusion, spec: CacheSpec, cache_dir: str, *, prepa
         a, b = ranges[i]
         t0 = time.time()
         x, t, y = prepare_shard(teacher, diffusion, spec, i, b - a, prepare_batch=prepare_batch, device=device,
-                                on_nfe=bar.update)
+                                on_nfe=bar.update, precision=precision)
         write_shard(cache_dir, i, a, x, t, y, key)
         faults.point("cache_prepare")
         nfe = int((spec.T - t).sum())

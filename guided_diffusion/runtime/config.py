@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from .precision import MEMORY_FORMATS, PRECISIONS
+
 
 class ConfigError(ValueError):
     """A configuration problem, with a message meant for the user as-is."""
@@ -109,7 +111,8 @@ class TrainConfig:
     loss_weighting: str = "none"  # none (ADM) | min_snr: loss x min(SNR, gamma)/SNR (Hang et al. 2023)
     min_snr_gamma: float = 5.0
     uncond_p: float = 0.0  # classifier-free guidance: label dropout to a null class (class_cond models)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 uses a GradScaler)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler). auto: bf16 where the device runs it natively (CUDA, a CPU with AVX512-BF16 or AMX), else fp32 (runtime/precision.py)
+    memory_format: str = "auto"  # auto | contiguous | channels_last: the network's layout (auto: channels_last with bf16 on an AMX CPU, where oneDNN needs it)
     compile: str = ""  # torch.compile the training forward: "" (off) | inductor (GPUs) | eager | aot_eager (checks)
     nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does
     log_interval: int = 10
@@ -535,7 +538,8 @@ def validate(cfg: Config, where: str = "config") -> None:
         "train.lr_schedule": (cfg.train.lr_schedule, ("constant", "linear", "cosine")),
         "train.schedule_sampler": (cfg.train.schedule_sampler, ("uniform", "loss-second-moment")),
         "train.loss_weighting": (cfg.train.loss_weighting, ("none", "min_snr")),
-        "train.precision": (cfg.train.precision, ("fp32", "bf16", "fp16")),
+        "train.precision": (cfg.train.precision, PRECISIONS),
+        "train.memory_format": (cfg.train.memory_format, MEMORY_FORMATS),
         "train.compile": (cfg.train.compile, ("", "inductor", "eager", "aot_eager")),
         "train.nan_policy": (cfg.train.nan_policy, ("stop", "skip")),
         "classifier.pool": (cfg.classifier.pool, ("adaptive", "attention", "spatial", "spatial_v2")),
@@ -642,8 +646,8 @@ def _validate_vae(cfg: Config, bad) -> None:
         bad("generator: vae is Masip's unconditional VAE: set model.class_cond false")
     if cfg.train.uncond_p > 0 or cfg.sample.guidance_scale != 1.0:
         bad("generator: vae has no classifier-free guidance: leave train.uncond_p at 0 and sample.guidance_scale at 1")
-    if cfg.train.precision != "fp32" or cfg.model.use_fp16:
-        bad("generator: vae trains in fp32 (train.precision fp32, model.use_fp16 false)")
+    if cfg.train.precision not in ("auto", "fp32") or cfg.model.use_fp16:
+        bad("generator: vae trains in fp32 (train.precision auto or fp32, model.use_fp16 false)")
 
 
 def _validate_text(cfg: Config, bad) -> None:

@@ -22,6 +22,7 @@ import torch
 from .. import dist_util
 from ..energy import is_energy_model
 from ..image_util import to_uint8
+from ..runtime.precision import FP32, Precision
 from ..runtime.seeding import step_seed
 from .classifier_free import cfg_model, composed_model
 from .mcmc import MCMCSettings, sample_loop
@@ -43,6 +44,7 @@ class SamplingSpec:
     mcmc: Optional[MCMCSettings] = None
     device: Any = None
     decode: Optional[Callable] = None  # latent diffusion: latents -> images in [-1, 1] (latent.LatentCodec)
+    precision: Precision = FP32  # the network's forward: autocast dtype and layout (runtime.precision)
 
 
 def draw_labels(n: int, generator: torch.Generator, classes: Optional[Sequence[int]], class_label: int = -1):
@@ -69,8 +71,12 @@ def sample_batch(
     device=None,
     progress: bool = False,
     mcmc: Optional[MCMCSettings] = None,
+    precision: Precision = FP32,
 ) -> torch.Tensor:
     """One batch of images in [-1, 1], (N,C,H,W).
+
+    ``precision``: the network's forwards run under its autocast and layout and return float32; the
+    sampler's own arithmetic, guidance and MCMC corrections stay float32.
 
     ``y`` goes into ``model_kwargs`` (so a ``cond_fn`` sees it); the model itself receives it only
     when ``class_cond`` (an unconditional model guided by a classifier toward ``y``, as ADM).
@@ -83,7 +89,10 @@ def sample_batch(
     net = model
 
     def model_fn(x, t, y=None, **kw):
-        return net(x, t, y=y, **kw) if class_cond else net(x, t, **kw)
+        with precision.autocast(device):
+            x = precision.input(x)
+            out = net(x, t, y=y, **kw) if class_cond else net(x, t, **kw)
+        return precision.output(out)
 
     direct = getattr(net, "direct_sampler", False)  # a generator that decodes noise in one pass (the VAE)
     solver = "" if direct else getattr(diffusion, "sampler", "")
@@ -212,7 +221,7 @@ def sample_set(
         x = sample_batch(
             model, spec.diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=spec.use_ddim,
             eta=spec.eta, clip_denoised=spec.clip_denoised, cond_fn=cond_fn, noise=noise, device=spec.device,
-            mcmc=spec.mcmc,
+            mcmc=spec.mcmc, precision=spec.precision,
         )
         if spec.decode is not None:
             x = spec.decode(x)

@@ -36,7 +36,7 @@ from ...dkdm.cache import DynamicCache, TeacherBatch
 from ...dkdm.objective import teacher_losses
 from ...dkdm.prepare import MODES, CacheSpec, cache_size, prepare_cache
 from ...dkdm.teacher import state_sha256
-from ...experiment import build_diffusion
+from ...experiment import build_diffusion, precision_of
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ..base import ContinualMethod, register_method
@@ -179,7 +179,7 @@ class DynamicDistillation(ContinualMethod):
         cache_dir = os.path.join(ctx.task_dir(task), "dkdm_cache")
         start = time.time()
         stats = prepare_cache(teacher, self.chain, spec, cache_dir, prepare_batch=m.prepare_batch,
-                              device=ctx.device, logger=ctx.logger)
+                              device=ctx.device, logger=ctx.logger, precision=precision_of(ctx.cfg, ctx.device))
         if not stats["complete_before"]:
             ctx.logger.log(f"task {task.index}: dynamic cache of {self.n_total} entries "
                            f"({m.mode}, T' = {self.chain.num_timesteps}) prepared in {time.time() - start:.1f}s, "

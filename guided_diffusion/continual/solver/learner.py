@@ -128,7 +128,7 @@ class Solver(TaskLearner):
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
             xs = sample_batch(model, diffusion, (len(yc), *shape), y=yc, class_cond=self.cfg.model.class_cond,
                               use_ddim=self.s.use_ddim, cond_fn=cond_fn, noise=noise, device=self.device,
-                              clip_denoised=codec is None)
+                              clip_denoised=codec is None, precision=experiment.precision_of(self.cfg, self.device))
             chunks.append((codec.decode(xs) if codec is not None else xs).detach().clone())
         self.clf.train()
         if self.nclf is not None:
