@@ -28,8 +28,10 @@ Options (aliases of the config's sample section):
                                   conditionals (Du et al. 2023); arr_1 holds the first label
     --mcmc ula|uha|mala|cha       MCMC corrections after each reverse step (mala, cha: energy
                                   models, model.parameterization energy); --mcmc_steps K
-                                  --mcmc_step_size c (step c * beta_t) --mcmc_start_t t (from
-                                  timestep t down; -1 all) --mcmc_damping --mcmc_leapfrog_steps
+                                  --mcmc_step_size c (step c * beta_t) --mcmc_start_t t (after
+                                  the steps from timesteps >= t, as Continual-Diffusers; default
+                                  50, 0 all) --mcmc_damping --mcmc_leapfrog_steps --mcmc_mass
+                                  beta|unit (Hamiltonian mass: beta_t as Continual-Diffusers)
 
 Writes samples_{N}x{H}x{W}x{C}.npz (arr_0 uint8 NHWC, arr_1 int64 labels) and
 samples_{N}x{H}x{W}x{C}.png, and prints the cost: seconds per image and model evaluations per
@@ -81,6 +83,7 @@ ALIASES = {
     "mcmc_start_t": "sample.mcmc_start_t",
     "mcmc_damping": "sample.mcmc_damping",
     "mcmc_leapfrog_steps": "sample.mcmc_leapfrog_steps",
+    "mcmc_mass": "sample.mcmc_mass",
     "seed": "seed",
 }
 

@@ -303,7 +303,7 @@ def test_cha_acceptance_is_the_analytic_hamiltonian_ratio():
     x = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 1.0], [-2.0, -5.0]], dtype=F64)
     v0 = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.5, 0.5], [-1.0, 2.0]], dtype=F64)
     torch.manual_seed(5)
-    r = cha_step(x, gauss, eps, v=v0, damping=damping, leapfrog_steps=L)
+    r = cha_step(x, gauss, np.sqrt(2 * eps), v=v0, damping=damping, leapfrog_steps=L)
     torch.manual_seed(5)
     z = torch.randn_like(x).numpy()
     u = torch.rand(x.shape[0]).numpy()
@@ -323,6 +323,83 @@ def test_cha_acceptance_is_the_analytic_hamiltonian_ratio():
     np.testing.assert_array_equal(r.accepted.numpy(), acc)
     np.testing.assert_allclose(r.x.numpy(), np.where(acc[:, None], xp, x.numpy()))
     np.testing.assert_allclose(r.v.numpy(), np.where(acc[:, None], vp, -v))  # rejected: momentum flipped
+
+
+def test_leapfrog_with_continual_diffusers_mass_by_hand():
+    """Continual-Diffusers' Hamiltonian step at a level with beta: mass M = beta, leapfrog step h = c beta.
+    On the standard normal (score -x), one UHA step with a full refresh (damping 0) and one leapfrog
+    step, worked by hand: v0 = M z, v_half = v0 - (h/2) x, x1 = x + h v_half / M^2
+    = (1 - c^2/2) x + c z: the position moves by c z whatever beta (c = 0.1: about 0.1)."""
+    std_normal = lambda x: (None, -x)  # noqa: E731
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.0]], dtype=F64)
+    for beta in (1e-4, 0.02):
+        st = MCMCSettings("uha", steps=1, step_size=0.1, damping=0.0, leapfrog_steps=1)
+        h, mass = st.hamiltonian(beta)
+        assert (h, mass) == (pytest.approx(0.1 * beta), beta)
+        torch.manual_seed(3)
+        r = uha_step(x, std_normal, h, damping=0.0, leapfrog_steps=1, mass=mass)
+        torch.manual_seed(3)
+        z = torch.randn_like(x)
+        torch.testing.assert_close(r.x, (1 - 0.1**2 / 2) * x + 0.1 * z)
+        # v1 = v_half + (h/2) score(x1)
+        torch.testing.assert_close(r.v, beta * z - 0.05 * beta * x - 0.05 * beta * r.x)
+    # This project's earlier choice, mass: unit: h = sqrt(2 c beta), x1 = x + h z - (h^2/2) x.
+    st = MCMCSettings("uha", step_size=0.1, mass="unit")
+    h, mass = st.hamiltonian(0.02)
+    assert (h, mass) == (pytest.approx(np.sqrt(2 * 0.1 * 0.02)), 1.0)
+    torch.manual_seed(3)
+    r = uha_step(x, std_normal, h, damping=0.0, leapfrog_steps=1, mass=mass)
+    torch.manual_seed(3)
+    z = torch.randn_like(x)
+    torch.testing.assert_close(r.x, x + h * z - h**2 / 2 * x)
+
+
+def test_cha_with_mass_accepts_by_the_mass_weighted_hamiltonian():
+    """H = -log p + |v|^2 / (2 M^2): with M = beta the acceptance is the analytic ratio of that H."""
+    beta, L = 0.05, 2
+    st = MCMCSettings("cha", step_size=0.3, damping=0.0, leapfrog_steps=L)
+    h, mass = st.hamiltonian(beta)
+    x = torch.tensor([[0.0, 0.0], [1.0, -2.0], [3.0, 1.0], [-2.0, -5.0]], dtype=F64)
+    torch.manual_seed(7)
+    r = cha_step(x, gauss, h, damping=0.0, leapfrog_steps=L, mass=mass)
+    torch.manual_seed(7)
+    v = mass * torch.randn_like(x).numpy()
+    u = torch.rand(x.shape[0]).numpy()
+    xp, vp = x.numpy().copy(), v.copy()
+    for _ in range(L):
+        vp = vp + 0.5 * h * np_score(xp)
+        xp = xp + h * vp / mass**2
+        vp = vp + 0.5 * h * np_score(xp)
+    H0 = -np_logpdf(x.numpy(), MU, COV) + 0.5 * (v**2).sum(1) / mass**2
+    H1 = -np_logpdf(xp, MU, COV) + 0.5 * (vp**2).sum(1) / mass**2
+    alpha = np.minimum(1.0, np.exp(H0 - H1))
+    np.testing.assert_allclose(r.proposal.numpy(), xp, rtol=1e-12)
+    np.testing.assert_allclose(r.accept_prob.numpy(), alpha, rtol=1e-10)
+    np.testing.assert_array_equal(r.accepted.numpy(), u < alpha)
+
+
+def test_mcmc_interval_is_continual_diffusers_by_hand(monkeypatch):
+    """Respacing "10" of 1000 steps keeps 0, 111, ..., 888, 999. With start_t 500 the steps from 999, 888,
+    777, 666 and 555 are followed by corrections (Continual-Diffusers: ``t >= start``), each at the level
+    the sample reaches (888, ..., 444); none below (the earlier rule here, t <= start, picked the other
+    steps). start_t 0: every step but the last, whose sample is x_0."""
+    from guided_diffusion.sampling import mcmc
+
+    diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="10")
+    kept = [int(t) for t in diffusion.timestep_map]
+    assert kept == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    levels = []
+    real = mcmc.level_target
+    monkeypatch.setattr(mcmc, "level_target", lambda d, j, *a, **k: levels.append(kept[j]) or real(d, j, *a, **k))
+    fn = lambda x, t, **kw: 0.1 * x  # noqa: E731
+    for start, want in ((500, [888, 777, 666, 555, 444]), (0, [888, 777, 666, 555, 444, 333, 222, 111, 0]),
+                        (999, [888]), (1000, [])):
+        levels.clear()
+        st = MCMCSettings("ula", steps=1, start_t=start)
+        sample_loop(diffusion, fn, (2, 1, 2, 2), st, predict=fn)
+        assert levels == want, start
+        assert st.stats.get("corrected_levels", 0) == len(want)
+    assert MCMCSettings().start_t == 50 and MCMCSettings().mass == "beta"  # Continual-Diffusers' defaults
 
 
 def run_chain(step_fn, n_steps=300, n=4000, **kw):
@@ -345,12 +422,12 @@ def _ula(x, target, state, v, step_size):
     return ula_step(x, target, step_size)
 
 
-def _cha(x, target, state, v, step_size):
-    return cha_step(x, target, step_size, v, damping=0.9, leapfrog_steps=3, state=state)
+def _cha(x, target, state, v, step_size):  # unit mass, the leapfrog step of Langevin's eps
+    return cha_step(x, target, np.sqrt(2 * step_size), v, damping=0.9, leapfrog_steps=3, state=state)
 
 
 def _uha(x, target, state, v, step_size):
-    return uha_step(x, target, step_size, v, damping=0.9, leapfrog_steps=3, state=state)
+    return uha_step(x, target, np.sqrt(2 * step_size), v, damping=0.9, leapfrog_steps=3, state=state)
 
 
 @pytest.mark.parametrize("name,step_fn", [("mala", _mala), ("cha", _cha)])
@@ -413,9 +490,9 @@ def test_mcmc_corrections_drive_a_level_to_the_exact_marginal():
         torch.manual_seed(1)
         x = 3.0 * torch.randn(2000, 1, 2, 2)
         target = level_target(diffusion, index, model, model.energy_and_grad)
-        st = MCMCSettings(sampler, steps=60, step_size=0.1 * v_t)
+        st = MCMCSettings(sampler, steps=60, step_size=0.1 * v_t, mass="unit")
         with torch.no_grad():  # as in sampling
-            x = correct(x, target, st, st.step_size)
+            x = correct(x, target, st, 1.0)  # beta 1: Langevin step 0.1 v_t, leapfrog sqrt(0.2 v_t)
         assert not x.requires_grad
         var = float(x.var())
         assert abs(var - v_t) < 0.1 * v_t, (sampler, var, v_t)
@@ -428,13 +505,13 @@ def test_mcmc_corrections_drive_a_level_to_the_exact_marginal():
                                                ("cha", 5 * 3 + 1)])
 def test_sampling_with_mcmc_on_gaussian_data(sampler, per_level):
     # Ancestral sampling (DDPM, 25 respaced steps) of the exact model of Gaussian data N(0, 0.25):
-    # the coarse reverse steps alone overshoot the variance (about 0.29); corrections from original
-    # timestep 600 down pull it back to 0.25 (ULA's own step bias leaves part of the error).
+    # the coarse reverse steps alone overshoot the variance (about 0.29); corrections after every
+    # step pull it back to 0.25 (ULA's own step bias leaves part of the error).
     # Evaluations per corrected level are as documented.
     base = create_gaussian_diffusion(steps=1000)
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="25")
     model = EnergyModel(GaussianDataNet(0.25, base.alphas_cumprod), "l2")
-    st = MCMCSettings(sampler, steps=5, step_size=20.0, start_t=600)
+    st = MCMCSettings(sampler, steps=5, step_size=20.0, start_t=0, mass="unit")
     torch.manual_seed(0)
     x = sample_batch(model, diffusion, (3000, 1, 2, 2), class_cond=False, use_ddim=False, clip_denoised=False,
                      mcmc=st if sampler != "none" else None)
@@ -447,8 +524,7 @@ def test_sampling_with_mcmc_on_gaussian_data(sampler, per_level):
         assert 0.25 < var < 0.28
     else:
         assert abs(var - 0.25) < 0.012, var
-    levels = int(sum(int(diffusion.timestep_map[j]) <= 600 for j in range(diffusion.num_timesteps - 1)))
-    assert 0 < levels < diffusion.num_timesteps - 1
+    levels = diffusion.num_timesteps - 1  # every step but the last (to x_0)
     assert st.stats["reverse_steps"] == 25 and st.stats["corrected_levels"] == levels
     assert st.stats["mcmc_evals"] == levels * per_level
     if sampler in ("mala", "cha"):
@@ -704,7 +780,7 @@ def test_config_validation(overrides, match):
 def test_valid_configs():
     cfg = load_config(None, ["model.class_cond=true", "model.parameterization=energy", "train.uncond_p=0.1",
                              "sample.mcmc=cha", "sample.guidance_scale=2", "model.energy_form=l2"])
-    assert MCMCSettings.from_config(cfg.sample) == MCMCSettings("cha", 1, 0.1, -1, 0.9, 3)
+    assert MCMCSettings.from_config(cfg.sample) == MCMCSettings("cha", 1, 0.1, 50, 0.9, 3, "beta")
     cfg = load_config(None, ["model.class_cond=true", "sample.compose=3,8", "sample.compose_weights=1,0.5",
                              "sample.mcmc=uha"])
     assert cfg.sample.compose == [3, 8] and cfg.sample.compose_weights == [1.0, 0.5]
@@ -726,12 +802,12 @@ def test_image_sample_script_with_mcmc_and_composition(tmp_path, monkeypatch, ca
     ckpt.atomic_torch_save(model.state_dict(), path)
     cmd = [sys.executable, "scripts/image_sample.py", *over, "--model_path", path, "--num_samples", "4",
            "--batch_size", "4", "--timestep_respacing", "5", "--use_ddim", "false", "--mcmc", "mala", "--mcmc_steps",
-           "2", "--compose", "0,1", "--compose_weights", "1,1", "--out_dir", str(tmp_path / "s")]
+           "2", "--mcmc_start_t", "0", "--compose", "0,1", "--compose_weights", "1,1", "--out_dir", str(tmp_path / "s")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-3000:]
     line = next(ln for ln in p.stdout.splitlines() if ln.startswith("cost:"))
-    # 5 reverse steps; 4 corrected levels x (2 + 1) MALA evaluations
+    # 5 reverse steps; 4 corrected levels (start_t 0: after every step but the last) x (2 + 1) MALA evaluations
     assert "17 model evaluations per image (5 reverse steps + 12 mala evaluations at 4 levels)" in line, line
     assert "acceptance" in line
     data = np.load(tmp_path / "s" / "samples_4x8x8x1.npz")

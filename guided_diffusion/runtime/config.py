@@ -143,9 +143,10 @@ class SampleConfig:
     mcmc: str = "none"  # none | ula | uha (score or energy) | mala | cha (energy models): corrections per step
     mcmc_steps: int = 1  # MCMC steps after each reverse step
     mcmc_step_size: float = 0.1  # step size = this * beta_t of the training schedule
-    mcmc_start_t: int = -1  # correct at original timesteps <= this (-1: every step)
+    mcmc_start_t: int = 50  # correct after the reverse steps from original timesteps >= this (Continual-Diffusers' mcmc_sampler_start_timestep; 0: every step)
     mcmc_damping: float = 0.9  # uha/cha: momentum kept at each refresh
     mcmc_leapfrog_steps: int = 3  # uha/cha
+    mcmc_mass: str = "beta"  # uha/cha: beta (mass beta_t, leapfrog step mcmc_step_size * beta_t: Continual-Diffusers) | unit (unit mass, step sqrt(2 mcmc_step_size beta_t))
 
 
 @dataclass
@@ -668,7 +669,8 @@ def _validate_energy_guidance(cfg: Config, bad) -> None:
     m, s = cfg.model, cfg.sample
     for key, value, options in (("model.parameterization", m.parameterization, ("score", "energy")),
                                 ("model.energy_form", m.energy_form, ("dae", "l2")),
-                                ("sample.mcmc", s.mcmc, ("none", "ula", "uha", "mala", "cha"))):
+                                ("sample.mcmc", s.mcmc, ("none", "ula", "uha", "mala", "cha")),
+                                ("sample.mcmc_mass", s.mcmc_mass, ("beta", "unit"))):
         if value not in options:
             bad(f"{key} = {value!r} is not one of {', '.join(options)}{_closest(str(value), options)}")
     if m.parameterization == "energy" and cfg.diffusion.learn_sigma:

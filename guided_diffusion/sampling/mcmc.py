@@ -13,13 +13,22 @@ The samplers are plain functions on a *target* ``target(x) -> (log_p [N] or None
     cha_step    HMC with partial momentum refresh + Metropolis accept/reject, per sample
                 (generalised HMC, Horowitz 1991: a rejected move flips the momentum)
 
-Step sizes: ``eps_t = step_size * beta_t`` with beta_t of the *training* schedule at the original
-timestep (Continual-Diffusers' ``step_sizes_multiplier * betas``, default 0.1), the same whatever the
-sampler's respacing. The Hamiltonian samplers use unit mass and leapfrog step ``h = sqrt(2 eps_t)``,
-so one leapfrog step with a fully refreshed momentum is exactly the Langevin proposal of the same
-``eps_t`` (the reference instead sets the mass to beta_t^2, i.e. a position step of ``step_size``
-whatever t). ``mcmc_start_t``: corrections run at the levels whose original timestep is
-<= start_t (-1: at every level), i.e. from start_t down to the end of sampling.
+Step sizes and the interval follow Continual-Diffusers (``eval_utils.py``, ``samplers/energy_pipeline.py``):
+- ``eps_t = step_size * beta_t`` with beta_t of the *training* schedule at the level's original timestep
+  (their ``step_sizes = betas * step_sizes_multiplier``), the same whatever the sampler's respacing;
+  ULA and MALA step with it.
+- The Hamiltonian samplers (UHA, CHA) take leapfrog steps ``h_t = step_size * beta_t`` with the mass
+  ``M_t = beta_t`` (their ``mass_diag_sqrt = betas``: momenta drawn as ``M z``, positions moved by
+  ``h v / M^2``), so a position moves by about ``step_size`` per leapfrog step at every t
+  (``mass: beta``, the default). ``mass: unit`` is this project's earlier choice: unit mass and
+  ``h_t = sqrt(2 eps_t)``, where one leapfrog step with a fully refreshed momentum is exactly the
+  Langevin proposal of the same eps_t.
+- The interval: the reverse step from original timestep t is followed by corrections when
+  ``t >= start_t`` (their ``if t >= mcmc_sampler_start_timestep``, default 50): from the start of
+  sampling down to start_t, none below. The corrections target the level the sample is then at (the
+  next kept timestep; Continual-Diffusers scores it at t itself), so the step to x_0 gets none.
+- Acceptance (MALA, CHA) is per sample, and a rejected CHA move flips the momentum (Horowitz 1991);
+  Continual-Diffusers accepts or rejects the whole batch on one draw and keeps the momentum.
 
 Cost per corrected level, in model evaluations (each a forward, plus a backward for an energy
 model): ULA K; UHA K L + 1; MALA K + 1; CHA K L + 1 (the last gradient is reused across steps).
@@ -38,6 +47,7 @@ from ..energy import at_least_float32, is_energy_model
 
 SAMPLERS = ("none", "ula", "uha", "mala", "cha")
 METROPOLIS = ("mala", "cha")
+MASSES = ("beta", "unit")
 
 Target = Callable[[torch.Tensor], Tuple[Optional[torch.Tensor], torch.Tensor]]
 
@@ -92,47 +102,51 @@ def mala_step(x: torch.Tensor, target: Target, step_size: float, state: Tuple = 
     return MCMCStep(torch.where(m, prop, x), accept_prob, accepted, prop, new)
 
 
-def leapfrog(x: torch.Tensor, v: torch.Tensor, target: Target, h: float, n: int, score: torch.Tensor):
-    """``n`` leapfrog steps of size ``h`` (unit mass) from (x, v) with the score at x given.
-    Returns x, v, and (log_p, score) at the end."""
+def leapfrog(x: torch.Tensor, v: torch.Tensor, target: Target, h: float, n: int, score: torch.Tensor,
+             mass: float = 1.0):
+    """``n`` leapfrog steps of size ``h`` from (x, v) with the score at x given, for the kinetic energy
+    ``|v|^2 / (2 M^2)`` (``mass`` M: Continual-Diffusers' ``mass_diag_sqrt``, the same for every
+    coordinate). Returns x, v, and (log_p, score) at the end."""
     log_p = None
     for _ in range(n):
         v = v + 0.5 * h * score
-        x = x + h * v
+        x = x + h * v / mass**2
         log_p, score = target(x)
         v = v + 0.5 * h * score
     return x, v, (log_p, score)
 
 
-def _refresh(v: Optional[torch.Tensor], x: torch.Tensor, damping: float) -> torch.Tensor:
-    """Partial momentum refreshment ``damping * v + sqrt(1 - damping^2) z`` (a fresh N(0, I) if v is None)."""
-    z = torch.randn_like(x)
+def _refresh(v: Optional[torch.Tensor], x: torch.Tensor, damping: float, mass: float = 1.0) -> torch.Tensor:
+    """Partial momentum refreshment ``damping * v + sqrt(1 - damping^2) M z`` (a fresh N(0, M^2 I) if v is None)."""
+    z = torch.randn_like(x) * mass
     if v is None:
         return z
     return damping * v + math.sqrt(max(0.0, 1.0 - damping**2)) * z
 
 
-def uha_step(x: torch.Tensor, target: Target, step_size: float, v: Optional[torch.Tensor] = None,
-             damping: float = 0.9, leapfrog_steps: int = 3, state: Tuple = ()) -> MCMCStep:
+def uha_step(x: torch.Tensor, target: Target, h: float, v: Optional[torch.Tensor] = None,
+             damping: float = 0.9, leapfrog_steps: int = 3, state: Tuple = (), mass: float = 1.0) -> MCMCStep:
     """Unadjusted Hamiltonian: partial momentum refresh, then ``leapfrog_steps`` leapfrog steps of
-    size sqrt(2 eps); no accept/reject."""
+    size ``h`` with mass ``mass``; no accept/reject."""
     score = state[1] if state else target(x)[1]
-    v = _refresh(v, x, damping)
-    x, v, new = leapfrog(x, v, target, math.sqrt(2.0 * step_size), leapfrog_steps, score)
+    v = _refresh(v, x, damping, mass)
+    x, v, new = leapfrog(x, v, target, h, leapfrog_steps, score, mass)
     return MCMCStep(x, None, None, None, new, v)
 
 
-def cha_step(x: torch.Tensor, target: Target, step_size: float, v: Optional[torch.Tensor] = None,
-             damping: float = 0.9, leapfrog_steps: int = 3, state: Tuple = ()) -> MCMCStep:
-    """HMC with Metropolis correction (Du et al.'s "CHA"): partial momentum refresh, leapfrog, then
-    accept per sample with probability ``min(1, exp(H(x, v) - H(x', v')))``, ``H = -log p + |v|^2 / 2``.
-    A rejected sample keeps x and flips its (refreshed) momentum, which keeps detailed balance."""
+def cha_step(x: torch.Tensor, target: Target, h: float, v: Optional[torch.Tensor] = None,
+             damping: float = 0.9, leapfrog_steps: int = 3, state: Tuple = (), mass: float = 1.0) -> MCMCStep:
+    """HMC with Metropolis correction (Du et al.'s "CHA"): partial momentum refresh, leapfrog (step ``h``,
+    mass M), then accept per sample with probability ``min(1, exp(H(x, v) - H(x', v')))``,
+    ``H = -log p + |v|^2 / (2 M^2)``. A rejected sample keeps x and flips its (refreshed) momentum,
+    which keeps detailed balance."""
     log_p, score = state if state else target(x)
     if log_p is None:
         raise ValueError("CHA needs log-densities: use an energy model (model.parameterization: energy)")
-    v = _refresh(v, x, damping)
-    prop, v_prop, (log_p_prop, score_prop) = leapfrog(x, v, target, math.sqrt(2.0 * step_size), leapfrog_steps, score)
-    log_alpha = (log_p_prop - 0.5 * _sum(v_prop**2)) - (log_p - 0.5 * _sum(v**2))
+    v = _refresh(v, x, damping, mass)
+    prop, v_prop, (log_p_prop, score_prop) = leapfrog(x, v, target, h, leapfrog_steps, score, mass)
+    kinetic = lambda u: 0.5 * _sum(u**2) / mass**2  # noqa: E731
+    log_alpha = (log_p_prop - kinetic(v_prop)) - (log_p - kinetic(v))
     accept_prob = torch.exp(torch.clamp(log_alpha, max=0.0))
     accepted = torch.rand(x.shape[0]).to(x.device) < accept_prob
     m = _rows(accepted, x.dim())
@@ -198,10 +212,11 @@ class MCMCSettings:
 
     sampler: str = "none"  # none | ula | uha | mala | cha
     steps: int = 1  # K corrections after each reverse step
-    step_size: float = 0.1  # eps_t = step_size * beta_t (training schedule)
-    start_t: int = -1  # correct at original timesteps <= start_t (-1: every level)
+    step_size: float = 0.1  # eps_t = step_size * beta_t (training schedule); Hamiltonian: h_t = step_size * beta_t
+    start_t: int = 50  # correct after the reverse steps from original timesteps >= start_t (0: every step)
     damping: float = 0.9  # Hamiltonian samplers: momentum kept per refresh
     leapfrog_steps: int = 3
+    mass: str = "beta"  # Hamiltonian samplers: beta (M_t = beta_t, Continual-Diffusers) | unit (h_t = sqrt(2 eps_t))
     stats: Dict[str, float] = field(default_factory=dict)  # filled by sample_loop: evaluations, acceptance
 
     @classmethod
@@ -209,7 +224,16 @@ class MCMCSettings:
         """From a ``SampleConfig``; None when ``sample.mcmc`` is none."""
         if s.mcmc == "none":
             return None
-        return cls(s.mcmc, s.mcmc_steps, s.mcmc_step_size, s.mcmc_start_t, s.mcmc_damping, s.mcmc_leapfrog_steps)
+        return cls(s.mcmc, s.mcmc_steps, s.mcmc_step_size, s.mcmc_start_t, s.mcmc_damping, s.mcmc_leapfrog_steps,
+                   s.mcmc_mass)
+
+    def hamiltonian(self, beta: float) -> Tuple[float, float]:
+        """(leapfrog step h, mass M) at a level whose training-schedule beta is ``beta``."""
+        if self.mass == "beta":
+            return self.step_size * beta, beta
+        if self.mass == "unit":
+            return math.sqrt(2.0 * self.step_size * beta), 1.0
+        raise ValueError(f"unknown MCMC mass {self.mass!r}; valid: {', '.join(MASSES)}")
 
 
 def _original_timesteps(diffusion) -> np.ndarray:
@@ -221,19 +245,22 @@ def _training_betas(diffusion) -> np.ndarray:
     return np.asarray(diffusion.betas if betas is None else betas, dtype=np.float64)
 
 
-def correct(x: torch.Tensor, target: Target, settings: MCMCSettings, step_size: float) -> torch.Tensor:
-    """``settings.steps`` steps of ``settings.sampler`` on ``target`` from x; updates settings.stats."""
+def correct(x: torch.Tensor, target: Target, settings: MCMCSettings, beta: float) -> torch.Tensor:
+    """``settings.steps`` steps of ``settings.sampler`` on ``target`` from x at a level whose training
+    beta is ``beta`` (Langevin step ``settings.step_size * beta``; Hamiltonian: ``settings.hamiltonian``);
+    updates settings.stats."""
     state, v = (), None
     st = settings.stats
+    eps = settings.step_size * beta
     for _ in range(settings.steps):
         if settings.sampler == "ula":
-            r = ula_step(x, target, step_size)
+            r = ula_step(x, target, eps)
         elif settings.sampler == "mala":
-            r = mala_step(x, target, step_size, state)
-        elif settings.sampler == "uha":
-            r = uha_step(x, target, step_size, v, settings.damping, settings.leapfrog_steps, state)
-        elif settings.sampler == "cha":
-            r = cha_step(x, target, step_size, v, settings.damping, settings.leapfrog_steps, state)
+            r = mala_step(x, target, eps, state)
+        elif settings.sampler in ("uha", "cha"):
+            h, mass = settings.hamiltonian(beta)
+            step = uha_step if settings.sampler == "uha" else cha_step
+            r = step(x, target, h, v, settings.damping, settings.leapfrog_steps, state, mass)
         else:
             raise ValueError(f"unknown MCMC sampler {settings.sampler!r}; valid: {', '.join(SAMPLERS[1:])}")
         x, state, v = r.x, r.state, r.v
@@ -250,8 +277,8 @@ def sample_loop(diffusion, model, shape, settings: MCMCSettings, *, predict: Cal
 
     ``model``/``model_kwargs``/``cond_fn`` are as for ``diffusion.p_sample``; ``predict(x, t)`` and
     ``energy_and_grad(x, t)`` evaluate the (guided, composed) network for the MCMC targets.
-    After the reverse step at index i (i > 0) the sample is at level i - 1; it is corrected there
-    when that level's original timestep is <= ``settings.start_t`` (or start_t < 0).
+    After the reverse step at index i (i > 0) from original timestep t the sample is at level i - 1; it
+    is corrected there when t >= ``settings.start_t`` (Continual-Diffusers' interval).
     """
     if settings.sampler in METROPOLIS and energy_and_grad is None:
         raise ValueError(f"MCMC sampler {settings.sampler!r} needs an energy model (model.parameterization: energy)")
@@ -271,13 +298,13 @@ def sample_loop(diffusion, model, shape, settings: MCMCSettings, *, predict: Cal
                        **kwargs)["sample"]
             st["reverse_steps"] = st.get("reverse_steps", 0) + 1
             j = i - 1
-            if j < 0 or (settings.start_t >= 0 and orig_t[j] > settings.start_t):
+            if j < 0 or orig_t[i] < settings.start_t:
                 continue
             target = level_target(diffusion, j, predict, energy_and_grad, st)
-            img = correct(img, target, settings, settings.step_size * float(betas[orig_t[j]]))
+            img = correct(img, target, settings, float(betas[orig_t[j]]))
             st["corrected_levels"] = st.get("corrected_levels", 0) + 1
     return img
 
 
-__all__ = ["SAMPLERS", "METROPOLIS", "MCMCSettings", "MCMCStep", "ula_step", "uha_step", "mala_step", "cha_step",
+__all__ = ["SAMPLERS", "METROPOLIS", "MASSES", "MCMCSettings", "MCMCStep", "ula_step", "uha_step", "mala_step", "cha_step",
            "leapfrog", "log_density", "level_target", "correct", "sample_loop", "is_energy_model"]
