@@ -10,8 +10,9 @@ therefore needs no RNG state: a run resumed from step N computes exactly what th
 computed (bit-identical on CPU with a fixed thread count). Every rank loads the checkpoint before
 the model is wrapped in DDP, so multi-process resume cannot hang.
 
-Preemption. SIGTERM and SIGUSR1 (SLURM) ask for a checkpoint at the next step boundary; the loop
-then raises ``Preempted``, which scripts turn into exit code 0 and a message on how to resume.
+Preemption. SIGTERM, SIGUSR1 (SLURM) and SIGINT (Ctrl-C) ask for a checkpoint at the next step
+boundary; the loop then raises ``Preempted``, which scripts turn into exit code 0 and a message on how
+to resume. A second Ctrl-C stops at once (``KeyboardInterrupt``: exit 130, the last checkpoint kept).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import inspect
 import math
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -201,14 +203,15 @@ def lr_at(step: int, cfg) -> float:
 
 
 class PreemptionFlag:
-    """Remembers whether SIGTERM/SIGUSR1 arrived while it is open; ``close`` restores the handlers.
+    """Remembers whether SIGTERM/SIGUSR1/SIGINT arrived while it is open; ``close`` restores the handlers.
 
     Flags nest and share one state: the outermost installs the handlers and forgets old signals,
     inner ones (a ``TrainLoop.run`` inside the continual loop) see and keep what arrived, so a
     signal during a task's last step still stops the continual loop at its next boundary.
     """
 
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
+                                getattr(signal, "SIGINT", None)) if s)
     _depth = 0
     _received: Optional[str] = None
     _old: Dict[int, Any] = {}
@@ -226,7 +229,14 @@ class PreemptionFlag:
 
     @staticmethod
     def _handle(signum, frame):
-        PreemptionFlag._received = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if name == "SIGINT":
+            if PreemptionFlag._received == "SIGINT":  # the second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            if dist_util.is_main():
+                print("SIGINT: writing a checkpoint at the next step boundary, then stopping (Ctrl-C again: stop "
+                      "at once, keeping the last checkpoint)", file=sys.stderr, flush=True)
+        PreemptionFlag._received = name
 
     @property
     def received(self) -> Optional[str]:

@@ -149,8 +149,9 @@ class KillAt(TrainHook):
             os.kill(os.getpid(), self.sig)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_preemption_signal_checkpoints_then_stops(tmp_path, sig):
+    """SIGINT (Ctrl-C) too: a checkpoint at the next step boundary, then Preempted (exit 0 in scripts)."""
     loop = make_loop(tmp_path, steps=6, hooks=[KillAt(1, sig)], save_interval=0)
     with pytest.raises(Preempted, match="rerun the same command to resume"):
         loop.run()
@@ -161,6 +162,24 @@ def test_preemption_signal_checkpoints_then_stops(tmp_path, sig):
     full = make_loop(tmp_path / "full", steps=6, save_interval=0)
     full.run()
     assert_same(state(full), state(again))
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path, capsys):
+    """Two Ctrl-Cs before the step boundary: the second raises KeyboardInterrupt (exit 130 in scripts)
+    without a new checkpoint; the last one written stays and the rerun resumes from it."""
+    class TwoInts(TrainHook):
+        def after_step(self, loop, step, terms):
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    loop = make_loop(tmp_path, steps=6, hooks=[TwoInts()], save_interval=2)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run()
+    assert "SIGINT: writing a checkpoint at the next step boundary" in capsys.readouterr().err
+    assert ckpt.latest_checkpoint(str(tmp_path)) == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    assert make_loop(tmp_path, steps=6).step == 2
 
 
 def test_corrupt_newest_checkpoint_falls_back(tmp_path):

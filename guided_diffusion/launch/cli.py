@@ -183,7 +183,8 @@ def run_main(fn: Callable[[], int]) -> None:
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+        print("interrupted: the last complete checkpoint is kept; rerun the same command to resume",
+              file=sys.stderr, flush=True)
         code = 130
     except RuntimeError as e:  # a lost rank, as the other ranks see it: one line (dist.timeout_s bounds the wait)
         from ..dist_util import describe_failure

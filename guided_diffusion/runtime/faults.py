@@ -10,8 +10,8 @@ separated by commas::
     GDCL_FAULT="train_step:5@1:hang"        rank 1 hangs there (sleeps; a hung rank)
     GDCL_FAULT="evaluation:1:term"          send SIGTERM (preemption) to itself, then carry on
 
-Actions: ``kill`` (default; SIGKILL, no cleanup, as a cluster kill or OOM), ``term`` / ``usr1``
-(the signal, then carry on), ``hang`` (sleep until killed), ``exit`` (``os._exit(1)``, a crash
+Actions: ``kill`` (default; SIGKILL, no cleanup, as a cluster kill or OOM), ``term`` / ``usr1`` /
+``int`` (SIGTERM, SIGUSR1 or SIGINT -- a Ctrl-C --, then carry on), ``hang`` (sleep until killed), ``exit`` (``os._exit(1)``, a crash
 without cleanup). Before acting, one line ``GDCL_FAULT: <action> at <name> #<n> (pid, rank)``
 goes to stderr. Counts are per process.
 
@@ -37,7 +37,8 @@ from typing import Dict, List, Tuple
 
 ENV = "GDCL_FAULT"
 TRACE_ENV = "GDCL_FAULT_TRACE"
-ACTIONS = ("kill", "term", "usr1", "hang", "exit")
+ACTIONS = ("kill", "term", "usr1", "int", "hang", "exit")
+_SIGNALS = {"term": signal.SIGTERM, "usr1": getattr(signal, "SIGUSR1", signal.SIGTERM), "int": signal.SIGINT}
 _RANK_VARS = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
 _counts: Dict[str, int] = {}
 _parsed: Dict[str, List[Tuple[str, int, int, str]]] = {}
@@ -95,8 +96,8 @@ def point(name: str) -> None:
             sys.stderr.flush()
             if action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            elif action in ("term", "usr1"):
-                os.kill(os.getpid(), signal.SIGTERM if action == "term" else signal.SIGUSR1)
+            elif action in _SIGNALS:
+                os.kill(os.getpid(), _SIGNALS[action])
             elif action == "hang":
                 while True:
                     time.sleep(3600)
