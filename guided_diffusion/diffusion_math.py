@@ -48,6 +48,26 @@ def betas_for_alpha_bar(num_timesteps: int, alpha_bar: Callable[[float], float],
     return np.array(betas, dtype=np.float64)
 
 
+def rescale_zero_terminal_snr(betas: Sequence[float]) -> np.ndarray:
+    """The betas whose sqrt(abar) is shifted and scaled to end at 0 and keep its first value (Lin et al.
+    2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1; diffusers'
+    ``rescale_betas_zero_snr``, which Masip et al.'s scheduler uses): the last step is pure noise
+    (abar_{T-1} = 0, beta_{T-1} = 1), as at sampling."""
+    b = np.asarray(betas, dtype=np.float64)
+    sqrt_ab = np.sqrt(np.cumprod(1.0 - b))
+    first, last = sqrt_ab[0], sqrt_ab[-1]
+    sqrt_ab = (sqrt_ab - last) * first / (first - last)
+    ab = sqrt_ab**2
+    alphas = np.append(ab[0], ab[1:] / ab[:-1])
+    return 1.0 - alphas
+
+
+# abar_t of a zero-terminal-SNR schedule's last step is 0: x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) is then
+# taken with abar = ZERO_SNR_FLOOR (Masip et al.'s scheduler divides by sqrt(abar + 1e-8)); every other abar
+# is used as it is.
+ZERO_SNR_FLOOR = 1e-8
+
+
 def spaced_betas(alphas_cumprod: np.ndarray, use_timesteps: Iterable[int]) -> Tuple[np.ndarray, List[int]]:
     """beta'_k = 1 - abar_{s_k} / abar_{s_{k-1}} for the kept steps s_k (Nichol & Dhariwal 2021, sec. 4); also the s_k."""
     keep = sorted(set(int(i) for i in use_timesteps))
@@ -97,6 +117,7 @@ def schedule_from_betas(betas: Sequence[float]) -> Schedule:
         raise ValueError("betas must lie in (0, 1]")
     alphas = 1.0 - b
     ac = np.cumprod(alphas)
+    ac_div = np.where(ac > 0, ac, ZERO_SNR_FLOOR)  # the divisor of x0 from eps (zero terminal SNR: the last step)
     ac_prev = np.append(1.0, ac[:-1])
     ac_next = np.append(ac[1:], 0.0)
     post_var = b * (1.0 - ac_prev) / (1.0 - ac)
@@ -114,8 +135,8 @@ def schedule_from_betas(betas: Sequence[float]) -> Schedule:
             sqrt_alphas_cumprod=np.sqrt(ac),
             sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - ac),
             log_one_minus_alphas_cumprod=np.log(1.0 - ac),
-            sqrt_recip_alphas_cumprod=np.sqrt(1.0 / ac),
-            sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / ac - 1.0),
+            sqrt_recip_alphas_cumprod=np.sqrt(1.0 / ac_div),
+            sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / ac_div - 1.0),
             posterior_variance=post_var,
             posterior_log_variance_clipped=post_logvar,
             posterior_mean_coef1=b * np.sqrt(ac_prev) / (1.0 - ac),
@@ -221,8 +242,11 @@ def min_snr_weight(alpha_bar, gamma: float, target: str = "eps"):
     min(SNR, gamma) for an x0 target."""
     s = snr(alpha_bar)
     w = torch.clamp(s, max=gamma) if isinstance(s, torch.Tensor) else np.minimum(s, gamma)
-    if target == "eps":
-        return w / s
+    if target == "eps":  # SNR 0 (a zero-terminal-SNR schedule's last step): the limit, 1
+        if isinstance(s, torch.Tensor):
+            return torch.where(s > 0, w / torch.where(s > 0, s, torch.ones_like(s)), torch.ones_like(s))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(s > 0, w / np.where(s > 0, s, 1.0), 1.0)
     if target == "x0":
         return w
     raise ValueError(f"min-SNR weighting is defined for eps or x0 targets, got {target!r}")

@@ -297,7 +297,8 @@ def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
             steps=d.diffusion_steps, learn_sigma=d.learn_sigma, sigma_small=d.sigma_small,
             noise_schedule=d.noise_schedule, use_kl=d.use_kl, predict_xstart=d.predict_xstart,
             rescale_timesteps=d.rescale_timesteps, rescale_learned_sigmas=d.rescale_learned_sigmas,
-            timestep_respacing=d.timestep_respacing if timestep_respacing is None else timestep_respacing)
+            timestep_respacing=d.timestep_respacing if timestep_respacing is None else timestep_respacing,
+            rescale_zero_terminal_snr=d.rescale_zero_terminal_snr)
     except ValueError as e:
         raise ConfigError(f"diffusion: {e}") from None
 

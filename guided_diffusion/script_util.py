@@ -202,8 +202,11 @@ def create_gaussian_diffusion(
     rescale_timesteps=False,
     rescale_learned_sigmas=False,
     timestep_respacing="",
+    rescale_zero_terminal_snr=False,
 ):
     betas = gd.get_named_beta_schedule(noise_schedule, steps)
+    if rescale_zero_terminal_snr:  # not ADM's: Lin et al. 2024 (Masip et al.'s scheduler)
+        betas = dm.rescale_zero_terminal_snr(betas)
     if use_kl:
         loss_type = gd.LossType.RESCALED_KL
     elif rescale_learned_sigmas:

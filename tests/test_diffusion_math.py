@@ -166,3 +166,64 @@ def test_spaced_betas_keep_alphas_cumprod():
     betas, tmap = dm.spaced_betas(s.alphas_cumprod, keep)
     assert tmap == [0, 250, 500, 750, 999]
     np.testing.assert_allclose(np.cumprod(1 - betas), s.alphas_cumprod[tmap], rtol=1e-12)
+
+
+def _lin_et_al_algorithm_1(betas):
+    """Lin et al. 2024, Algorithm 1 (enforce_zero_terminal_snr), as printed in the paper, in torch."""
+    alphas = 1 - betas
+    alphas_bar = alphas.cumprod(0)
+    alphas_bar_sqrt = alphas_bar.sqrt()
+    alphas_bar_sqrt_0 = alphas_bar_sqrt[0].clone()
+    alphas_bar_sqrt_T = alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt -= alphas_bar_sqrt_T
+    alphas_bar_sqrt *= alphas_bar_sqrt_0 / (alphas_bar_sqrt_0 - alphas_bar_sqrt_T)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = alphas_bar[1:] / alphas_bar[:-1]
+    alphas = torch.cat([alphas_bar[0:1], alphas])
+    return 1 - alphas
+
+
+def test_zero_terminal_snr_rescale_is_the_published_formula():
+    b = dm.get_named_beta_schedule("linear", 1000)
+    z = dm.rescale_zero_terminal_snr(b)
+    np.testing.assert_allclose(z, _lin_et_al_algorithm_1(torch.tensor(b)).numpy(), rtol=0, atol=1e-12)
+    from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr as diffusers_rescale
+
+    np.testing.assert_allclose(z, diffusers_rescale(torch.tensor(b)).numpy(), rtol=0, atol=1e-12)
+    s = dm.schedule_from_betas(z)
+    assert s.alphas_cumprod[-1] == 0.0 and z[-1] == 1.0  # the last step is pure noise
+    assert s.sqrt_alphas_cumprod[0] == pytest.approx(math.sqrt(1 - b[0]), rel=1e-12)  # the first is kept
+    assert (np.diff(s.alphas_cumprod) < 0).all() and s.alphas_cumprod[-2] > 0
+    # x0 from eps at abar = 0 divides by sqrt(1e-8), as Masip et al.'s scheduler; elsewhere unchanged.
+    assert s.sqrt_recip_alphas_cumprod[-1] == pytest.approx(1e4)
+    assert s.sqrt_recip_alphas_cumprod[-2] == pytest.approx(1 / math.sqrt(s.alphas_cumprod[-2]))
+    # Min-SNR's eps weight min(SNR, g) / SNR has the limit 1 at SNR 0 (no 0/0).
+    w = dm.min_snr_weight(torch.tensor(s.alphas_cumprod[-3:]), 5.0)
+    assert torch.isfinite(w).all() and float(w[-1]) == 1.0
+    assert float(dm.min_snr_weight(np.array([0.0]), 5.0)[0]) == 1.0
+
+
+def test_zero_terminal_snr_diffusion_trains_and_samples_finite():
+    from guided_diffusion.sampling.sample_sets import sample_batch
+    from guided_diffusion.script_util import create_gaussian_diffusion
+
+    class Half(torch.nn.Module):
+        def forward(self, x, t, **kw):
+            return 0.5 * x
+
+    torch.manual_seed(0)
+    net = Half()
+    base = create_gaussian_diffusion(steps=1000, rescale_zero_terminal_snr=True)
+    x0 = torch.rand(4, 1, 4, 4) * 2 - 1
+    t = torch.tensor([0, 500, 998, 999])
+    xt = base.q_sample(x0, t, noise=torch.randn_like(x0))
+    losses = base.training_losses(net, x0, t)
+    assert torch.isfinite(losses["loss"]).all()
+    torch.testing.assert_close(xt[3:], base.q_sample(torch.zeros_like(x0[3:]), t[3:], noise=xt[3:]))  # pure noise
+    for spec, ddim in (("ddim10t", True), ("50", False)):
+        d = create_gaussian_diffusion(steps=1000, rescale_zero_terminal_snr=True, timestep_respacing=spec)
+        out = sample_batch(net, d, (2, 1, 4, 4), class_cond=False, use_ddim=ddim, device="cpu")
+        assert torch.isfinite(out).all() and out.abs().max() <= 1.0 + 1e-6
+    d = create_gaussian_diffusion(steps=1000, rescale_zero_terminal_snr=True, timestep_respacing="unipc10")
+    with pytest.raises(ValueError, match="rescale_zero_terminal_snr sample with ddimN"):
+        sample_batch(net, d, (2, 1, 4, 4), class_cond=False, device="cpu")

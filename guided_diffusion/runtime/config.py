@@ -85,6 +85,7 @@ class DiffusionConfig:
     learn_sigma: bool = False
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"  # linear | cosine | scaled_linear (Stable Diffusion's: fine-tuning its UNet)
+    rescale_zero_terminal_snr: bool = False  # rescale the schedule to abar = 0 at the last step (Lin et al. 2024; Masip et al.'s scheduler)
     timestep_respacing: str = ""
     use_kl: bool = False
     predict_xstart: bool = False

@@ -228,6 +228,10 @@ def _check_alphas_cumprod(alphas_cumprod) -> np.ndarray:
     ac = np.asarray(alphas_cumprod, dtype=np.float64)
     if ac.ndim != 1 or ac.size == 0:
         raise ValueError(f"alphas_cumprod must be a non-empty 1-D array, got shape {ac.shape}")
+    if (ac == 0).any():
+        raise ValueError("the DPM-Solver++ and UniPC steps need abar > 0 at every timestep (their log-SNR is "
+                         "-inf at abar = 0): with diffusion.rescale_zero_terminal_snr sample with ddimN or an "
+                         "ancestral spec")
     if not ((ac > 0).all() and (ac < 1).all()):
         raise ValueError("alphas_cumprod must lie in (0, 1)")
     return ac
