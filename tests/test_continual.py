@@ -1,6 +1,7 @@
 """Continual methods: hand computations of each loss, scenarios, buffers, and short real runs."""
 
 import copy
+import math
 import csv
 import os
 import types
@@ -108,6 +109,47 @@ def test_partial_generation_stops_at_each_samples_t():
     ab = torch.tensor(diffusion.alphas_cumprod)
     expect = (ab[stop] / ab[999]).sqrt().float().view(-1, 1, 1, 1) * x_T
     torch.testing.assert_close(x, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_per_sample_partial_schedule_by_hand():
+    """Masip et al.'s partial generation: each sample takes ``steps`` DDIM steps evenly spaced from 999 to
+    its own t (s_k = t + round(k (999 - t) / steps)); the shared grid instead steps 999, 499 and jumps."""
+    from guided_diffusion.continual.replay import partial_timesteps
+
+    stop = torch.tensor([499, 0, 998, 999, -1])
+    pairs = [(tc.tolist(), tn.tolist()) for tc, tn in partial_timesteps(1000, 2, stop, per_sample=True)]
+    # 999 - 499 = 500: 999 -> 749 -> 499; 999 - 0 = 999: 999 -> 500 (round half to even of 499.5) -> 0;
+    # 998: one step of round(0.5) = 0 then the step 999 -> 998; 999: no step; -1 (to x0): the trailing grid.
+    assert pairs == [([999, 999, 999, 999, 999], [749, 500, 998, 999, 499]),
+                     ([749, 500, 998, 999, 499], [499, 0, 998, 999, -1])]
+    grid = [(tc.tolist(), tn.tolist()) for tc, tn in partial_timesteps(1000, 2, stop)]
+    assert grid == [([999] * 5, [499, 499, 998, 999, 499]), ([499] * 5, [499, 0, 998, 999, -1])]
+    # The trajectory is DDIM along those pairs: with eps == 0 and no clipping every step scales x by
+    # sqrt(ab_next / ab_cur), so each sample ends at sqrt(ab_t / ab_999) x_999 whatever its path.
+    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule="linear")
+    zero = lambda x, t, **kw: torch.zeros_like(x)  # noqa: E731
+    stop = torch.tensor([998, 700, 499, 3, 999])
+    x = ddim_generate(zero, diffusion, (5, 1, 4, 4), None, 3, stop_t=stop, per_sample=True,
+                      generator=torch.Generator().manual_seed(1), clip=False)
+    x_T = torch.randn((5, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    ab = torch.tensor(diffusion.alphas_cumprod)
+    torch.testing.assert_close(x, (ab[stop] / ab[999]).sqrt().float().view(-1, 1, 1, 1) * x_T, rtol=1e-5, atol=1e-6)
+
+
+def test_clipped_x0_with_and_without_the_eps_rederived():
+    """One DDIM step from 999 to 499 (one sample, eps_net = 2 x): x0 = (x - s eps) / a is clipped to [-1, 1];
+    with ``rederive_eps`` the step uses eps' = (x - a x0c) / s (GLIDE), without it the network's eps
+    (Masip et al.'s pipeline): x' = a' x0c + s' eps."""
+    diffusion = create_gaussian_diffusion(steps=1000, noise_schedule="linear")
+    net = lambda x, t, **kw: 2 * x  # noqa: E731
+    x_T = torch.randn((1, 1, 3, 3), generator=torch.Generator().manual_seed(2))
+    ab = diffusion.alphas_cumprod
+    a, s, a2, s2 = math.sqrt(ab[999]), math.sqrt(1 - ab[999]), math.sqrt(ab[499]), math.sqrt(1 - ab[499])
+    x0c = ((x_T - s * 2 * x_T) / a).clamp(-1, 1)
+    for rederive, eps in ((True, (x_T - a * x0c) / s), (False, 2 * x_T)):
+        out = ddim_generate(net, diffusion, (1, 1, 3, 3), None, 2, stop_t=torch.tensor([499]), rederive_eps=rederive,
+                            generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(out, a2 * x0c + s2 * eps, rtol=1e-4, atol=1e-5)
 
 
 def test_distillation_target_is_teacher_prediction():

@@ -60,34 +60,58 @@ def ddim_generate(
     generator: Optional[torch.Generator] = None,
     device=None,
     clip: bool = True,
+    rederive_eps: bool = True,
+    per_sample: bool = False,
 ) -> torch.Tensor:
     """DDIM from x_{T-1} ~ N(0, I) to x0, or to x_{stop_t[i]} per sample (partial generation).
 
-    The steps are ``diffusion_math.ddim_step`` (Song et al. eq. 12/16) between per-sample abar
-    values: a sample whose ``stop_t`` lies before the next trailing timestep jumps exactly to it."""
-    T = diffusion.num_timesteps
+    The steps are ``diffusion_math.ddim_step`` (Song et al. eq. 12/16) between per-sample abar values.
+    The timesteps (``partial_timesteps``): ``steps`` trailing ones shared by every sample, where a sample
+    whose ``stop_t`` lies before the next one jumps exactly to it; or, ``per_sample``, each sample's own
+    ``steps`` steps evenly spaced from T-1 down to its ``stop_t`` (Masip et al.'s scheduler).
+    ``clip``: x0 clipped to [-1, 1]; ``rederive_eps``: the step's eps re-derived from the clipped x0 (GLIDE's
+    ``use_clipped_model_output``; Masip et al.'s pipeline keeps the network's eps: false)."""
     n = shape[0]
     x = torch.randn(tuple(shape), generator=generator).to(device)
     stop = torch.full((n,), -1, dtype=torch.long, device=device) if stop_t is None else stop_t.to(device)
-    ts = trailing_timesteps(T, steps)
-    for i, t_cur in enumerate(ts):
-        t_next = ts[i + 1] if i + 1 < len(ts) else -1
-        active = stop < t_cur
+    for tc, tn in partial_timesteps(diffusion.num_timesteps, steps, stop, per_sample):
+        active = tn < tc
         if not bool(active.any()):
-            break
-        tc = torch.full((n,), t_cur, dtype=torch.long, device=device)
-        tn = torch.maximum(torch.full((n,), t_next, dtype=torch.long, device=device), stop)
+            continue
         eps = diffusion.eps_from_output(network_output(net, diffusion, x, tc, y), x, tc)
         x0 = dm.predict_xstart_from_eps(diffusion.schedule, x, tc, eps)
         if clip:
             x0 = x0.clamp(-1, 1)
-            eps = dm.predict_eps_from_xstart(diffusion.schedule, x, tc, x0)
+            if rederive_eps:
+                eps = dm.predict_eps_from_xstart(diffusion.schedule, x, tc, x0)
         z = torch.randn(x.shape, generator=generator).to(device) if eta > 0 else None
         ab_c = diffusion.alpha_bar(tc).view(-1, 1, 1, 1)
         ab_n = diffusion.alpha_bar(tn).view(-1, 1, 1, 1)  # 1 at the clean end: sigma = 0 there
         x_next = dm.ddim_step(x, eps, ab_c, ab_n, eta, noise=z, pred_xstart=x0)
         x = torch.where(active.view(-1, 1, 1, 1), x_next, x)
     return x
+
+
+def partial_timesteps(T: int, steps: int, stop: torch.Tensor, per_sample: bool = False):
+    """The (t_cur, t_next) per-sample timestep pairs of ``ddim_generate``, one pair of [N] tensors a step
+    (t_next = -1: into clean data; a sample with t_next >= t_cur takes no step there).
+
+    Shared grid: the trailing timesteps T-1, ..., T/steps - 1, each sample's next one raised to its own
+    ``stop`` (where it jumps and then stays). ``per_sample``: sample i steps through
+    s_k = stop_i + round(k (T - 1 - stop_i) / steps), k = steps, ..., 0: ``steps`` evenly spaced steps
+    from T-1 to its own stop (Masip et al.'s ``set_timesteps(target_steps)``; theirs land one timestep
+    below, at stop - 1, where the teacher is then asked at stop: here the state is at the timestep asked)."""
+    if not per_sample:
+        ts = trailing_timesteps(T, steps)
+        for i, t_cur in enumerate(ts):
+            t_next = ts[i + 1] if i + 1 < len(ts) else -1
+            tc = torch.full_like(stop, t_cur)
+            yield tc, torch.maximum(torch.full_like(stop, t_next), stop)
+        return
+    span = (T - 1 - stop).double()
+    for k in range(steps, 0, -1):
+        tc = stop + torch.round(k * span / steps).long()
+        yield tc, stop + torch.round((k - 1) * span / steps).long()
 
 
 def mirror_noise(noise: torch.Tensor, t: torch.Tensor, T: int, generator=None) -> torch.Tensor:
@@ -146,8 +170,11 @@ def _replay_inputs(
     guidance_scale: float = 1.0,
     null_class: Optional[int] = None,
     clip: bool = True,
+    rederive_eps: bool = True,
+    per_sample_partial: bool = False,
 ) -> ReplayBatch:
-    """``clip``: the teacher's x0 clipped to [-1, 1] while it generates (images; not latents)."""
+    """``clip``: the teacher's x0 clipped to [-1, 1] while it generates (images; not latents);
+    ``rederive_eps``, ``per_sample_partial``: ``ddim_generate``'s ``rederive_eps`` and ``per_sample``."""
     if source not in SOURCES:
         raise ValueError(f"unknown replay source {source!r}; valid: {', '.join(SOURCES)}")
     T = diffusion.num_timesteps
@@ -163,14 +190,15 @@ def _replay_inputs(
     nfe_per_eval = 1 if gen_net is teacher else 2
     if source == "full_generation":
         x0 = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, generator=generator, device=device,
-                           clip=clip)
+                           clip=clip, rederive_eps=rederive_eps)
         nfe += n * teacher_steps * nfe_per_eval
         x_in = diffusion.q_sample(x0, t, noise)
     elif source == "partial_generation":
         x_in = ddim_generate(gen_net, diffusion, full, y, teacher_steps, teacher_eta, stop_t=t,
-                             generator=generator, device=device, clip=clip)
-        ts = trailing_timesteps(T, teacher_steps)
-        nfe += int(sum(int((t < tc).sum()) for tc in ts)) * nfe_per_eval
+                             generator=generator, device=device, clip=clip, rederive_eps=rederive_eps,
+                             per_sample=per_sample_partial)
+        steps = partial_timesteps(T, teacher_steps, t, per_sample_partial)
+        nfe += int(sum(int((tn < tc).sum()) for tc, tn in steps)) * nfe_per_eval
         x0 = None
     elif source == "gaussian":
         x_in = noise
