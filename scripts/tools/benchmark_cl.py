@@ -628,7 +628,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
     ]
     curve = next((sp for sp in specs if sp.kind == "curve"), None)
     if curve is not None and os.path.isfile(os.path.join(curve.run_dir, "curve.csv")):
-        from .learning_curve import curve_table, plot_curves
+        from .curves import curve_table, plot_curves
 
         plots = os.path.join(report_dir, "report_plots")
         os.makedirs(plots, exist_ok=True)
