@@ -187,7 +187,8 @@ def class_acc(x: MetricInputs) -> List[MetricRow]:
     proto = f"{x.extractor.name} predictions of the intended class, {x.n} class-conditional samples"
     rows = [MetricRow("class_acc", float(np.mean(list(acc.values()))), f"mean per-class accuracy, {proto}",
                       "mean over classes: predicted == intended class")]
-    rows += [MetricRow(f"acc_class_{cls}", a, proto, f"samples of class {cls} predicted as {cls}") for cls, a in acc.items()]
+    rows += [MetricRow(f"acc_class_{cls}", a, proto, f"samples of class {cls} predicted as {cls}")
+             for cls, a in acc.items()]
     return rows
 
 
