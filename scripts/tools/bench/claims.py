@@ -129,95 +129,102 @@ def parse_claims(raw, where: str, protocols: Sequence[str] = ()) -> List[Claim]:
         return []
     if not isinstance(raw, list):
         raise ConfigError(f"{where}: claims must be a list of claims")
-    out, seen = [], set()
+    out: List[Claim] = []
     for i, c in enumerate(raw):
-        name = c.get("id") if isinstance(c, dict) else None
-        at = f"{where}: claim {name or i + 1}"
-        if not isinstance(c, dict):
-            raise ConfigError(f"{at}: a claim is a mapping ({', '.join(CLAIM_KEYS)})")
-        bad = [k for k in c if k not in CLAIM_KEYS]
-        if bad:
-            raise ConfigError(f"{at}: unknown key(s) {bad}; valid: {', '.join(CLAIM_KEYS)}")
-        for key in ("id", "statement", "source", "table", "row", "against", "metrics", "rule", "evidence"):
-            if c.get(key) in (None, "", [], {}):
-                raise ConfigError(f"{at}: needs '{key}'")
-        if name in seen:
+        at = f"{where}: claim {(c.get('id') if isinstance(c, dict) else None) or i + 1}"
+        claim = parse_claim(c, at, protocols)
+        if claim.id in {o.id for o in out}:
             raise ConfigError(f"{at}: the id is used twice")
-        seen.add(name)
-        if c["table"] not in TABLES:
-            raise ConfigError(f"{at}: table {c['table']!r} is not one of {', '.join(TABLES)}")
-        keys = TABLES[c["table"]]
-
-        def key_ok(k, what):
-            if k not in keys:
-                raise ConfigError(f"{at}: {what} {k!r} is not a key of the {c['table']} table; "
-                                  f"valid: {', '.join(keys)}")
-
-        if not isinstance(c["metrics"], dict):
-            raise ConfigError(f"{at}: metrics is a mapping key -> lower | higher (the better direction)")
-        metrics = []
-        for k, d in c["metrics"].items():
-            key_ok(k, "metric")
-            if d not in DIRECTIONS:
-                raise ConfigError(f"{at}: metric {k}: direction {d!r} is not one of {', '.join(DIRECTIONS)}")
-            metrics.append((k, DIRECTIONS[d]))
-        against, best_by = c["against"], ""
-        if isinstance(against, dict):
-            cands = against.get("best_of")
-            if set(against) - {"best_of", "by"} or not isinstance(cands, list) or not cands:
-                raise ConfigError(f"{at}: against is a label or {{best_of: [labels], by: metric}}")
-            best_by = against.get("by") or metrics[0][0]
-            if best_by not in c["metrics"]:
-                raise ConfigError(f"{at}: against.by {best_by!r} is not one of the claim's metrics")
-            against = [str(a) for a in against["best_of"]]
-        else:
-            against = [str(against)]
-        if c["rule"] not in RULES:
-            raise ConfigError(f"{at}: rule {c['rule']!r} is not one of {', '.join(RULES)}")
-        tolerance = c.get("tolerance")
-        if c["rule"] == "equivalent" and not isinstance(tolerance, (int, float)):
-            raise ConfigError(f"{at}: rule equivalent needs a tolerance (a fraction of the other side's mean)")
-        if c["rule"] != "equivalent" and ("tolerance" in c or "cost" in c):
-            raise ConfigError(f"{at}: tolerance and cost belong to rule equivalent")
-        if c.get("cost"):
-            key_ok(c["cost"], "cost")
-        gap = c.get("gap") or {}
-        if gap:
-            if set(gap) != {"metric", "to", "text"}:
-                raise ConfigError(f"{at}: gap is {{metric, to, text}}")
-            key_ok(gap["metric"], "gap.metric")
-            try:
-                gap["text"].format(pct=0.0)
-            except (KeyError, IndexError, ValueError) as e:
-                raise ConfigError(f"{at}: gap.text {gap['text']!r}: {e!r} (its one field is {{pct}})") from None
-        protocol = c.get("protocol") or PROJECT
-        if protocol != PROJECT and protocol not in protocols:
-            raise ConfigError(f"{at}: protocol {protocol!r} is not declared in the suite's protocols "
-                              f"({', '.join([PROJECT, *protocols])})")
-        try:
-            fields = _fields(c["evidence"])
-        except ValueError as e:
-            raise ConfigError(f"{at}: evidence: {e}") from None
-        for _, f, spec in fields:
-            if f is None:
-                continue
-            if spec:
-                raise ConfigError(f"{at}: evidence field {{{f}:{spec}}}: no format spec (numbers are mean ± std)")
-            if f == "against" or (f == "gap" and gap):
-                continue
-            head, _, key = f.partition(".")
-            if not key or f == "gap":
-                raise ConfigError(f"{at}: evidence field {{{f}}}: expected {{LABEL.KEY}}, {{against}}, "
-                                  "{others.KEY} or {gap} (with a gap)")
-            if head == "others" and len(against) < 2:
-                raise ConfigError(f"{at}: evidence field {{{f}}}: others are the best_of candidates not picked")
-            key_ok(key, f"evidence field {{{f}}}: key")
-        out.append(Claim(id=str(name), statement=str(c["statement"]).strip(), source=str(c["source"]).strip(),
-                         table=c["table"], row=str(c["row"]), against=against, metrics=metrics, rule=c["rule"],
-                         evidence=str(c["evidence"]).strip(), protocol=protocol, best_by=best_by,
-                         tolerance=None if tolerance is None else float(tolerance), cost=c.get("cost") or "",
-                         gap=dict(gap), rule_text=str(c.get("rule_text") or "").strip()))
+        out.append(claim)
     return out
+
+
+def parse_claim(c, at: str, protocols: Sequence[str] = ()) -> Claim:
+    """One claim's mapping, checked (``at`` names it in errors)."""
+    if not isinstance(c, dict):
+        raise ConfigError(f"{at}: a claim is a mapping ({', '.join(CLAIM_KEYS)})")
+    bad = [k for k in c if k not in CLAIM_KEYS]
+    if bad:
+        raise ConfigError(f"{at}: unknown key(s) {bad}; valid: {', '.join(CLAIM_KEYS)}")
+    for key in ("id", "statement", "source", "table", "row", "against", "metrics", "rule", "evidence"):
+        if c.get(key) in (None, "", [], {}):
+            raise ConfigError(f"{at}: needs '{key}'")
+    if c["table"] not in TABLES:
+        raise ConfigError(f"{at}: table {c['table']!r} is not one of {', '.join(TABLES)}")
+    keys = TABLES[c["table"]]
+
+    def key_ok(k, what):
+        if k not in keys:
+            raise ConfigError(f"{at}: {what} {k!r} is not a key of the {c['table']} table; valid: {', '.join(keys)}")
+
+    if not isinstance(c["metrics"], dict):
+        raise ConfigError(f"{at}: metrics is a mapping key -> lower | higher (the better direction)")
+    for k, d in c["metrics"].items():
+        key_ok(k, "metric")
+        if d not in DIRECTIONS:
+            raise ConfigError(f"{at}: metric {k}: direction {d!r} is not one of {', '.join(DIRECTIONS)}")
+    metrics = [(k, DIRECTIONS[d]) for k, d in c["metrics"].items()]
+    against, best_by = c["against"], ""
+    if isinstance(against, dict):
+        cands = against.get("best_of")
+        if set(against) - {"best_of", "by"} or not isinstance(cands, list) or not cands:
+            raise ConfigError(f"{at}: against is a label or {{best_of: [labels], by: metric}}")
+        best_by = against.get("by") or metrics[0][0]
+        if best_by not in c["metrics"]:
+            raise ConfigError(f"{at}: against.by {best_by!r} is not one of the claim's metrics")
+        against = [str(a) for a in cands]
+    else:
+        against = [str(against)]
+    if c["rule"] not in RULES:
+        raise ConfigError(f"{at}: rule {c['rule']!r} is not one of {', '.join(RULES)}")
+    tolerance = c.get("tolerance")
+    if c["rule"] == "equivalent" and not isinstance(tolerance, (int, float)):
+        raise ConfigError(f"{at}: rule equivalent needs a tolerance (a fraction of the other side's mean)")
+    if c["rule"] != "equivalent" and ("tolerance" in c or "cost" in c):
+        raise ConfigError(f"{at}: tolerance and cost belong to rule equivalent")
+    if c.get("cost"):
+        key_ok(c["cost"], "cost")
+    gap = c.get("gap") or {}
+    if gap:
+        if set(gap) != {"metric", "to", "text"}:
+            raise ConfigError(f"{at}: gap is {{metric, to, text}}")
+        key_ok(gap["metric"], "gap.metric")
+        try:
+            gap["text"].format(pct=0.0)
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"{at}: gap.text {gap['text']!r}: {e!r} (its one field is {{pct}})") from None
+    protocol = c.get("protocol") or PROJECT
+    if protocol != PROJECT and protocol not in protocols:
+        raise ConfigError(f"{at}: protocol {protocol!r} is not declared in the suite's protocols "
+                          f"({', '.join([PROJECT, *protocols])})")
+    _check_evidence(str(c["evidence"]), at, key_ok, several=len(against) > 1, gap=bool(gap))
+    return Claim(id=str(c["id"]), statement=str(c["statement"]).strip(), source=str(c["source"]).strip(),
+                 table=c["table"], row=str(c["row"]), against=against, metrics=metrics, rule=c["rule"],
+                 evidence=str(c["evidence"]).strip(), protocol=protocol, best_by=best_by,
+                 tolerance=None if tolerance is None else float(tolerance), cost=c.get("cost") or "",
+                 gap=dict(gap), rule_text=str(c.get("rule_text") or "").strip())
+
+
+def _check_evidence(template: str, at: str, key_ok: Callable[[str, str], None], several: bool, gap: bool) -> None:
+    """Every field of the evidence template is one the renderer fills (see the module's docstring)."""
+    try:
+        fields = _fields(template)
+    except ValueError as e:
+        raise ConfigError(f"{at}: evidence: {e}") from None
+    for _, f, spec in fields:
+        if f is None:
+            continue
+        if spec:
+            raise ConfigError(f"{at}: evidence field {{{f}:{spec}}}: no format spec (numbers are mean ± std)")
+        if f == "against" or (f == "gap" and gap):
+            continue
+        head, _, key = f.partition(".")
+        if not key or f == "gap":
+            raise ConfigError(f"{at}: evidence field {{{f}}}: expected {{LABEL.KEY}}, {{against}}, "
+                              "{others.KEY} or {gap} (with a gap)")
+        if head == "others" and not several:
+            raise ConfigError(f"{at}: evidence field {{{f}}}: others are the best_of candidates not picked")
+        key_ok(key, f"evidence field {{{f}}}: key")
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
@@ -323,5 +330,5 @@ def render_section(claims: Sequence[Claim], generator: Values, classifier: Value
     return out[:-1]
 
 
-__all__ = ["Claim", "CLAIM_KEYS", "PROJECT", "RULES", "register_rule", "parse_claims", "judge", "render",
+__all__ = ["Claim", "CLAIM_KEYS", "PROJECT", "RULES", "register_rule", "parse_claims", "parse_claim", "judge", "render",
            "render_lines", "render_section", "verdict_text", "Judged"]
