@@ -11,13 +11,14 @@ Usage:
     python scripts/benchmark_cl.py --suite ... --jobs 2          # two runs at once (CPUs shared)
     python scripts/benchmark_cl.py --suite ... --launcher "mpiexec -n 2"   # each diffusion run on 2 ranks
 
-The suite file (see scripts/tools/benchmark_cl.py) names a base config, the settings shared by
-every run, the methods (label -> method section), the seeds and the solver runs. Every run's config
-is written to <out_dir>/configs/ and validated before anything runs. Rerun the same command to
-resume after an interruption: finished runs are skipped, an interrupted one resumes from its
-checkpoints. Each finished run's results are also copied to the suite's archive (``archive_dir``,
-default ``<report_dir>/runs``: metrics, configs, grids; small, committed), so a suite that takes
-longer than one machine's life resumes on the next one: commit the archive as runs finish. The report goes to the suite's report_dir: README.md (headline tables, claims, the
+The suite file (its format: scripts/tools/bench/suite.py) names a base config, the settings shared by
+every run, the methods (label -> method section), the seeds, the solver runs and the claims to check
+(scripts/tools/bench/claims.py). Every run's config is written to <out_dir>/configs/ and validated
+before anything runs. Rerun the same command to resume after an interruption: finished runs are
+skipped, an interrupted one resumes from its checkpoints. Each finished run's results are also copied
+to the suite's archive (``archive_dir``, default ``<report_dir>/runs``: metrics, configs, grids; small,
+committed), so a suite that takes longer than one machine's life resumes on the next one: commit the
+archive as runs finish. The report goes to the suite's report_dir: README.md (headline tables, claims, the
 exact command, commit and machine), report.md/.html (per-run tables, plots, every sample grid).
 """
 
@@ -26,7 +27,10 @@ import shlex
 import sys
 import time
 
-from tools.benchmark_cl import SuiteRunError, load_suite, plan, run_suite, write_report
+from tools.bench.plan import plan_runs
+from tools.bench.report import write_report
+from tools.bench.run import SuiteRunError, run_suite
+from tools.bench.suite import load_suite
 
 from guided_diffusion.launch import cli
 
@@ -48,7 +52,7 @@ def main() -> int:
     suite = load_suite(args.suite, args.scale)
     if args.seeds:
         suite.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    specs = plan(suite)
+    specs = plan_runs(suite)
     if args.plan:
         for s in specs:
             print(f"{s.kind:10s} {s.label:22s} seed {s.seed}: {s.config_path} {' '.join(s.overrides)} -> {s.run_dir}")

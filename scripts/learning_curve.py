@@ -25,7 +25,7 @@ prints the plateau: the first point whose doubling improves FID by less than 10%
 import dataclasses
 import os
 
-from tools import learning_curve as lc
+from tools import curves as lc
 
 from guided_diffusion.evaluation.settings import evaluation_of
 from guided_diffusion.launch import cli

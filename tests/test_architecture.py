@@ -135,6 +135,14 @@ def test_scripts_use_the_installed_package():
     assert not edits, f"scripts that edit sys.path (install the package: pip install -e .): {edits}"
 
 
+def test_no_tool_takes_the_name_of_a_script():
+    """A script and the tool behind it have different names (``scripts/x.py`` vs ``scripts/tools/x.py``)."""
+    scripts = {f[:-3] for f in os.listdir(os.path.join(ROOT, "scripts")) if f.endswith(".py")}
+    tools = os.path.join(ROOT, "scripts", "tools")
+    names = {f[:-3] if f.endswith(".py") else f for f in os.listdir(tools)
+             if f.endswith(".py") or os.path.isfile(os.path.join(tools, f, "__init__.py"))}
+    assert not scripts & names, f"tools named as scripts: {sorted(scripts & names)}"
+
 def test_the_doc_names_every_layer():
     doc = open(os.path.join(ROOT, "docs", "architecture.md")).read()
     for name, prefixes in LAYERS:

@@ -1,4 +1,5 @@
-"""The fidelity benchmark's planning, tables and claims (the runs themselves are the scripts')."""
+"""The fidelity benchmark's parts (``scripts/tools/bench``): the suite file, the plan, the runs' scheduling,
+the archive, the tables, the claims and the report (the runs themselves are the scripts')."""
 
 import csv
 import json
@@ -6,7 +7,13 @@ import os
 import shutil
 
 import pytest
-from tools import benchmark_cl as bcl
+from tools.bench import archive, repo
+from tools.bench import claims as bclaims
+from tools.bench import plan as bplan
+from tools.bench import report as breport
+from tools.bench import run as brun
+from tools.bench import suite as bsuite
+from tools.bench import tables
 
 import yaml
 from guided_diffusion.runtime.config import ConfigError, load_config
@@ -28,8 +35,8 @@ def test_plan_writes_valid_configs_sharing_the_first_task(tmp_path):
     import guided_diffusion.continual.methods  # noqa: F401  (method schemas)
     import guided_diffusion.evaluation.settings  # noqa: F401
 
-    suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1]))
-    specs = bcl.plan(suite)
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1]))
+    specs = bplan.plan_runs(suite)
     cont = [s for s in specs if s.kind == "continual"]
     assert len(cont) == 2 * len(suite.methods)
     for seed in (0, 1):
@@ -38,7 +45,7 @@ def test_plan_writes_valid_configs_sharing_the_first_task(tmp_path):
         assert all(c.seed == seed and c.name == f"{s.label}_s{seed}" for c, s in zip(cfgs, runs))
         # the first method trains task 0, every other takes it from there, but a row with its own
         # settings (another generator: the VAE baseline), which trains its own
-        own = [bool(bcl.row_settings(suite.methods[s.label])) for s in runs]
+        own = [bool(bsuite.row_settings(suite.methods[s.label])) for s in runs]
         assert cfgs[0].continual.init_from == "" and own.count(True) == 1
         assert all(c.continual.init_from == ("" if o else runs[0].run_dir) for c, o in zip(cfgs[1:], own[1:]))
         assert [s.needs for s, o in zip(runs, own) if o] == [None]
@@ -56,31 +63,31 @@ def test_plan_learning_curve_of_task0(tmp_path):
     import guided_diffusion.continual.methods  # noqa: F401
     import guided_diffusion.evaluation.settings  # noqa: F401
 
-    suite = bcl.load_suite(_suite(tmp_path, learning_curve={"classes": [0, 1], "points": "4k:16k"}))
-    specs = bcl.plan(suite)
+    suite = bsuite.load_suite(_suite(tmp_path, learning_curve={"classes": [0, 1], "points": "4k:16k"}))
+    specs = bplan.plan_runs(suite)
     curve = [s for s in specs if s.kind == "curve"]
     assert len(curve) == 1 and curve[0].needs is None
-    cmd = bcl.command(curve[0])
+    cmd = brun.command(curve[0])
     assert cmd[1].endswith("scripts/learning_curve.py")
     assert cmd[cmd.index("--classes") + 1] == "0,1" and cmd[cmd.index("--points") + 1] == "4k:16k"
     cfg = load_config(curve[0].config_path)  # the suite's model and evaluation, no method section
     run = load_config(next(s for s in specs if s.kind == "continual").config_path)
     assert (cfg.model, cfg.evaluation, cfg.train) == (run.model, run.evaluation, run.train) and cfg.method == {}
     with pytest.raises(ConfigError, match="unknown learning_curve key"):
-        bcl.load_suite(_suite(tmp_path, learning_curve={"clases": [0, 1]}))
+        bsuite.load_suite(_suite(tmp_path, learning_curve={"clases": [0, 1]}))
 
 
 def test_bad_suites_fail_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match="unknown suite key"):
-        bcl.load_suite(_suite(tmp_path, sedes=[0]))
+        bsuite.load_suite(_suite(tmp_path, sedes=[0]))
     with pytest.raises(ConfigError, match="solver.diffusion 'nope'"):
-        bcl.load_suite(_suite(tmp_path, solver={"diffusion": "nope"}))
+        bsuite.load_suite(_suite(tmp_path, solver={"diffusion": "nope"}))
     with pytest.raises(ConfigError, match="no scale 'huge'"):
-        bcl.load_suite(_suite(tmp_path), scale="huge")
-    suite = bcl.load_suite(_suite(tmp_path, solver={},
+        bsuite.load_suite(_suite(tmp_path), scale="huge")
+    suite = bsuite.load_suite(_suite(tmp_path, solver={},
                                   methods={"naive": {"name": "naive"}, "bad": {"name": "ewc", "lamda": 1}}))
     with pytest.raises(ConfigError, match="method bad"):
-        bcl.plan(suite)
+        bplan.plan_runs(suite)
     assert not os.path.exists(tmp_path / "runs" / "naive_s0")  # nothing ran
 
 
@@ -93,8 +100,8 @@ def _write(path, rows):
 
 
 def test_tables_and_claims_from_run_logs(tmp_path):
-    suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1]))
-    specs = [s for s in bcl.plan(suite)]
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1]))
+    specs = [s for s in bplan.plan_runs(suite)]
     fid = {"gd_full": (10.0, 12.0), "gr_masip": (30.0, 34.0), "joint": (5.0, 5.0), "gd_dynamic_cache": (10.5, 12.5)}
     for s in specs:
         if s.kind == "continual" and s.label in fid:
@@ -117,7 +124,7 @@ def test_tables_and_claims_from_run_logs(tmp_path):
             _write(f"{s.run_dir}/metrics.csv", [{"task": 0, "sec_per_step": 1.0, "eval_fid": 3.0}])
         if s.kind == "solver" and s.label == "solver_none" and s.seed == 0:  # still running
             _write(f"{s.run_dir}/metrics.csv", [{"task": 0, "avg_acc": 0.99, "forgetting": 0.0, "gen_sec": 0}])
-    header, rows, values = bcl.method_table(suite, specs)
+    header, rows, values = tables.method_table(suite, specs)
     assert dict(zip(header, rows[[r[0] for r in rows].index("naive")]))["seeds"] == "0/2"  # not mixed in
     row = dict(zip(header, rows[[r[0] for r in rows].index("gd_full")]))
     assert row["seeds"] == "2/2" and row["FID ↓"].startswith("11 ± 1.4")  # mean 11, sample std sqrt(2)
@@ -127,35 +134,122 @@ def test_tables_and_claims_from_run_logs(tmp_path):
     assert values["gd_full"]["aiq_acc"] == pytest.approx([0.825, 0.825])
     assert values["gd_full"]["fr_acc"] == pytest.approx([0.2, 0.2]) == values["gd_full"]["fgt"]
     assert values["gd_full"]["afq_fid"] == [7.0, 7.0] and values["gd_full"]["fr_fid"] == [4.0, 4.0]
-    _, srows, svalues = bcl.solver_table(suite, specs)
+    _, srows, svalues = tables.solver_table(suite, specs)
     assert svalues["guided"]["acc"] == pytest.approx([0.85, 0.85]) and svalues["none"]["acc"] == []
     srow = dict(zip(_, srows[[r[0] for r in srows].index("plain")]))
     assert srow["replay label = previous classifier's argmax"].startswith("0.9")  # tasks 1.. only
     assert svalues["plain"]["agree"] == pytest.approx([0.9, 0.9])
-    text = "\n".join(bcl.claims(values, svalues))
+    text = "\n".join(bclaims.render_lines(suite.claims, values, svalues))
     # GD 11 +- 1.4 vs GR 32 +- 2.8: 21 apart, more than 1.4 + 2.8: confirmed (and so for the others)
     assert text.count("**confirmed**") == 3, text
     # soft 0.505 +- 0.007 vs plain 0.80: worse beyond the spread
     assert "4. *Soft-target replay" in text and text.count("**not confirmed**") == 1, text
-    assert "ratio 0.60" in bcl.convergence_check(values)  # task 0's FID 3 vs joint's 5
+    assert "ratio 0.60" in tables.convergence_check(values)  # task 0's FID 3 vs joint's 5
     values["gd_full"]["eval_fid"] = [40.0, 42.0]  # worse than generative replay beyond the spread
-    assert "**not confirmed** (GD better than GR" in bcl.claims(values, svalues)[0]
+    assert "**not confirmed** (GD better than GR" in bclaims.render_lines(suite.claims, values, svalues)[0]
     values["gd_full"]["eval_fid"] = [20.0, 44.0]  # better on average, but within the spread (17 + 2.8)
-    assert "**not resolved** (GD better than GR" in bcl.claims(values, svalues)[0]
+    assert "**not resolved** (GD better than GR" in bclaims.render_lines(suite.claims, values, svalues)[0]
     one = {k: {m: v[:1] for m, v in d.items()} for k, d in values.items()}  # a single seed: no spread
-    assert bcl.claims(one, svalues)[0].count("**not resolved**") == 1 and "(1 seed)" in bcl.claims(one, svalues)[0]
+    first = bclaims.render_lines(suite.claims, one, svalues)[0]
+    assert first.count("**not resolved**") == 1 and "(1 seed)" in first
 
+
+
+def _claim(**changes):
+    c = {"id": "ewc_beats_naive", "statement": "EWC forgets less than fine-tuning",
+         "source": "Kirkpatrick et al. 2017 (a test's claim)", "table": "generator", "row": "ewc",
+         "against": "naive", "metrics": {"eval_fid": "lower"}, "rule": "better",
+         "evidence": "final FID EWC {ewc.eval_fid} vs naive {naive.eval_fid} (joint {joint.eval_fid})",
+         "rule_text": "EWC better than naive by more than the spread"}
+    c.update(changes)
+    return c
+
+
+def test_a_claim_declared_in_the_suite_is_judged_in_the_report(tmp_path):
+    """Claims are data: one more in the suite file (and one in another protocol) appears in the report
+    with its verdict, after the suite's own, without a change to the code."""
+    with open(SUITE) as f:
+        claims = yaml.safe_load(f)["claims"]
+    extra = [_claim(), _claim(id="joint_matches_ewc", statement="Joint training is no worse than EWC", row="joint",
+                              against="ewc", rule="not_worse", protocol="toy", rule_text="",
+                              evidence="joint {joint.eval_fid} vs EWC {ewc.eval_fid}")]
+    toy = {"toy": {"title": "A toy protocol", "description": "Declared by a test."}}
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1], learning_curve={}, claims=claims + extra, protocols=toy))
+    assert [c.id for c in suite.claims][-2:] == ["ewc_beats_naive", "joint_matches_ewc"]
+    specs = bplan.plan_runs(suite)
+    fid = {"naive": (400.0, 420.0), "ewc": (100.0, 110.0), "joint": (10.0, 12.0)}
+    for s in specs:
+        if s.kind == "continual" and s.label in fid:
+            _write(f"{s.run_dir}/metrics.csv",
+                   [{"task": 0, "eval_fid": 3.0}, {"task": 1, "eval_fid": fid[s.label][s.seed]}])
+    path = breport.write_report(suite, specs, "python scripts/benchmark_cl.py --suite test.yaml --report-only")
+    text = open(path).read()
+    section = text.split("## The papers' claims, checked")[1].split("## Details")[0]
+    # the suite's four claims (not measured: their rows did not run), then the two added, grouped by protocol
+    assert "### This project's protocol" in section and "### A toy protocol\n\nDeclared by a test." in section
+    assert section.count("**not measured**") == 4
+    assert ("5. *EWC forgets less than fine-tuning* — final FID EWC 105 ± 7.1 vs naive 410 ± 14 (joint 11 ± 1.4): "
+            "**confirmed** (EWC better than naive by more than the spread).") in section
+    assert "6. *Joint training is no worse than EWC* — joint 11 ± 1.4 vs EWC 105 ± 7.1: **confirmed**." in section
+    assert section.index("4. *Soft-target") < section.index("### A toy protocol") < section.index("6. *Joint")
+    # a single protocol: no headings, the claims as a plain numbered list (the suite's own report)
+    assert bclaims.render_section(suite.claims[:5], {}, {})[4].startswith("5. *EWC forgets less")
+
+
+def test_claims_are_checked_when_the_suite_is_read(tmp_path):
+    with open(SUITE) as f:
+        claims = yaml.safe_load(f)["claims"]
+    bad = [({"sedes": 1}, "unknown key"), ({"statement": ""}, "needs 'statement'"),
+           ({"metrics": {"eval_fdi": "lower"}}, "metric 'eval_fdi' is not a key of the generator table"),
+           ({"metrics": {"eval_fid": "smaller"}}, "direction 'smaller'"), ({"rule": "best"}, "rule 'best'"),
+           ({"protocol": "masip"}, "protocol 'masip' is not declared"), ({"table": "solver"}, "table 'solver'"),
+           ({"evidence": "EWC {ewc.acc}"}, "key 'acc' is not a key of the generator table"),
+           ({"evidence": "EWC {ewc}"}, "expected {LABEL.KEY}"), ({"evidence": "{others.eval_fid}"}, "others are"),
+           ({"rule": "equivalent"}, "needs a tolerance"), ({"tolerance": 0.1}, "belong to rule equivalent"),
+           ({"against": {"best_of": ["naive", "joint"], "by": "eval_kld"}}, "against.by 'eval_kld'")]
+    for change, match in bad:
+        with pytest.raises(ConfigError, match=match):
+            bsuite.load_suite(_suite(tmp_path, claims=claims + [_claim(**change)]))
+    with pytest.raises(ConfigError, match="used twice"):
+        bsuite.load_suite(_suite(tmp_path, claims=claims + [_claim(), _claim()]))
+    # a claim on a row the suite (or a scale) does not run is not measured, not an error
+    suite = bsuite.load_suite(_suite(tmp_path, claims=[_claim(row="ewc_strong")]))
+    assert "**not measured**" in bclaims.render_lines(suite.claims, {"naive": {"eval_fid": [1.0, 2.0]}}, {})[0]
+    assert bsuite.load_suite(_suite(tmp_path, claims=[])).claims == []
+
+
+def test_claim_rules_and_the_best_of_several_rows():
+    at_least = bclaims.parse_claims([_claim(rule="not_worse")], "test")[0]
+    naive = {"eval_fid": [11.0, 12.0]}
+    assert bclaims.judge(at_least, {"ewc": {"eval_fid": [10.0, 12.0]}, "naive": naive}) == "confirmed"  # a tie
+    assert bclaims.judge(at_least, {"ewc": {"eval_fid": [20.0, 21.0]}, "naive": naive}) == "not confirmed"
+    assert bclaims.judge(at_least, {"ewc": {"eval_fid": [10.0]}, "naive": naive}) == "not resolved"
+    same = bclaims.parse_claims([_claim(rule="equivalent", tolerance=0.1, cost="nfe")], "test")[0]
+    values = {"ewc": {"eval_fid": [10.5, 10.7], "nfe": [16.0, 16.0]},
+              "naive": {"eval_fid": [10.0, 10.1], "nfe": [48.0, 48.0]}}
+    assert bclaims.judge(same, values) == "confirmed"  # 0.55 worse, inside 10% of 10.05
+    values["ewc"]["eval_fid"] = [12.0, 12.1]
+    assert bclaims.judge(same, values) == "not confirmed"
+    values["ewc"]["nfe"] = []
+    assert bclaims.judge(same, values) is None  # the cost is part of the claim: not measured
+    evidence = "EWC {ewc.eval_fid} vs {against} {against.eval_fid}{others.eval_fid}"
+    best = bclaims.parse_claims([_claim(against={"best_of": ["naive", "joint", "buffer_replay"]}, evidence=evidence)],
+                                "test")[0]
+    values = {"ewc": {"eval_fid": [5.0, 5.2]}, "naive": {"eval_fid": [40.0, 42.0]}, "joint": {"eval_fid": [4.0, 4.4]}}
+    j = bclaims.render(best, values)
+    assert j.against == "joint" and j.verdict == "not confirmed"  # the best of those measured (buffer_replay: none)
+    assert "EWC 5.1 ± 0.14 vs joint 4.2 ± 0.28; naive 41 ± 1.4: **not confirmed**" in j.line
 
 def test_suite_times_gain_the_commit_column_without_losing_rows(tmp_path):
     path = str(tmp_path / "suite_times.csv")
     with open(path, "w") as f:  # written before the commit column existed
         f.write("label,seed,kind,seconds,exit,finished_at,threads\nnaive,0,continual,12.5,0,2026-11-30 17:10:40,1\n")
-    bcl.append_time(path, {"label": "joint", "seed": 0, "kind": "continual", "seconds": 3.0, "exit": 0,
+    archive.append_time(path, {"label": "joint", "seed": 0, "kind": "continual", "seconds": 3.0, "exit": 0,
                            "finished_at": "x", "threads": 1, "commit": "abc1234"})
     with open(path) as f:
         rows = list(csv.DictReader(f))
     assert [(r["label"], r["seconds"], r["commit"]) for r in rows] == [("naive", "12.5", ""), ("joint", "3.0", "abc1234")]
-    assert bcl._commits_of(rows) == "an unrecorded commit (1 run), `abc1234` (1 run)"
+    assert archive.commits_of(rows) == "an unrecorded commit (1 run), `abc1234` (1 run)"
 
 
 def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
@@ -164,9 +258,9 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     import time
 
     with open(SUITE) as f:  # the rows that share task 0 (a row of its own, the VAE's, starts at once)
-        methods = {k: v for k, v in yaml.safe_load(f)["methods"].items() if not bcl.row_settings(v)}
-    suite = bcl.load_suite(_suite(tmp_path, seeds=[0, 1], learning_curve={}, methods=methods))
-    specs = bcl.plan(suite)
+        methods = {k: v for k, v in yaml.safe_load(f)["methods"].items() if not bsuite.row_settings(v)}
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1], learning_curve={}, methods=methods))
+    specs = bplan.plan_runs(suite)
     first = {seed: next(s for s in specs if s.seed == seed) for seed in (0, 1)}
     assert all(s.needs == first[s.seed].label for s in specs if s.kind == "continual" and s is not first[s.seed])
     assert all(s.needs == "gd_full" for s in specs if s.kind == "solver") and first[0].needs is None
@@ -186,8 +280,8 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
             events.append(("end", spec.label, spec.seed, cmd[-1]))
         return 3 if spec.label == "fail_me" else 0
 
-    monkeypatch.setattr(bcl.subprocess, "call", fake_call)
-    bcl.run_suite(suite, specs, log=lambda m: None, jobs=3, threads=6)
+    monkeypatch.setattr(brun.subprocess, "call", fake_call)
+    brun.run_suite(suite, specs, log=lambda m: None, jobs=3, threads=6)
     assert live[1] == 3
     pos = {(kind, label, seed): i for i, (kind, label, seed, _) in enumerate(events)}
     for s in specs:
@@ -200,12 +294,12 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     with open(tmp_path / "report" / "runs" / "suite_times.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(specs) and all(r["commit"] for r in rows)  # the commit each run ran at
-    assert all(bcl._archived(suite, s.run_dir) for s in specs)  # every finished run is archived
+    assert all(archive.is_archived(suite, s.run_dir) for s in specs)  # every finished run is archived
 
     # --only: a selected run brings the unfinished run it reads (seed 1's task-0 run), never starts before it
     shutil.rmtree(tmp_path / "report" / "runs")  # nothing finished yet
     events.clear()
-    bcl.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2, only=["gd_full"])
+    brun.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2, only=["gd_full"])
     starts = [(label, seed) for kind, label, seed, _ in events if kind == "start"]
     assert sorted(starts) == sorted([("gd_full", 0), ("gd_full", 1), ("naive", 0), ("naive", 1)])
     pos = {(kind, label, seed): i for i, (kind, label, seed, _) in enumerate(events)}
@@ -216,8 +310,8 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     for s in specs:
         s.needs = "fail_me" if s.needs == "naive" and s.seed == 0 else s.needs
     events.clear()
-    with pytest.raises(bcl.SuiteRunError, match="fail_me .seed 0. exited with 3"):
-        bcl.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2)
+    with pytest.raises(brun.SuiteRunError, match="fail_me .seed 0. exited with 3"):
+        brun.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2)
     started = {(label, seed) for kind, label, seed, _ in events if kind == "start"}
     assert not any(s.seed == 0 and s.needs == "fail_me" and (s.label, 0) in started for s in specs)
 
@@ -226,8 +320,6 @@ def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
     """A finished run's report files go to the archive (no checkpoints); on a machine without the run
     folders the archived runs count as finished, task 0 comes from the first run that can give it, and
     a run whose checkpoints a pending solver reads runs again from a cleared folder."""
-    from tools import run_archive
-
     run = tmp_path / "out" / "gd_full_s0"
     _write(f"{run}/metrics.csv", [{"task": 0, "eval_fid": 3.0}, {"task": 1, "eval_fid": 4.0}])
     for t in (0, 1):
@@ -237,22 +329,22 @@ def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
     (run / "config.yaml").write_text("seed: 0\n")
     (run / "solver_plain").mkdir()
     arch, out = str(tmp_path / "archive"), str(tmp_path / "out")
-    assert run_archive.info(arch, out, str(run)) is None
-    run_archive.save(arch, out, str(run), {"label": "gd_full", "seed": 0, "commit": "abc", "seconds": 9.5})
+    assert archive.info(arch, out, str(run)) is None
+    archive.save(arch, out, str(run), {"label": "gd_full", "seed": 0, "commit": "abc", "seconds": 9.5})
     kept = sorted(str(p.relative_to(tmp_path / "archive" / "gd_full_s0")) for p in (tmp_path / "archive").rglob("*")
                   if p.is_file())
     assert kept == ["archived.json", "config.yaml", "metrics.csv", "task_0/samples.png", "task_1/samples.png"]
-    assert run_archive.info(arch, out, str(run))["seconds"] == 9.5
-    assert run_archive.restore(arch, out, str(run)) and (run / "task_0" / "model000010.pt").exists()  # own: untouched
+    assert archive.info(arch, out, str(run))["seconds"] == 9.5
+    assert archive.restore(arch, out, str(run)) and (run / "task_0" / "model000010.pt").exists()  # own: untouched
     elsewhere = tmp_path / "out2" / "gd_full_s0"  # a new machine
-    assert run_archive.restore(arch, str(tmp_path / "out2"), str(elsewhere))
+    assert archive.restore(arch, str(tmp_path / "out2"), str(elsewhere))
     assert (elsewhere / "metrics.csv").read_text() == (run / "metrics.csv").read_text()
     assert (elsewhere / "task_1" / "samples.png").read_bytes() == b"png1"
-    assert not run_archive.has_checkpoints(str(elsewhere)) and run_archive.has_checkpoints(str(run))
+    assert not archive.has_checkpoints(str(elsewhere)) and archive.has_checkpoints(str(run))
     (elsewhere / "solver_plain").mkdir()
-    run_archive.clear_restored(str(elsewhere))
+    archive.clear_restored(str(elsewhere))
     assert os.listdir(elsewhere) == ["solver_plain"]
-    run_archive.clear_restored(str(run))  # a run's own folder: never cleared
+    archive.clear_restored(str(run))  # a run's own folder: never cleared
     assert (run / "task_0" / "model000010.pt").exists()
 
     # the suite: seed 0's naive, joint and gd_full archived on another machine
@@ -260,15 +352,15 @@ def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
     import guided_diffusion.evaluation.settings  # noqa: F401
 
     with open(SUITE) as f:
-        methods = {k: v for k, v in yaml.safe_load(f)["methods"].items() if not bcl.row_settings(v)}
-    suite = bcl.load_suite(_suite(tmp_path, seeds=[0], learning_curve={}, methods=methods,
+        methods = {k: v for k, v in yaml.safe_load(f)["methods"].items() if not bsuite.row_settings(v)}
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0], learning_curve={}, methods=methods,
                                   solver={"diffusion": "gd_full", "replays": ["plain"]}))
     done = ("naive", "joint", "gd_full")
     for label in done:
         d = str(tmp_path / "elsewhere" / f"{label}_s0")
         _write(f"{d}/metrics.csv", [{"task": 0, "eval_fid": 3.0}])
-        run_archive.save(bcl._abs(suite.archive_dir), str(tmp_path / "elsewhere"), d, {"label": label, "seed": 0})
-    specs = bcl.plan(suite)
+        archive.save(repo.abs_path(suite.archive_dir), str(tmp_path / "elsewhere"), d, {"label": label, "seed": 0})
+    specs = bplan.plan_runs(suite)
     by = {s.label: s for s in specs}
     assert by["buffer_replay"].needs is None  # the first run that will run trains task 0 ...
     assert load_config(by["buffer_replay"].config_path).continual.init_from == ""
@@ -282,16 +374,16 @@ def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
         started.append(spec.label)
         return 0
 
-    monkeypatch.setattr(bcl.subprocess, "call", fake_call)
-    bcl.run_suite(suite, specs, log=lambda m: None)
+    monkeypatch.setattr(brun.subprocess, "call", fake_call)
+    brun.run_suite(suite, specs, log=lambda m: None)
     # naive and joint count as finished; gd_full runs again: the solver replays from its checkpoints
     assert "naive" not in started and "joint" not in started and "gd_full" in started
     assert started.index("gd_full") < started.index("solver_plain")
     assert json.loads(open(f"{by['naive'].run_dir}/restored.json").read())["label"] == "naive"
     assert not os.path.exists(f"{by['gd_full'].run_dir}/metrics.csv")  # cleared before it ran again
-    run_archive.save(bcl._abs(suite.archive_dir), str(tmp_path / "elsewhere"), str(tmp_path / "elsewhere" / "joint_s0"),
+    archive.save(repo.abs_path(suite.archive_dir), str(tmp_path / "elsewhere"), str(tmp_path / "elsewhere" / "joint_s0"),
                      {"label": "joint", "seed": 0, "source": "recovered from an old report"})
-    (line,) = bcl._archive_line(suite, specs)  # the faked runs left no folders: all but gd_full (its folder here)
+    (line,) = breport.archive_line(suite, specs)  # the faked runs left no folders: all but gd_full (its folder here)
     assert line.startswith(f"- archive: {len(specs) - 1} run(s) ran on earlier machines; their results are read from `")
     assert line.endswith("`; 1 of them (joint s0) were recovered from an old report")
 
@@ -343,7 +435,7 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
 def test_the_report_names_the_evaluation_classifier_of_each_run():
     proto = ("500 class-conditional EMA samples after task 0, 50 ancestral vs 100 mnist5k test images; "
              "domain-cnn(mnist5k train, v1, test acc 0.9700), 64-d penultimate [model/x.safetensors]: fid")
-    assert bcl.features_of([{"eval_protocol": proto}]) == "domain-cnn(mnist5k train, v1, test acc 0.9700)"
+    assert breport.features_of([{"eval_protocol": proto}]) == "domain-cnn(mnist5k train, v1, test acc 0.9700)"
     named = "domain-cnn(mnist5k train, v1, test acc 0.9740, sha256 0123456789ab)"
-    assert bcl.features_of([{"eval_features": named, "eval_protocol": proto}]) == named
-    assert bcl.features_of([{"eval_protocol": "no extractor here"}, {}]) == ""
+    assert breport.features_of([{"eval_features": named, "eval_protocol": proto}]) == named
+    assert breport.features_of([{"eval_protocol": "no extractor here"}, {}]) == ""

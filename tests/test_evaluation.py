@@ -253,6 +253,38 @@ def test_evaluate_sets_rows_protocol_and_reference_cache(tmp_path):
     assert "fid" in format_table(rows)
 
 
+
+def test_a_registered_metric_is_computed_by_evaluate_sets():
+    """A new metric is one registered function: evaluate_sets computes it where its needs are met,
+    after the built-in ones, and skips it where they are not."""
+    from guided_diffusion.evaluation import METRICS, MetricInputs, register_metric
+    from guided_diffusion.evaluation.metrics import MetricRow
+
+    @register_metric("mean_pool_gap", needs=("reference_features", "sample_labels"))
+    def mean_pool_gap(x: MetricInputs):
+        gap = float(np.abs(x.feats["pool"].mean(0) - x.ref_feats["pool"].mean(0)).max())
+        return [MetricRow("mean_pool_gap", gap, f"max |mean pool difference|, {x.base}", "max |mean difference|")]
+
+    try:
+        ext = _extractor()
+        x, y = _images(120)
+        ref = ImageSet(x[:60], y[:60], 10, "toy ref")
+        samples = ImageSet(x[60:], y[60:], 10, "toy samples")
+        rows = evaluate_sets(ext, samples, ref, ["mean_pool_gap", "fid"], batch_size=32)
+        assert [r.name for r in rows] == ["fid", "mean_pool_gap"]  # the registry's order
+        want = np.abs(extract_features(ext, samples.images, 32)["pool"].mean(0)
+                      - extract_features(ext, ref.images, 32)["pool"].mean(0)).max()
+        assert rows[1].value == pytest.approx(float(want)) and "60 samples" in rows[1].protocol
+        assert "mean_pool_gap" in [r.name for r in evaluate_sets(ext, samples, ref, batch_size=32)]  # default: all
+        unlabelled = ImageSet(x[60:], None, 10, "toy samples")
+        assert evaluate_sets(ext, unlabelled, ref, ["mean_pool_gap"], batch_size=32) == []  # its needs unmet
+        with pytest.raises(ValueError, match="unknown need"):
+            register_metric("bad", needs=("labels",))
+        with pytest.raises(ValueError, match="unknown metric"):
+            evaluate_sets(ext, samples, ref, ["mean_pool_gaps"], batch_size=32)
+    finally:
+        METRICS.pop("mean_pool_gap", None)
+
 # ------------------------------------------------------------------ config, continual hook, report
 
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from tools import learning_curve as lc
+from tools import curves as lc
 
 from guided_diffusion.evaluation.domain_classifier import (
     DomainClassifier,

@@ -39,6 +39,7 @@ from .inception import (
     resize_bilinear_tf1,
 )
 from .inception_score import inception_score
+from .metrics import METRICS, MetricInputs, register_metric
 from .precision_recall import manifold_radii, precision_recall
 from .reference import (
     ImageSet,
@@ -63,5 +64,5 @@ __all__ = [
     "load_tf_inception", "resize_bilinear_tf1", "inception_score", "manifold_radii", "precision_recall",
     "ImageSet", "load_image_set", "load_reference_stats", "save_reference_stats", "EvaluationConfig",
     "classifier_path_of", "evaluation_of", "train_classifier_from_config", "ALL_METRICS", "MetricRow",
-    "evaluate_sets", "format_table",
+    "evaluate_sets", "format_table", "METRICS", "MetricInputs", "register_metric",
 ]

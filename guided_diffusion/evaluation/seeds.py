@@ -1,9 +1,10 @@
 """Figures over seeds and the rule that judges a claim against their spread.
 
-One implementation for every report that repeats runs over seeds (the fidelity benchmark,
-``scripts/tools/benchmark_cl.py``; the DKDM ablation, ``guided_diffusion/dkdm/ablation.py``):
-mean ± sample std cells, and ``compare``, which says whether one side beats the other by more than
-the spread (``RULE``).
+One implementation for every report that repeats runs over seeds (the fidelity benchmark's claims,
+``scripts/tools/bench/claims.py``; the DKDM ablation, ``guided_diffusion/dkdm/ablation.py``):
+mean ± sample std cells, ``compare``, which says whether one side beats the other by more than
+the spread (``RULE``), and ``within_tolerance``, whether one side is no worse than the other by more
+than a tolerance or the spread (a claim of equivalence).
 """
 
 from __future__ import annotations
@@ -77,4 +78,14 @@ def all_better(outcomes: Sequence[Optional[str]]) -> str:
     return "not resolved"
 
 
-__all__ = ["RULE", "mean", "std", "cell", "mean_std", "compare", "all_better"]
+def within_tolerance(a: Sequence[float], b: Sequence[float], tolerance: float, higher_is_better: bool) -> Optional[bool]:
+    """Whether ``a`` is no worse than ``b`` by more than ``tolerance`` x |mean of b| or the spread (as in
+    ``compare``), whichever is larger; None when a side has fewer than two seeds."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    excess = float(np.mean(b) - np.mean(a)) if higher_is_better else float(np.mean(a) - np.mean(b))
+    spread = float(np.std(a, ddof=1) + np.std(b, ddof=1))
+    return excess <= max(tolerance * abs(float(np.mean(b))), spread)
+
+
+__all__ = ["RULE", "mean", "std", "cell", "mean_std", "compare", "all_better", "within_tolerance"]

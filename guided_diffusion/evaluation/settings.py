@@ -29,7 +29,7 @@ from ..runtime.config import (
     register_section_schema,
     resolve_evaluation_use_ddim,
 )
-from .suite import ALL_METRICS
+from .metrics import METRICS
 
 
 @dataclass
@@ -64,9 +64,9 @@ class EvaluationConfig:
             bad(f"features = {self.features!r} is not one of domain, inception")
         if self.reference_split not in ("test", "train"):
             bad(f"reference_split = {self.reference_split!r} is not one of test, train")
-        unknown = [m for m in self.metric_list if m not in ALL_METRICS]
+        unknown = [m for m in self.metric_list if m not in METRICS]
         if unknown:
-            bad(f"metrics: unknown {unknown}; valid: {', '.join(ALL_METRICS)}")
+            bad(f"metrics: unknown {unknown}; valid: {', '.join(METRICS)}")
         for key in ("num_samples", "batch_size", "feature_batch_size", "classifier_epochs",
                     "classifier_batch_size", "classifier_width", "classifier_feature_dim"):
             if getattr(self, key) <= 0:

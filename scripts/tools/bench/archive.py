@@ -1,4 +1,4 @@
-"""The benchmark's committed record of finished runs (``<report_dir>/runs/``).
+"""The benchmark's committed record of finished runs (``<report_dir>/runs/``) and of their times.
 
 A suite takes hours a seed on a CPU, more than one working session, and its run folders (under
 ``experiments/``, ignored by git: checkpoints of megabytes each) do not outlive the machine. So when a
@@ -8,16 +8,27 @@ run finishes, what its report needs is copied to the archive, which is small and
 written last, it marks the copy complete). On a new machine the suite restores an archived run into
 its folder (marked ``restored.json``) and counts it as finished; only a run whose *checkpoints*
 another run needs (the diffusion run a solver replays from) runs again, from a cleared folder.
+
+Each run process also gets a row in ``<archive_dir>/suite_times.csv`` (``append_time``): its label,
+seed, seconds, exit code, threads and the commit it ran at.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
+from guided_diffusion.logger import read_csv
 from guided_diffusion.runtime.checkpoint import atomic_write_text
+
+from .repo import abs_path
+
+if TYPE_CHECKING:
+    from .plan import RunSpec
+    from .suite import Suite
 
 MARK = "archived.json"  # in the archive: the copy is complete
 RESTORED = "restored.json"  # in a run folder: its files came from the archive (no checkpoints)
@@ -97,4 +108,77 @@ def clear_restored(run_dir: str) -> None:
             shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
 
 
-__all__ = ["MARK", "RESTORED", "entry", "info", "save", "restore", "has_checkpoints", "clear_restored"]
+# ------------------------------------------------------------------------------------------- a suite's runs
+
+
+def is_archived(suite: "Suite", run_dir: str) -> bool:
+    """Whether the suite's archive holds the run of ``run_dir`` (completely)."""
+    return info(abs_path(suite.archive_dir), abs_path(suite.out_dir), run_dir) is not None
+
+
+def holds_task0(run_dir: str) -> bool:
+    """Whether ``run_dir`` holds its own finished task 0 (checkpoints, not a restored copy)."""
+    return os.path.isfile(os.path.join(run_dir, "task_0", "task_done.json")) and has_checkpoints(run_dir)
+
+
+def save_run(suite: "Suite", spec: "RunSpec", record: Dict[str, Any]) -> str:
+    """Archive a finished run of the suite (``save``)."""
+    return save(abs_path(suite.archive_dir), abs_path(suite.out_dir), spec.run_dir, record)
+
+
+def restore_archived(suite: "Suite", specs: Sequence["RunSpec"]) -> set:
+    """Restore the archived runs into their folders (where a folder does not hold its own finished
+    run); returns the ``id`` of each archived spec."""
+    return {id(s) for s in specs if restore(abs_path(suite.archive_dir), abs_path(suite.out_dir), s.run_dir)}
+
+
+def archived_records(suite: "Suite", specs: Sequence["RunSpec"]) -> List[tuple]:
+    """(spec, record) of the runs whose results come from the archive (no checkpoints here)."""
+    records = [(s, info(abs_path(suite.archive_dir), abs_path(suite.out_dir), s.run_dir)) for s in specs
+               if not has_checkpoints(s.run_dir)]
+    return [(s, r) for s, r in records if r is not None]
+
+
+# ------------------------------------------------------------------------------------------- run times
+
+
+TIME_COLUMNS = ["label", "seed", "kind", "seconds", "exit", "finished_at", "threads", "commit"]
+
+
+def times_path(suite: "Suite") -> str:
+    """The suite's ``suite_times.csv`` (a row per run process), kept with the archive."""
+    return os.path.join(abs_path(suite.archive_dir), "suite_times.csv")
+
+
+def append_time(path: str, row: Dict[str, Any]) -> None:
+    """Append a run's row to ``suite_times.csv``; a file written before a column existed is rewritten
+    with the full header first (its old rows get the column empty)."""
+    old = read_csv(path)
+    if old and list(old[0].keys()) != TIME_COLUMNS:
+        rows = [{k: r.get(k) or "" for k in TIME_COLUMNS} for r in old]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, TIME_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+    new = not os.path.exists(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, TIME_COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in TIME_COLUMNS})
+
+
+def commits_of(times: List[Dict[str, str]]) -> str:
+    """Which commits the suite's runs ran at (``suite_times.csv``), with how many runs each."""
+    counts: Dict[str, int] = {}
+    for r in times:
+        c = (r.get("commit") or "").strip() or "an unrecorded commit"
+        counts[c] = counts.get(c, 0) + 1
+    return ", ".join((c if c.startswith("an ") else f"`{c}`") + f" ({n} run{'s' if n != 1 else ''})"
+                     for c, n in counts.items()) or "no recorded run"
+
+
+__all__ = ["MARK", "RESTORED", "entry", "info", "save", "restore", "has_checkpoints", "clear_restored",
+           "is_archived", "holds_task0", "save_run", "restore_archived", "archived_records", "TIME_COLUMNS",
+           "times_path", "append_time", "commits_of"]

@@ -1,4 +1,5 @@
-"""Learning curves: IID training of a config on a class subset, evaluated as the images seen grow.
+"""Learning curves: IID training of a config on a class subset, evaluated as the images seen grow
+(the library half of ``scripts/learning_curve.py``, its entry point).
 
 ``run_curve(cfg, classes, points, run_dir)`` trains one model (``TrainLoop``, automatic resume) on
 the real training images of ``classes`` and, each time the number of images seen reaches a point,
