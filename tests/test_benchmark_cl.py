@@ -439,3 +439,22 @@ def test_the_report_names_the_evaluation_classifier_of_each_run():
     named = "domain-cnn(mnist5k train, v1, test acc 0.9740, sha256 0123456789ab)"
     assert breport.features_of([{"eval_features": named, "eval_protocol": proto}]) == named
     assert breport.features_of([{"eval_protocol": "no extractor here"}, {}]) == ""
+
+
+def test_the_report_names_the_precision_of_each_run(tmp_path):
+    """Runs from before train.precision was recorded ran in fp32; a suite that mixes precisions says which
+    rows ran in which."""
+    assert breport.precision_of([{}]).startswith("fp32 (recorded before")
+    assert breport.precision_of([{"precision": "bf16", "memory_format": "channels_last", "cpu": "AVX512 amx"}]) == \
+        "bf16, channels_last (CPU AVX512 amx)"
+    specs = []
+    for label, row in (("naive", "task,precision,memory_format,cpu\n0,bf16,contiguous,AVX512 avx512_bf16\n"),
+                       ("joint", "task,eval_fid\n0,12.5\n")):
+        d = tmp_path / label
+        d.mkdir()
+        (d / "metrics.csv").write_text(row)
+        specs.append(bplan.RunSpec(label=label, seed=0, kind="continual", config_path="", run_dir=str(d)))
+    (line,) = breport.precision_line(specs)
+    assert "more than one precision" in line and "bf16 (CPU AVX512 avx512_bf16) (1 runs): naive s0" in line
+    assert "fp32 (recorded before the column: the default then) (1 runs): joint s0" in line
+    assert breport.precision_line(specs[:1]) == ["- precision: bf16 (CPU AVX512 avx512_bf16), every run"]

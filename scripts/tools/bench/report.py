@@ -56,6 +56,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         + ("" if wall_sec is None else f"wall clock of the suite command: {wall_sec / 60:.1f} min; ")
         + f"sum of the runs' process times: {total / 60:.1f} min",
         *features_line(specs),
+        *precision_line(specs),
         f"- seeds: {', '.join(map(str, suite.seeds))}; base config `{suite.base}` with `{suite.path}`'s settings "
         f"(every run's resolved config is in `{os.path.relpath(os.path.join(abs_path(suite.out_dir), 'configs'), ROOT)}`)",
         "",
@@ -144,6 +145,34 @@ def features_line(specs: List[RunSpec]) -> List[str]:
             "unrecorded one apart): " + "; ".join(parts)]
 
 
+def precision_of(rows_: List[Dict[str, str]]) -> str:
+    """The precision a run trained and sampled in (``metrics.csv``'s ``precision``, ``memory_format`` and
+    ``cpu``, written since ``train.precision: auto``); runs from before those columns ran in fp32, the
+    default then."""
+    r = rows_[0] if rows_ else {}
+    if not r.get("precision"):
+        return "fp32 (recorded before the column: the default then)"
+    layout = ", channels_last" if r.get("memory_format") == "channels_last" else ""
+    return f"{r['precision']}{layout}" + (f" (CPU {r['cpu']})" if r.get("cpu") else "")
+
+
+def precision_line(specs: List[RunSpec]) -> List[str]:
+    """A line naming the precision(s) the diffusion runs ran in, with the rows of each when they differ."""
+    by: Dict[str, List[str]] = {}
+    for s in specs:
+        if s.kind != "continual":
+            continue
+        rows_ = read_csv(os.path.join(s.run_dir, "metrics.csv"))
+        if rows_:
+            by.setdefault(precision_of(rows_), []).append(f"{s.label} s{s.seed}")
+    if len(by) <= 1:
+        return [f"- precision: {next(iter(by))}, every run"] if by else []
+    parts = [f"{p} ({len(runs)} runs): {', '.join(runs)}" for p, runs in sorted(by.items(), key=lambda kv: -len(kv[1]))]
+    return ["- precision: **the runs ran in more than one precision** (train.precision auto picks bf16 where the CPU "
+            "runs it natively; the main job's 3-seed check of fp32 against auto is in docs/performance.md): "
+            + "; ".join(parts)]
+
+
 def archive_line(suite: Suite, specs: List[RunSpec]) -> List[str]:
     """A line on the runs whose results come from the archive (run on earlier machines), and on those
     recovered from an earlier report rather than archived when they finished (their ``source``)."""
@@ -159,4 +188,4 @@ def archive_line(suite: Suite, specs: List[RunSpec]) -> List[str]:
     return [line]
 
 
-__all__ = ["write_report", "features_of", "features_line", "archive_line"]
+__all__ = ["write_report", "features_of", "features_line", "precision_of", "precision_line", "archive_line"]
