@@ -239,7 +239,7 @@ def test_solver_arch_is_checked_and_an_mlp_solver_trains_task_after_task(tmp_pat
 
     cfg = Config()
     cfg.model.class_cond = True
-    with pytest.raises(ConfigError, match="solver.arch 'vgg' is not one of resnet18, cnn, mlp"):
+    with pytest.raises(ConfigError, match="solver.arch 'vgg' is not one of resnet18, cnn, masip_cnn, mlp"):
         check_solver(dataclasses.replace(SolverConfig(), arch="vgg"), cfg)
     root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
     cfg = load_config(f"{root}/yaml/mnist/solver.yaml", [
@@ -250,3 +250,71 @@ def test_solver_arch_is_checked_and_an_mlp_solver_trains_task_after_task(tmp_pat
     assert sorted(solver.acc) == [0, 1] and sorted(solver.acc[1]) == [0, 1]
     assert isinstance(solver.clf, torch.nn.Module) and solver.clf.fc.in_features == 512
     assert solver.acc[1][1] > 0.8  # 30 steps of joint training learn the second pair of digits
+
+
+# ------------------------------------------------------------------ Masip et al.'s solver protocol
+
+
+def test_masip_cnn_is_their_simple_cnn():
+    """Their SimpleCNN's layers and shapes: the 2nd and 4th convs unpadded, a dropout after the global max-pool
+    (28 px: 28 -> 26 -> 13 -> 11 -> 5 before the pool; 16 px: 16 -> 14 -> 7 -> 5 -> 2)."""
+    net = create_classifier_net("masip_cnn", 10, 1)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size[0], m.padding[0]) for m in convs] == [
+        (1, 32, 3, 1), (32, 32, 3, 0), (32, 64, 3, 1), (64, 128, 3, 0), (128, 128, 1, 0)]
+    assert [m.p for m in net.modules() if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25, 0.25]
+    assert net.body(torch.zeros(2, 1, 28, 28)).shape == (2, 128, 5, 5)
+    assert net.body(torch.zeros(2, 1, 16, 16)).shape == (2, 128, 2, 2)
+    assert net(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
+    assert sum(p.numel() for p in net.parameters()) == (
+        (9 * 32 + 32) + (9 * 32 * 32 + 32) + (9 * 32 * 64 + 64) + (9 * 64 * 128 + 128) + (128 * 128 + 128) + (128 * 10 + 10))
+
+
+def test_argmax_replay_by_hand_and_the_batch_splits():
+    """van de Ven et al.'s hard targets: the previous classifier's argmax over the old classes; loss
+    (1/(i+1)) CE_real + (i/(i+1)) CE_replay. Masip's mixing: B real + B replayed; GUIDE's: B/(i+1) + B i/(i+1)."""
+    from guided_diffusion.continual.solver.replays import REPLAY_MODES, batch_split
+
+    task = type("T", (), {"index": 2, "old_classes": (0, 1, 2, 3)})()
+    replay = REPLAY_MODES["argmax"](SolverConfig())
+    logits = torch.randn(5, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([4, 5, 0, 0, 0])  # two real rows; the replayed rows' own labels are not used
+    prev = torch.tensor([[0.1, 2.0, 0.3, 0.0, 9.0, 0.0], [1.0, 0.0, 0.0, 3.0, 0.0, 7.0], [0.5, 0.4, 0.3, 0.2, 0.0, 0.0]])
+    # argmax over the old classes 0-3 only (the previous classifier's 9.0 on class 4 is not an old class)
+    hard = torch.tensor([1, 3, 0])
+    ce = torch.nn.functional.cross_entropy
+    want = ce(logits[:2], labels[:2]) / 3 + ce(logits[2:], hard) * 2 / 3
+    torch.testing.assert_close(replay.loss(logits, labels, 2, prev, task), want)
+    assert batch_split("masip", 64, 3) == (64, 64) and batch_split("guide", 64, 3) == (16, 48)
+
+
+def test_masip_solver_protocol_runs_on_an_unconditional_generator(tmp_path):
+    """Masip et al.'s protocol end to end, tiny: an unconditional diffusion run, then their solver (their CNN,
+    B real + B replayed, constant learning rate, fresh replay every step) with reversed soft targets,
+    standard distillation and argmax labels; plain replay (labels from the conditioning) is refused."""
+    import csv
+    import os
+
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.continual.solver import run_solver
+    from guided_diffusion.runtime.config import load_config
+
+    root = os.path.dirname(os.path.dirname(__file__))
+    common = [f"out_dir={tmp_path}", "name=u", "model.class_cond=false", "continual.limit_tasks=2",
+              "continual.num_steps=3", "continual.first_task_num_steps=3", "evaluation.enabled=false",
+              "continual.grid_per_class=0", "train.num_threads=1", "data.image_size=16", "model.channel_mult=1,2",
+              "model.attention_resolutions=8"]
+    run_continual(load_config(f"{root}/yaml/mnist/generative_distillation.yaml", common))
+    solver_keys = ["solver.arch=masip_cnn", "solver.mixing=masip", "solver.lr_schedule=constant",
+                   "solver.optimizer=adam", "solver.init_lr=0.001", "solver.lr=0.001", "solver.generation_interval=1",
+                   "solver.respacing=ddim2t", "solver.init_num_steps=4", "solver.num_steps=3", "solver.batch_size=8",
+                   "solver.augment=", "solver.log_interval=1"]
+    for replay in ("soft", "soft_kd", "argmax"):
+        cfg = load_config(f"{root}/yaml/mnist/solver.yaml", common + solver_keys + [f"solver.replay={replay}"])
+        run_solver(cfg)
+        with open(f"{tmp_path}/u/solver_{replay}/metrics.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["real_per_batch"] for r in rows] == ["8", "8"] and rows[1]["replay_per_batch"] == "8"
+    cfg = load_config(f"{root}/yaml/mnist/solver.yaml", common + solver_keys + ["solver.replay=plain"])
+    with pytest.raises(ConfigError, match="soft, soft_kd or argmax"):
+        run_solver(cfg)

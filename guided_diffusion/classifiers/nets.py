@@ -78,6 +78,31 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
+class MasipCNN(nn.Module):
+    """Masip et al.'s solver CNN exactly (their ``src/models/simple_cnn.py`` ``SimpleCNN``): conv32 (pad 1) -
+    conv32 (no pad) - pool - drop, conv64 (pad 1) - conv128 (no pad) - pool - drop, 1x1 conv 128, global
+    max-pool, dropout 0.25, linear. (``SmallCNN``, this project's ``cnn``, pads every conv and has no last
+    dropout.)"""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, dropout: float = 0.25):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=0), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, padding=0), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(dropout),
+            nn.Conv2d(128, 128, 1), nn.ReLU(),
+        )
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(128, num_classes)
+
+    def features(self, x):
+        return self.drop(torch.amax(self.body(x), dim=(2, 3)))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
 class SimpleMLP(nn.Module):
     """Masip et al.'s MLP solver (``--solver_type mlp``: Avalanche's ``SimpleMLP`` with its defaults): the
     flattened image through ``hidden_layers`` blocks of Linear(hidden_size) - ReLU - Dropout(drop_rate),
@@ -129,12 +154,13 @@ class TimeConditioned(nn.Module):
         return self.net.fc(h * (1 + scale) + shift)
 
 
-ARCHS = {"resnet18": PreActResNet18, "cnn": SmallCNN, "mlp": SimpleMLP}
+ARCHS = {"resnet18": PreActResNet18, "cnn": SmallCNN, "masip_cnn": MasipCNN, "mlp": SimpleMLP}
 
 
 def create_classifier_net(arch: str, num_classes: int, in_channels: int, time_conditioned: bool = False,
                           image_size: int = 28) -> nn.Module:
-    """The solver's classifier (``solver.arch``: mlp, cnn (Masip's), resnet18 (GUIDE's)); ``time_conditioned``:
+    """The solver's classifier (``solver.arch``: mlp (Masip's), masip_cnn (Masip's CNN), cnn (its padded
+    variant, this project's), resnet18 (GUIDE's)); ``time_conditioned``:
     wrapped to also take the timestep of x_t. ``image_size`` sizes the MLP's input (the conv nets pool)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown classifier arch {arch!r}; valid: {', '.join(ARCHS)}")

@@ -196,14 +196,16 @@ class ContinualConfig:
 class SolverConfig:
     """The continual classifier trained with replay from the continual diffusion model (GUIDE, Masip)."""
 
-    arch: str = "cnn"  # cnn (Masip's solver) | mlp (Masip's MLP solver) | resnet18 (pre-activation, GUIDE's)
-    replay: str = "guided"  # none (fine-tune) | joint | plain | soft | guided
+    arch: str = "cnn"  # cnn (Masip's CNN with every conv padded) | masip_cnn (Masip's exactly) | mlp (Masip's MLP solver) | resnet18 (pre-activation, GUIDE's)
+    replay: str = "guided"  # none (fine-tune) | joint | plain | soft | soft_kd | argmax | guided
     diffusion_run: str = ""  # run folder of the continual diffusion model ("" -> this config's run folder)
-    batch_size: int = 64  # per task i > 0: B/(i+1) real images + B*i/(i+1) replay images
+    batch_size: int = 64  # B; per task i > 0 as solver.mixing splits it
+    mixing: str = "guide"  # guide: B/(i+1) real + B*i/(i+1) replayed images (GUIDE) | masip: B real + B replayed (Masip et al.)
     init_num_steps: int = 500  # steps of the first task (GUIDE: disjoint_classifier_init_num_steps)
     num_steps: int = 300
     optimizer: str = "sgd"  # sgd (GUIDE: momentum, weight decay) | adam (Masip's CNN solver)
-    init_lr: float = 0.1  # linearly decayed to 0 within each task
+    init_lr: float = 0.1  # the first task's learning rate (see lr_schedule)
+    lr_schedule: str = "linear"  # linear: decayed to 0 within each task (GUIDE) | constant (Masip et al.)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4

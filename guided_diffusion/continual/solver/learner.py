@@ -35,7 +35,7 @@ from ..tasks import TaskLearner, resume_point, run_tasks
 from .augment import augment
 from .base import trims_logits
 from .guidance import replay_judgement
-from .replays import build_replay, check_solver
+from .replays import batch_split, build_replay, check_solver
 
 
 def _optimizer(params, s, lr: float) -> torch.optim.Optimizer:
@@ -160,8 +160,7 @@ class Solver(TaskLearner):
         i = task.index
         gen_mode = replay.from_generator and i > 0
         idx = torch.as_tensor(select(self.y.numpy(), replay.train_classes(task)))
-        n_real = s.batch_size // (i + 1) if gen_mode else s.batch_size
-        n_gen = (s.batch_size // (i + 1)) * i if gen_mode else 0
+        n_real, n_gen = batch_split(s.mixing, s.batch_size, i) if gen_mode else (s.batch_size, 0)
         data = InfiniteLoader(self.x[idx], self.y[idx], n_real, seed=step_seed(self.cfg.seed, i, 3) % (2**31))
         steps = s.init_num_steps if i == 0 else s.num_steps
         base_lr = s.init_lr if i == 0 else s.lr
@@ -182,7 +181,7 @@ class Solver(TaskLearner):
         losses = []
         bar = self.logger.progress_bar(total=steps, desc=f"solver task {i}")
         for step in range(steps):
-            lr = base_lr * (1 - step / steps)
+            lr = base_lr * (1 - step / steps) if s.lr_schedule == "linear" else base_lr
             xr, yr = next(data)
             xr, yr = xr.to(self.device), yr.to(self.device)
             if gen_mode and step % s.generation_interval == 0:

@@ -105,6 +105,24 @@ class SoftKD(Soft):
         return soft_target_kd(student, teacher, list(task.old_classes), self.s.temperature)
 
 
+@register_replay("argmax")
+class Argmax(Replay):
+    """Hard targets from the previous classifier (van de Ven et al. 2020's "hard" replay, the alternative to
+    their distillation): each replayed image's label is the previous classifier's argmax over the old
+    classes; loss (1/(i+1)) CE_real + (i/(i+1)) CE_replay. Needs no class-conditional generator."""
+
+    from_generator = soft_targets = True
+
+    def loss(self, logits, labels, n_real, soft, task):
+        if soft is None:  # task 0: nothing replayed
+            return F.cross_entropy(logits, labels)
+        i = task.index
+        old = torch.as_tensor(list(task.old_classes), device=soft.device)
+        hard = old[soft.index_select(1, old).argmax(-1)]
+        real = F.cross_entropy(logits[:n_real], labels[:n_real])
+        return real / (i + 1) + F.cross_entropy(logits[n_real:], hard) * i / (i + 1)
+
+
 @register_replay("guided")
 class Guided(Replay):
     """GUIDE: each replayed old class guided by ``guide_cond_fn`` with GUIDE's flags, at a per-sample scale
@@ -129,6 +147,18 @@ class Guided(Replay):
         return guide_cond_fn(clf, prev, seen_mask, task.classes, old_mask, scales, s, noised=noised)
 
 
+# How a task's batch splits between real and replayed images (task i > 0, batch B): GUIDE's B/(i+1) real and
+# B i/(i+1) replayed, or Masip et al.'s B real and B replayed (their replay_size = the batch).
+MIXINGS = ("guide", "masip")
+
+
+def batch_split(mixing: str, batch: int, i: int):
+    """(real, replayed) images per step of task ``i`` (i > 0) under ``mixing`` (``MIXINGS``)."""
+    if mixing == "masip":
+        return batch, batch
+    return batch // (i + 1), (batch // (i + 1)) * i
+
+
 def check_solver(s, cfg) -> None:
     """The ``solver`` section's checks across its keys and the model. Only the classifier's runs read
     the section (its defaults need a class-conditional model), so they run for them only: when its
@@ -144,7 +174,12 @@ def check_solver(s, cfg) -> None:
     if replay.from_generator and not replay.soft_targets and not cfg.model.class_cond:
         raise ConfigError(f"solver.replay {s.replay} needs a class-conditional diffusion model (model.class_cond): "
                           f"it labels the replay by its conditioning class; an unconditional generator (Masip's VAE "
-                          f"baseline) replays with soft or soft_kd (the previous classifier's logits as targets)")
+                          f"baseline, Masip et al.'s diffusion model) replays with soft, soft_kd or argmax (targets from the previous "
+                          f"classifier)")
+    if s.mixing not in MIXINGS:
+        raise ConfigError(f"solver.mixing {s.mixing!r} is not one of {', '.join(MIXINGS)}")
+    if s.lr_schedule not in ("linear", "constant"):
+        raise ConfigError(f"solver.lr_schedule {s.lr_schedule!r} is not one of linear, constant")
     if s.use_old_grad and s.use_new_grad:
         raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
     if s.negate_old_grad and not s.use_old_grad:
