@@ -491,6 +491,23 @@ def test_two_task_run(tmp_path, method):
         assert int(rows[1]["images"]) == 900 + 200  # + the buffer of task 0
 
 
+def test_masip_generation_keys_reach_the_teacher(tmp_path, monkeypatch):
+    """method.partial_schedule and method.rederive_eps go to the teacher's DDIM (replay.ddim_generate)."""
+    from guided_diffusion.continual import replay
+    from guided_diffusion.continual.loop import run_continual
+
+    seen = []
+    real = replay.ddim_generate
+    monkeypatch.setattr(replay, "ddim_generate", lambda *a, **k: seen.append((k["per_sample"], k["rederive_eps"]))
+                        or real(*a, **k))
+    cfg = _cfg(tmp_path, "yaml/mnist/gd_partial_generation.yaml",
+               ["method.partial_schedule=per_sample", "method.rederive_eps=false", "evaluation.enabled=false"])
+    run_continual(cfg)
+    assert seen and set(seen) == {(True, False)}
+    with pytest.raises(ConfigError, match="method.partial_schedule 'each'"):
+        _cfg(tmp_path, "yaml/mnist/gd_partial_generation.yaml", ["method.partial_schedule=each"])
+
+
 def test_resume_between_tasks_is_bit_identical(tmp_path):
     """A run stopped between the tasks ends as the uninterrupted one. With a loss-aware sampler
     (train.schedule_sampler=loss-second-moment) there is one sampler for the whole run: task 1

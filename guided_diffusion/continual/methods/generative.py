@@ -128,7 +128,8 @@ class ReplayObjective(ObjectiveWrapper):
             distill=self.method.distill, teacher_steps=m.teacher_steps, teacher_eta=m.teacher_eta,
             t_min=m.replay_start_timestep, generator=ctx.generator, device=x.device,
             guidance_scale=self.method.generation_guidance, null_class=self.base.null_class,
-            clip=self.method.clip_generation,
+            clip=self.method.clip_generation, rederive_eps=m.rederive_eps,
+            per_sample_partial=getattr(m, "partial_schedule", "grid") == "per_sample",
         )
 
     def drop_replay_labels(self, replay: ReplayBatch, ctx) -> ReplayBatch:
@@ -184,16 +185,20 @@ class GenerativeDistillation(_ReplayMethod):
         min_snr_gamma: float = 5.0
         teacher_steps: int = 2  # DDIM steps of the teacher's generation
         teacher_eta: float = 0.0
+        rederive_eps: bool = True  # the teacher's DDIM re-derives eps from its clipped x0 (GLIDE); Masip et al.'s pipeline keeps the network's eps: false
+        partial_schedule: str = "grid"  # partial_generation: grid (trailing steps shared, a jump to each t) | per_sample (teacher_steps steps from 999 to each sample's t: Masip et al.)
         replay_batch: int = 0  # replay images per step over all ranks, as train.batch_size (0: = the data batch)
         replay_start_timestep: int = 0
         weight_replay_loss: bool = True
 
     @classmethod
     def check(cls, mcfg, cfg, world_size):
-        if mcfg.source not in SOURCES + ("lwf",):
-            from ...runtime.config import ConfigError
+        from ...runtime.config import ConfigError
 
+        if mcfg.source not in SOURCES + ("lwf",):
             raise ConfigError(f"method.source {mcfg.source!r} is not one of {', '.join(SOURCES + ('lwf',))}")
+        if mcfg.partial_schedule not in ("grid", "per_sample"):
+            raise ConfigError(f"method.partial_schedule {mcfg.partial_schedule!r} is not one of grid, per_sample")
         _check_common(mcfg, cfg, world_size)
 
 
@@ -213,6 +218,7 @@ class GenerativeReplay(_ReplayMethod):
         min_snr_gamma: float = 5.0
         teacher_steps: int = 2  # masip: DDIM steps of each replay generation
         teacher_eta: float = 0.0
+        rederive_eps: bool = True  # masip: the teacher's DDIM re-derives eps from its clipped x0 (GLIDE); Masip et al.'s pipeline keeps the network's eps: false
         replay_batch: int = 0  # masip: replay images per step over all ranks (0: = the data batch)
         replay_start_timestep: int = 0
         weight_replay_loss: bool = True
