@@ -25,8 +25,11 @@ SUITE = os.path.join(ROOT, "yaml/bench/split_mnist.yaml")
 def _suite(tmp_path, **changes):
     with open(SUITE) as f:
         raw = yaml.safe_load(f)
-    raw.update(out_dir=str(tmp_path / "runs"), report_dir=str(tmp_path / "report"), **changes)
-    path = tmp_path / "suite.yaml"
+    raw.update(out_dir=str(tmp_path / "runs"), report_dir=str(tmp_path / "report"))
+    raw["papers"] = []  # the real papers' suites write under experiments/: tests name their own
+    raw.update(**changes)
+    path = tmp_path / f"{raw.pop('file_name', 'suite')}.yaml"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return str(path)
 
@@ -458,3 +461,35 @@ def test_the_report_names_the_precision_of_each_run(tmp_path):
     assert "more than one precision" in line and "bf16 (CPU AVX512 avx512_bf16) (1 runs): naive s0" in line
     assert "fp32 (recorded before the column: the default then) (1 runs): joint s0" in line
     assert breport.precision_line(specs[:1]) == ["- precision: bf16 (CPU AVX512 avx512_bf16), every run"]
+
+
+def test_the_papers_protocols_section_shows_each_papers_suite_and_both_verdicts(tmp_path):
+    """A suite's ``papers``: another suite (a paper's protocol) whose tables and claims the report shows, and a
+    table of every claim with its verdict in the paper's protocol beside the linked one here."""
+    with open(SUITE) as f:
+        claims = yaml.safe_load(f)["claims"]
+    paper_claim = _claim(id="paper_ewc", statement="EWC forgets less (the paper's way)", protocol="pp",
+                         project_claim="ewc_beats_naive", source="A paper, Table 1")
+    paper = _suite(tmp_path / "paper", file_name="paper", name="paper_suite", seeds=[0, 1], learning_curve={},
+                   claims=[paper_claim], protocols={"pp": {"title": "The paper's protocol", "description": "Its way."}},
+                   solver={})
+    here = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1], learning_curve={}, claims=claims + [_claim()],
+                                    papers=[paper]))
+    fid = {"naive": (400.0, 420.0), "ewc": (100.0, 110.0)}
+    for suite in (here, bsuite.load_suite(paper)):
+        for s in bplan.plan_runs(suite):
+            if s.kind == "continual" and s.label in fid:
+                scale = 1.0 if suite is here else 2.0
+                _write(f"{s.run_dir}/metrics.csv", [{"task": 0, "eval_fid": 3.0},
+                                                     {"task": 1, "eval_fid": scale * fid[s.label][s.seed]}])
+    path = breport.write_report(here, bplan.plan_runs(here), "test")
+    text = open(path).read()
+    section = text.split("## The papers' protocols")[1].split("## Details")[0]
+    assert "### The paper's protocol" in section and "Its full report: [paper_suite]" in section
+    assert ("- *EWC forgets less (the paper's way)* — final FID EWC 210 ± 14 vs naive 820 ± 28 (joint n/a): "
+            "**confirmed**") in section and "Source: A paper, Table 1." in section
+    rows = [ln for ln in section.splitlines() if ln.startswith("| EWC forgets less (the paper's way)")]
+    assert rows == ["| EWC forgets less (the paper's way) | A paper, Table 1 | The paper's protocol | **confirmed** | "
+                    "**confirmed** |"]
+    with pytest.raises(ConfigError, match="papers: suite file nowhere.yaml not found"):
+        bsuite.load_suite(_suite(tmp_path, papers=["nowhere.yaml"]))

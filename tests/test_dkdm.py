@@ -519,6 +519,16 @@ def test_two_task_continual_run_and_mid_task_resume(tmp_path):
     assert not os.path.exists(f"{ctx.run_dir}/task_0/dkdm_cache")
     with open(f"{ctx.run_dir}/task_1/progress.csv") as f:
         assert float(list(csv.DictReader(f))[-1]["teacher_nfe"]) == 4  # one teacher NFE per replayed sample
+    # The cache's preparation is a column of the task's row (the NFEs the header counts), and the benchmark
+    # computes the same count from the config for runs from before that column.
+    assert int(rows[0]["prep_teacher_nfe"]) == 0 and int(rows[1]["prep_teacher_nfe"]) == header["teacher_nfe"] > 0
+    from tools.bench.tables import prep_nfe
+
+    old = f"{tmp_path}/old"
+    os.makedirs(old)
+    shutil.copy(f"{ctx.run_dir}/config.yaml", old)
+    legacy = [{k: v for k, v in r.items() if k != "prep_teacher_nfe"} for r in rows]
+    assert prep_nfe(old, legacy) == [0.0, float(header["teacher_nfe"])]
     # Killed mid task 1 (newest checkpoint lost): the rerun reuses the cache folder and resumes the
     # cache's state from the step-2 checkpoint, ending with the same weights.
     b = load_config(os.path.join(ROOT, "yaml/mnist/gd_dynamic_cache.yaml"), TINY + [f"out_dir={tmp_path}/b"])

@@ -9,6 +9,7 @@ and hooks that the loop (``continual.loop``) calls for every task, in this order
                                  object for the whole run, so its schedule sampler spans the tasks)
     hooks(task)                  TrainHooks for the training loop (before/after step)
     after_task(task)             e.g. the EWC Fisher, the replay buffer update
+    task_columns(task)           the method's own columns of the task's metrics.csv row
     state_dict()/load_state_dict()   what must survive to the next tasks and across a restart
 
 The loop knows no method by name: ``method.name`` in the config picks the class from the registry.
@@ -145,6 +146,10 @@ class ContinualMethod:
 
     def after_task(self, task: Task) -> None:
         pass
+
+    def task_columns(self, task: Task) -> Dict[str, Any]:
+        """Columns the method adds to the task's row of ``metrics.csv`` (e.g. a cost paid once per task)."""
+        return {}
 
     def state_dict(self) -> dict:
         return {}

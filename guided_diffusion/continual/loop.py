@@ -236,6 +236,7 @@ class DiffusionLearner(TaskLearner):
                "memory_format": "channels_last" if loop.precision.channels_last else "contiguous",
                "cpu": describe_cpu() if ctx.device.type == "cpu" else ""}
         row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
+        row.update(method.task_columns(task))
         reused = first_task_results(cfg, cfg.continual.init_from) if copies_first else None
         if reused is not None:  # the same weights, seeds and settings: the same grid and numbers
             cols, grid = reused

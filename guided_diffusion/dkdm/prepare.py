@@ -97,6 +97,11 @@ def shard_nfe(spec: CacheSpec, index: int, count: int) -> int:
     return int((spec.T - shard_draws(spec, index, count)[1]).sum())
 
 
+def cache_nfe(spec: CacheSpec) -> int:
+    """The teacher NFEs that preparing the whole cache of ``spec`` takes (every entry from T down to its stop)."""
+    return sum(shard_nfe(spec, i, b - a) for i, (a, b) in enumerate(shard_ranges(spec.n_total, spec.shard_size)))
+
+
 def prepare_shard(teacher, diffusion, spec: CacheSpec, index: int, count: int, *, prepare_batch: int, device,
                   on_nfe=None, precision: Precision = FP32):
     """(x, t, y) of shard ``index``: every entry run from x_T down to its own stopping state (the teacher's

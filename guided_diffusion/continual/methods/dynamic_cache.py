@@ -34,7 +34,7 @@ import torch
 from ...diffusion_math import min_snr_weight
 from ...dkdm.cache import DynamicCache, TeacherBatch
 from ...dkdm.objective import teacher_losses
-from ...dkdm.prepare import MODES, CacheSpec, cache_size, prepare_cache
+from ...dkdm.prepare import MODES, CacheSpec, cache_nfe, cache_size, prepare_cache
 from ...dkdm.teacher import state_sha256
 from ...experiment import build_diffusion, precision_of
 from ...runtime.config import ConfigError
@@ -162,20 +162,28 @@ class DynamicDistillation(ContinualMethod):
         self.batch = (mcfg.replay_batch or ctx.cfg.train.batch_size) // ctx.world_size  # this rank's share
         self.n_total = cache_size(mcfg.mode, mcfg.rho, self.chain.num_timesteps, self.batch * ctx.world_size)
         self.cache = None
+        self.prep_nfe = 0
 
-    def before_task(self, task, teacher):
-        super().before_task(task, teacher)
-        self.cache = None
-        if teacher is None:
-            return
+    def cache_spec(self, task, teacher) -> CacheSpec:
+        """The cache of ``task``: its entries, chain, old classes, seed and identity."""
         m, ctx = self.mcfg, self.ctx
         cond = ctx.cfg.model.class_cond
-        spec = CacheSpec(
+        return CacheSpec(
             self.n_total, self.chain.num_timesteps, ctx.info.shape, m.mode, tuple(task.old_classes) if cond else None,
             seed=step_seed(ctx.cfg.seed, task.index, 0xDC) % (2**31), shard_size=m.shard_size,
             identity={"teacher_sha256": state_sha256(teacher), "task": task.index, "rho": m.rho,
                       "cache_respacing": m.cache_respacing, "replay_batch": self.batch * ctx.world_size},
         )
+
+    def before_task(self, task, teacher):
+        super().before_task(task, teacher)
+        self.cache = None
+        self.prep_nfe = 0
+        if teacher is None:
+            return
+        m, ctx = self.mcfg, self.ctx
+        spec = self.cache_spec(task, teacher)
+        self.prep_nfe = cache_nfe(spec)
         cache_dir = os.path.join(ctx.task_dir(task), "dkdm_cache")
         start = time.time()
         stats = prepare_cache(teacher, self.chain, spec, cache_dir, prepare_batch=m.prepare_batch,
@@ -190,3 +198,8 @@ class DynamicDistillation(ContinualMethod):
         if task.index == 0 or self.teacher is None:
             return base
         return CacheReplayObjective(base, self, task, self.cache, self.chain)
+
+    def task_columns(self, task):
+        """The teacher NFEs of preparing the task's cache (paid once a task, whether prepared by this
+        process or found on disk): the cache's cost beside the per-step teacher NFEs."""
+        return {"prep_teacher_nfe": self.prep_nfe}

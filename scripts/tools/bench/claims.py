@@ -13,6 +13,8 @@ A claim (a ``claims:`` entry of the suite file)::
       rule: better                         # how the verdict is reached (RULES below)
       evidence: "final FID GD {gd_full.eval_fid} vs GR {against.eval_fid} ..."   # the numbers, a template
       rule_text: GD better than GR on both FID and KLD by more than the spread  # the rule in words (optional)
+      project_claim: gd_beats_gr           # (a paper's protocol) the claim testing the same statement in this
+                                           # project's protocol, shown beside it in the report (optional)
 
 The report writes ``N. *statement* — evidence: **verdict** (rule_text).`` Every number is the mean ±
 std over seeds (``evaluation.seeds``). A claim is **not measured** where a side lacks a metric (a row
@@ -53,7 +55,7 @@ Values = Dict[str, Dict[str, List[float]]]  # label -> key -> the per-seed numbe
 TABLES = {"generator": GENERATOR_KEYS, "classifier": CLASSIFIER_KEYS}
 DIRECTIONS = {"lower": False, "higher": True}  # -> higher_is_better
 CLAIM_KEYS = ("id", "statement", "source", "protocol", "table", "row", "against", "metrics", "rule", "tolerance",
-              "cost", "gap", "evidence", "rule_text")
+              "cost", "gap", "evidence", "rule_text", "project_claim")
 PROJECT = "project"  # the protocol of a claim that names none: this project's settings
 PROJECT_TITLE = "This project's protocol"
 
@@ -75,6 +77,7 @@ class Claim:
     cost: str = ""
     gap: Dict[str, Any] = field(default_factory=dict)
     rule_text: str = ""
+    project_claim: str = ""  # the same statement's claim in this project's protocol (another suite's), if any
 
 
 # ---------------------------------------------------------------------------------------------- rules
@@ -202,7 +205,8 @@ def parse_claim(c, at: str, protocols: Sequence[str] = ()) -> Claim:
                  table=c["table"], row=str(c["row"]), against=against, metrics=metrics, rule=c["rule"],
                  evidence=str(c["evidence"]).strip(), protocol=protocol, best_by=best_by,
                  tolerance=None if tolerance is None else float(tolerance), cost=c.get("cost") or "",
-                 gap=dict(gap), rule_text=str(c.get("rule_text") or "").strip())
+                 gap=dict(gap), rule_text=str(c.get("rule_text") or "").strip(),
+                 project_claim=str(c.get("project_claim") or ""))
 
 
 def _check_evidence(template: str, at: str, key_ok: Callable[[str, str], None], several: bool, gap: bool) -> None:

@@ -19,7 +19,7 @@ from guided_diffusion.evaluation.seeds import RULE, mean_std
 from guided_diffusion.logger import read_csv
 
 from . import archive
-from .claims import render_section
+from .claims import render, render_section, verdict_text
 from .plan import RunSpec
 from .repo import ROOT, abs_path, dirty, git
 from .suite import Suite, task0_images
@@ -92,6 +92,7 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
                   md_table(sh, sr), ""]
     lines += (["## The papers' claims, checked", "", f"Rule: {RULE}.", ""]
               + render_section(suite.claims, mm, sm, suite.protocols) + [""])
+    lines += papers_section(suite, mm, sm)
     lines += ["## Details", "", f"Per-run tables, metric-vs-task plots and every sample grid: "
               f"[{os.path.basename(detail)}]({os.path.basename(detail)}) "
               f"([HTML](report.html)).", "", "## Base config", "", "```yaml", base_text.strip(), "```", "",
@@ -101,6 +102,58 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
 
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def papers_section(suite: Suite, generator, classifier) -> List[str]:
+    """The suites in the papers' own protocols (``suite.papers``): each one's tables and claims, then every
+    claim in its paper's protocol beside the verdict of the same statement in this suite's protocol
+    (``project_claim``), and this suite's claims that no paper makes (this project's hypotheses)."""
+    if not suite.papers:
+        return []
+    from .plan import plan_runs
+    from .suite import load_suite
+
+    here = {c.id: c for c in suite.claims}
+
+    def verdict(c, gen, clf):
+        return render(c, gen if c.table == "generator" else clf).verdict
+
+    lines = ["## The papers' protocols", "",
+             "Each paper's claim tested the way the paper made it: a suite of its own that keeps the settings of "
+             "the authors' code wherever they change results and scales only the size (what is scaled: each "
+             "description). Every claim quotes its source; the rule is the one above.", ""]
+    summary = []
+    for path in suite.papers:
+        paper = load_suite(path)
+        specs = plan_runs(paper)
+        archive.restore_archived(paper, specs)
+        mh, mr, pm = method_table(paper, specs)
+        sh, sr, ps = solver_table(paper, specs)
+        title = next(iter(paper.protocols.values()), {}).get("title") or paper.name
+        link = os.path.relpath(os.path.join(abs_path(paper.report_dir), "README.md"), abs_path(suite.report_dir))
+        lines += [f"### {title}", "", paper.description.strip(), "",
+                  f"Its full report: [{paper.name}]({link}); `python scripts/benchmark_cl.py --suite {path} --jobs 2`.",
+                  "", *precision_line([s for s in specs if s.kind == "continual"]), ""]
+        if mr:
+            lines += ["Generator, after the last task:", "", md_table(mh, mr), ""]
+        if sr:
+            lines += [f"Classifier, replay from `{paper.solver['diffusion']}`:", "", md_table(sh, sr), ""]
+        for c in paper.claims:
+            j = render(c, pm if c.table == "generator" else ps)
+            lines.append(f"- {j.line} Source: {c.source}.")
+            other = here.get(c.project_claim)
+            summary.append((c.statement, c.source, title, verdict_text(j.verdict),
+                            verdict_text(verdict(other, generator, classifier)) if other else "not tested here"))
+        lines.append("")
+    linked = {c.project_claim for path in suite.papers for c in load_suite(path).claims}
+    for c in suite.claims:
+        if c.id not in linked:
+            summary.append((c.statement, c.source, "this project's protocol only", "",
+                            verdict_text(verdict(c, generator, classifier))))
+    lines += ["### Every claim in both protocols", "",
+              md_table(["claim", "source", "tested in", "verdict there", "verdict in this project's protocol"],
+                       [list(r) for r in summary]), ""]
+    return lines
 
 
 _FEATURES = re.compile(r"[\w-]+\([^()]*test acc [^()]*\)")
@@ -188,4 +241,4 @@ def archive_line(suite: Suite, specs: List[RunSpec]) -> List[str]:
     return [line]
 
 
-__all__ = ["write_report", "features_of", "features_line", "precision_of", "precision_line", "archive_line"]
+__all__ = ["write_report", "papers_section", "features_of", "features_line", "precision_of", "precision_line", "archive_line"]

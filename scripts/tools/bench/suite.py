@@ -20,6 +20,8 @@ A *suite* (``yaml/bench/split_mnist.yaml``)::
       diffusion: gd_full
       replays: [none, joint, plain, soft, soft_kd, guided]
       settings: {solver: {num_steps: 100}}
+    papers: [yaml/bench/split_mnist_masip.yaml]   # suites in the papers' own protocols, whose tables and
+                             # claims the report shows beside this suite's (each runs on its own)
     claims:                  # the claims checked against the rows (``claims.py``: the format)
       - {id: ..., statement: ..., source: ..., table: generator, row: gd_full, against: ..., metrics: ..., ...}
     protocols:               # the protocols claims are tested in, beside this project's (optional)
@@ -45,7 +47,7 @@ from .claims import Claim, parse_claims
 from .repo import abs_path
 
 SUITE_KEYS = ("name", "out_dir", "report_dir", "archive_dir", "base", "settings", "seeds", "share_first_task", "methods",
-              "solver", "scales", "description", "learning_curve", "claims", "protocols")
+              "solver", "scales", "description", "learning_curve", "claims", "protocols", "papers")
 CURVE_KEYS = ("classes", "points", "num_samples")
 SOLVER_KEYS = ("diffusion", "replays", "settings")
 PROTOCOL_KEYS = ("title", "description")
@@ -66,6 +68,7 @@ class Suite:
     learning_curve: Dict[str, Any] = field(default_factory=dict)  # task 0's learning curve (CURVE_KEYS)
     claims: List[Claim] = field(default_factory=list)
     protocols: Dict[str, Dict[str, str]] = field(default_factory=dict)  # name -> title, description
+    papers: List[str] = field(default_factory=list)  # suite files in the papers' protocols, reported beside this one
     description: str = ""
     path: str = ""
     scale: str = ""
@@ -115,6 +118,9 @@ def load_suite(path: str, scale: str = "") -> Suite:
         bad = [k for k in suite.learning_curve if k not in CURVE_KEYS]
         if bad:
             raise ConfigError(f"{path}: unknown learning_curve key(s) {bad}; valid: {', '.join(CURVE_KEYS)}")
+    for paper in suite.papers:
+        if not os.path.isfile(abs_path(paper)):
+            raise ConfigError(f"{path}: papers: suite file {paper} not found")
     if not suite.report_dir:
         suite.report_dir = os.path.join(suite.out_dir, "report")
     if not suite.archive_dir:

@@ -26,7 +26,7 @@ CLOG_COLUMNS = [("aiq_acc", "AIQ acc ↑"), ("fr_acc", "FR acc ↓"), ("aiq_fid"
                 ("afq_fid", "AFQ FID ↓"), ("fr_fid", "FR FID ↓")]
 # The keys of ``method_table``'s values (what a claim on the generator table can name).
 GENERATOR_KEYS = tuple([c for c, _ in GENERATOR_COLUMNS] + ["avg", "fgt"] + [k for k, _ in CLOG_COLUMNS]
-                       + ["afq_acc", "fid0", "sps", "nfe", "wall"])
+                       + ["afq_acc", "fid0", "sps", "nfe", "nfe_all", "wall"])
 # The keys of ``solver_table``'s values: final average accuracy, forgetting, replay label = previous argmax.
 CLASSIFIER_KEYS = ("acc", "fgt", "agree")
 
@@ -53,6 +53,36 @@ def _matrix_of(rows_: List[Dict[str, str]], prefix: str):
                            len(rows_))
 
 
+def prep_nfe(run_dir: str, rows_: List[Dict[str, str]]) -> List[float]:
+    """Per task, the teacher NFEs paid once before it (a DKDM cache's preparation): ``metrics.csv``'s
+    ``prep_teacher_nfe``, or, for runs from before that column, the same count computed from the run's
+    config (the cache's size, chain and seed fix it); zeros for methods without such a cost."""
+    have = [as_number(r.get("prep_teacher_nfe")) for r in rows_]
+    if all(v is not None for v in have):
+        return [float(v) for v in have]
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return [0.0] * len(rows_)
+    import guided_diffusion.continual.methods  # noqa: F401  (the method section's schemas)
+    import guided_diffusion.dkdm.config  # noqa: F401  (the dkdm section's)
+    import guided_diffusion.evaluation.settings  # noqa: F401  (the evaluation section's)
+    from guided_diffusion.runtime.config import load_config
+
+    cfg = load_config(path)
+    m = cfg.method
+    if getattr(m, "name", "") != "dynamic_distillation":
+        return [0.0] * len(rows_)
+    from guided_diffusion.dkdm.prepare import CacheSpec, cache_nfe, cache_size
+    from guided_diffusion.experiment import build_diffusion
+    from guided_diffusion.runtime.seeding import step_seed
+
+    T = build_diffusion(cfg, m.cache_respacing).num_timesteps
+    n = cache_size(m.mode, m.rho, T, m.replay_batch or cfg.train.batch_size)
+    return [0.0 if int(as_number(r["task"]) or 0) == 0 else float(cache_nfe(CacheSpec(
+        n, T, (1, 1, 1), m.mode, None, seed=step_seed(cfg.seed, int(as_number(r["task"])), 0xDC) % (2**31),
+        shard_size=m.shard_size))) for r in rows_]
+
+
 def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
     """(header, rows, values) of the diffusion runs: final metrics as mean ± std over seeds, and
     ``values[label][key]``: the per-seed numbers (for the claims' spread).
@@ -60,13 +90,14 @@ def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
     Keys (``GENERATOR_KEYS``): the final ``eval_*`` metrics; ``avg``/``fgt`` (accuracy after the last
     task, forgetting); CLoG's ``aiq_acc``/``afq_acc``/``fr_acc`` (sample accuracy per task) and
     ``aiq_fid``/``afq_fid``/``fr_fid`` (per-task FID); ``fid0`` (FID after task 0); ``sps``/``nfe``
-    (tasks 1+); ``wall``."""
+    (tasks 1+); ``nfe_all`` (tasks 1+: the teacher NFEs per step with what was paid once a task, a
+    cache's preparation, spread over its steps); ``wall``."""
     from guided_diffusion.evaluation.class_metrics import clog_metrics
 
     times = read_csv(times_path(suite))
     cols, extra = GENERATOR_COLUMNS, CLOG_COLUMNS
     header = (["method", "seeds"] + [n for _, n in cols] + ["avg acc ↑", "forgetting ↓"] + [n for _, n in extra]
-              + ["s/step", "teacher NFE/step", "wall min"])
+              + ["s/step", "teacher NFE/step", "with preparation", "wall min"])
     rows, values = [], {}
     tasks = n_tasks(specs)
     for label in suite.methods:
@@ -99,11 +130,14 @@ def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
             later = [x for x in rows_ if (as_number(x.get("task")) or 0) > 0] or rows_
             per["sps"].append(mean([as_number(x.get("sec_per_step")) for x in later]))
             per["nfe"].append(mean([as_number(x.get("final_teacher_nfe")) for x in later]))
+            prep = dict(zip([id(x) for x in rows_], prep_nfe(s.run_dir, rows_)))
+            per["nfe_all"].append(mean([(as_number(x.get("final_teacher_nfe")) or 0.0)
+                                        + prep[id(x)] / max(1.0, as_number(x.get("steps")) or 1.0) for x in later]))
             per["wall"].append((_wall(times, label, s.seed) or 0) / 60 or None)
         values[label] = {k: [v for v in vals if v is not None] for k, vals in per.items()}
         rows.append([label, f"{done}/{len(runs)}"] + [cell(per[c]) for c, _ in cols]
                     + [cell(per["avg"]), cell(per["fgt"])] + [cell(per[k]) for k, _ in extra]
-                    + [cell(per["sps"]), cell(per["nfe"]), cell(per["wall"])])
+                    + [cell(per["sps"]), cell(per["nfe"]), cell(per["nfe_all"]), cell(per["wall"])])
     return header, rows, values
 
 
