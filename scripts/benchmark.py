@@ -4,6 +4,7 @@ Usage:
     python scripts/benchmark.py                           # all named configs: ADM's fp32, ours fp32, ours auto
     python scripts/benchmark.py --configs adm_cifar10 --batch 32 --iters 5
     python scripts/benchmark.py --configs mnist_demo --precision fp32 bf16 --memory-format channels_last
+    python scripts/benchmark.py --configs mnist_demo --profile 12   # also where our steps' time goes, by operator
 
 For each config it builds the model once per path in one process and times the paths side by side:
 - ``reference fp32``: a straightforward ADM implementation -- einsum attention on conv1d projections,
@@ -120,6 +121,39 @@ def time_train(model, x, t, y, device, precision, iters):
     return images_per_second(step, x.shape[0], device, iters)
 
 
+def profile_train(model, x, t, y, device, precision, iters, rows) -> str:
+    """Where one training step's time goes, by operator (``torch.profiler``, self time, the top ``rows``):
+    the step ``time_train`` times, run ``iters`` times after a warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    precision.to_layout(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda", foreach=device.type != "cuda")
+    target = torch.randn_like(x)
+    kwargs = {"y": y} if y is not None else {}
+    x = precision.input(x)
+
+    def step():
+        with precision.autocast(device):
+            out = model(x, t, **kwargs)
+        loss = ((precision.output(out) - target) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) / iters / 1000
+    lines = [f"  profiled: {total:.0f} ms/step of operator self time (median-free sum over {iters} steps / {iters})",
+             f"  {'operator':<58} {'ms/step':>8} {'share':>6} {'calls/step':>10}"]
+    for e in events[:rows]:
+        ms = e.self_cpu_time_total / iters / 1000
+        lines.append(f"  {e.key[:58]:<58} {ms:>8.1f} {ms / total:>6.1%} {e.count / iters:>10.0f}")
+    return "\n".join(lines)
+
+
 def time_train_adm_fp16(model, x, t, y, device, iters):
     """ADM's fp16 training step (``fp16_util.MixedPrecisionTrainer``): fp16 torso, fp32 master copy,
     loss scaled by 2^lg, grads copied to the masters and checked for overflow (a host sync), AdamW
@@ -198,6 +232,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default="", help="also write the rows to this JSON file")
     p.add_argument("--compile", action="store_true", help="also time ours under torch.compile (train.compile: inductor)")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="also profile our paths' training step: the ROWS operators with the most self time")
     args = p.parse_args()
     device = torch.device(args.device)
     where = torch.cuda.get_device_name() if device.type == "cuda" else \
@@ -257,6 +293,10 @@ def main():
             if device.type == "cuda":
                 line += f" {3 * flops * train / (args.peak_tflops * 1e12):>6.1%}"
             print(line, flush=True)
+            if args.profile and label.startswith("ours") and not label.endswith("compiled"):
+                torch.manual_seed(0)
+                print(profile_train(build(name, backend).to(device), x, t, y, device, precision, args.iters,
+                                    args.profile), flush=True)
             del model
         for ref in ("reference fp32", "ADM fp16"):
             if ref in results:
