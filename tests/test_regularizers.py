@@ -18,6 +18,15 @@ from guided_diffusion.continual.regularizers import (
 from guided_diffusion.script_util import create_gaussian_diffusion
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread beats two contending ones on a shared, loaded CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------------------------------------
 # L2
 
