@@ -16,8 +16,10 @@ dict, in a fixed order). No config, no files, no ranks: a continual method compo
 - ``rehearsal_loss``: the current data's loss plus a coefficient times the buffer's (Zajac et al. 2023,
   arXiv 2303.15342; the definition is ours, see its docstring).
 
-The papers' equation numbers are not cited: their bodies could not be read here (docs notes,
-``papers.md`` section 7); every formula is the authors' code's, read at the commits named in the notes.
+The papers' equation numbers are not cited: their bodies could not be read here (the project's research
+notes, ``papers.md`` section 7). Every formula is the authors' code's, read at ganguli-lab/pathint 86c5e07,
+rahafaljundi/MAS-Memory-Aware-Synapses c3e6a85, facebookresearch/agem 4542149; CLoG's variants at
+linhaowei1/CLoG eaedbf6.
 Penalties are returned already multiplied by their strength: the term added to the loss.
 """
 
@@ -117,9 +119,11 @@ class SynapticIntelligence:
     penalty's own gradient ``2 c Omega (theta - theta*)`` (``penalty_grads``) is subtracted, which leaves
     the unregularised loss's gradient without a second backward pass. Pass the gradient before any
     clipping or loss scaling. CLoG (``networks/regularize/si.py``) differs: it integrates ``p.grad`` after
-    the step (the clipped gradient of the penalised loss), adds ``omega / (Delta^2 + xi)`` with no relu, and
-    uses ``xi = si_epsilon = 0.01``, ``c = si_weight = 5``. pathint's stored runs use xi 0.1 (permuted
-    MNIST) and 0.001 (split CIFAR).
+    the step (the clipped gradient of the penalised loss; its first call only initialises, so a task's first
+    step is left out), adds ``omega / (Delta^2 + xi)`` with no relu, and uses ``xi = si_epsilon = 0.01``,
+    ``c = si_weight = 5``. pathint's stored runs use xi 0.1 (permuted MNIST) and 0.001 (split CIFAR).
+
+    Memory: five tensors per parameter (omega, Omega, theta*, and g_unreg and theta of the step in flight).
     """
 
     def __init__(self, params: Params, c: float, xi: float = 0.1):
@@ -288,7 +292,8 @@ def agem_project_(grads: Sequence[Optional[torch.Tensor]], ref_grads: Sequence[O
     sync: the choice is a ``torch.where``, and a compatible g gets ``0 * g_ref`` added (unchanged). Returns
     the 0-d bool tensor "projected" (the official ``violation_count`` counts them). With several ranks,
     all-reduce both gradients first. CLoG (``networks/replay/agem.py``) back-propagates the memory's loss
-    onto grads it did not zero, so its g_ref is g + g_ref (papers.md section 5).
+    onto grads it did not zero, so its g_ref is g + g_ref (papers.md section 5); its ``project`` also
+    subtracts dicts of tensors (``gxy - corr * ger``), which raises as soon as a projection is due.
     """
     pairs = [(g, r) for g, r in zip(grads, ref_grads) if g is not None and r is not None]
     if not pairs:
