@@ -16,8 +16,8 @@ dict, in a fixed order). No config, no files, no ranks: a continual method compo
 - ``rehearsal_loss``: the current data's loss plus a coefficient times the buffer's (Zajac et al. 2023,
   arXiv 2303.15342; the definition is ours, see its docstring).
 
-The papers' equation numbers are not cited: their bodies could not be read here (the project's research
-notes, ``papers.md`` section 7). Every formula is the authors' code's, read at ganguli-lab/pathint 86c5e07,
+The papers' equation numbers are not cited: their bodies could not be read here (``docs/sources.md``
+section 7). Every formula is the authors' code's, read at ganguli-lab/pathint 86c5e07,
 rahafaljundi/MAS-Memory-Aware-Synapses c3e6a85, facebookresearch/agem 4542149; CLoG's variants at
 linhaowei1/CLoG eaedbf6.
 Penalties are returned already multiplied by their strength: the term added to the loss.
@@ -292,7 +292,7 @@ def agem_project_(grads: Sequence[Optional[torch.Tensor]], ref_grads: Sequence[O
     sync: the choice is a ``torch.where``, and a compatible g gets ``0 * g_ref`` added (unchanged). Returns
     the 0-d bool tensor "projected" (the official ``violation_count`` counts them). With several ranks,
     all-reduce both gradients first. CLoG (``networks/replay/agem.py``) back-propagates the memory's loss
-    onto grads it did not zero, so its g_ref is g + g_ref (papers.md section 5); its ``project`` also
+    onto grads it did not zero, so its g_ref is g + g_ref (``docs/sources.md`` section 5); its ``project`` also
     subtracts dicts of tensors (``gxy - corr * ger``), which raises as soon as a projection is due.
     """
     pairs = [(g, r) for g, r in zip(grads, ref_grads) if g is not None and r is not None]
