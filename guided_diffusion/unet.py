@@ -103,8 +103,13 @@ def _conv1x1_linear(conv, x_tokens):
     """Apply a 1x1 Conv1d to token-major input [N, T, C_in] as a linear map -> [N, T, C_out].
 
     The parameter keeps the conv's [C_out, C_in, 1] shape (ADM checkpoints); a linear is
-    faster than conv1d on CPU for this shape.
+    faster than conv1d on CPU for this shape. A module that adds to the conv's map (``lora.LoRAConv1d``:
+    per-task adapters) offers ``forward_tokens`` for this layout, and it is called instead: reading
+    ``conv.weight`` alone here would silently skip what the module's forward adds.
     """
+    forward_tokens = getattr(conv, "forward_tokens", None)
+    if forward_tokens is not None:
+        return forward_tokens(x_tokens)
     return F.linear(x_tokens, conv.weight.squeeze(-1), conv.bias)
 
 

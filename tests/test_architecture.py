@@ -13,7 +13,7 @@ PKG = "guided_diffusion"
 # Bottom to top; a module belongs to the first layer with a matching prefix.
 LAYERS = [
     ("math and networks", ["diffusion_math", "gaussian_diffusion", "respace", "resample", "losses", "nn", "unet",
-                           "dit", "energy", "vae", "prompts", "diffusers_unet"]),
+                           "dit", "energy", "vae", "prompts", "diffusers_unet", "lora"]),
     ("runtime", ["runtime"]),
     ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "data", "text_encoder", "latent"]),
     ("training and sampling", ["train_util", "sampling", "classifiers"]),
