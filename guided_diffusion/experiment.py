@@ -259,7 +259,7 @@ def build_model(cfg: Config, info: DataInfo) -> torch.nn.Module:
                               f"encoder {cfg.text.encoder!r} gives {text_width(cfg.text.encoder)} (use the text "
                               f"encoder it was trained with, e.g. Stable Diffusion's text_encoder folder)")
         net = PromptConditioned(net, *encode_prompts(cfg.text.encoder, prompts_of(cfg, info),
-                                                     cfg.text.max_length))
+                                                     cfg.text.max_length), center=cfg.text.center)
     if cfg.model.parameterization == "energy":  # eps = dE/dx; state_dict keys gain the prefix "net."
         net = EnergyModel(net, cfg.model.energy_form)
     return net

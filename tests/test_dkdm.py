@@ -624,14 +624,21 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     assert list(rows) == [("teacher", 0), ("student_baseline", 0), ("student_dynamic", 0)]
     for name, r in rows.items():
         assert r["eval_fid"] > 0 and 0 <= r["eval_class_acc"] <= 1 and r["eval_samples"] == 12, name
-    # the baseline's set: 10 images of the 5-step sampler; the cache: one NFE a sample and step
-    assert rows[("student_baseline", 0)]["teacher_nfe"] == 10 * 5 and rows[("student_dynamic", 0)]["teacher_nfe"] == 4 * 3
+    # the baseline's set: 10 images of the 5-step sampler; the cache student: one NFE a sample and step
+    # plus the preparation of its cache (every entry from T = 20 down to its stop: the shards' t)
+    _, t0, _ = arrays(str(tmp_path / "dk_dynamic_s0" / "cache"))
+    prep = int((20 - t0).sum())
+    assert len(t0) == 10 * 4 and prep > 0  # round(0.5 x 20) batches of 4
+    assert rows[("student_baseline", 0)]["teacher_nfe"] == 10 * 5 and rows[("student_baseline", 0)]["prep_teacher_nfe"] == 0
+    assert rows[("student_dynamic", 0)]["prep_teacher_nfe"] == prep
+    assert rows[("student_dynamic", 0)]["teacher_nfe"] == 4 * 3 + prep
     assert rows[("student_baseline", 0)]["train_steps"] == rows[("student_dynamic", 0)]["train_steps"] == 3
     with np.load(tmp_path / "dk_baseline_s0" / "teacher_set.npz") as f:
         assert f["arr_0"].shape == (10, 8, 8, 1) and set(f["arr_1"]) <= {0, 1, 2}
     path = ablation.write_report(cfg, out, rows, "python scripts/dkdm_ablation.py")
     text = open(path).read()
     assert "| student_dynamic | 1 |" in text and "beats the data-free baseline" in text and "(one seed)" in text
+    assert f"| {4 * 3 + prep} ({prep}) |" in text and "| 50 (0) |" in text
     assert "x fewer parameters than the teacher" in text
     only_baseline = {k: v for k, v in rows.items() if k[0] != "student_dynamic"}  # the ratio from either student
     assert "x fewer parameters than the teacher" in open(ablation.write_report(cfg, out, only_baseline, "x")).read()
@@ -672,6 +679,30 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     shutil.rmtree(out)  # a fresh table, but the students' folders still hold the old teacher's training
     with pytest.raises(ConfigError, match="dk_baseline_s0 holds results of another teacher"):
         ablation.run_ablation(cfg, out, ["baseline", "dynamic"], baseline_n=10, log=lambda m: None)
+
+
+def test_ablation_counts_each_modes_cache_preparation(tmp_path):
+    from guided_diffusion.dkdm import ablation
+    from guided_diffusion.dkdm.prepare import cache_nfe
+
+    # Without a header: the count from the spec. iterative: one batch of pure noise, nothing to prepare;
+    # shuffled: one batch, each entry run from T to its own stop; dynamic: round(rho T) such batches.
+    it, sh, dy = spec(n=8, T=20, mode="iterative"), spec(n=8, T=20, mode="shuffled"), spec(n=40, T=20)
+    assert ablation.preparation_nfe(it, str(tmp_path / "none")) == 0
+    stops = torch.cat([shard_draws(sh, i, min(7, 8 - 7 * i))[1] for i in range(2)])  # shards of 7
+    assert ablation.preparation_nfe(sh, str(tmp_path / "none")) == int((20 - stops).sum()) == cache_nfe(sh)
+    assert 8 <= cache_nfe(sh) <= 8 * 19
+    # With a prepared cache: its header's count, the same number.
+    d = str(tmp_path / "dyn")
+    stats = prepare_cache(Toy(), create_gaussian_diffusion(steps=20, noise_schedule="cosine"), dy, d, device="cpu")
+    assert ablation.preparation_nfe(dy, d) == stats["nfe"] == cache_nfe(dy) == read_header(d)["teacher_nfe"]
+    # The table: total with its preparation part; an older row (no prep column) says it left preparation out.
+    assert ablation._nfe_cell({"model": "student_dynamic", "teacher_nfe": 64000 + 16000, "prep_teacher_nfe": 16000}) \
+        == "80000 (16000)"
+    assert ablation._nfe_cell({"model": "student_dynamic", "teacher_nfe": "64000"}) == \
+        "64000 (preparation not counted)"
+    assert ablation._nfe_cell({"model": "student_baseline", "teacher_nfe": "225000"}) == "225000"
+    assert ablation._nfe_cell({"model": "teacher", "teacher_nfe": ""}) == ""
 
 
 def test_ablation_verdicts_follow_the_benchmark_rule_over_seeds():

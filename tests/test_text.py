@@ -88,11 +88,26 @@ def test_prompt_conditioned_gives_each_label_its_row():
             return x
 
     states, pooled = torch.randn(4, 3, 5), torch.randn(4, 5)
-    model = PromptConditioned(Record(), states, pooled)
+    model = PromptConditioned(Record(), states, pooled, center=False)
     model(torch.zeros(2, 1), torch.zeros(2), y=torch.tensor([3, 1]))
     torch.testing.assert_close(seen[0][0], states[[3, 1]])
     torch.testing.assert_close(seen[0][1], pooled[[3, 1]])
     assert list(model.state_dict()) == ["net.w"]  # the table is not part of the weights
+    # Centred (the default): minus what the table's prompts share, by hand; the mean pooled difference has
+    # norm 1 and the token states' RMS norm is 1; a prompt added later is centred the same way.
+    model = PromptConditioned(Record(), states, pooled)
+    pm, sm = pooled.mean(0), states.mean(0)
+    p_scale = (pooled - pm).norm(dim=-1).mean()
+    s_scale = (states - sm).norm(dim=-1).pow(2).mean().sqrt()
+    model(torch.zeros(2, 1), torch.zeros(2), y=torch.tensor([3, 1]))
+    torch.testing.assert_close(seen[1][0], (states[[3, 1]] - sm) / s_scale)
+    torch.testing.assert_close(seen[1][1], (pooled[[3, 1]] - pm) / p_scale)
+    c = (pooled - pm) / p_scale
+    assert float(c.norm(dim=-1).mean()) == pytest.approx(1.0) and float(c.mean(0).abs().max()) < 1e-6
+    new_s, new_p = torch.randn(1, 3, 5), torch.randn(1, 5)
+    model.set_prompts(torch.cat([states, new_s]), torch.cat([pooled, new_p]))
+    model(torch.zeros(1, 1), torch.zeros(1), y=torch.tensor([4]))
+    torch.testing.assert_close(seen[2][1], (new_p - pm) / p_scale)  # the construction's centring, kept
     with pytest.raises(ValueError, match="states \\[K, S, D\\] and pooled \\[K, D\\]"):
         model.set_prompts(states, pooled[:, :2])
 

@@ -51,12 +51,14 @@ from ..runtime.config import ConfigError
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
 from ..train_util import DiffusionObjective, TrainLoop
+from .format import read_header
 from .pipeline import build_setup
 from .pipeline import train as train_dkdm
+from .prepare import cache_nfe
 
 MODES = ("baseline", "iterative", "shuffled", "dynamic")
-COLUMNS = ["model", "seed", "params_M", "train_steps", "teacher_nfe", "eval_fid", "eval_fid_real", "eval_class_acc",
-           "eval_precision", "eval_recall", "eval_sec"]
+COLUMNS = ["model", "seed", "params_M", "train_steps", "teacher_nfe", "prep_teacher_nfe", "eval_fid", "eval_fid_real",
+           "eval_class_acc", "eval_precision", "eval_recall", "eval_sec"]
 
 
 def pin_teacher(folder: str, teacher) -> None:
@@ -75,6 +77,17 @@ def pin_teacher(folder: str, teacher) -> None:
         os.makedirs(folder, exist_ok=True)
         ckpt.atomic_write_text(path, json.dumps({"path": teacher.path, "sha256": teacher.sha256}, indent=1) + "\n")
     dist_util.barrier()
+
+
+def preparation_nfe(spec, cache_dir: str) -> int:
+    """Teacher NFEs that preparing the student's cache took: the header's count (``prepare_cache`` writes
+    ``cache_nfe(spec)`` there), else ``cache_nfe(spec)``. ``dynamic``: about rho T B * T / 2; ``shuffled``:
+    about B T / 2; ``iterative``: 0 (its one batch starts at pure noise). Part of a cache student's
+    ``teacher_nfe`` beside the B NFEs of every training step."""
+    header = read_header(cache_dir)
+    if header is not None and header.get("teacher_nfe") is not None:
+        return int(header["teacher_nfe"])
+    return cache_nfe(spec)
 
 
 def baseline_images(cfg) -> int:
@@ -242,13 +255,16 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
             pin_teacher(experiment.run_dir_of(scfg), setup.teacher)  # before its checkpoints or teacher set resume
             if mode == "baseline":
                 loop, _, nfe = train_baseline(scfg, device, logger, baseline_n)
+                prep = 0
             else:
-                loop, _ = train_dkdm(scfg, device, logger)
-                nfe = cfg.train.batch_size * cfg.train.total_steps
+                loop, s = train_dkdm(scfg, device, logger)
+                prep = preparation_nfe(s.spec, s.cache_dir)
+                nfe = cfg.train.batch_size * loop.step + prep
             ema = copy.deepcopy(loop.model)
             ema.load_state_dict(loop.ema_state_dicts()[loop.ema_rates[0]])
             ema.eval()
-            evaluate(scfg, evaluator, name, ema, {"train_steps": loop.step, "teacher_nfe": nfe})
+            evaluate(scfg, evaluator, name, ema, {"train_steps": loop.step, "teacher_nfe": nfe,
+                                                  "prep_teacher_nfe": prep})
             logger.close()
             del loop, ema
     return rows
@@ -294,7 +310,7 @@ def write_report(cfg, out_dir: str, rows: Dict[Key, Dict], command_line: str) ->
     order = ["teacher"] + [f"student_{m}" for m in MODES]
     models = order + sorted({m for m, _ in rows if m not in order})
     seeds = sorted({s for _, s in rows})
-    table = ["| model | seeds | params (M) | student steps | teacher NFEs | FID ↓ | real floor | class acc ↑ | precision | "
+    table = ["| model | seeds | params (M) | student steps | teacher NFEs (of them preparation) | FID ↓ | real floor | class acc ↑ | precision | "
              "recall |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in models:
         mine = [r for (m, _), r in sorted(rows.items(), key=lambda kv: kv[0][1]) if m == name]
@@ -302,7 +318,7 @@ def write_report(cfg, out_dir: str, rows: Dict[Key, Dict], command_line: str) ->
             continue
         first = mine[0]
         table.append("| " + " | ".join(
-            [name, str(len(mine))] + [str(_fmt(first.get(k))) for k in ("params_M", "train_steps", "teacher_nfe")]
+            [name, str(len(mine))] + [str(_fmt(first.get(k))) for k in ("params_M", "train_steps")] + [_nfe_cell(first)]
             + [cell(_values(rows, name, k), 4 if k == "eval_fid" else 3)
                for k in ("eval_fid", "eval_fid_real", "eval_class_acc", "eval_precision", "eval_recall")]) + " |")
     t = next((r for (m, _), r in rows.items() if m == "teacher"), {})
@@ -329,6 +345,19 @@ def write_report(cfg, out_dir: str, rows: Dict[Key, Dict], command_line: str) ->
     path = os.path.join(out_dir, "README.md")
     ckpt.atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _nfe_cell(row: Dict) -> str:
+    """``teacher_nfe`` with its preparation part in brackets; rows written before ``prep_teacher_nfe``
+    existed left preparation out, and say so."""
+    total = _fmt(row.get("teacher_nfe"))
+    if total in ("", None):
+        return ""
+    prep = row.get("prep_teacher_nfe")
+    if prep in ("", None):
+        return f"{total} (preparation not counted)" if str(row.get("model", "")).startswith("student_") and \
+            row.get("model") != "student_baseline" else str(total)
+    return f"{total} ({_fmt(prep)})"
 
 
 def _fmt(v):

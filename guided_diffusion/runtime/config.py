@@ -246,6 +246,7 @@ class TextConfig:
     template: str = "{name}"  # a class's prompt, e.g. "a handwritten digit {name}"
     class_names: str = ""  # comma-separated, one per class; "" -> the digits' words (MNIST-like), else the ids
     max_length: int = 16  # tokens a prompt is padded or cut to
+    center: bool = True  # the network sees each prompt minus what the class prompts share, at unit size (prompts.PromptConditioned); false: the encoder's raw states (models trained before this key)
 
 
 @dataclass
