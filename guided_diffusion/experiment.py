@@ -354,7 +354,7 @@ def export_config(cfg: Config, info: DataInfo) -> dict:
     if cfg.generator == "vae":
         return {"generator": "vae", "vae": vae_kwargs_from_config(cfg, info),
                 "data": {"dataset": cfg.data.dataset, "image_size": info.image_size, "channels": info.channels}}
-    text = {"text": {"encoder": cfg.text.encoder, "max_length": cfg.text.max_length,
+    text = {"text": {"encoder": cfg.text.encoder, "max_length": cfg.text.max_length, "center": cfg.text.center,
                      "prompts": prompts_of(cfg, info)}} if cfg.text.encoder else {}
     return {
         **text,
