@@ -33,7 +33,10 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
     report_dir = abs_path(suite.report_dir)
     os.makedirs(report_dir, exist_ok=True)
     archive.restore_archived(suite, specs)  # a report on a new machine: the archived runs
-    detail, _ = build_report(abs_path(suite.out_dir), report_dir, f"{suite.name}: every run", copy_grids=True)
+    try:
+        detail, _ = build_report(abs_path(suite.out_dir), report_dir, f"{suite.name}: every run", copy_grids=True)
+    except FileNotFoundError:  # no continual run has finished yet (only the learning curve, say)
+        detail = os.path.join(report_dir, "report.md")
     mh, mr, mm = method_table(suite, specs)
     sh, sr, sm = solver_table(suite, specs)
     times = read_csv(archive.times_path(suite))
