@@ -143,5 +143,5 @@ def test_the_classifier_replays_from_the_vae_with_soft_targets(tmp_path):
     rows = list(csv.DictReader(open(f"{solver.run_dir}/metrics.csv")))
     assert [int(r["replay_per_batch"]) for r in rows] == [0, 8] and int(rows[1]["gen_images"]) == 2 * 8
     assert "replay_label_agree" not in rows[1] and float(rows[1]["replay_old_entropy"]) >= 0
-    with pytest.raises(ConfigError, match="an unconditional generator .* replays with soft or soft_kd"):
+    with pytest.raises(ConfigError, match="an unconditional generator .* replays with soft, soft_kd or argmax"):
         check_solver(dataclasses.replace(cfg.solver, replay="plain"), cfg)
