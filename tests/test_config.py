@@ -195,3 +195,18 @@ def test_use_ddim_follows_adm_unless_set(tmp_path):
         assert evaluation_of(raw).use_ddim is want, section
     # the loaded value is explicit, so a dumped config.yaml reloads to the same sampler
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+
+
+def test_load_config_works_on_its_own():
+    """A notebook's first call: load_config before anything else imported validates the method, evaluation and
+    dkdm sections (their owners are imported by the config, not by launch.cli as a side effect)."""
+    import subprocess
+    import sys
+
+    code = ("from guided_diffusion.runtime.config import load_config\n"
+            "cfg = load_config('yaml/mnist/generative_distillation.yaml')\n"
+            "print(type(cfg.method).__qualname__, type(cfg.evaluation).__name__)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["GenerativeDistillation.Config", "EvaluationConfig"]

@@ -22,6 +22,7 @@ from ..runtime.config import (
     config_from_tree,
     dump_config,
     given_sections,
+    import_section_owners,
     key_doc,
     parse_bool,
     read_config_tree,
@@ -160,11 +161,9 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
 
 
 def _register_section_schemas() -> None:
-    """Import the modules whose config sections (method, evaluation, dkdm) register schemas and
-    checks, so that every script validates every section of a config the same way, before any work."""
-    from ..continual import methods  # noqa: F401  (the method section: one schema per method.name)
-    from ..dkdm import config as dkdm_config  # noqa: F401  (the dkdm section)
-    from ..evaluation import settings  # noqa: F401  (the evaluation section)
+    """Every section's schema and checks registered (``config.SECTION_OWNERS``), so that every script
+    validates every section of a config the same way, before any work."""
+    import_section_owners()
 
 
 def run_main(fn: Callable[[], int]) -> None:

@@ -302,6 +302,13 @@ class Config:
 _SELECTOR = "name"
 _SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
 _SECTION_DEFAULT: Dict[str, type] = {}
+# The module that owns each free-form section (it registers the schemas on import): config as data handed
+# to the code that reads it. ``config_from_tree`` imports them, so ``load_config`` works on its own.
+SECTION_OWNERS = {
+    "method": "guided_diffusion.continual.methods",
+    "dkdm": "guided_diffusion.dkdm.config",
+    "evaluation": "guided_diffusion.evaluation.settings",
+}
 # Checks across keys that the module owning a section registers: (section, name) -> check(section, cfg).
 _SECTION_CHECKS: Dict[Tuple[str, Optional[str]], Any] = {}
 
@@ -827,8 +834,17 @@ def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None)
     return tree
 
 
+def import_section_owners() -> None:
+    """Import the modules of ``SECTION_OWNERS``: every section's schema and checks registered."""
+    import importlib
+
+    for module in SECTION_OWNERS.values():
+        importlib.import_module(module)
+
+
 def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
     """Validate raw settings (``read_config_tree``) into a Config; raise ConfigError naming ``where``."""
+    import_section_owners()
     try:
         cfg = from_dict(Config, tree)
     except ConfigError as e:

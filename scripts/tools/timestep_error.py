@@ -21,7 +21,6 @@ import sys
 import torch
 
 from guided_diffusion import experiment
-from guided_diffusion.launch import cli
 from guided_diffusion.runtime.checkpoint import load_weights
 from guided_diffusion.runtime.config import ConfigError, load_config
 
@@ -78,7 +77,6 @@ def main():
     p.add_argument("--out", default="")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
     args = p.parse_args()
-    cli._register_section_schemas()  # the sections' schemas (load_config alone does not yet: issue 34)
     try:
         cfg = load_config(args.config, args.overrides)
         ts = timesteps_of(args.timesteps, cfg.diffusion.diffusion_steps)
