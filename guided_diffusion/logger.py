@@ -376,10 +376,6 @@ class Logger:
         self._sums[key] += v
         self._counts[key] += 1
 
-    def logkvs(self, kvs: Dict[str, Any]) -> None:
-        for k, v in kvs.items():
-            self.logkv(k, v)
-
     def dumpkvs(self, step: Optional[int] = None) -> Dict[str, Any]:
         """Write one row to every sink, clear the values and return the row.
 

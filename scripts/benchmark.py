@@ -36,10 +36,10 @@ CONFIGS = {
     # ADM's CIFAR-10 config (Ho et al. / Nichol & Dhariwal): 128 ch, 3 res blocks, attention 16,8.
     "adm_cifar10": dict(image_size=32, in_channels=3, num_channels=128, num_res_blocks=3, channel_mult="1,2,2,2",
                         attention_resolutions="16,8", dropout=0.1, num_heads=4),
-    # The ADM-core speed issue's "small": 64 ch, 2 res blocks, 1,2,2, attention 16.
+    # "small": a 6.5M UNet at 32 px (64 ch, 2 res blocks, 1,2,2, attention 16).
     "small": dict(image_size=32, in_channels=3, num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
                   attention_resolutions="16", dropout=0.0, num_heads=4),
-    # The same on MNIST-like 28x28x1 (attention at 14x14), as the ADM-core speed issue's "MNIST-like".
+    # The same on MNIST-like 28x28x1 images (attention at 14x14).
     "mnist": dict(image_size=28, in_channels=1, num_channels=64, num_res_blocks=2, channel_mult="1,2,2",
                   attention_resolutions="14", dropout=0.0, num_heads=4),
     # The model of yaml/mnist/*.yaml (the CPU continual demo).

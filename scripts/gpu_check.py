@@ -1,4 +1,4 @@
-"""The one-command device check (the speed issue): the `gpu` tests, the speed benchmark, a summary.
+"""The one-command device check: the `gpu` tests, the speed benchmark, a summary.
 
 Usage (on a machine with a GPU; within about 8 minutes on one H100/H200):
     scripts/gpu_check.sh [OUT_DIR]                 # = python scripts/gpu_check.py --out OUT_DIR

@@ -1,4 +1,4 @@
-"""FID against the number of sampling steps, per sampler, for one trained model (the speed issue's table).
+"""FID against the number of sampling steps, per sampler, for one trained model (docs/performance.md's table).
 
 Usage:
     python scripts/sampler_steps.py --config experiments/curves/f16_all/config.yaml \

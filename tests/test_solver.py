@@ -2,6 +2,7 @@
 time-conditioned noised classifier, Masip's soft replay loss, trailing timestep spacing and the
 replay judgement (Masip et al.'s solver, GUIDE's guidance)."""
 
+import os
 import dataclasses
 
 import numpy as np
@@ -241,7 +242,7 @@ def test_solver_arch_is_checked_and_an_mlp_solver_trains_task_after_task(tmp_pat
     cfg.model.class_cond = True
     with pytest.raises(ConfigError, match="solver.arch 'vgg' is not one of resnet18, cnn, masip_cnn, mlp"):
         check_solver(dataclasses.replace(SolverConfig(), arch="vgg"), cfg)
-    root = __import__("os").path.dirname(__import__("os").path.dirname(__file__))
+    root = os.path.dirname(os.path.dirname(__file__))
     cfg = load_config(f"{root}/yaml/mnist/solver.yaml", [
         f"out_dir={tmp_path}", "continual.limit_tasks=2", "solver.arch=mlp", "solver.replay=joint",
         "solver.init_num_steps=30", "solver.num_steps=30", "solver.batch_size=32", "solver.augment=",

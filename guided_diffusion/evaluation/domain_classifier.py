@@ -224,15 +224,3 @@ def build_domain(classifier_path: Optional[str] = None, dataset: Optional[str] =
 
     model, meta = load_domain_classifier(classifier_path, device)
     return DomainFeatures(model, meta, classifier_path, sha256=file_sha256(classifier_path))
-
-
-def classifier_data(dataset: str, image_size: int, channels: int, data_dir: Optional[str] = None,
-                    classes: Optional[Sequence[int]] = None, split: str = "train", **opts):
-    """(x, y, num_classes) of a data set split as the classifier sees it (model tensors)."""
-    from ..data import load_dataset, subset_by_classes, to_tensor
-
-    arrays = load_dataset(dataset, data_dir=data_dir, split=split, **opts)
-    if classes is not None:
-        arrays = subset_by_classes(arrays, classes)
-    x = to_tensor(arrays, image_size, channels or arrays.channels)
-    return x, torch.as_tensor(arrays.labels, dtype=torch.long), arrays.num_classes

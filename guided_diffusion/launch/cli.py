@@ -177,7 +177,7 @@ def run_main(fn: Callable[[], int]) -> None:
         print(f"preempted: {e}", file=sys.stderr, flush=True)
         code = 0
     except (ConfigError, FileNotFoundError, CheckpointError, NonFiniteError, ValueError) as e:
-        if "GD_TRACEBACK" in __import__("os").environ:
+        if "GD_TRACEBACK" in os.environ:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr, flush=True)
         code = 2
