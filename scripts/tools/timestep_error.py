@@ -8,13 +8,15 @@ For each timestep t of the list (original 1000-step indices) and each model, the
 ||eps_theta(x_t, t, y) - eps||^2 / (C H W), with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x0
 ``--images`` test images of ``data.dataset`` drawn at random (their labels as ``y``), and the same eps for every model and t
 (seeded by ``--seed``): the models are compared pairwise. Every model is built from ``--config`` (its
-``model`` section) and loaded strictly. Prints a table and writes ``--out`` (a row per timestep, a column per
+``model`` section, or the one of the export JSON beside the weights) and loaded strictly. Prints a table and writes ``--out`` (a row per timestep, a column per
 model). A model that learned only part of the chain (e.g. DKDM's iterative student, whose last updates all
 sit at small t) shows it as errors far above the others' at the timesteps it forgot.
 """
 
 import argparse
 import csv
+import dataclasses
+import json
 import os
 import sys
 
@@ -40,6 +42,18 @@ def timesteps_of(spec: str, steps: int):
     return out
 
 
+def model_config(cfg, path):
+    """``cfg`` with the ``model`` section of the export JSON beside ``path`` (``ema_0.999_004000.json`` beside
+    its ``.safetensors``), when there is one: each model is built as it was trained."""
+    side = os.path.splitext(path)[0] + ".json"
+    if not os.path.exists(side):
+        return cfg
+    with open(side) as f:
+        saved = json.load(f).get("model", {})
+    known = {f.name for f in dataclasses.fields(cfg.model)}
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{k: v for k, v in saved.items() if k in known}))
+
+
 @torch.inference_mode()
 def errors(cfg, paths, timesteps, n_images, seed, batch=100):
     info = experiment.dataset_info(cfg)
@@ -51,7 +65,7 @@ def errors(cfg, paths, timesteps, n_images, seed, batch=100):
     noise = torch.randn(x0.shape, generator=gen)
     out = {t: {} for t in timesteps}
     for path in paths:
-        model = experiment.build_model(cfg, info)
+        model = experiment.build_model(model_config(cfg, path), info)
         load_weights(model, path)
         model.eval()
         for t in timesteps:
