@@ -5,7 +5,9 @@ lives in ``continual.base``; the composition in ``continual.compose``)."""
 from ...runtime.config import ConfigError
 from ..base import METHODS, ContinualContext, ContinualMethod, check_method
 from ..compose import Composite, check_composition
-from . import buffer, dynamic_cache, ewc, generative, naive  # noqa: F401  (each registers its methods)
+from . import (  # noqa: F401  (each registers its methods)
+    agem, buffer, dynamic_cache, ensemble, ewc, generative, l2, lora, mas, naive, si,
+)
 
 
 def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
