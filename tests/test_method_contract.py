@@ -110,6 +110,29 @@ def test_a_new_parameter_starts_its_ema_from_its_weights_and_a_frozen_one_keeps_
     assert all(p.requires_grad for n, p in net.named_parameters() if n != frozen)
 
 
+def test_the_rehearsal_coefficient_weighs_the_buffers_images_by_hand():
+    """buffer_replay's rehearsal_coef: mean(current images' losses) + coef * mean(buffer images' losses),
+    with the same draws as the plain diffusion objective (the buffer's images: the old classes')."""
+    from guided_diffusion.continual.methods.buffer import RehearsalObjective
+    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.script_util import create_gaussian_diffusion
+    from guided_diffusion.train_util import DiffusionObjective, StepContext
+
+    torch.manual_seed(0)
+    d = create_gaussian_diffusion(steps=50)
+    net = lambda x, t, y=None: 0.3 * x + 0.01 * y.float().view(-1, 1, 1, 1)  # noqa: E731
+    x, y = torch.randn(6, 1, 4, 4), torch.tensor([0, 1, 2, 3, 2, 0])  # old classes: 0 and 1
+    base = DiffusionObjective(d, UniformSampler(d), class_cond=True)
+    ctx = lambda: StepContext(0, 0, 1, torch.Generator().manual_seed(3), 0, 1)  # noqa: E731
+    loss, terms = RehearsalObjective(base, 0.25, (0, 1))(net, x, y, ctx())
+    g = ctx().generator
+    t, _ = base.sample_t(6, x.device, StepContext(0, 0, 1, g, 0, 1))
+    per = d.training_losses(net, x, t, model_kwargs={"y": y}, noise=torch.randn(x.shape, generator=g))["loss"]
+    old = torch.tensor([True, True, False, False, False, True])
+    assert torch.allclose(loss, per[~old].mean() + 0.25 * per[old].mean())
+    assert torch.allclose(terms["data_loss"], per[~old].mean()) and torch.allclose(terms["replay_loss"], per[old].mean())
+
+
 # ------------------------------------------------------------------ every preset runs
 
 
@@ -130,6 +153,10 @@ def test_each_new_preset_runs_the_continual_loop(tmp_path, preset):
         assert int(rows[1]["agem_projected_steps"]) in (0, 1, 2)
     if preset in ("ewc_buffer_replay", "buffer_replay_rehearsal"):
         assert int(rows[1]["images"]) > 900  # the buffer's images joined the task's
+    if preset == "ewc_buffer_replay":
+        from guided_diffusion.evaluation.report import read_run
+
+        assert read_run(ctx.run_dir).method == "ewc+buffer_replay"  # the report's label of a composition
     w0, w1 = _final_model(ctx.run_dir, 0), _final_model(ctx.run_dir, 1)
     if preset == "lora":
         from guided_diffusion.lora import is_adapter_name

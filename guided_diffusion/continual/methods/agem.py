@@ -3,7 +3,8 @@
 An episodic memory of ``memory_size`` images (reservoir sampling over every task's images, in a seeded
 order, offered after each task) gives, at every step of a later task, a reference gradient g_ref: the
 gradient of the diffusion objective (the run's own t sampler, loss weighting and label dropout) on
-``memory_batch`` images of the memory. A training hook reads the step's gradient g after the backward
+``memory_batch`` images of the memory (whose losses also feed a loss-aware t sampler, as the data's
+do). A training hook reads the step's gradient g after the backward
 pass and, when ``g . g_ref < 0``, projects it to ``g - (g . g_ref / g_ref . g_ref) g_ref`` before
 clipping and the optimizer step. With several ranks g_ref is averaged over them (as g is).
 Cost per step: one more forward and backward on the memory batch. The memory (and its generator) is
