@@ -69,7 +69,9 @@ def reservoir_update(buffer: np.ndarray, seen: int, new: np.ndarray, size: int, 
 
 class RehearsalObjective(ObjectiveWrapper):
     """The diffusion loss with the buffer's images weighted by the rehearsal coefficient (the module
-    docstring). Draws t, noise and the label dropout as ``DiffusionObjective``."""
+    docstring). Draws t, noise and the label dropout as ``DiffusionObjective``. Logs ``data_loss`` and
+    ``replay_loss``, the two means; a microbatch without images of one part counts that part as 0 (the
+    term logged, and the loss)."""
 
     def __init__(self, base, coef: float, old_classes):
         super().__init__(base)
