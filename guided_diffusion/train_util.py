@@ -84,7 +84,11 @@ class DiffusionObjective:
     ``loss_weighting``: ``none`` (ADM) or ``min_snr`` -- each sample's loss times the min-SNR-gamma
     weight of its timestep (Hang et al. 2023; ``diffusion_math.min_snr_weight``), folded into the
     weights ``sample_t`` returns so that every objective built on this one weights its data term alike.
+
+    ``terms``: the loss terms a step logs (the continual loop reports their last values).
     """
+
+    terms = ("loss", "mse", "vb")
 
     def __init__(self, diffusion, schedule_sampler, class_cond: bool, uncond_p: float = 0.0,
                  null_class: Optional[int] = None, loss_weighting: str = "none", min_snr_gamma: float = 5.0):
@@ -177,6 +181,10 @@ class TrainHook:
 
     def before_step(self, loop: "TrainLoop", step: int) -> None:
         pass
+
+    def after_backward(self, loop: "TrainLoop", step: int) -> None:
+        """The step's gradients are in ``loop.params``' ``.grad`` (summed over microbatches and ranks,
+        unscaled, not yet clipped): read them (SI) or change them (A-GEM) before the optimizer step."""
 
     def after_step(self, loop: "TrainLoop", step: int, terms: Dict[str, float]) -> None:
         pass
@@ -275,7 +283,8 @@ class TrainLoop:
         cfg: a ``TrainConfig``.
         objective: ``objective(model, x, y, ctx) -> (loss, terms)``; may have state_dict.
         hooks: ``TrainHook`` objects (before/after step, extra resumable state).
-        init_ema: optional {rate: state_dict} to start the EMA from (e.g. the previous task's).
+        init_ema: optional {rate: state_dict} to start the EMA from (e.g. the previous task's); a
+            parameter it lacks starts from its weights.
         export_config: JSON-able model description saved beside the EMA safetensors exports.
         tag: a label (e.g. "task 2") used in messages.
         precision: the forward's autocast and the network's layout (default: ``cfg.precision`` and
@@ -333,14 +342,14 @@ class TrainLoop:
             fused=self.use_cuda, foreach=not self.use_cuda,
         )
         self.ema_rates = parse_ema_rates(cfg.ema_rate)
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        self.param_names = names
-        if init_ema:
-            self.ema = [
-                [init_ema[r][n].detach().clone().to(self.device) for n in names] for r in self.ema_rates
-            ]
-        else:
-            self.ema = [[p.detach().clone() for p in self.params] for _ in self.ema_rates]
+        # The EMA holds every parameter, so that it is a whole network; only the trained ones move (a
+        # frozen one keeps its average: a continual method may train a part of the network per task).
+        named = list(self.model.named_parameters())
+        self.param_names = [n for n, _ in named]
+        self.ema = [[(init_ema[r][n] if init_ema and n in init_ema[r] else p).detach().clone().to(self.device)
+                     for n, p in named] for r in self.ema_rates]
+        trained = [i for i, (_, p) in enumerate(named) if p.requires_grad]
+        self._ema_trained = [[ema[i] for i in trained] for ema in self.ema]  # the same tensors
         self.scaler = torch.amp.GradScaler("cuda", enabled=(self.precision.name == "fp16" and self.use_cuda))
         self.step = 0
         self._resume()
@@ -490,6 +499,8 @@ class TrainLoop:
                 v = torch.as_tensor(v).detach().double() / (n_micro if k != "__loss" else 1)  # on its own device
                 sums[k] = sums[k] + v if k in sums else v
         self.scaler.unscale_(self.opt)
+        for h in self.hooks:
+            h.after_backward(self, step)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         )
@@ -533,7 +544,7 @@ class TrainLoop:
     @torch.no_grad()
     def _update_ema(self) -> None:
         n = self.step
-        for rate, ema in zip(self.ema_rates, self.ema):
+        for rate, ema in zip(self.ema_rates, self._ema_trained):
             if getattr(self.cfg, "ema_warmup", False):
                 # Short runs: without a warm-up the EMA stays near the initial network for ~1/(1-rate) steps.
                 rate = min(rate, (1 + n) / (10 + n))

@@ -90,6 +90,7 @@ class VAEObjective:
 
     diffusion = None
     class_cond = False
+    terms = ("loss", "bce", "kl")  # the loss terms a step logs
 
     def __init__(self, teacher: "MlpVAE" = None):
         self.teacher = teacher

@@ -3,14 +3,26 @@
 A method is a class with a ``Config`` dataclass (its YAML ``method:`` section, validated strictly)
 and hooks that the loop (``continual.loop``) calls for every task, in this order:
 
+    adapt_model(task, model)     at the task boundary: the model to train (changed in place, or a new
+                                 one); also before a finished task's weights are restored
+    trainable(task, model)       the names of the parameters this task trains (None: all); the optimizer,
+                                 the EMA (a new parameter's starts from it), the teacher, checkpoints
+                                 and resume follow the model and this set
     before_task(task, teacher)   teacher = frozen copy of the model after the previous task (or None)
     task_data(task, x, y)        the images the task trains on (default: the task's real data)
     objective(task, base)        what each step minimises (default: ``base``, the diffusion loss; one
                                  object for the whole run, so its schedule sampler spans the tasks)
-    hooks(task)                  TrainHooks for the training loop (before/after step)
+    hooks(task)                  TrainHooks for the training loop (before/after step, after backward)
     after_task(task)             e.g. the EWC Fisher, the replay buffer update
     task_columns(task)           the method's own columns of the task's metrics.csv row
     state_dict()/load_state_dict()   what must survive to the next tasks and across a restart
+
+A method also declares the loss terms its objective logs (``terms``: their last values reach
+``metrics.csv`` as ``final_<term>``), and how it composes with others (``method: [ewc, buffer_replay]``,
+``continual.compose``): ``owns_forward`` (its objective makes the step's forward pass itself from the
+diffusion objective's parts, so it must be given that objective: one such method in a list),
+``adapts_model`` (it changes the model or the trainable set: one in a list) and ``reads_parameters``
+(it keeps state per parameter of the model it was built with, so it cannot follow an adapted model).
 
 The loop knows no method by name: ``method.name`` in the config picks the class from the registry.
 """
@@ -117,6 +129,15 @@ class ContinualMethod:
     name = "base"
     needs_teacher = False
     generators = ("diffusion",)  # the generators (``generator``) the method can train
+    terms: Tuple[str, ...] = ()  # the loss terms its objective adds to the step's (final_<term> in metrics.csv)
+    adapts_model = False  # overrides adapt_model or trainable
+    reads_parameters = False  # keeps per-parameter state of the model it was built with (anchors, importances)
+
+    @classmethod
+    def owns_forward(cls, mcfg) -> bool:
+        """Whether ``objective`` makes the step's forward pass itself from the diffusion objective's parts
+        (``sample_t``, ``drop_labels``, ...) rather than calling it: then it must wrap that objective."""
+        return False
 
     @dataclass
     class Config:
@@ -131,6 +152,16 @@ class ContinualMethod:
         self.mcfg = mcfg
         self.ctx = ctx
         self.teacher: Optional[torch.nn.Module] = None
+
+    def adapt_model(self, task: Task, model: torch.nn.Module) -> torch.nn.Module:
+        """The model task ``task`` trains: ``model`` itself (maybe changed in place) or a new one. Called
+        at every task boundary before the teacher copy, and before a finished task is restored into it
+        (so it must give the same structure for the same task, whatever ran before)."""
+        return model
+
+    def trainable(self, task: Task, model: torch.nn.Module) -> Optional[List[str]]:
+        """The names of ``model``'s parameters that ``task`` trains; None: every parameter."""
+        return None
 
     def before_task(self, task: Task, teacher: Optional[torch.nn.Module]) -> None:
         self.teacher = teacher
@@ -170,6 +201,24 @@ class ObjectiveWrapper:
 
     def load_state_dict(self, state):
         self.base.load_state_dict(state)
+
+
+class PenaltyObjective(ObjectiveWrapper):
+    """``base``'s loss plus ``penalty()`` (already times its strength), logged as the term ``term``."""
+
+    def __init__(self, base, penalty: Callable[[], torch.Tensor], term: str):
+        super().__init__(base)
+        self.penalty, self.term = penalty, term
+
+    def __call__(self, model, x, y, ctx):
+        loss, terms = self.base(model, x, y, ctx)
+        penalty = self.penalty()
+        terms = dict(terms)
+        terms.setdefault("data_loss", loss.detach())
+        terms[self.term] = penalty.detach()
+        loss = loss + penalty
+        terms["loss"] = loss.detach()
+        return loss, terms
 
 
 def freeze(module: torch.nn.Module) -> torch.nn.Module:

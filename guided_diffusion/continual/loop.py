@@ -181,8 +181,28 @@ class DiffusionLearner(TaskLearner):
     def damage(self, task: Task) -> Optional[str]:
         return _task_damage(self.ctx, task)
 
+    def adapt(self, task: Task) -> None:
+        """The method's model for ``task`` and its trainable parameters (``requires_grad``); an EMA
+        entry for a parameter the EMA lacks starts from its weights."""
+        ctx = self.ctx
+        ctx.model = self.method.adapt_model(task, ctx.model)
+        names = self.method.trainable(task, ctx.model)
+        if names is not None:
+            names, params = set(names), dict(ctx.model.named_parameters())
+            unknown = sorted(names - set(params))
+            if unknown:
+                raise ValueError(f"method {self.method.name}: trainable names no parameter: {unknown[:5]}")
+            for n, p in params.items():
+                p.requires_grad_(n in names)
+        if self.ema_state is not None:
+            for sd in self.ema_state.values():
+                for n, p in ctx.model.named_parameters():
+                    if n not in sd:
+                        sd[n] = p.detach().clone()
+
     def restore(self, task: Task) -> None:
         tdir = self.ctx.task_dir(task)
+        self.adapt(task)
         model_sd, self.ema_state = final_weights(tdir, task.num_steps)
         ckpt.load_checked(self.ctx.model, model_sd, f"{tdir}/model{task.num_steps:06d}.pt")
         state_path = f"{tdir}/method_state.pt"
@@ -201,6 +221,7 @@ class DiffusionLearner(TaskLearner):
             copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log)
         dist_util.barrier()
         self.logger = experiment.make_logger(cfg, tdir)
+        self.adapt(task)
         teacher = None
         if task.index > 0 and method.needs_teacher:
             teacher = copy.deepcopy(ctx.model)
@@ -214,7 +235,8 @@ class DiffusionLearner(TaskLearner):
         data = InfiniteLoader(xt, yt, cfg.train.batch_size, rank=ctx.rank, world_size=ctx.world_size,
                               seed=step_seed(cfg.seed, task.index, 1) % (2**31), random_flip=cfg.data.random_flip)
         tcfg = dataclasses.replace(cfg.train, total_steps=task.num_steps)
-        loop = TrainLoop(model=ctx.model, data=data, cfg=tcfg, run_dir=tdir, objective=method.objective(task, self.base),
+        objective = method.objective(task, self.base)
+        loop = TrainLoop(model=ctx.model, data=data, cfg=tcfg, run_dir=tdir, objective=objective,
                          seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=self.logger, device=ctx.device,
                          hooks=method.hooks(task), init_ema=self.ema_state,
                          export_config=experiment.export_config(cfg, ctx.info), tag=f"task {task.index}",
@@ -235,7 +257,8 @@ class DiffusionLearner(TaskLearner):
                "after_task_sec": round(t_after, 3), "precision": loop.precision.name,
                "memory_format": "channels_last" if loop.precision.channels_last else "contiguous",
                "cpu": describe_cpu() if ctx.device.type == "cpu" else ""}
-        row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir).items()})
+        terms = set(getattr(self.base, "terms", ("loss",))) | set(method.terms)
+        row.update({k: round(v, 6) if isinstance(v, float) else v for k, v in _last_terms(tdir, terms).items()})
         row.update(method.task_columns(task))
         reused = first_task_results(cfg, cfg.continual.init_from) if copies_first else None
         if reused is not None:  # the same weights, seeds and settings: the same grid and numbers
@@ -282,8 +305,9 @@ def _evaluators(cfg, logger) -> List[Callable]:
     return [build_evaluator(cfg, log=logger.log)]
 
 
-def _last_terms(tdir: str) -> Dict[str, float]:
-    """The loss terms of the last logged row of the task's progress.csv (for metrics.csv)."""
+def _last_terms(tdir: str, terms) -> Dict[str, float]:
+    """The loss terms ``terms`` (the objective's and the method's) of the last logged row of the task's
+    progress.csv, and the mean cost per step (for metrics.csv)."""
     rows = read_csv(f"{tdir}/progress.csv")
     if not rows:
         return {}
@@ -293,8 +317,7 @@ def _last_terms(tdir: str) -> Dict[str, float]:
     if secs:
         out["sec_per_step"] = sum(secs) / len(secs)
     for k, v in rows[-1].items():
-        if k in ("loss", "mse", "vb", "data_loss", "replay_loss", "replay_sec", "ewc_penalty",
-                 "teacher_nfe", "bce", "kl") and v not in ("", None):
+        if k in terms and v not in ("", None):
             out[f"final_{k}"] = float(v)
     return out
 

@@ -86,8 +86,14 @@ def _method_of(run_dir: str) -> str:
     except Exception:  # a label only: never fail the report on it
         return ""
     m = cfg.get("method") or {}
+    if isinstance(m, list):  # methods applied together
+        return "+".join(_method_label(e) for e in m if isinstance(e, dict) and e.get("name"))
     if not isinstance(m, dict) or not m.get("name"):
         return "naive" if cfg.get("continual") else ""
+    return _method_label(m)
+
+
+def _method_label(m: dict) -> str:
     variant = m.get("source") or m.get("style") or ""
     return f"{m['name']}:{variant}" if variant else str(m["name"])
 

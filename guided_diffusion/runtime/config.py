@@ -291,8 +291,9 @@ class Config:
     continual: ContinualConfig = field(default_factory=ContinualConfig)
     # Free-form sections (typed Dict): validated by the schema a higher layer registers for them
     # (register_section_schema), one for the section or one per value of its ``name`` key; a section
-    # set with no schema registered is refused.
-    method: Dict[str, Any] = field(default_factory=dict)
+    # set with no schema registered is refused. ``method`` (typed Any) may also be a name, or a list of
+    # names and mappings applied together (register_section_list).
+    method: Any = field(default_factory=dict)
     evaluation: Dict[str, Any] = field(default_factory=dict)
     dkdm: Dict[str, Any] = field(default_factory=dict)
 
@@ -331,6 +332,18 @@ def register_section_schema(section: str, name: Optional[str], schema: type, che
 _USED_SECTION_CHECKS: Dict[str, List[Any]] = {}
 
 
+# Sections that may hold a list of entries, each selected by its name: section -> check(entries, cfg).
+_SECTION_LISTS: Dict[str, Any] = {}
+
+
+def register_section_list(section: str, check) -> None:
+    """Let the ``section`` registered with names hold a list (``method: [ewc, buffer_replay]``): each
+    entry, a name or a mapping with a ``name``, is validated against its own schema and checked as a
+    section of its own; then ``check(entries, cfg)``, the owner's rule of which entries go together
+    (raise ConfigError). A one-entry list is that entry; a plain name is ``{name: <it>}``."""
+    _SECTION_LISTS[section] = check
+
+
 def register_section_check(section: str, check) -> None:
     """Register ``check(cfg.<section>, cfg)`` (raise ConfigError): checks of ``section`` that hold only
     for a program that reads it, because the section's defaults are not valid on their own (DKDM
@@ -354,14 +367,17 @@ def check_used_sections(cfg: "Config", sections, where: str) -> None:
 
 
 def _run_section_checks(cfg: "Config", where: str) -> None:
-    for (section, name), check in _SECTION_CHECKS.items():
-        value = getattr(cfg, section)
-        if name is not None and getattr(value, _SELECTOR, None) != name:
-            continue
-        try:
-            check(value, cfg)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+    try:
+        for (section, name), check in _SECTION_CHECKS.items():
+            value = getattr(cfg, section)
+            for entry in value if isinstance(value, list) else [value]:
+                if name is None or getattr(entry, _SELECTOR, None) == name:
+                    check(entry, cfg)
+        for section, check in _SECTION_LISTS.items():
+            if isinstance(getattr(cfg, section), list):
+                check(getattr(cfg, section), cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,9 +516,31 @@ def _set_path(tree: Dict[str, Any], path: List[str], value: Any) -> None:
 
 
 def _free_sections() -> List[str]:
-    """The sections of ``Config`` typed Dict, whose schemas higher layers register."""
+    """The sections of ``Config`` typed Dict (or Any: ``method``), whose schemas higher layers register."""
     hints = typing.get_type_hints(Config)
-    return [f.name for f in dataclasses.fields(Config) if typing.get_origin(hints[f.name]) in (dict, Dict)]
+    return [f.name for f in dataclasses.fields(Config)
+            if typing.get_origin(hints[f.name]) in (dict, Dict) or hints[f.name] is Any]
+
+
+def _section_entries(section: str, raw: Any, where: str) -> List[Dict[str, Any]]:
+    """A named section's entries as mappings: a mapping is one, a name is ``{name: <it>}``, a list (where
+    ``register_section_list`` allows one) holds names and mappings."""
+    if isinstance(raw, dict):
+        return [raw]
+    if isinstance(raw, str):
+        return [{_SELECTOR: raw}]
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: {section} must be a mapping, a name or a list, got {raw!r}")
+    if section not in _SECTION_LISTS:
+        raise ConfigError(f"{where}: {section} takes one entry (a mapping), not a list")
+    out = []
+    for i, entry in enumerate(raw):
+        if isinstance(entry, str):
+            entry = {_SELECTOR: entry}
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: {section}[{i}] must be a name or a mapping, got {entry!r}")
+        out.append(entry)
+    return out
 
 
 def _validate_sections(cfg: Config, where: str) -> None:
@@ -514,15 +552,11 @@ def _validate_sections(cfg: Config, where: str) -> None:
         else:
             if not raw:
                 continue
-            name = raw.get(_SELECTOR)
-            options = _SECTION_SCHEMAS[section]
-            if name not in options:
-                hint = _closest(str(name), options) if name else ""
-                valid = ", ".join(sorted(options))
-                raise ConfigError(
-                    f"{where}: {section}.{_SELECTOR} = {name!r} is not a known {section}{hint}; valid: {valid}"
-                )
-            schema = options[name]
+            entries = _section_entries(section, raw, where)
+            parsed = [_parse_named(section, e, f"{section}[{i}]" if len(entries) > 1 else section, where)
+                      for i, e in enumerate(entries)]
+            setattr(cfg, section, parsed[0] if len(parsed) == 1 else parsed)
+            continue
         if schema is None:
             if raw:
                 raise ConfigError(f"{where}: section '{section}' is not used by this program")
@@ -532,6 +566,20 @@ def _validate_sections(cfg: Config, where: str) -> None:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
         setattr(cfg, section, parsed)
+
+
+def _parse_named(section: str, raw: Dict[str, Any], path: str, where: str) -> Any:
+    """One entry of a named section, parsed by the schema its ``name`` selects."""
+    name = raw.get(_SELECTOR)
+    options = _SECTION_SCHEMAS[section]
+    if name not in options:
+        hint = _closest(str(name), options) if name else ""
+        valid = ", ".join(sorted(options))
+        raise ConfigError(f"{where}: {path}.{_SELECTOR} = {name!r} is not a known {section}{hint}; valid: {valid}")
+    try:
+        return from_dict(options[name], raw, path)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def validate(cfg: Config, where: str = "config") -> None:
@@ -776,9 +824,9 @@ def resolve_samplers(cfg: Config) -> None:
     ev = cfg.evaluation
     if not isinstance(ev, dict) and hasattr(ev, "use_ddim"):
         ev.use_ddim = resolve_evaluation_use_ddim(ev.use_ddim, ev.respacing, cfg)
-    m = cfg.method
-    if not isinstance(m, dict) and hasattr(m, "use_ddim") and hasattr(m, "timestep_respacing"):
-        m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
+    for m in cfg.method if isinstance(cfg.method, list) else [cfg.method]:
+        if not isinstance(m, dict) and hasattr(m, "use_ddim") and hasattr(m, "timestep_respacing"):
+            m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
 
 
 def merge_trees(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
@@ -924,4 +972,5 @@ def _describe_field(cls: type, f: "dataclasses.Field") -> Tuple[str, Any, str]:
 
 def given_sections(tree: Dict[str, Any]) -> List[str]:
     """The top-level sections that raw settings (``read_config_tree``) set, as opposed to the defaults."""
-    return [k for k, v in tree.items() if isinstance(v, dict) and v]
+    free = _free_sections()  # ``method`` may be a name or a list
+    return [k for k, v in tree.items() if v and (isinstance(v, dict) or (isinstance(v, (list, str)) and k in free))]

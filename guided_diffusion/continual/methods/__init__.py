@@ -1,15 +1,34 @@
 """Built-in continual methods; importing this package registers them, and ``build_method`` builds
-the one a config selects (the registry itself, ``METHODS``, lives in ``continual.base``)."""
+the one a config selects, or the list of them applied together (the registry itself, ``METHODS``,
+lives in ``continual.base``; the composition in ``continual.compose``)."""
 
 from ...runtime.config import ConfigError
 from ..base import METHODS, ContinualContext, ContinualMethod, check_method
-from . import buffer, dynamic_cache, ewc, generative, naive  # noqa: F401  (each registers its methods)
+from ..compose import Composite, check_composition
+from . import (  # noqa: F401  (each registers its methods)
+    agem, buffer, dynamic_cache, ensemble, ewc, generative, l2, lora, mas, naive, si,
+)
 
 
 def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
-    """The method selected by the (already validated) ``method`` section; naive if empty."""
+    """The method selected by the (already validated) ``method`` section, or a ``Composite`` of a list
+    of them; naive if empty."""
     if not method_cfg:
         return METHODS["naive"](METHODS["naive"].Config(), ctx)
+    if isinstance(method_cfg, list):
+        entries = [_checked(m, ctx) for m in method_cfg]
+        if len(entries) == 1:
+            return METHODS[entries[0].name](entries[0], ctx)
+        check_composition(entries, ctx.cfg)
+        return Composite([METHODS[e.name](e, ctx) for e in entries], ctx)
+    mcfg = _checked(method_cfg, ctx)
+    return METHODS[mcfg.name](mcfg, ctx)
+
+
+def _checked(method_cfg, ctx: ContinualContext):
+    """One method's config (a parsed section, a dict, or a name), checked with the process group's world size."""
+    if isinstance(method_cfg, str):
+        method_cfg = {"name": method_cfg}
     name = getattr(method_cfg, "name", None) if not isinstance(method_cfg, dict) else method_cfg.get("name")
     if name not in METHODS:
         raise ConfigError(f"unknown continual method {name!r}; known: {', '.join(sorted(METHODS))}")
@@ -21,4 +40,4 @@ def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
     # The load ran this check with the launcher's world size (unknown to it under an mpiexec that
     # does not export one); here the process group's is known, and a dict was never checked.
     check_method(cls, method_cfg, ctx.cfg, ctx.world_size)
-    return cls(method_cfg, ctx)
+    return method_cfg

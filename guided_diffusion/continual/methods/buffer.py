@@ -10,18 +10,25 @@ Policies (``method.policy``):
 - ``all_data`` keeps everything (= joint training); ``no_data`` keeps nothing (= naive).
 
 The buffer holds indices into the training set; they are the method's resumable state.
+
+``rehearsal_coef`` (Zajac et al. 2023 found experience replay strong with a reduced rehearsal
+coefficient): unset, the buffer's images are data like the task's (one batch mean); set to lambda, the
+loss is ``mean(current images' losses) + lambda * mean(buffer images' losses)`` over each batch
+(``regularizers.rehearsal_loss``; the definition is ours, see there). An image is the buffer's when its
+label is an old class (the tasks bring disjoint classes).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from ...runtime.config import ConfigError
-from ..base import ANY_GENERATOR, ContinualMethod, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method
+from ..regularizers import rehearsal_loss
 
 POLICIES = ("balanced", "reservoir", "all_data", "no_data")
 
@@ -60,6 +67,34 @@ def reservoir_update(buffer: np.ndarray, seen: int, new: np.ndarray, size: int, 
     return np.asarray(buffer, dtype=np.int64), seen
 
 
+class RehearsalObjective(ObjectiveWrapper):
+    """The diffusion loss with the buffer's images weighted by the rehearsal coefficient (the module
+    docstring). Draws t, noise and the label dropout as ``DiffusionObjective``. Logs ``data_loss`` and
+    ``replay_loss``, the two means; a microbatch without images of one part counts that part as 0 (the
+    term logged, and the loss)."""
+
+    def __init__(self, base, coef: float, old_classes):
+        super().__init__(base)
+        self.coef = coef
+        self.old_classes = torch.as_tensor(list(old_classes), dtype=torch.long)
+
+    def __call__(self, model, x, y, ctx):
+        base = self.base
+        t, weights = base.sample_t(x.shape[0], x.device, ctx)
+        noise = torch.randn(x.shape, generator=ctx.generator).to(x.device)
+        from_buffer = torch.isin(y, self.old_classes.to(y.device))
+        y = base.drop_labels(y, ctx)
+        losses = self.diffusion.training_losses(model, x, t, model_kwargs=base.model_kwargs(y), noise=noise)
+        base.update_sampler(t, losses["loss"])
+        weighted = losses["loss"] * weights
+        loss = rehearsal_loss(weighted, from_buffer, self.coef)
+        terms = {k: v.detach().mean() for k, v in losses.items()}
+        terms["loss"] = loss.detach()
+        terms["data_loss"] = rehearsal_loss(weighted.detach(), from_buffer, 0.0)
+        terms["replay_loss"] = rehearsal_loss(weighted.detach(), ~from_buffer, 0.0)
+        return loss, terms
+
+
 @register_method("buffer_replay", generators=ANY_GENERATOR)
 class BufferReplay(ContinualMethod):
     """Train each task on its data plus a fixed-size buffer of real images of earlier tasks."""
@@ -71,6 +106,7 @@ class BufferReplay(ContinualMethod):
         buffer_size: int = 500
         label_uniform: bool = True  # balanced: split each task's share evenly over its labels
         seed: int = 0
+        rehearsal_coef: Optional[float] = None  # unset: the buffer is data; lambda: loss = mean(current) + lambda mean(buffer)
 
     @classmethod
     def check(cls, mcfg, cfg, world_size):
@@ -78,6 +114,24 @@ class BufferReplay(ContinualMethod):
             raise ConfigError(f"method.policy {mcfg.policy!r} is not one of {', '.join(POLICIES)}")
         if mcfg.buffer_size < 0:
             raise ConfigError(f"method.buffer_size must be >= 0, got {mcfg.buffer_size}")
+        if mcfg.rehearsal_coef is not None:
+            if mcfg.rehearsal_coef < 0:
+                raise ConfigError(f"method.rehearsal_coef must be >= 0, got {mcfg.rehearsal_coef}")
+            if cfg.generator != "diffusion":
+                raise ConfigError("method.rehearsal_coef weights the diffusion loss: it needs generator: diffusion")
+
+    @classmethod
+    def owns_forward(cls, mcfg):
+        return mcfg.rehearsal_coef is not None
+
+    @property
+    def terms(self):
+        return ("data_loss", "replay_loss") if self.mcfg.rehearsal_coef is not None else ()
+
+    def objective(self, task, base):
+        if self.mcfg.rehearsal_coef is None or task.index == 0:
+            return base
+        return RehearsalObjective(base, self.mcfg.rehearsal_coef, task.old_classes)
 
     def __init__(self, mcfg, ctx):
         super().__init__(mcfg, ctx)

@@ -41,7 +41,7 @@ from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ..base import ContinualMethod, register_method
 from ..replay import ReplayBatch
-from .generative import ReplayObjective, check_replay_batch, check_replay_weighting
+from .generative import REPLAY_TERMS, ReplayObjective, check_replay_batch, check_replay_weighting
 
 CRITERIA = ("mse", "min_snr")
 
@@ -115,6 +115,11 @@ class DynamicDistillation(ContinualMethod):
 
     needs_teacher = True
     distill = True
+    terms = REPLAY_TERMS
+
+    @classmethod
+    def owns_forward(cls, mcfg):
+        return True
 
     @dataclass
     class Config:

@@ -66,7 +66,7 @@ class EWCObjective(ObjectiveWrapper):
         penalty = self.method.penalty()
         terms = dict(terms)
         terms["ewc_penalty"] = penalty.detach()
-        terms["data_loss"] = loss.detach()
+        terms.setdefault("data_loss", loss.detach())  # composed: the data term of the objective inside
         loss = loss + self.method.mcfg.lambd * penalty
         terms["loss"] = loss.detach()
         return loss, terms
@@ -74,6 +74,9 @@ class EWCObjective(ObjectiveWrapper):
 
 @register_method("ewc")
 class EWC(ContinualMethod):
+    terms = ("data_loss", "ewc_penalty")
+    reads_parameters = True
+
     @dataclass
     class Config:
         name: str = "ewc"

@@ -45,6 +45,9 @@ from ..replay import (
 )
 
 
+REPLAY_TERMS = ("data_loss", "replay_loss", "replay_sec", "teacher_nfe")  # ReplayObjective's, beyond the base's
+
+
 class ReplayObjective(ObjectiveWrapper):
     """Real batch + teacher-made replay batch in one forward; see the module docstring."""
 
@@ -151,6 +154,11 @@ class ReplayObjective(ObjectiveWrapper):
 class _ReplayMethod(ContinualMethod):
     needs_teacher = True
     distill = False
+    terms = REPLAY_TERMS
+
+    @classmethod
+    def owns_forward(cls, mcfg):
+        return getattr(mcfg, "style", "masip") != "guide"  # guide's replay is data
 
     @property
     def generation_guidance(self) -> float:
