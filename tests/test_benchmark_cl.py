@@ -27,6 +27,7 @@ def _suite(tmp_path, **changes):
         raw = yaml.safe_load(f)
     raw.update(out_dir=str(tmp_path / "runs"), report_dir=str(tmp_path / "report"))
     raw["papers"] = []  # the real papers' suites write under experiments/: tests name their own
+    raw["ablations"] = []  # (test_bench_ablations.py tests these)
     raw.update(**changes)
     path = tmp_path / f"{raw.pop('file_name', 'suite')}.yaml"
     tmp_path.mkdir(parents=True, exist_ok=True)

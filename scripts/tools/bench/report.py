@@ -111,7 +111,7 @@ def papers_section(suite: Suite, generator, classifier) -> List[str]:
     """The suites in the papers' own protocols (``suite.papers``): each one's tables and claims, then every
     claim in its paper's protocol beside the verdict of the same statement in this suite's protocol
     (``project_claim``), and this suite's claims that no paper makes (this project's hypotheses)."""
-    if not suite.papers:
+    if not suite.papers and not suite.ablations:
         return []
     from .plan import plan_runs
     from .suite import load_suite
@@ -148,6 +148,8 @@ def papers_section(suite: Suite, generator, classifier) -> List[str]:
             summary.append((c.statement, c.source, title, verdict_text(j.verdict),
                             verdict_text(verdict(other, generator, classifier)) if other else "not tested here"))
         lines.append("")
+    for ab in suite.ablations:
+        lines += ablation_lines(ab, suite, summary)
     linked = {c.project_claim for path in suite.papers for c in load_suite(path).claims}
     for c in suite.claims:
         if c.id not in linked:
@@ -156,6 +158,38 @@ def papers_section(suite: Suite, generator, classifier) -> List[str]:
     lines += ["### Every claim in both protocols", "",
               md_table(["claim", "source", "tested in", "verdict there", "verdict in this project's protocol"],
                        [list(r) for r in summary]), ""]
+    return lines
+
+
+_VERDICT = re.compile(r"^- \*(?P<statement>[^*]+)\*.*\*\*(?P<verdict>[^*]+)\*\*")
+
+
+def ablation_lines(ab: Dict[str, str], suite: Suite, summary: list) -> List[str]:
+    """An ablation another script reports (``suite.ablations``): its README's table and verdicts, with the
+    command, source and note of the suite file; each verdict joins the claims' summary."""
+    readme = os.path.join(abs_path(ab["results"]), "README.md")
+    link = os.path.relpath(readme, abs_path(suite.report_dir))
+    lines = [f"### {ab['title']}", ""]
+    if ab.get("command"):
+        lines += [f"`{ab['command']}`; its full report: [{ab['results']}]({link}).", ""]
+    if not os.path.isfile(readme):
+        return lines + ["Not run yet.", ""]
+    text = open(readme).read().splitlines()
+    table = [t for t in text if t.startswith("|")]
+    start = text.index("## Verdicts") + 1 if "## Verdicts" in text else len(text)
+    verdicts = []
+    for t in text[start:]:
+        if t.startswith("## "):
+            break
+        if t.startswith("- "):
+            verdicts.append(t)
+    lines += [*table, "", *verdicts, ""]
+    if ab.get("note"):
+        lines += [ab["note"].strip(), ""]
+    for v in verdicts:
+        m = _VERDICT.match(v)
+        if m:
+            summary.append((m["statement"], ab.get("source", ""), ab["title"], m["verdict"], ""))
     return lines
 
 

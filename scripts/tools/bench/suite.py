@@ -22,6 +22,8 @@ A *suite* (``yaml/bench/split_mnist.yaml``)::
       settings: {solver: {num_steps: 100}}
     papers: [yaml/bench/split_mnist_masip.yaml]   # suites in the papers' own protocols, whose tables and
                              # claims the report shows beside this suite's (each runs on its own)
+    ablations:               # another script's results shown in that section (its README's table and verdicts)
+      - {title: ..., results: experiments/results/dkdm_mnist, command: ..., source: ..., note: ...}
     claims:                  # the claims checked against the rows (``claims.py``: the format)
       - {id: ..., statement: ..., source: ..., table: generator, row: gd_full, against: ..., metrics: ..., ...}
     protocols:               # the protocols claims are tested in, beside this project's (optional)
@@ -47,7 +49,8 @@ from .claims import Claim, parse_claims
 from .repo import abs_path
 
 SUITE_KEYS = ("name", "out_dir", "report_dir", "archive_dir", "base", "settings", "seeds", "share_first_task", "methods",
-              "solver", "scales", "description", "learning_curve", "claims", "protocols", "papers")
+              "solver", "scales", "description", "learning_curve", "claims", "protocols", "papers", "ablations")
+ABLATION_KEYS = ("title", "results", "command", "source", "note")
 CURVE_KEYS = ("classes", "points", "num_samples")
 SOLVER_KEYS = ("diffusion", "replays", "settings")
 PROTOCOL_KEYS = ("title", "description")
@@ -69,6 +72,7 @@ class Suite:
     claims: List[Claim] = field(default_factory=list)
     protocols: Dict[str, Dict[str, str]] = field(default_factory=dict)  # name -> title, description
     papers: List[str] = field(default_factory=list)  # suite files in the papers' protocols, reported beside this one
+    ablations: List[Dict[str, str]] = field(default_factory=list)  # other scripts' results folders (ABLATION_KEYS)
     description: str = ""
     path: str = ""
     scale: str = ""
@@ -121,6 +125,11 @@ def load_suite(path: str, scale: str = "") -> Suite:
     for paper in suite.papers:
         if not os.path.isfile(abs_path(paper)):
             raise ConfigError(f"{path}: papers: suite file {paper} not found")
+    for i, ab in enumerate(suite.ablations):
+        bad = [k for k in ab if k not in ABLATION_KEYS] if isinstance(ab, dict) else ["(not a mapping)"]
+        if bad or not ab.get("title") or not ab.get("results"):
+            raise ConfigError(f"{path}: ablations[{i}]: give title and results (a results folder with README.md), "
+                              f"optionally command, source and note; unknown: {bad}")
     if not suite.report_dir:
         suite.report_dir = os.path.join(suite.out_dir, "report")
     if not suite.archive_dir:
