@@ -158,6 +158,13 @@ def test_each_new_preset_runs_the_continual_loop(tmp_path, preset):
 
         assert read_run(ctx.run_dir).method == "ewc+buffer_replay"  # the report's label of a composition
     w0, w1 = _final_model(ctx.run_dir, 0), _final_model(ctx.run_dir, 1)
+    # extra_state_M: the numbers the method keeps after each task (parameter-sized tensors, stored images)
+    P, image = sum(v.numel() for v in w0.values()), 28 * 28
+    state = {"l2": [P, P], "si": [3 * P, 3 * P], "mas": [2 * P, 2 * P], "agem": [200 * image] * 2,
+             "lora": [0, 0], "ensemble": [0, 0],
+             "ewc_buffer_replay": [2 * P + 500 * image, 4 * P + 500 * image],  # SMALL's list: a buffer of 500
+             "buffer_replay_rehearsal": [200 * image] * 2}[preset]
+    assert [float(r["extra_state_M"]) for r in rows] == [round(n / 1e6, 6) for n in state]
     if preset == "lora":
         from guided_diffusion.lora import is_adapter_name
 

@@ -14,7 +14,9 @@ and hooks that the loop (``continual.loop``) calls for every task, in this order
                                  object for the whole run, so its schedule sampler spans the tasks)
     hooks(task)                  TrainHooks for the training loop (before/after step, after backward)
     after_task(task)             e.g. the EWC Fisher, the replay buffer update
-    task_columns(task)           the method's own columns of the task's metrics.csv row
+    task_columns(task)           the method's own columns of the task's metrics.csv row; its cost in
+                                 memory there: ``extra_params`` (parameters beyond the network's) and
+                                 ``extra_state_M`` (``state_floats_M``: what it keeps after the task)
     state_dict()/load_state_dict()   what must survive to the next tasks and across a restart
 
 A method also declares the loss terms its objective logs (``terms``: their last values reach
@@ -30,7 +32,7 @@ The loop knows no method by name: ``method.name`` in the config picks the class 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
 
@@ -77,6 +79,20 @@ def _register_schema(name: str, cls) -> None:
 
 _register_method = registrar(METHODS, "continual method", _register_schema)
 ANY_GENERATOR = ("diffusion", "vae")
+# Task columns of a method's cost that add up when methods compose (``continual.compose``).
+ADDITIVE_COLUMNS = ("extra_params", "extra_state_M")
+
+
+def state_floats_M(tensors: Iterable[Optional[torch.Tensor]] = (), images: int = 0, image: Optional[torch.Tensor] = None
+                   ) -> float:
+    """The ``extra_state_M`` column: millions of numbers a method keeps beside the network it trains
+    (per-parameter tensors: anchors, importances, a teacher's weights; stored images: ``images`` of the
+    size of ``image``, a buffer's or a memory's, counted as images even where only their indices are held,
+    as CLoG counts its memory). Labels and scalars are not counted."""
+    n = sum(t.numel() for t in tensors if t is not None)
+    if images:
+        n += int(images) * int(image[0].numel())
+    return round(n / 1e6, 6)
 
 
 def register_method(name: str, generators: Tuple[str, ...] = ("diffusion",)):
@@ -179,7 +195,9 @@ class ContinualMethod:
         pass
 
     def task_columns(self, task: Task) -> Dict[str, Any]:
-        """Columns the method adds to the task's row of ``metrics.csv`` (e.g. a cost paid once per task)."""
+        """Columns the method adds to the task's row of ``metrics.csv`` (e.g. a cost paid once per task; the
+        memory it keeps after the task, ``extra_state_M``; its parameters beyond the network's,
+        ``extra_params``)."""
         return {}
 
     def state_dict(self) -> dict:

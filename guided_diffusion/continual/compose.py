@@ -4,7 +4,8 @@
 Each hook of ``Composite`` calls the methods' own in the listed order: their task data chain (buffer
 replay's images join the batch), their objectives wrap one another (the losses add; a method whose
 objective makes the step's forward pass itself, ``owns_forward``, gets the diffusion objective and the
-others wrap it), their training hooks, terms, task columns and states are gathered. A list that cannot
+others wrap it), their training hooks, terms, task columns (their costs, ``ADDITIVE_COLUMNS``, summed) and
+states are gathered. A list that cannot
 compose is refused when the config is loaded, in one line (``check_composition``).
 """
 
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..runtime.config import ConfigError, register_section_list
-from .base import METHODS, ContinualMethod
+from .base import ADDITIVE_COLUMNS, METHODS, ContinualMethod
 
 
 def check_composition(entries: List, cfg) -> None:
@@ -85,7 +86,8 @@ class Composite(ContinualMethod):
     def task_columns(self, task) -> Dict:
         out: Dict = {}
         for m in self.methods:
-            out.update(m.task_columns(task))
+            for k, v in m.task_columns(task).items():  # the methods' costs add up (EWC's Fisher + the buffer)
+                out[k] = round(out[k] + v, 6) if k in ADDITIVE_COLUMNS and k in out else v
         return out
 
     def state_dict(self) -> dict:

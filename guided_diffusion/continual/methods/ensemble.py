@@ -56,4 +56,4 @@ class Ensemble(ContinualMethod):
         return [n for n, _ in model.named_parameters() if n.startswith(f"nets.{task.index}.")]
 
     def task_columns(self, task):
-        return {"extra_params": self.extra_params}
+        return {"extra_params": self.extra_params, "extra_state_M": 0.0}

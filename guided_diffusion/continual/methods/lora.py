@@ -81,4 +81,4 @@ class LoRA(ContinualMethod):
         return names
 
     def task_columns(self, task):
-        return {"extra_params": self.extra_params}
+        return {"extra_params": self.extra_params, "extra_state_M": 0.0}
