@@ -226,3 +226,28 @@ def _assert_equal(a, b):
             _assert_equal(u, v)
     else:
         assert a == b
+
+
+# ------------------------------------------------------------------ task 0 from another run (continual.init_from)
+
+
+@pytest.mark.parametrize("preset", ["lora", "ensemble"])
+def test_an_adapting_method_takes_a_plain_runs_first_task(tmp_path, preset):
+    """LoRA and the ensemble share the other methods' task 0 (the benchmark trains it once): the copied
+    weights and EMA become the adapted network's, equal to what the method's own task 0 gives; the
+    reverse, a plain run from an adapted run's task 0, is refused in one line."""
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.runtime import checkpoint as ckpt
+
+    src = run_continual(_cfg(tmp_path / "src", "naive", ["continual.limit_tasks=1"]))
+    seeded = run_continual(_cfg(tmp_path / "seeded", preset, [f"continual.init_from={src.run_dir}"]))
+    own = run_continual(_cfg(tmp_path / "own", preset))
+    plain, w_seeded, w_own = (_final_model(r, 0) for r in (src.run_dir, seeded.run_dir, own.run_dir))
+    assert w_seeded.keys() == w_own.keys() and all(torch.equal(w_seeded[k], w_own[k]) for k in w_own)
+    prefix = "nets.0." if preset == "ensemble" else ""
+    assert all(torch.equal(plain[k], w_seeded[prefix + k]) for k in plain)
+    assert ckpt.verify_checkpoint(f"{seeded.run_dir}/task_0", 2) is None  # the manifest lists the converted files
+    w1 = _final_model(seeded.run_dir, 1)
+    assert any(not torch.equal(w1[k], w_seeded[k]) for k in w1)  # task 1 trained on from there
+    with pytest.raises(ConfigError, match=f"its method \\({preset}\\) adapts the network"):
+        run_continual(_cfg(tmp_path / "back", "naive", [f"continual.init_from={own.run_dir}"]))

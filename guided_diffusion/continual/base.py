@@ -5,6 +5,7 @@ and hooks that the loop (``continual.loop``) calls for every task, in this order
 
     adapt_model(task, model)     at the task boundary: the model to train (changed in place, or a new
                                  one); also before a finished task's weights are restored
+    import_weights(model, state) another run's task 0 weights (continual.init_from) as the adapted model's
     trainable(task, model)       the names of the parameters this task trains (None: all); the optimizer,
                                  the EMA (a new parameter's starts from it), the teacher, checkpoints
                                  and resume follow the model and this set
@@ -178,6 +179,13 @@ class ContinualMethod:
     def trainable(self, task: Task, model: torch.nn.Module) -> Optional[List[str]]:
         """The names of ``model``'s parameters that ``task`` trains; None: every parameter."""
         return None
+
+    def import_weights(self, model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``state``, weights of the network as built (before ``adapt_model``: another run's task 0, taken by
+        ``continual.init_from``), as weights of ``model`` after ``adapt_model`` (its names; what the
+        adaptation added at its initial values). A method that adapts the model and whose task 0 trains the
+        network as built overrides it, so that it shares the other methods' task 0."""
+        return state
 
     def before_task(self, task: Task, teacher: Optional[torch.nn.Module]) -> None:
         self.teacher = teacher

@@ -51,6 +51,7 @@ class Composite(ContinualMethod):
         self.name = "+".join(m.name for m in methods)
         self.needs_teacher = any(m.needs_teacher for m in methods)
         self.terms = tuple(dict.fromkeys(t for m in methods for t in m.terms))
+        self.adapts_model = any(m.adapts_model for m in methods)
 
     def adapt_model(self, task, model):
         for m in self.methods:
@@ -60,6 +61,11 @@ class Composite(ContinualMethod):
     def trainable(self, task, model) -> Optional[List[str]]:
         sets = [s for s in (m.trainable(task, model) for m in self.methods) if s is not None]
         return sets[0] if sets else None  # at most one method adapts (check_composition)
+
+    def import_weights(self, model, state):
+        for m in self.methods:
+            state = m.import_weights(model, state)
+        return state
 
     def before_task(self, task, teacher: Optional[torch.nn.Module]) -> None:
         self.teacher = teacher

@@ -216,12 +216,13 @@ class DiffusionLearner(TaskLearner):
         tdir = ctx.task_dir(task)
         if dist_util.is_main():
             bf.makedirs(tdir)
+        self.adapt(task)  # first: a task 0 copied from another run (continual.init_from) is made the adapted model's
         copies_first = self.init_step is not None and task.index == 0
         if copies_first and dist_util.is_main():
-            copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log)
+            convert = (lambda sd: method.import_weights(ctx.model, sd)) if method.adapts_model else None
+            copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log, convert)
         dist_util.barrier()
         self.logger = experiment.make_logger(cfg, tdir)
-        self.adapt(task)
         teacher = None
         if task.index > 0 and method.needs_teacher:
             teacher = copy.deepcopy(ctx.model)
