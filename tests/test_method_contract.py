@@ -251,3 +251,61 @@ def test_an_adapting_method_takes_a_plain_runs_first_task(tmp_path, preset):
     assert any(not torch.equal(w1[k], w_seeded[k]) for k in w1)  # task 1 trained on from there
     with pytest.raises(ConfigError, match=f"its method \\({preset}\\) adapts the network"):
         run_continual(_cfg(tmp_path / "back", "naive", [f"continual.init_from={own.run_dir}"]))
+
+
+# ------------------------------------------------------------------ an adapted network outside its run
+
+
+@pytest.mark.parametrize("preset", ["lora", "ensemble"])
+def test_an_adapted_networks_export_samples_and_replays(tmp_path, preset, monkeypatch, capsys):
+    """The export's JSON records the method that adapted the network: image_sample.py rebuilds it from
+    the export alone; the run's config rebuilds it for the classifier's replay (``diffusion_after``); the
+    weights without either are refused in one line."""
+    import json
+    import runpy
+    import shutil
+    import sys
+
+    from guided_diffusion import experiment
+    from guided_diffusion.continual.adaptation import adapted_model
+    from guided_diffusion.continual.loop import final_weights, run_continual
+
+    ctx = run_continual(_cfg(tmp_path / "run", preset))
+    export = f"{ctx.run_dir}/task_1/ema_0.9_000002.safetensors"
+    with open(export.replace(".safetensors", ".json")) as f:
+        assert json.load(f)["adaptation"]["method"]["name"] == preset
+    cfg = load_config(f"{ctx.run_dir}/config.yaml")  # the solver's way: the diffusion run's config
+    _, emas = final_weights(f"{ctx.run_dir}/task_1")
+    info = experiment.dataset_info(cfg)
+    adapted_model(cfg, info, experiment.build_model(cfg, info)).load_state_dict(emas[0.9])  # strict
+    main = runpy.run_path(os.path.join(ROOT, "scripts", "image_sample.py"), run_name="image_sample")["main"]
+    plain = [o for o in TINY if o.split("=")[0].split(".")[0] in ("data", "model", "diffusion")]
+    args = ["image_sample.py", *plain, "train.num_threads=1", "--num_samples", "4", "--batch_size", "4",
+            "--timestep_respacing", "3", "--use_ddim", "false", "--classes", "0,2"]
+    monkeypatch.setattr(sys, "argv", args + ["--model_path", export, "--out_dir", str(tmp_path / "s")])
+    assert main() == 0
+    import numpy as np
+
+    assert list(np.load(tmp_path / "s" / "samples_4x28x28x1.npz")["arr_1"]) == [0, 0, 2, 2]  # tasks 0 and 1
+    bare = str(tmp_path / "bare.safetensors")
+    shutil.copy(export, bare)  # no JSON beside it
+    monkeypatch.setattr(sys, "argv", args + ["--model_path", bare, "--out_dir", str(tmp_path / "b")])
+    kind = "LoRA adapters" if preset == "lora" else "an ensemble of networks"
+    with pytest.raises(ConfigError, match=f"holds {kind} .* give the run's config.yaml"):
+        main()
+    capsys.readouterr()
+
+
+def test_the_classifier_replays_from_a_lora_run(tmp_path):
+    """The continual classifier's plain replay from a LoRA diffusion run: ``diffusion_after`` rebuilds the
+    adapted network from the run's config, and each old class is drawn through its task's adapter."""
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.continual.solver import run_solver
+
+    ctx = run_continual(_cfg(tmp_path / "run", "lora"))
+    cfg = load_config(f"{ctx.run_dir}/config.yaml", [
+        "solver.replay=plain", "solver.arch=mlp", "solver.init_num_steps=2", "solver.num_steps=2",
+        "solver.batch_size=8", "solver.augment=", "solver.respacing=3", "solver.use_ddim=false",
+        "solver.generation_interval=2", f"solver.diffusion_run={ctx.run_dir}"])
+    solver = run_solver(cfg)
+    assert sorted(solver.acc) == [0, 1]

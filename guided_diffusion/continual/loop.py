@@ -41,6 +41,7 @@ from ..runtime.precision import describe_cpu
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
 from ..train_util import PreemptionFlag, TrainLoop
+from .adaptation import export_record
 from .base import ContinualContext, freeze
 from .methods import build_method
 from .scenario import Task, build_scenario
@@ -240,7 +241,8 @@ class DiffusionLearner(TaskLearner):
         loop = TrainLoop(model=ctx.model, data=data, cfg=tcfg, run_dir=tdir, objective=objective,
                          seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=self.logger, device=ctx.device,
                          hooks=method.hooks(task), init_ema=self.ema_state,
-                         export_config=experiment.export_config(cfg, ctx.info), tag=f"task {task.index}",
+                         export_config={**experiment.export_config(cfg, ctx.info), **export_record(cfg, ctx.info)},
+                         tag=f"task {task.index}",
                          precision=experiment.precision_of(cfg, ctx.device))
         start_step = loop.step
         t1 = time.time()
