@@ -251,6 +251,10 @@ def test_an_adapting_method_takes_a_plain_runs_first_task(tmp_path, preset):
     assert any(not torch.equal(w1[k], w_seeded[k]) for k in w1)  # task 1 trained on from there
     with pytest.raises(ConfigError, match=f"its method \\({preset}\\) adapts the network"):
         run_continual(_cfg(tmp_path / "back", "naive", [f"continual.init_from={own.run_dir}"]))
+    again = run_continual(_cfg(tmp_path / "again", preset,
+                               [f"continual.init_from={own.run_dir}", "continual.limit_tasks=1"]))
+    w_again = _final_model(again.run_dir, 0)  # a run of the same method takes it as it is
+    assert w_again.keys() == w_own.keys() and all(torch.equal(w_again[k], w_own[k]) for k in w_own)
 
 
 # ------------------------------------------------------------------ an adapted network outside its run

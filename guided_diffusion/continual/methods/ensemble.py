@@ -54,7 +54,10 @@ class Ensemble(ContinualMethod):
 
     def import_weights(self, model, state):
         """A plain network's weights (another run's task 0) as network 0's; the later tasks' networks at their
-        initial weights (as after this method's own task 0, which trains network 0 alone)."""
+        initial weights (as after this method's own task 0, which trains network 0 alone). An ensemble's own
+        weights (a run of this method) pass unchanged."""
+        if state and all(k.startswith("nets.") for k in state):
+            return state
         out = {f"nets.0.{k}": v for k, v in state.items()}
         for k, v in model.state_dict().items():
             if not k.startswith("nets.0."):

@@ -75,7 +75,8 @@ class LoRA(ContinualMethod):
 
     def import_weights(self, model, state):
         """A plain network's weights (another run's task 0) with this model's adapters at their initial values
-        (B = 0: they add nothing, as after this method's own task 0, which trains no adapter)."""
+        (B = 0: they add nothing, as after this method's own task 0, which trains no adapter). A LoRA network's
+        own weights (a run of this method) pass unchanged."""
         out = dict(state)
         for k, v in model.state_dict().items():
             if is_adapter_name(k) and k not in out:
