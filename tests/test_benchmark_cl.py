@@ -410,7 +410,9 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
                            "classifier_path": str(tmp_path / "clf.safetensors"), "classifier_epochs": 1}},
         "learning_curve": {"classes": [0, 1], "points": "16,32", "num_samples": 8},
         "methods": {"naive": {"name": "naive"}, "joint": {"name": "joint"},
-                    "gd_full": {"name": "generative_distillation", "teacher_steps": 1, "replay_batch": 4}},
+                    "gd_full": {"name": "generative_distillation", "teacher_steps": 1, "replay_batch": 4},
+                    "lora": {"name": "lora"},  # takes the shared task 0 as its adapted network
+                    "ewc_buffer_replay": [{"name": "ewc", "num_samples": 4}, {"name": "buffer_replay"}]},
         "solver": {"diffusion": "gd_full", "replays": ["plain"],
                    "settings": {"solver": {"init_num_steps": 2, "num_steps": 2, "batch_size": 8,
                                            "respacing": "ddim2", "eval_batch_size": 64}}},
@@ -426,6 +428,8 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
     assert "## Task 0's learning curve" in report and (tmp_path / "report" / "report_plots" / "curve_task0.png").exists()
     assert "Task 0 converged?" in report and "Rule: a claim is *confirmed*" in report
     assert "task 0 taken from" in (tmp_path / "runs" / "gd_full_s0" / "log.txt").read_text()
+    assert "task 0 taken from" in (tmp_path / "runs" / "lora_s0" / "log.txt").read_text()
+    assert "| lora | 1/1 |" in report and "| ewc_buffer_replay | 1/1 |" in report and "extra state M" in report
     assert (tmp_path / "report" / "report_grids" / "gd_full_s0_task1.png").exists()
     with open(tmp_path / "report" / "runs" / "suite_times.csv") as f:
         rows = list(csv.DictReader(f))
