@@ -298,6 +298,18 @@ def test_an_adapted_networks_export_samples_and_replays(tmp_path, preset, monkey
     with pytest.raises(ConfigError, match=f"holds {kind} .* give the run's config.yaml"):
         main()
     capsys.readouterr()
+    # scripts/tools/timestep_error.py: the export beside a plain network's weights; the bare copy refused (exit 2)
+    tool = runpy.run_path(os.path.join(ROOT, "scripts", "tools", "timestep_error.py"), run_name="te")["main"]
+    plain_run = run_continual(_cfg(tmp_path / "plain", "naive", ["continual.limit_tasks=1"]))
+    teacher = f"{plain_run.run_dir}/task_0/ema_0.9_000002.safetensors"
+    te = ["timestep_error.py", "--config", f"{ctx.run_dir}/config.yaml", "--timesteps", "0,50", "--images", "4",
+          "train.num_threads=1", "--models"]
+    monkeypatch.setattr(sys, "argv", te + [teacher, export])
+    capsys.readouterr()
+    assert tool() == 0 and len(capsys.readouterr().out.splitlines()) == 3  # the header and two timesteps
+    monkeypatch.setattr(sys, "argv", ["timestep_error.py", "--config", os.path.join(ROOT, "yaml/mnist/split.yaml"),
+                                      "--timesteps", "0,50", "--images", "4", *plain, "--models", bare])
+    assert tool() == 2 and f"holds {kind}" in capsys.readouterr().err
 
 
 def test_the_classifier_replays_from_a_lora_run(tmp_path):

@@ -86,8 +86,8 @@ def check_plain_weights(cfg, state_dict: Dict[str, torch.Tensor], path: str) -> 
     kind = looks_adapted(state_dict)
     if kind is not None and not adapts_model(cfg.method):
         raise ConfigError(f"{path} holds {kind} (a continual method's adapted network) but nothing says how to "
-                          "rebuild it: give the run's config.yaml (its method section) or sample the task's "
-                          ".safetensors export, whose .json records the method")
+                          "rebuild it: give the run's config.yaml (its method section) or the task's .safetensors "
+                          "export, whose .json beside it records the method")
 
 
 __all__ = ["RECORD_KEY", "export_record", "adapted_model", "read_record", "with_export_record", "looks_adapted",
