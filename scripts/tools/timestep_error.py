@@ -10,8 +10,9 @@ For each timestep t of the list (original 1000-step indices) and each model, the
 (seeded by ``--seed``): the models are compared pairwise. Every model is built from ``--config`` (its
 ``model`` section, or the one of the export JSON beside the weights; a LoRA or ensemble network as its
 method adapted it, from the config's method or the export JSON's) and loaded strictly. Prints a table and
-writes ``--out`` (a row per timestep, a column per model). A model that learned only part of the chain (e.g. DKDM's iterative student, whose last updates all
-sit at small t) shows it as errors far above the others' at the timesteps it forgot.
+writes ``--out`` (a row per timestep, a column per model). A model that learned only part of the chain
+(e.g. DKDM's iterative student, whose last updates all sit at small t) shows it as errors far above the
+others' at the timesteps it forgot.
 """
 
 import argparse
