@@ -133,7 +133,8 @@ def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
     return respacing_spec(sampler, steps, spacing), sampler == "ddim"
 
 
-USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae", "latent")
+USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae", "latent",
+        "method", "continual")  # method, continual: a LoRA or ensemble network is rebuilt as its method adapted it
 
 
 def main() -> int:
