@@ -39,6 +39,10 @@ image (reverse steps, MCMC evaluations; each is two network passes under guidanc
 K-label composition, and a forward plus a backward for an energy model), MCMC acceptance. Sample i is seeded by (seed, i // batch_size): the same set comes out
 for any number of ranks. ADM's evaluator expects RGB; grayscale sets keep C=1 unless
 --to_rgb true (data.channels stays the model's).
+
+A continual run's LoRA or ensemble network (``method: lora`` / ``ensemble``) is rebuilt as its method
+adapted it, from the config's method section (give the run's config.yaml) or from the JSON beside a
+``.safetensors`` export, which records it; each sample goes through its label's task's adapter or network.
 """
 
 import argparse
@@ -50,6 +54,7 @@ import numpy as np
 import torch
 
 from guided_diffusion import dist_util, experiment
+from guided_diffusion.continual.adaptation import adapted_model, check_plain_weights, with_export_record
 from guided_diffusion.image_util import save_grid, save_npz
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.checkpoint import (
@@ -128,7 +133,8 @@ def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
     return respacing_spec(sampler, steps, spacing), sampler == "ddim"
 
 
-USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae", "latent")
+USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae", "latent",
+        "method", "continual")  # method, continual: a LoRA or ensemble network is rebuilt as its method adapted it
 
 
 def main() -> int:
@@ -153,7 +159,10 @@ def main() -> int:
     weights = load_state_dict_file(s.model_path)
     info = experiment.info_for_weights(cfg, weights)  # no data set needed when the weights tell
     info = experiment.model_info(cfg, info)  # latent diffusion: the latents' shape (samples are decoded)
-    model = experiment.build_model(cfg, info)
+    # A continual method's adapted network (LoRA, the ensemble): rebuilt from the run's config or the export's JSON.
+    cfg, info = with_export_record(cfg, info, s.model_path)
+    check_plain_weights(cfg, weights, s.model_path)
+    model = adapted_model(cfg, info, experiment.build_model(cfg, info))
     load_checked(model, weights, s.model_path, what="model")
     del weights
     model.to(device)

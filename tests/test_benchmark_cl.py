@@ -411,7 +411,9 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
                            "classifier_path": str(tmp_path / "clf.safetensors"), "classifier_epochs": 1}},
         "learning_curve": {"classes": [0, 1], "points": "16,32", "num_samples": 8},
         "methods": {"naive": {"name": "naive"}, "joint": {"name": "joint"},
-                    "gd_full": {"name": "generative_distillation", "teacher_steps": 1, "replay_batch": 4}},
+                    "gd_full": {"name": "generative_distillation", "teacher_steps": 1, "replay_batch": 4},
+                    "lora": {"name": "lora"},  # takes the shared task 0 as its adapted network
+                    "ewc_buffer_replay": [{"name": "ewc", "num_samples": 4}, {"name": "buffer_replay"}]},
         "solver": {"diffusion": "gd_full", "replays": ["plain"],
                    "settings": {"solver": {"init_num_steps": 2, "num_steps": 2, "batch_size": 8,
                                            "respacing": "ddim2", "eval_batch_size": 64}}},
@@ -427,6 +429,8 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
     assert "## Task 0's learning curve" in report and (tmp_path / "report" / "report_plots" / "curve_task0.png").exists()
     assert "Task 0 converged?" in report and "Rule: a claim is *confirmed*" in report
     assert "task 0 taken from" in (tmp_path / "runs" / "gd_full_s0" / "log.txt").read_text()
+    assert "task 0 taken from" in (tmp_path / "runs" / "lora_s0" / "log.txt").read_text()
+    assert "| lora | 1/1 |" in report and "| ewc_buffer_replay | 1/1 |" in report and "extra state M" in report
     assert (tmp_path / "report" / "report_grids" / "gd_full_s0_task1.png").exists()
     with open(tmp_path / "report" / "runs" / "suite_times.csv") as f:
         rows = list(csv.DictReader(f))
@@ -494,3 +498,41 @@ def test_the_papers_protocols_section_shows_each_papers_suite_and_both_verdicts(
                     "**confirmed** |"]
     with pytest.raises(ConfigError, match="papers: suite file nowhere.yaml not found"):
         bsuite.load_suite(_suite(tmp_path, papers=["nowhere.yaml"]))
+
+
+def test_a_row_may_compose_methods_and_an_adapting_row_never_gives_task0(tmp_path):
+    """``method:`` a list in a suite row (YAML aliases reuse other rows' sections); LoRA and the ensemble
+    take the shared task 0 but never give it (their checkpoints are not the plain network's)."""
+    import guided_diffusion.continual.methods  # noqa: F401
+    import guided_diffusion.evaluation.settings  # noqa: F401
+
+    suite = bsuite.load_suite(SUITE)
+    assert suite.methods["ewc_buffer_replay"] == [suite.methods["ewc"], suite.methods["buffer_replay"]]
+    methods = {"lora": {"name": "lora"}, "naive": {"name": "naive"}, "ensemble": {"name": "ensemble"},
+               "ewc": {"name": "ewc", "lambd": 7.0},
+               "ewc_buffer_replay": [{"name": "ewc", "lambd": 7.0}, "buffer_replay"]}
+    suite = bsuite.load_suite(_suite(tmp_path, solver={}, methods=methods, learning_curve={}))
+    specs = {s.label: s for s in bplan.plan_runs(suite)}
+    cfgs = {k: load_config(s.config_path) for k, s in specs.items()}
+    composed = cfgs["ewc_buffer_replay"].method
+    assert [m.name for m in composed] == ["ewc", "buffer_replay"] and composed[0] == cfgs["ewc"].method
+    assert cfgs["lora"].continual.init_from == "" and specs["lora"].needs is None  # first, yet not the source
+    source = specs["naive"].run_dir
+    assert all(cfgs[k].continual.init_from == source and specs[k].needs == "naive"
+               for k in ("ensemble", "ewc", "ewc_buffer_replay"))
+
+
+def test_the_generator_table_shows_each_methods_extra_parameters_and_state(tmp_path):
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1], solver={}, learning_curve={}))
+    specs = [s for s in bplan.plan_runs(suite) if s.label in ("naive", "lora", "ewc_buffer_replay")]
+    cost = {"naive": {"extra_state_M": 0.0}, "lora": {"extra_params": 150000, "extra_state_M": 0.0},
+            "ewc_buffer_replay": {"extra_state_M": 6.1}}
+    for s in specs:
+        _write(f"{s.run_dir}/metrics.csv", [{"task": 0, "sec_per_step": 1.0, "eval_fid": 3.0, **cost[s.label]},
+                                            {"task": 1, "sec_per_step": 2.0, "eval_fid": 4.0, **cost[s.label]}])
+    header, rows, values = tables.method_table(suite, specs)
+    by = {r[0]: dict(zip(header, r)) for r in rows}
+    assert (by["lora"]["extra params M"], by["lora"]["extra state M"]) == ("0.15", "0")  # one value: the seeds agree
+    assert (by["ewc_buffer_replay"]["extra params M"], by["ewc_buffer_replay"]["extra state M"]) == ("0", "6.1")
+    assert by["naive"]["extra params M"] == "0" and values["lora"]["extra_params"] == [0.15, 0.15]
+    assert by["si"]["extra state M"] == ""  # no finished run

@@ -158,6 +158,13 @@ def test_each_new_preset_runs_the_continual_loop(tmp_path, preset):
 
         assert read_run(ctx.run_dir).method == "ewc+buffer_replay"  # the report's label of a composition
     w0, w1 = _final_model(ctx.run_dir, 0), _final_model(ctx.run_dir, 1)
+    # extra_state_M: the numbers the method keeps after each task (parameter-sized tensors, stored images)
+    P, image = sum(v.numel() for v in w0.values()), 28 * 28
+    state = {"l2": [P, P], "si": [3 * P, 3 * P], "mas": [2 * P, 2 * P], "agem": [200 * image] * 2,
+             "lora": [0, 0], "ensemble": [0, 0],
+             "ewc_buffer_replay": [2 * P + 500 * image, 4 * P + 500 * image],  # SMALL's list: a buffer of 500
+             "buffer_replay_rehearsal": [200 * image] * 2}[preset]
+    assert [float(r["extra_state_M"]) for r in rows] == [round(n / 1e6, 6) for n in state]
     if preset == "lora":
         from guided_diffusion.lora import is_adapter_name
 
@@ -219,3 +226,102 @@ def _assert_equal(a, b):
             _assert_equal(u, v)
     else:
         assert a == b
+
+
+# ------------------------------------------------------------------ task 0 from another run (continual.init_from)
+
+
+@pytest.mark.parametrize("preset", ["lora", "ensemble"])
+def test_an_adapting_method_takes_a_plain_runs_first_task(tmp_path, preset):
+    """LoRA and the ensemble share the other methods' task 0 (the benchmark trains it once): the copied
+    weights and EMA become the adapted network's, equal to what the method's own task 0 gives; the
+    reverse, a plain run from an adapted run's task 0, is refused in one line."""
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.runtime import checkpoint as ckpt
+
+    src = run_continual(_cfg(tmp_path / "src", "naive", ["continual.limit_tasks=1"]))
+    seeded = run_continual(_cfg(tmp_path / "seeded", preset, [f"continual.init_from={src.run_dir}"]))
+    own = run_continual(_cfg(tmp_path / "own", preset))
+    plain, w_seeded, w_own = (_final_model(r, 0) for r in (src.run_dir, seeded.run_dir, own.run_dir))
+    assert w_seeded.keys() == w_own.keys() and all(torch.equal(w_seeded[k], w_own[k]) for k in w_own)
+    prefix = "nets.0." if preset == "ensemble" else ""
+    assert all(torch.equal(plain[k], w_seeded[prefix + k]) for k in plain)
+    assert ckpt.verify_checkpoint(f"{seeded.run_dir}/task_0", 2) is None  # the manifest lists the converted files
+    w1 = _final_model(seeded.run_dir, 1)
+    assert any(not torch.equal(w1[k], w_seeded[k]) for k in w1)  # task 1 trained on from there
+    with pytest.raises(ConfigError, match=f"its method \\({preset}\\) adapts the network"):
+        run_continual(_cfg(tmp_path / "back", "naive", [f"continual.init_from={own.run_dir}"]))
+    again = run_continual(_cfg(tmp_path / "again", preset,
+                               [f"continual.init_from={own.run_dir}", "continual.limit_tasks=1"]))
+    w_again = _final_model(again.run_dir, 0)  # a run of the same method takes it as it is
+    assert w_again.keys() == w_own.keys() and all(torch.equal(w_again[k], w_own[k]) for k in w_own)
+
+
+# ------------------------------------------------------------------ an adapted network outside its run
+
+
+@pytest.mark.parametrize("preset", ["lora", "ensemble"])
+def test_an_adapted_networks_export_samples_and_replays(tmp_path, preset, monkeypatch, capsys):
+    """The export's JSON records the method that adapted the network: image_sample.py rebuilds it from
+    the export alone; the run's config rebuilds it for the classifier's replay (``diffusion_after``); the
+    weights without either are refused in one line."""
+    import json
+    import runpy
+    import shutil
+    import sys
+
+    from guided_diffusion import experiment
+    from guided_diffusion.continual.adaptation import adapted_model
+    from guided_diffusion.continual.loop import final_weights, run_continual
+
+    ctx = run_continual(_cfg(tmp_path / "run", preset))
+    export = f"{ctx.run_dir}/task_1/ema_0.9_000002.safetensors"
+    with open(export.replace(".safetensors", ".json")) as f:
+        assert json.load(f)["adaptation"]["method"]["name"] == preset
+    cfg = load_config(f"{ctx.run_dir}/config.yaml")  # the solver's way: the diffusion run's config
+    _, emas = final_weights(f"{ctx.run_dir}/task_1")
+    info = experiment.dataset_info(cfg)
+    adapted_model(cfg, info, experiment.build_model(cfg, info)).load_state_dict(emas[0.9])  # strict
+    main = runpy.run_path(os.path.join(ROOT, "scripts", "image_sample.py"), run_name="image_sample")["main"]
+    plain = [o for o in TINY if o.split("=")[0].split(".")[0] in ("data", "model", "diffusion")]
+    args = ["image_sample.py", *plain, "train.num_threads=1", "--num_samples", "4", "--batch_size", "4",
+            "--timestep_respacing", "3", "--use_ddim", "false", "--classes", "0,2"]
+    monkeypatch.setattr(sys, "argv", args + ["--model_path", export, "--out_dir", str(tmp_path / "s")])
+    assert main() == 0
+    import numpy as np
+
+    assert list(np.load(tmp_path / "s" / "samples_4x28x28x1.npz")["arr_1"]) == [0, 0, 2, 2]  # tasks 0 and 1
+    bare = str(tmp_path / "bare.safetensors")
+    shutil.copy(export, bare)  # no JSON beside it
+    monkeypatch.setattr(sys, "argv", args + ["--model_path", bare, "--out_dir", str(tmp_path / "b")])
+    kind = "LoRA adapters" if preset == "lora" else "an ensemble of networks"
+    with pytest.raises(ConfigError, match=f"holds {kind} .* give the run's config.yaml"):
+        main()
+    capsys.readouterr()
+    # scripts/tools/timestep_error.py: the export beside a plain network's weights; the bare copy refused (exit 2)
+    tool = runpy.run_path(os.path.join(ROOT, "scripts", "tools", "timestep_error.py"), run_name="te")["main"]
+    plain_run = run_continual(_cfg(tmp_path / "plain", "naive", ["continual.limit_tasks=1"]))
+    teacher = f"{plain_run.run_dir}/task_0/ema_0.9_000002.safetensors"
+    te = ["timestep_error.py", "--config", f"{ctx.run_dir}/config.yaml", "--timesteps", "0,50", "--images", "4",
+          "train.num_threads=1", "--models"]
+    monkeypatch.setattr(sys, "argv", te + [teacher, export])
+    capsys.readouterr()
+    assert tool() == 0 and len(capsys.readouterr().out.splitlines()) == 3  # the header and two timesteps
+    monkeypatch.setattr(sys, "argv", ["timestep_error.py", "--config", os.path.join(ROOT, "yaml/mnist/split.yaml"),
+                                      "--timesteps", "0,50", "--images", "4", *plain, "--models", bare])
+    assert tool() == 2 and f"holds {kind}" in capsys.readouterr().err
+
+
+def test_the_classifier_replays_from_a_lora_run(tmp_path):
+    """The continual classifier's plain replay from a LoRA diffusion run: ``diffusion_after`` rebuilds the
+    adapted network from the run's config, and each old class is drawn through its task's adapter."""
+    from guided_diffusion.continual.loop import run_continual
+    from guided_diffusion.continual.solver import run_solver
+
+    ctx = run_continual(_cfg(tmp_path / "run", "lora"))
+    cfg = load_config(f"{ctx.run_dir}/config.yaml", [
+        "solver.replay=plain", "solver.arch=mlp", "solver.init_num_steps=2", "solver.num_steps=2",
+        "solver.batch_size=8", "solver.augment=", "solver.respacing=3", "solver.use_ddim=false",
+        "solver.generation_interval=2", f"solver.diffusion_run={ctx.run_dir}"])
+    solver = run_solver(cfg)
+    assert sorted(solver.acc) == [0, 1]

@@ -98,7 +98,7 @@ def readme_classifier_flags(bench):
 def value(cfg, key):
     node = cfg
     for part in key.split("."):
-        node = getattr(node, part)
+        node = node[int(part)] if isinstance(node, list) else getattr(node, part)  # method.1.name: a list's entry
     return node
 
 
@@ -288,6 +288,18 @@ MASIP_METHODS = {
                              "train.lr": 1e-4, "train.adam_beta1": 0.95, "train.adam_beta2": 0.999,
                              "train.weight_decay": 1e-6, "train.grad_clip": 10.0, "train.warmup_steps": 500,
                              "train.lr_schedule": "cosine", "diffusion.noise_schedule": "cosine"},
+    # CLoG's published defaults (linhaowei1/CLoG utils/configs.py) on Masip's generator
+    "l2": {**MASIP_GENERATOR, "method.name": "l2", "method.lambd": 500.0, "method.reduction": "clog"},
+    "si": {**MASIP_GENERATOR, "method.name": "si", "method.c": 5.0, "method.xi": 0.01},
+    "mas": {**MASIP_GENERATOR, "method.name": "mas", "method.lambd": 5.0, "method.num_samples": 100},
+    "agem": {**MASIP_GENERATOR, "method.name": "agem", "method.memory_size": 200, "method.memory_batch": 200},
+    "lora": {**MASIP_GENERATOR, "method.name": "lora", "method.rank": 8, "method.alpha": 8.0, "method.dropout": 0.1,
+             "method.targets": "qkv,proj_out,conv1,conv2", "train.uncond_p": 0.0},
+    "ensemble": {**MASIP_GENERATOR, "method.name": "ensemble", "train.uncond_p": 0.0},
+    # the ewc and buffer_replay presets' settings, applied together
+    "ewc_buffer_replay": {**MASIP_GENERATOR, "method.0.name": "ewc", "method.0.lambd": 0.1, "method.0.num_samples": 100,
+                          "method.1.name": "buffer_replay", "method.1.policy": "balanced",
+                          "method.1.buffer_size": 1000, "method.1.label_uniform": True},
 }
 
 
@@ -320,3 +332,11 @@ def test_masips_replay_sampler_is_their_trailing_ddim10():
     from guided_diffusion.respace import space_timesteps
 
     assert sorted(space_timesteps(1000, "ddim10t")) == list(range(99, 1000, 100))  # 999, 899, ..., 99
+
+
+@pytest.mark.parametrize("bench", ["mnist", "fmnist", "cifar10_5"])
+def test_ewc_buffer_replay_composes_the_two_presets_of_its_benchmark(bench):
+    def method(name):
+        return load_config(os.path.join(ROOT, f"yaml/{bench}/{name}.yaml")).method
+
+    assert method("ewc_buffer_replay") == [method("ewc"), method("buffer_replay")]

@@ -5,6 +5,7 @@ and hooks that the loop (``continual.loop``) calls for every task, in this order
 
     adapt_model(task, model)     at the task boundary: the model to train (changed in place, or a new
                                  one); also before a finished task's weights are restored
+    import_weights(model, state) another run's task 0 weights (continual.init_from) as the adapted model's
     trainable(task, model)       the names of the parameters this task trains (None: all); the optimizer,
                                  the EMA (a new parameter's starts from it), the teacher, checkpoints
                                  and resume follow the model and this set
@@ -14,7 +15,9 @@ and hooks that the loop (``continual.loop``) calls for every task, in this order
                                  object for the whole run, so its schedule sampler spans the tasks)
     hooks(task)                  TrainHooks for the training loop (before/after step, after backward)
     after_task(task)             e.g. the EWC Fisher, the replay buffer update
-    task_columns(task)           the method's own columns of the task's metrics.csv row
+    task_columns(task)           the method's own columns of the task's metrics.csv row; its cost in
+                                 memory there: ``extra_params`` (parameters beyond the network's) and
+                                 ``extra_state_M`` (``state_floats_M``: what it keeps after the task)
     state_dict()/load_state_dict()   what must survive to the next tasks and across a restart
 
 A method also declares the loss terms its objective logs (``terms``: their last values reach
@@ -30,7 +33,7 @@ The loop knows no method by name: ``method.name`` in the config picks the class 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
 
@@ -77,6 +80,20 @@ def _register_schema(name: str, cls) -> None:
 
 _register_method = registrar(METHODS, "continual method", _register_schema)
 ANY_GENERATOR = ("diffusion", "vae")
+# Task columns of a method's cost that add up when methods compose (``continual.compose``).
+ADDITIVE_COLUMNS = ("extra_params", "extra_state_M")
+
+
+def state_floats_M(tensors: Iterable[Optional[torch.Tensor]] = (), images: int = 0, image: Optional[torch.Tensor] = None
+                   ) -> float:
+    """The ``extra_state_M`` column: millions of numbers a method keeps beside the network it trains
+    (per-parameter tensors: anchors, importances, a teacher's weights; stored images: ``images`` of the
+    size of ``image``, a buffer's or a memory's, counted as images even where only their indices are held,
+    as CLoG counts its memory). Labels and scalars are not counted."""
+    n = sum(t.numel() for t in tensors if t is not None)
+    if images:
+        n += int(images) * int(image[0].numel())
+    return round(n / 1e6, 6)
 
 
 def register_method(name: str, generators: Tuple[str, ...] = ("diffusion",)):
@@ -163,6 +180,13 @@ class ContinualMethod:
         """The names of ``model``'s parameters that ``task`` trains; None: every parameter."""
         return None
 
+    def import_weights(self, model: torch.nn.Module, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``state``, weights of the network as built (before ``adapt_model``: another run's task 0, taken by
+        ``continual.init_from``), as weights of ``model`` after ``adapt_model`` (its names; what the
+        adaptation added at its initial values). A method that adapts the model and whose task 0 trains the
+        network as built overrides it, so that it shares the other methods' task 0."""
+        return state
+
     def before_task(self, task: Task, teacher: Optional[torch.nn.Module]) -> None:
         self.teacher = teacher
 
@@ -179,7 +203,9 @@ class ContinualMethod:
         pass
 
     def task_columns(self, task: Task) -> Dict[str, Any]:
-        """Columns the method adds to the task's row of ``metrics.csv`` (e.g. a cost paid once per task)."""
+        """Columns the method adds to the task's row of ``metrics.csv`` (e.g. a cost paid once per task; the
+        memory it keeps after the task, ``extra_state_M``; its parameters beyond the network's,
+        ``extra_params``)."""
         return {}
 
     def state_dict(self) -> dict:

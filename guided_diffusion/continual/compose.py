@@ -4,7 +4,8 @@
 Each hook of ``Composite`` calls the methods' own in the listed order: their task data chain (buffer
 replay's images join the batch), their objectives wrap one another (the losses add; a method whose
 objective makes the step's forward pass itself, ``owns_forward``, gets the diffusion objective and the
-others wrap it), their training hooks, terms, task columns and states are gathered. A list that cannot
+others wrap it), their training hooks, terms, task columns (their costs, ``ADDITIVE_COLUMNS``, summed) and
+states are gathered. A list that cannot
 compose is refused when the config is loaded, in one line (``check_composition``).
 """
 
@@ -15,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 
 from ..runtime.config import ConfigError, register_section_list
-from .base import METHODS, ContinualMethod
+from .base import ADDITIVE_COLUMNS, METHODS, ContinualMethod
 
 
 def check_composition(entries: List, cfg) -> None:
@@ -50,6 +51,7 @@ class Composite(ContinualMethod):
         self.name = "+".join(m.name for m in methods)
         self.needs_teacher = any(m.needs_teacher for m in methods)
         self.terms = tuple(dict.fromkeys(t for m in methods for t in m.terms))
+        self.adapts_model = any(m.adapts_model for m in methods)
 
     def adapt_model(self, task, model):
         for m in self.methods:
@@ -59,6 +61,11 @@ class Composite(ContinualMethod):
     def trainable(self, task, model) -> Optional[List[str]]:
         sets = [s for s in (m.trainable(task, model) for m in self.methods) if s is not None]
         return sets[0] if sets else None  # at most one method adapts (check_composition)
+
+    def import_weights(self, model, state):
+        for m in self.methods:
+            state = m.import_weights(model, state)
+        return state
 
     def before_task(self, task, teacher: Optional[torch.nn.Module]) -> None:
         self.teacher = teacher
@@ -85,7 +92,8 @@ class Composite(ContinualMethod):
     def task_columns(self, task) -> Dict:
         out: Dict = {}
         for m in self.methods:
-            out.update(m.task_columns(task))
+            for k, v in m.task_columns(task).items():  # the methods' costs add up (EWC's Fisher + the buffer)
+                out[k] = round(out[k] + v, 6) if k in ADDITIVE_COLUMNS and k in out else v
         return out
 
     def state_dict(self) -> dict:

@@ -41,6 +41,7 @@ from ..runtime.precision import describe_cpu
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
 from ..train_util import PreemptionFlag, TrainLoop
+from .adaptation import export_record
 from .base import ContinualContext, freeze
 from .methods import build_method
 from .scenario import Task, build_scenario
@@ -216,12 +217,13 @@ class DiffusionLearner(TaskLearner):
         tdir = ctx.task_dir(task)
         if dist_util.is_main():
             bf.makedirs(tdir)
+        self.adapt(task)  # first: a task 0 copied from another run (continual.init_from) is made the adapted model's
         copies_first = self.init_step is not None and task.index == 0
         if copies_first and dist_util.is_main():
-            copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log)
+            convert = (lambda sd: method.import_weights(ctx.model, sd)) if method.adapts_model else None
+            copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log, convert)
         dist_util.barrier()
         self.logger = experiment.make_logger(cfg, tdir)
-        self.adapt(task)
         teacher = None
         if task.index > 0 and method.needs_teacher:
             teacher = copy.deepcopy(ctx.model)
@@ -239,7 +241,8 @@ class DiffusionLearner(TaskLearner):
         loop = TrainLoop(model=ctx.model, data=data, cfg=tcfg, run_dir=tdir, objective=objective,
                          seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=self.logger, device=ctx.device,
                          hooks=method.hooks(task), init_ema=self.ema_state,
-                         export_config=experiment.export_config(cfg, ctx.info), tag=f"task {task.index}",
+                         export_config={**experiment.export_config(cfg, ctx.info), **export_record(cfg, ctx.info)},
+                         tag=f"task {task.index}",
                          precision=experiment.precision_of(cfg, ctx.device))
         start_step = loop.step
         t1 = time.time()

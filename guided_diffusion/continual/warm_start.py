@@ -12,12 +12,18 @@ grid and evaluation settings: the same EMA weights and seeds give the same image
 
 The source must have been made with the same data, model, diffusion, training settings, seed and
 first task; otherwise one ``ConfigError`` names every differing key.
+
+A method that adapts the network (LoRA's adapters, the ensemble's members) takes a plain network's task 0:
+the copied weights and EMA are converted to the adapted network by the method's ``import_weights``
+(``copy_first_task``'s ``convert``), and the manifest lists the converted files. The reverse is refused:
+an adapted run's task 0 seeds only a run of the same method section.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import blobfile as bf
 
@@ -55,6 +61,12 @@ def first_task_source(cfg, task, info) -> int:
         raise ConfigError(f"continual.init_from = {src_run!r}: {src} is not a finished first task of a continual run "
                           "(run that config first)")
     other = load_config(f"{src_run}/config.yaml")
+    from .methods import adapts_model, method_names
+
+    if adapts_model(other.method) and other.method != cfg.method:
+        raise ConfigError(f"continual.init_from = {src_run!r}: its method ({'+'.join(method_names(other.method))}) "
+                          "adapts the network, so its task 0 is not a plain network's; take task 0 from a run of a "
+                          "method that does not (naive, ewc, ...) or of the same method section")
     diffs = _differences(_first_task_settings(cfg), _first_task_settings(other))
     theirs = build_scenario(other.continual, info.num_classes, info.task_classes).tasks[0]
     if (tuple(theirs.classes), theirs.num_steps) != (tuple(task.classes), task.num_steps):
@@ -68,9 +80,12 @@ def first_task_source(cfg, task, info) -> int:
     return task.num_steps
 
 
-def copy_first_task(src_run: str, step: int, task_dir: str, log) -> bool:
+def copy_first_task(src_run: str, step: int, task_dir: str, log,
+                    convert: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> bool:
     """Copy ``src_run``'s task 0 checkpoint at ``step`` and its progress logs into ``task_dir`` (rank 0,
-    before task 0's training loop). Returns False when ``task_dir`` already has a checkpoint (resume)."""
+    before task 0's training loop). Returns False when ``task_dir`` already has a checkpoint (resume).
+    ``convert``: a state_dict of the source's network as one of this run's (adapted) network, applied to
+    the weights and EMA files; the manifest then lists the converted files."""
     if ckpt.list_manifests(task_dir):
         return False
     src = f"{src_run}/task_0"
@@ -78,13 +93,20 @@ def copy_first_task(src_run: str, step: int, task_dir: str, log) -> bool:
     for name in ("progress.csv", "progress.jsonl"):
         if bf.exists(f"{src}/{name}"):
             ckpt.atomic_write_bytes(f"{task_dir}/{name}", ckpt.read_bytes(f"{src}/{name}"))
-    for name, entry in ckpt.read_manifest(src, step)["files"].items():
+    manifest = ckpt.read_manifest(src, step)
+    for name, entry in manifest["files"].items():
         ckpt.atomic_write_bytes(f"{task_dir}/{name}", ckpt.read_bytes(f"{src}/{name}"))
         reason = ckpt.verify_file(f"{task_dir}/{name}", entry)
         if reason is not None:
             raise ckpt.CheckpointError(f"copying task 0 from {src}: {reason}")
+        if convert is not None and name.startswith(("model", "ema_")):
+            path = f"{task_dir}/{name}"
+            manifest["files"][name] = ckpt.atomic_torch_save(convert(ckpt.load_torch(path)), path)
     # The manifest goes last: until it exists the copy is not a checkpoint (an interrupted copy is redone).
-    ckpt.atomic_write_bytes(ckpt.manifest_path(task_dir, step), ckpt.read_bytes(ckpt.manifest_path(src, step)))
+    if convert is None:
+        ckpt.atomic_write_bytes(ckpt.manifest_path(task_dir, step), ckpt.read_bytes(ckpt.manifest_path(src, step)))
+    else:
+        ckpt.atomic_write_text(ckpt.manifest_path(task_dir, step), json.dumps(manifest, indent=2, sort_keys=True))
     log(f"task 0 taken from {os.path.abspath(src)} (step {step}: same data, model, diffusion, training and first task)")
     return True
 

@@ -8,9 +8,11 @@ For each timestep t of the list (original 1000-step indices) and each model, the
 ||eps_theta(x_t, t, y) - eps||^2 / (C H W), with x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, x0
 ``--images`` test images of ``data.dataset`` drawn at random (their labels as ``y``), and the same eps for every model and t
 (seeded by ``--seed``): the models are compared pairwise. Every model is built from ``--config`` (its
-``model`` section, or the one of the export JSON beside the weights) and loaded strictly. Prints a table and writes ``--out`` (a row per timestep, a column per
-model). A model that learned only part of the chain (e.g. DKDM's iterative student, whose last updates all
-sit at small t) shows it as errors far above the others' at the timesteps it forgot.
+``model`` section, or the one of the export JSON beside the weights; a LoRA or ensemble network as its
+method adapted it, from the config's method or the export JSON's) and loaded strictly. Prints a table and
+writes ``--out`` (a row per timestep, a column per model). A model that learned only part of the chain
+(e.g. DKDM's iterative student, whose last updates all sit at small t) shows it as errors far above the
+others' at the timesteps it forgot.
 """
 
 import argparse
@@ -23,7 +25,8 @@ import sys
 import torch
 
 from guided_diffusion import experiment
-from guided_diffusion.runtime.checkpoint import load_weights
+from guided_diffusion.continual.adaptation import adapted_model, check_plain_weights, looks_adapted, with_export_record
+from guided_diffusion.runtime.checkpoint import load_checked, load_state_dict_file
 from guided_diffusion.runtime.config import ConfigError, load_config
 
 
@@ -65,8 +68,13 @@ def errors(cfg, paths, timesteps, n_images, seed, batch=100):
     noise = torch.randn(x0.shape, generator=gen)
     out = {t: {} for t in timesteps}
     for path in paths:
-        model = experiment.build_model(model_config(cfg, path), info)
-        load_weights(model, path)
+        weights = load_state_dict_file(path)
+        mcfg, minfo = with_export_record(model_config(cfg, path), info, path)
+        model = experiment.build_model(mcfg, minfo)
+        if looks_adapted(weights):  # a LoRA or ensemble network: rebuilt as its method adapted it
+            check_plain_weights(mcfg, weights, path)
+            model = adapted_model(mcfg, minfo, model)
+        load_checked(model, weights, path)
         model.eval()
         for t in timesteps:
             total = 0.0
@@ -103,7 +111,11 @@ def main():
         print(f"error: {e}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, cfg.train.num_threads or torch.get_num_threads()))
-    table = errors(cfg, args.models, ts, args.images, args.seed)
+    try:
+        table = errors(cfg, args.models, ts, args.images, args.seed)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     names = [os.path.relpath(m) for m in args.models]
     print("t," + ",".join(names))
     for t in ts:

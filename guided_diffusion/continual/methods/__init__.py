@@ -25,6 +25,18 @@ def build_method(method_cfg, ctx: ContinualContext) -> ContinualMethod:
     return METHODS[mcfg.name](mcfg, ctx)
 
 
+def method_names(method_cfg) -> list:
+    """The names of the methods of a (validated) ``method`` section: one, a list, or none (naive)."""
+    entries = method_cfg if isinstance(method_cfg, list) else [method_cfg] if method_cfg else []
+    return [e if isinstance(e, str) else e["name"] if isinstance(e, dict) else e.name for e in entries] or ["naive"]
+
+
+def adapts_model(method_cfg) -> bool:
+    """Whether the section's methods change the network (LoRA's adapters, the ensemble's members): its
+    checkpoints are not those of the network as built."""
+    return any(METHODS[n].adapts_model for n in method_names(method_cfg) if n in METHODS)
+
+
 def _checked(method_cfg, ctx: ContinualContext):
     """One method's config (a parsed section, a dict, or a name), checked with the process group's world size."""
     if isinstance(method_cfg, str):

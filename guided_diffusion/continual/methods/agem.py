@@ -21,7 +21,7 @@ from ... import dist_util
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ...train_util import StepContext, TrainHook
-from ..base import ContinualMethod, ObjectiveWrapper, register_method
+from ..base import ContinualMethod, ObjectiveWrapper, register_method, state_floats_M
 from ..regularizers import EpisodicMemory, agem_project_
 
 
@@ -97,7 +97,8 @@ class AGEM(ContinualMethod):
                             f"{counts.tolist()}")
 
     def task_columns(self, task):
-        return {"agem_projected_steps": int(self.hook.projected)} if self.hook is not None else {}
+        out = {"agem_projected_steps": int(self.hook.projected)} if self.hook is not None else {}
+        return {**out, "extra_state_M": state_floats_M([self.memory.x])}  # the memory's images
 
     def state_dict(self):
         return self.memory.state_dict()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ...runtime.config import ConfigError
-from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method, state_floats_M
 from ..regularizers import rehearsal_loss
 
 POLICIES = ("balanced", "reservoir", "all_data", "no_data")
@@ -169,6 +169,9 @@ class BufferReplay(ContinualMethod):
                                                          m.buffer_size, rng)
         counts = np.bincount(labels[self.indices()], minlength=self.ctx.info.num_classes)
         self.ctx.logger.log(f"buffer after task {task.index}: {len(self.indices())} images, per class {counts.tolist()}")
+
+    def task_columns(self, task):  # the buffer's images (held as indices into the training set)
+        return {"extra_state_M": state_floats_M(images=len(self.indices()), image=self.ctx.x)}
 
     def state_dict(self):
         return {"per_task": {int(k): torch.from_numpy(v) for k, v in self.per_task.items()},

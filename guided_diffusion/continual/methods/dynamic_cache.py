@@ -39,7 +39,7 @@ from ...dkdm.teacher import state_sha256
 from ...experiment import build_diffusion, precision_of
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
-from ..base import ContinualMethod, register_method
+from ..base import ContinualMethod, register_method, state_floats_M
 from ..replay import ReplayBatch
 from .generative import REPLAY_TERMS, ReplayObjective, check_replay_batch, check_replay_weighting
 
@@ -206,5 +206,7 @@ class DynamicDistillation(ContinualMethod):
 
     def task_columns(self, task):
         """The teacher NFEs of preparing the task's cache (paid once a task, whether prepared by this
-        process or found on disk): the cache's cost beside the per-step teacher NFEs."""
-        return {"prep_teacher_nfe": self.prep_nfe}
+        process or found on disk): the cache's cost beside the per-step teacher NFEs; ``extra_state_M``:
+        the teacher's weights (the cache itself is on disk, not counted)."""
+        return {"prep_teacher_nfe": self.prep_nfe,
+                "extra_state_M": state_floats_M(self.teacher.parameters() if self.teacher is not None else [])}

@@ -52,8 +52,20 @@ class Ensemble(ContinualMethod):
         ctx.logger.log(f"ensemble: {len(tasks)} networks, {ens.parameter_count()} parameters")
         return ens
 
+    def import_weights(self, model, state):
+        """A plain network's weights (another run's task 0) as network 0's; the later tasks' networks at their
+        initial weights (as after this method's own task 0, which trains network 0 alone). An ensemble's own
+        weights (a run of this method) pass unchanged."""
+        if state and all(k.startswith("nets.") for k in state):
+            return state
+        out = {f"nets.0.{k}": v for k, v in state.items()}
+        for k, v in model.state_dict().items():
+            if not k.startswith("nets.0."):
+                out[k] = v.detach().cpu().clone()
+        return out
+
     def trainable(self, task, model):
         return [n for n, _ in model.named_parameters() if n.startswith(f"nets.{task.index}.")]
 
     def task_columns(self, task):
-        return {"extra_params": self.extra_params}
+        return {"extra_params": self.extra_params, "extra_state_M": 0.0}

@@ -23,7 +23,7 @@ import torch
 from ... import dist_util
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
-from ..base import ContinualMethod, ObjectiveWrapper, register_method
+from ..base import ContinualMethod, ObjectiveWrapper, register_method, state_floats_M
 
 MODES = ("separate", "online", "last")
 
@@ -126,6 +126,9 @@ class EWC(ContinualMethod):
             self.anchors = [(fisher, star)]
         mean_f = torch.stack([f.mean() for f in fisher]).mean().item()
         self.ctx.logger.log(f"ewc: Fisher of task {task.index} from {len(pick)} images (mean {mean_f:.3e})")
+
+    def task_columns(self, task):  # (F, theta*) of every stored entry
+        return {"extra_state_M": state_floats_M([t for F, S in self.anchors for t in F + S])}
 
     def state_dict(self):
         return {"anchors": [([f.cpu() for f in F], [s.cpu() for s in S]) for F, S in self.anchors]}

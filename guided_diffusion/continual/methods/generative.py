@@ -35,7 +35,7 @@ from ...image_util import from_uint8
 from ...runtime import checkpoint as ckpt
 from ...runtime import faults
 from ...sampling.sample_sets import sample_set
-from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method, state_floats_M
 from ..replay import (
     SOURCES,
     ReplayBatch,
@@ -176,6 +176,13 @@ class _ReplayMethod(ContinualMethod):
         if task.index == 0 or self.teacher is None:
             return base
         return ReplayObjective(base, self, task)
+
+    def task_columns(self, task):
+        """``extra_state_M``: the teacher's weights (the previous task's model) and the replay images it
+        made for the task, when they are stored (GUIDE's style)."""
+        replay = getattr(self, "replay_x", None)
+        return {"extra_state_M": state_floats_M(self.teacher.parameters() if self.teacher is not None else [],
+                                                images=0 if replay is None else len(replay), image=replay)}
 
 
 @register_method("generative_distillation")

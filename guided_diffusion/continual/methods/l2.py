@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...runtime.config import ConfigError
-from ..base import ContinualMethod, PenaltyObjective, register_method
+from ..base import ContinualMethod, PenaltyObjective, register_method, state_floats_M
 from ..regularizers import L2_REDUCTIONS, L2Anchor
 
 
@@ -40,6 +40,9 @@ class L2(ContinualMethod):
 
     def after_task(self, task):
         self.reg.consolidate()
+
+    def task_columns(self, task):
+        return {"extra_state_M": state_floats_M(self.reg.anchor or [])}  # theta*
 
     def state_dict(self):
         return self.reg.state_dict()

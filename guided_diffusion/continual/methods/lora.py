@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ...lora import TARGET_KINDS, adapter_parameter_count, adapter_parameters, add_lora, base_parameters, target_names
+from ...lora import (TARGET_KINDS, adapter_parameter_count, adapter_parameters, add_lora, base_parameters,
+                     is_adapter_name, target_names)
 from ...runtime.config import ConfigError
 from ..base import ContinualMethod, register_method
 from ..scenario import build_scenario
@@ -72,6 +73,16 @@ class LoRA(ContinualMethod):
                        f"{len(target_names(model, kinds))} layers")
         return model
 
+    def import_weights(self, model, state):
+        """A plain network's weights (another run's task 0) with this model's adapters at their initial values
+        (B = 0: they add nothing, as after this method's own task 0, which trains no adapter). A LoRA network's
+        own weights (a run of this method) pass unchanged."""
+        out = dict(state)
+        for k, v in model.state_dict().items():
+            if is_adapter_name(k) and k not in out:
+                out[k] = v.detach().cpu().clone()
+        return out
+
     def trainable(self, task, model):
         if task.index == 0:
             return list(base_parameters(model))
@@ -81,4 +92,4 @@ class LoRA(ContinualMethod):
         return names
 
     def task_columns(self, task):
-        return {"extra_params": self.extra_params}
+        return {"extra_params": self.extra_params, "extra_state_M": 0.0}

@@ -16,7 +16,7 @@ import torch
 from ... import dist_util
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
-from ..base import ContinualMethod, PenaltyObjective, register_method
+from ..base import ContinualMethod, PenaltyObjective, register_method, state_floats_M
 from ..regularizers import MemoryAwareSynapses, diffusion_outputs, mas_importance
 
 
@@ -63,6 +63,9 @@ class MAS(ContinualMethod):
         self.mas.consolidate(importance)
         mean = torch.stack([t.mean() for t in importance]).mean().item()
         ctx.logger.log(f"mas: importance of task {task.index} from {len(pick)} images (mean {mean:.3e})")
+
+    def task_columns(self, task):  # Omega and theta*
+        return {"extra_state_M": state_floats_M(self.mas.importance + (self.mas.anchor or []))}
 
     def state_dict(self):
         return self.mas.state_dict()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..base import ANY_GENERATOR, ContinualMethod, register_method
+from ..base import ANY_GENERATOR, ContinualMethod, register_method, state_floats_M
 
 
 @register_method("naive", generators=ANY_GENERATOR)
@@ -14,6 +14,9 @@ class Naive(ContinualMethod):
     @dataclass
     class Config:
         name: str = "naive"
+
+    def task_columns(self, task):
+        return {"extra_state_M": 0.0}
 
 
 @register_method("joint", generators=ANY_GENERATOR)
@@ -26,3 +29,6 @@ class Joint(ContinualMethod):
 
     def task_data(self, task, x, y):
         return self.ctx.real_data(task.seen_classes)
+
+    def task_columns(self, task):  # every image seen so far, kept for the next task
+        return {"extra_state_M": state_floats_M(images=len(self.ctx.task_indices(task.seen_classes)), image=self.ctx.x)}

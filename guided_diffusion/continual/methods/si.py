@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ...runtime.config import ConfigError
 from ...train_util import TrainHook
-from ..base import ContinualMethod, PenaltyObjective, register_method
+from ..base import ContinualMethod, PenaltyObjective, register_method, state_floats_M
 from ..regularizers import SynapticIntelligence
 
 
@@ -67,6 +67,9 @@ class SI(ContinualMethod):
 
     def after_task(self, task):
         self.si.consolidate()
+
+    def task_columns(self, task):  # omega (the running path integral), Omega and theta*
+        return {"extra_state_M": state_floats_M(self.si.omega + self.si.importance + self.si.anchor)}
 
     def state_dict(self):
         return self.si.state_dict()

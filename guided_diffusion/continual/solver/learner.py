@@ -28,6 +28,7 @@ from ...runtime.config import ConfigError, parse_ema_rates
 from ...runtime.seeding import step_seed
 from ...sampling.sample_sets import sample_batch
 from ...train_util import NonFiniteError, PreemptionFlag
+from ..adaptation import adapted_model
 from ..loop import USES as CONTINUAL_USES
 from ..loop import final_weights
 from ..scenario import Scenario, Task, build_scenario, select
@@ -91,7 +92,8 @@ class Solver(TaskLearner):
                 f"with the same config first (or set solver.diffusion_run)"
             )
         _, emas = final_weights(tdir)
-        model = experiment.build_model(self.cfg, experiment.model_info(self.cfg, self.info))
+        info = experiment.model_info(self.cfg, self.info)
+        model = adapted_model(self.cfg, info, experiment.build_model(self.cfg, info))  # LoRA, the ensemble: as trained
         model.load_state_dict(emas[parse_ema_rates(self.cfg.train.ema_rate)[0]])
         model.to(self.device).eval()
         for p in model.parameters():

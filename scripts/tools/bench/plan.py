@@ -41,9 +41,12 @@ def plan_runs(suite: Suite) -> List[RunSpec]:
     Per seed: the methods in the suite's order (with ``share_first_task``, the first one trains task
     0 and the others take it, ``continual.init_from``), then the solver runs. A method run archived
     on another machine (no checkpoints here) cannot give its task 0: the first run that can (it
-    holds its task 0, or it will run) trains it instead."""
+    holds its task 0, or it will run) trains it instead. A method that adapts the network (LoRA, the
+    ensemble) takes the shared task 0 (converted, ``warm_start``) but never gives it: its checkpoints are
+    not the plain network's."""
     import guided_diffusion.continual.methods  # noqa: F401  (the methods' config schemas, to check the configs)
     import guided_diffusion.evaluation  # noqa: F401  (the evaluation section's schema)
+    from guided_diffusion.continual.methods import adapts_model
 
     base = read_config(suite.base)
     out_dir = abs_path(suite.out_dir)
@@ -82,13 +85,14 @@ def plan_runs(suite: Suite) -> List[RunSpec]:
             path = os.path.join(cfg_dir, f"{name}.yaml")
             _write_config(cfg, path)
             try:
-                load_config(path)  # every run's config is valid before anything runs
+                adapts = adapts_model(load_config(path).method)  # every run's config is valid before anything runs
             except ConfigError as e:
                 raise ConfigError(f"suite {suite.path}, method {label}: {e}") from None
             run_dir = os.path.join(out_dir, name)
             needs = first_label if shares else None
             specs.append(RunSpec(label, int(seed), "continual", path, run_dir, needs=needs))
-            if first_run is None and not own and (holds_task0(run_dir) or not is_archived(suite, run_dir)):
+            if first_run is None and not own and not adapts and (holds_task0(run_dir)
+                                                                 or not is_archived(suite, run_dir)):
                 first_run, first_label = run_dir, label
         if suite.solver:
             src = next(s for s in specs if s.seed == seed and s.label == suite.solver["diffusion"])

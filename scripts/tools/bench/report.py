@@ -68,11 +68,17 @@ def write_report(suite: Suite, specs: List[RunSpec], command_line: str, wall_sec
         "images of all seen classes; KLD/ARD: class histogram of the samples (evaluation classifier) against the "
         "true one; class acc: the evaluation classifier's accuracy on class-conditional samples; avg acc / "
         "forgetting: the same accuracy per task over the task sequence. s/step and teacher NFE/step: tasks 1+ "
-        "(where the methods differ). CLoG's metrics (Zhang et al. 2024) from the quality of each task's classes "
-        "after each task: AIQ (average incremental quality: the mean over tasks t of the mean quality of tasks "
-        "0..t after task t), AFQ (average final quality, after the last task; for accuracy it is avg acc) and FR "
-        "(forgetting rate: how far each old task fell from its best, on average), for the sample accuracy and for "
-        "the per-task FID (task j's samples against task j's test images). Mean ± std over seeds.", "",
+        "(where the methods differ). The methods' memory, in millions of numbers: extra params M, parameters "
+        "beyond the network's (LoRA's adapters of every task, the ensemble's other networks); extra state M, what "
+        "the method keeps after the last task beside the network (EWC's Fisher and anchor per task, SI's and "
+        "MAS's importances and anchor, L2's anchor, a generative method's teacher, a buffer's or A-GEM's memory "
+        "images counted as pixels; a DKDM cache on disk is not counted; blank: a run from before the column). "
+        "CLoG's metrics (Zhang et al. 2024) from "
+        "the quality of each task's classes after each task: AIQ (average incremental quality: the mean over "
+        "tasks t of the mean quality of tasks 0..t after task t), AFQ (average final quality, after the last "
+        "task; for accuracy it is avg acc) and FR (forgetting rate: how far each old task fell from its best, on "
+        "average), for the sample accuracy and for the per-task FID (task j's samples against task j's test "
+        "images). Mean ± std over seeds.", "",
         md_table(mh, mr), "", convergence_check(mm), "",
     ]
     curve = next((sp for sp in specs if sp.kind == "curve"), None)

@@ -15,6 +15,8 @@ A *suite* (``yaml/bench/split_mnist.yaml``)::
       naive: {name: naive}
       gd_full: {name: generative_distillation, source: full_generation}
       ewc: yaml/mnist/ewc.yaml            # or a config file: its method section
+      ewc_buffer_replay: [*ewc, *buffer_replay]   # or a list: the methods applied together (continual.compose);
+                                          # YAML aliases of other rows' sections (&ewc) give them the same settings
       vae_gr: {name: generative_replay, settings: {generator: vae, ...}}  # a row's own settings: its own task 0
     solver:                  # the continual classifier, replaying from one method's diffusion runs
       diffusion: gd_full
@@ -143,9 +145,12 @@ def row_settings(entry) -> Dict[str, Any]:
     return copy.deepcopy(entry.get("settings") or {}) if isinstance(entry, dict) else {}
 
 
-def method_section(entry) -> Dict[str, Any]:
-    """A suite's method entry: the ``method:`` mapping itself (without its ``settings``), or a config file
-    whose section is taken."""
+def method_section(entry):
+    """A suite's method entry: the ``method:`` mapping itself (without its ``settings``), a list of methods
+    applied together (names or mappings, as a config's ``method:`` list), or a config file whose section is
+    taken."""
+    if isinstance(entry, list):
+        return copy.deepcopy(entry)
     if isinstance(entry, dict):
         return {k: v for k, v in copy.deepcopy(entry).items() if k != "settings"}
     if not os.path.isfile(abs_path(str(entry))):

@@ -26,7 +26,7 @@ CLOG_COLUMNS = [("aiq_acc", "AIQ acc ↑"), ("fr_acc", "FR acc ↓"), ("aiq_fid"
                 ("afq_fid", "AFQ FID ↓"), ("fr_fid", "FR FID ↓")]
 # The keys of ``method_table``'s values (what a claim on the generator table can name).
 GENERATOR_KEYS = tuple([c for c, _ in GENERATOR_COLUMNS] + ["avg", "fgt"] + [k for k, _ in CLOG_COLUMNS]
-                       + ["afq_acc", "fid0", "sps", "nfe", "nfe_all", "wall"])
+                       + ["afq_acc", "fid0", "sps", "extra_params", "extra_state", "nfe", "nfe_all", "wall"])
 # The keys of ``solver_table``'s values: final average accuracy, forgetting, replay label = previous argmax.
 CLASSIFIER_KEYS = ("acc", "fgt", "agree")
 
@@ -83,6 +83,13 @@ def prep_nfe(run_dir: str, rows_: List[Dict[str, str]]) -> List[float]:
         shard_size=m.shard_size))) for r in rows_]
 
 
+def fixed_cell(values: List[Optional[float]]) -> str:
+    """A cost that the seeds share (a method's extra parameters or memory): the value alone when they
+    agree, else ``cell``'s mean ± std."""
+    vals = [v for v in values if v is not None]
+    return f"{vals[0]:.3g}" if vals and all(v == vals[0] for v in vals) else cell(vals)
+
+
 def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
     """(header, rows, values) of the diffusion runs: final metrics as mean ± std over seeds, and
     ``values[label][key]``: the per-seed numbers (for the claims' spread).
@@ -90,14 +97,17 @@ def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
     Keys (``GENERATOR_KEYS``): the final ``eval_*`` metrics; ``avg``/``fgt`` (accuracy after the last
     task, forgetting); CLoG's ``aiq_acc``/``afq_acc``/``fr_acc`` (sample accuracy per task) and
     ``aiq_fid``/``afq_fid``/``fr_fid`` (per-task FID); ``fid0`` (FID after task 0); ``sps``/``nfe``
-    (tasks 1+); ``nfe_all`` (tasks 1+: the teacher NFEs per step with what was paid once a task, a
+    (tasks 1+); ``extra_params`` (millions of parameters beyond the network's: LoRA's adapters, the
+    ensemble's other members; 0 when the run reports none) and ``extra_state`` (millions of numbers the
+    method keeps after the last task, ``extra_state_M``: anchors, importances, a teacher, stored images);
+    ``nfe_all`` (tasks 1+: the teacher NFEs per step with what was paid once a task, a
     cache's preparation, spread over its steps); ``wall``."""
     from guided_diffusion.evaluation.class_metrics import clog_metrics
 
     times = read_csv(times_path(suite))
     cols, extra = GENERATOR_COLUMNS, CLOG_COLUMNS
     header = (["method", "seeds"] + [n for _, n in cols] + ["avg acc ↑", "forgetting ↓"] + [n for _, n in extra]
-              + ["s/step", "teacher NFE/step", "with preparation", "wall min"])
+              + ["s/step", "extra params M", "extra state M", "teacher NFE/step", "with preparation", "wall min"])
     rows, values = [], {}
     tasks = n_tasks(specs)
     for label in suite.methods:
@@ -129,6 +139,8 @@ def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
                 per["fr_fid"].append(q["fr"])
             later = [x for x in rows_ if (as_number(x.get("task")) or 0) > 0] or rows_
             per["sps"].append(mean([as_number(x.get("sec_per_step")) for x in later]))
+            per["extra_params"].append((as_number(last.get("extra_params")) or 0.0) / 1e6)
+            per["extra_state"].append(as_number(last.get("extra_state_M")))
             per["nfe"].append(mean([as_number(x.get("final_teacher_nfe")) for x in later]))
             prep = dict(zip([id(x) for x in rows_], prep_nfe(s.run_dir, rows_)))
             per["nfe_all"].append(mean([(as_number(x.get("final_teacher_nfe")) or 0.0)
@@ -137,7 +149,8 @@ def method_table(suite: "Suite", specs: List["RunSpec"]) -> tuple:
         values[label] = {k: [v for v in vals if v is not None] for k, vals in per.items()}
         rows.append([label, f"{done}/{len(runs)}"] + [cell(per[c]) for c, _ in cols]
                     + [cell(per["avg"]), cell(per["fgt"])] + [cell(per[k]) for k, _ in extra]
-                    + [cell(per["sps"]), cell(per["nfe"]), cell(per["nfe_all"]), cell(per["wall"])])
+                    + [cell(per["sps"]), fixed_cell(per["extra_params"]), fixed_cell(per["extra_state"]),
+                       cell(per["nfe"]), cell(per["nfe_all"]), cell(per["wall"])])
     return header, rows, values
 
 
