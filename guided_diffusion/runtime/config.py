@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -566,6 +567,10 @@ def validate(cfg: Config, where: str = "config") -> None:
     for key, value in positive.items():
         if not value > 0:
             bad(f"{key} must be > 0, got {value}")
+    try:
+        _check_counts(cfg, "")  # every section, the free ones parsed by now (_validate_sections)
+    except ConfigError as e:
+        bad(str(e))
     if cfg.data.channels not in (0, 1, 3):
         bad(f"data.channels must be 0 (dataset's own), 1 or 3, got {cfg.data.channels}")
     if not 0.0 <= cfg.model.dropout < 1.0:
@@ -819,12 +824,66 @@ def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
 
 def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None) -> Dict[str, Any]:
     """The raw settings of a config: ``path`` (YAML, with its ``base`` files) and ``overrides``
-    (``key.sub=value``) applied on top; nothing validated beyond each file's own keys."""
+    (``key.sub=value``) applied on top; nothing validated beyond each file's own keys and the
+    overrides' own keys, types and counts (an error there is the command line's, not the file's)."""
     tree: Dict[str, Any] = read_tree(path) if path else {}
+    given: Dict[str, Any] = {}
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_path(tree, keys, value)
+        _set_path(given, keys, value)
+    if given:
+        try:
+            _check_given(given, tree)
+        except ConfigError as e:
+            raise ConfigError(f"the command line: {e}") from None
     return tree
+
+
+def _check_given(given: Dict[str, Any], tree: Dict[str, Any]) -> None:
+    """The overrides alone: known keys, right types, counts >= 0 (free sections against the schema
+    that the merged ``tree`` selects; a section without a known schema is left to the full check)."""
+    free = _free_sections()
+    _check_counts(from_dict(Config, {k: v for k, v in given.items() if k not in free}), "")
+    for section in free:
+        part = given.get(section)
+        if not isinstance(part, dict):
+            continue
+        if section in _SECTION_SCHEMAS:
+            merged = tree.get(section)
+            schema = _SECTION_SCHEMAS[section].get(merged.get(_SELECTOR)) if isinstance(merged, dict) else None
+        else:
+            schema = _SECTION_DEFAULT.get(section)
+        if schema is not None:
+            _check_counts(from_dict(schema, {k: v for k, v in part.items() if k != _SELECTOR}, section), section + ".")
+
+
+# Counts: one rule for every int key named as a count of steps, samples, images, batches or tasks
+# (and the sizes and intervals): >= 0, with -1 accepted only where -1 is the key's default ("unset").
+# Keys that must be > 0 are checked besides (``validate``).
+_COUNT_NAME = re.compile(r"(steps|samples|batch|_size|iterations|interval|epochs|tasks|per_task|per_class|"
+                         r"keep_checkpoints|sample_at_end)$")
+_POSITIVE_COUNTS = ("data.image_size", "diffusion.diffusion_steps", "train.batch_size", "train.total_steps",
+                    "sample.batch_size")
+
+
+def _check_counts(obj: Any, prefix: str) -> None:
+    """Raise ConfigError for the first count of dataclass ``obj`` (sections recursively) below 0."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_counts(value, f"{prefix}{f.name}.")
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and _COUNT_NAME.search(f.name)):
+            continue
+        if f"{prefix}{f.name}" in _POSITIVE_COUNTS and value <= 0:
+            raise ConfigError(f"{prefix}{f.name} must be > 0, got {value}")
+        if value < 0 and not (value == -1 and f.default == -1):
+            unset = " (or -1: unset)" if f.default == -1 else ""
+            raise ConfigError(f"{prefix}{f.name} must be >= 0{unset}, got {value}: a count of steps, samples "
+                              "or a batch is never negative")
 
 
 def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
