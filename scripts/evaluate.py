@@ -52,6 +52,7 @@ from guided_diffusion.evaluation import (
     load_image_set,
     load_reference_stats,
 )
+from guided_diffusion.evaluation.reference import missing_input
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.config import ConfigError, load_config
 
@@ -90,7 +91,10 @@ def parse_args(argv=None):
         args.reference, args.samples = args.ref_named, args.samples_named
     elif len(positional) != 2:
         p.error("two inputs are needed: REF SAMPLES (ADM's order) or --ref R --samples S")
-    else:
+    for name in (args.reference, args.samples):  # before any other check: a typo is named as one
+        if not (os.path.exists(name) or name in dataset_names()):
+            raise FileNotFoundError(missing_input(name))
+    if not named:
         problem = swapped_inputs(args.reference, args.samples)
         if problem:
             raise ConfigError(f"{problem}; the order is ADM's, REF SAMPLES (it was SAMPLES REFERENCE before): "

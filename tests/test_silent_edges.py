@@ -50,3 +50,112 @@ def test_override_typo_is_blamed_on_the_command_line_not_the_yaml(tmp_path):
     code, _, err = run_script("image_train.py", *B, "train.lrr=3", f"out_dir={tmp_path}")
     line = one_error(code, err, "the command line: unknown key 'train.lrr'", "did you mean 'lr'")
     assert "naive.yaml" not in line
+
+
+@pytest.mark.parametrize("order,needle", [
+    ("", "continual.class_order is empty"),
+    ("0,1,1,2", "continual.class_order lists class 1 more than once"),
+    ("fixd", "continual.class_order must be fixed, seeded or a list of class ids, got 'fixd' (did you mean 'fixed'"),
+])
+def test_class_order_mistakes_are_named_at_load(tmp_path, order, needle):
+    code, _, err = run_script("image_train.py", *B, f"continual.class_order={order}", f"out_dir={tmp_path}")
+    one_error(code, err, "the command line: " + needle)
+    assert os.listdir(tmp_path) == []
+
+
+def test_short_class_order_is_named_not_the_dataset(tmp_path):
+    code, _, err = run_script("image_train.py", *B, "continual.class_order=0,1,2", f"out_dir={tmp_path}")
+    line = one_error(code, err, "continual.class_order lists 3 of the dataset's 10")
+    assert "the dataset has 3 classes" not in line
+    assert os.listdir(tmp_path) == []  # item 11: no run folder left
+
+
+def test_evaluate_names_a_typo_and_a_missing_file(tmp_path):
+    np.savez(tmp_path / "S.npz", arr_0=np.zeros((4, 28, 28, 1), np.uint8))
+    code, _, err = run_script("evaluate.py", "mnist5kk", tmp_path / "S.npz")
+    one_error(code, err, "'mnist5kk' is not a data set name", "did you mean 'mnist5k'")
+    code, _, err = run_script("evaluate.py", "mnist5k", tmp_path / "missing.npz")
+    one_error(code, err, "missing.npz: no such file")
+
+
+def test_garbage_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "garbage.pt"
+    bad.write_bytes(b"hello \xff\xfe not a checkpoint\n" * 50)
+    code, _, err = run_script("image_train.py", *B, f"model.init_path={bad}", f"out_dir={tmp_path}/out")
+    one_error(code, err, "not a file written by torch.save")
+    assert not os.path.exists(tmp_path / "out")  # item 11: nothing left
+
+
+# ---------------------------------------------------------------------------------------------- leftovers (item 11)
+
+
+def test_missing_inputs_leave_no_run_folder(tmp_path):
+    code, _, err = run_script("image_train.py", *B, "data.dataset=npz", f"data.data_dir={tmp_path}/nope.npz",
+                              f"out_dir={tmp_path}/out")
+    one_error(code, err, "data.data_dir", "no such file or folder")
+    code, _, err = run_script("image_train.py", *B, "train.wandb=some_project", f"out_dir={tmp_path}/out")
+    if "wandb" not in err or "not installed" not in err:
+        pytest.skip("wandb is installed here")
+    one_error(code, err, "pip install wandb")
+    assert not os.path.exists(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- run names (item 3)
+
+
+def _saved_config(tmp_path, config, name="r"):
+    code, out, err = run_script("image_train.py", "--config", config, "--dry-run", f"out_dir={tmp_path}", f"name={name}")
+    assert code == 0, err
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / "config.yaml").write_text(out)
+
+
+def test_run_folder_refuses_another_method_unless_forced(tmp_path):
+    _saved_config(tmp_path, "yaml/mnist/buffer_replay.yaml")
+    before = snapshot(tmp_path)
+    code, _, err = run_script("image_train.py", "--config", "yaml/mnist/naive.yaml", f"out_dir={tmp_path}", "name=r")
+    one_error(code, err, "holds another run", "method.name: 'buffer_replay' there, 'naive' here", "--force", "name=")
+    code, _, err = run_script("image_train.py", "--config", "yaml/mnist/buffer_replay.yaml", f"out_dir={tmp_path}",
+                              "name=r", "continual.num_steps=7")
+    one_error(code, err, "continual.num_steps: 180 there, 7 here")
+    assert snapshot(tmp_path) == before
+    code, _, err = run_script("image_train.py", "--config", "yaml/mnist/naive.yaml", f"out_dir={tmp_path}", "name=r",
+                              "--force", "--dry-run")
+    assert code == 0, err
+    code, _, err = run_script("image_train.py", "--config", "yaml/mnist/buffer_replay.yaml", f"out_dir={tmp_path}",
+                              "name=r", "continual.limit_tasks=1", "--dry-run")  # the same run, rerun: fine
+    assert code == 0, err
+
+
+# ---------------------------------------------------------------------------------------------- ADM's --data_dir (item 1)
+
+
+def _adm_folder(path):
+    from PIL import Image
+
+    os.makedirs(path)
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(f"{path}/{c}_{i}.png")
+
+
+def test_adm_data_dir_is_the_data_set(tmp_path):
+    _adm_folder(tmp_path / "data")
+    adm = ["--data_dir", tmp_path / "data", "--image_size", "32", "--num_channels", "32", "--lr_anneal_steps", "2",
+           "--batch_size", "4", f"out_dir={tmp_path}/out"]
+    code, out, err = run_script("image_train.py", *adm, "--dry-run")
+    assert code == 0, err
+    assert "data.dataset=image_folder" in out and "dataset: image_folder" in out
+    code, _, err = run_script("image_train.py", *adm[:-1], f"data.data_dir={tmp_path}/nothing", "--dry-run")
+    one_error(code, err, "no such file or folder")  # --dry-run runs the run's checks
+
+
+def test_adm_data_dir_trains_on_the_folder(tmp_path):
+    _adm_folder(tmp_path / "data")
+    code, out, err = run_script("image_train.py", "--data_dir", tmp_path / "data", "--image_size", "32",
+                                "--num_channels", "32", "--lr_anneal_steps", "2", "--batch_size", "4",
+                                "--attention_resolutions", "16", "train.sample_at_end=0", "train.num_threads=1",
+                                f"out_dir={tmp_path}/out")
+    assert code == 0, err[-2000:]
+    assert os.path.exists(tmp_path / "out" / "run" / "config.yaml")

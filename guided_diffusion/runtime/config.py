@@ -602,6 +602,7 @@ def validate(cfg: Config, where: str = "config") -> None:
             [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
             bad(f"{key} must be a comma-separated list of numbers, got {text!r}")
+    _validate_class_order(cfg.continual.class_order, bad)
     if cfg.model.class_cond and cfg.model.embedding_kind == "none":
         bad("model.class_cond is true but model.embedding_kind is 'none': the model could not see the label")
     _validate_energy_guidance(cfg, bad)
@@ -638,6 +639,26 @@ def validate(cfg: Config, where: str = "config") -> None:
         if m.class_cond and m.embedding_kind != "add_time_learned":
             bad(f"model.arch 'dit' adds a learned label embedding: model.embedding_kind must be add_time_learned, "
                 f"got {m.embedding_kind!r}")
+
+
+def _validate_class_order(spec: str, bad) -> None:
+    """``continual.class_order``: fixed, seeded or a list of distinct class ids (checked against the data's
+    classes when the scenario is built)."""
+    text = str(spec).strip()
+    if text in ("fixed", "seeded"):
+        return
+    if not text.replace(",", "").strip():
+        bad("continual.class_order is empty: give fixed (0..C-1), seeded, or the classes in order, e.g. 0,1,2,...,9")
+    try:
+        order = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        bad(f"continual.class_order must be fixed, seeded or a list of class ids, got {spec!r}"
+            f"{_closest(text, ('fixed', 'seeded'))}")
+    twice = sorted({c for c in order if order.count(c) > 1})
+    if twice:
+        bad(f"continual.class_order lists class {', '.join(map(str, twice))} more than once: each class comes in one task")
+    if min(order) < 0:
+        bad(f"continual.class_order holds a negative class id ({min(order)})")
 
 
 def _validate_vae(cfg: Config, bad) -> None:
@@ -844,7 +865,14 @@ def _check_given(given: Dict[str, Any], tree: Dict[str, Any]) -> None:
     """The overrides alone: known keys, right types, counts >= 0 (free sections against the schema
     that the merged ``tree`` selects; a section without a known schema is left to the full check)."""
     free = _free_sections()
-    _check_counts(from_dict(Config, {k: v for k, v in given.items() if k not in free}), "")
+    cfg = from_dict(Config, {k: v for k, v in given.items() if k not in free})
+    _check_counts(cfg, "")
+    if "class_order" in (given.get("continual") or {}):
+
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        _validate_class_order(cfg.continual.class_order, bad)
     for section in free:
         part = given.get(section)
         if not isinstance(part, dict):
