@@ -36,12 +36,19 @@ IID_USES = ("data", "model", "diffusion", "train", "sample", "dist", "text", "va
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, adm="train", program="image_train.py",
+    cfg, args = cli.parse(__doc__, adm="train", program="image_train.py", options=[cli.FORCE],
                           uses=lambda cfg, given: USES if is_continual(cfg, given) else IID_USES)
+    experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
+    experiment.check_run_dir(cfg, force=args.force)
     if cli.maybe_dry_run(cfg, args):
         return 0
-    if is_continual(cfg, args.given_sections):
-        return train_continual(cfg)
+    with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
+        if is_continual(cfg, args.given_sections):
+            return train_continual(cfg)
+        return train_iid(cfg)
+
+
+def train_iid(cfg) -> int:
     device = experiment.init_process(cfg)
     run_dir = experiment.run_dir_of(cfg)
     logger = experiment.setup_run(cfg)

@@ -39,6 +39,12 @@ READERS = {
 }
 
 
+# The training scripts' --force: continue a run folder whose config.yaml differs (experiment.check_run_dir).
+FORCE = (("--force",), dict(action="store_true", help="continue the run folder (experiments/<name>) although its "
+                            "config.yaml differs from this command's (another method or setting); without it such "
+                            "a command is refused: choose a new name=..."))
+
+
 def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str, str]] = None,
           default_config: Optional[str] = None, adm: Optional[str] = None,
           options: Sequence[Tuple[Sequence[str], Dict]] = (),
@@ -108,6 +114,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         overrides = args.adm_defaults + overrides
     _register_section_schemas()
     tree = read_config_tree(args.config, overrides)
+    _data_dir_selects_data(tree, translations, overrides)
     args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
     cfg = config_from_tree(tree, args.config or "defaults")
     args.overrides = overrides
@@ -126,6 +133,29 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                       f"they have no effect here", file=sys.stderr, flush=True)
         check_used_sections(cfg, uses, args.config or "defaults")
     return cfg, args
+
+
+def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]], overrides: List[str]) -> None:
+    """ADM's ``--data_dir D`` *is* the data set: where the config's data set reads no folder (mnist5k, the
+    default), the flag selects ``image_folder`` (ADM's rule: class from the file name, ``cat_0.png`` ->
+    'cat'), or ``npz`` for an .npz file; a data set that reads a folder (cifar10 ...) keeps it. In place."""
+    from ..data.datasets import DATASETS
+    from ..runtime.config import DataConfig
+
+    flag = next((words for name, words in translations if name.split(" ")[0].lstrip("-").replace("-", "_")
+                 == "data_dir"), None)
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    if flag is None or any(w.startswith("data.dataset=") for w in overrides):
+        return
+    dataset = data.get("dataset", DataConfig.dataset)
+    spec = DATASETS.get(dataset)
+    if spec is None or spec.needs_dir:
+        return
+    path = str(data.get("data_dir", ""))
+    kind = "npz" if path.endswith(".npz") else "image_folder"
+    tree.setdefault("data", {})["dataset"] = kind
+    flag.append(f"data.dataset={kind}")  # --dry-run shows it
+    overrides.append(f"data.dataset={kind}")
 
 
 def bool_type(flag: str) -> Callable[[str], bool]:
