@@ -52,6 +52,7 @@ import torch
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.image_util import save_grid, save_npz
 from guided_diffusion.launch import cli
+from guided_diffusion.respace import sampler_label
 from guided_diffusion.runtime.checkpoint import (
     load_checked,
     load_state_dict_file,
@@ -236,9 +237,11 @@ def prompt_labels(cfg, model, prompts, num_samples: int) -> tuple:
 
 
 def cost_line(s, mcmc, seconds: float, n: int, steps: int) -> str:
-    """Seconds and model evaluations per image (this rank's batches), and the MCMC acceptance."""
+    """The sampler (``ddim50 DDIM eta 0.0``, ``25 ancestral``), seconds and model evaluations per image
+    (this rank's batches), and the MCMC acceptance."""
     n_batches = max(1, -(-n // s.batch_size))
-    line = f"cost: {seconds / max(n, 1):.3f} s/image on this process"
+    line = (f"cost: {seconds / max(n, 1):.3f} s/image on this process with the sampler "
+            f"{sampler_label(s.timestep_respacing, s.use_ddim, s.eta)}")
     if mcmc is None:
         return line + f"; {steps} model evaluations per image ({steps} reverse steps)"
     st = mcmc.stats

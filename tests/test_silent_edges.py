@@ -159,3 +159,36 @@ def test_adm_data_dir_trains_on_the_folder(tmp_path):
                                 f"out_dir={tmp_path}/out")
     assert code == 0, err[-2000:]
     assert os.path.exists(tmp_path / "out" / "run" / "config.yaml")
+
+
+# ---------------------------------------------------------------------------------------------- saved config (item 2)
+
+
+def test_saved_config_keeps_adms_sampler_rule(tmp_path):
+    from guided_diffusion.launch.cli import _register_section_schemas
+    from guided_diffusion.runtime.config import dump_config, load_config
+
+    _register_section_schemas()
+    saved = tmp_path / "config.yaml"
+    saved.write_text(dump_config(load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"))))
+    import yaml
+
+    assert yaml.safe_load(saved.read_text())["sample"]["use_ddim"] is None  # what the user chose: nothing
+    for respacing, ddim in (("25", False), ("ddim25", True), ("unipc10l", False)):
+        code, out, err = run_script("image_sample.py", "--config", saved, "--timestep_respacing", respacing,
+                                    "--dry-run")
+        assert code == 0, err
+        sample = yaml.safe_load("\n".join(ln for ln in out.splitlines() if not ln.startswith("#")))["sample"]
+        assert load_config(str(saved), [f"sample.timestep_respacing={respacing}"]).sample.use_ddim is ddim
+        assert sample["use_ddim"] is None and sample["timestep_respacing"] == respacing
+    chosen = load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), ["sample.use_ddim=false"])
+    assert yaml.safe_load(dump_config(chosen))["sample"]["use_ddim"] is False  # a choice is kept
+
+
+def test_cost_line_names_the_sampler():
+    import runpy
+    from types import SimpleNamespace
+
+    cost_line = runpy.run_path(os.path.join(ROOT, "scripts", "image_sample.py"), run_name="x")["cost_line"]
+    s = SimpleNamespace(batch_size=4, timestep_respacing="25", use_ddim=False, eta=0.0)
+    assert "with the sampler 25 ancestral" in cost_line(s, None, 1.0, 4, 25)

@@ -787,8 +787,20 @@ def parse_bool(value: Any, where: str) -> bool:
     return _coerce(value, bool, where)
 
 
+# The use_ddim keys whose rule follows their respacing when unset (resolve_samplers).
+_USE_DDIM_KEYS = (("sample", "use_ddim"), ("continual", "eval_use_ddim"), ("solver", "use_ddim"),
+                  ("evaluation", "use_ddim"), ("method", "use_ddim"))
+_UNSET = "_unset_by_user"  # on a resolved Config: the use_ddim keys the user left unset (dump_config keeps them so)
+
+
 def resolve_samplers(cfg: Config) -> None:
-    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place)."""
+    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place). The keys left unset are
+    remembered, so that ``dump_config`` (a run's config.yaml) writes them unset: ADM's rule then holds
+    again when the saved config is given a new respacing (``image_sample.py --timestep_respacing 25``)."""
+    unset = [f"{sec}.{key}" for sec, key in _USE_DDIM_KEYS
+             if not isinstance(getattr(cfg, sec), dict) and hasattr(getattr(cfg, sec), key)
+             and getattr(getattr(cfg, sec), key) is None]
+    setattr(cfg, _UNSET, tuple(unset) + tuple(getattr(cfg, _UNSET, ())))
     cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
     cfg.continual.eval_use_ddim = resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
     cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
@@ -934,7 +946,23 @@ def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> C
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML: every key's value, but a derived ``use_ddim`` the user left unset stays unset."""
+    tree = to_dict(cfg)
+    respacing = {"sample": "timestep_respacing", "continual": "eval_respacing", "solver": "respacing",
+                 "evaluation": "respacing", "method": "timestep_respacing"}
+    for path in getattr(cfg, _UNSET, ()):
+        sec, key = path.split(".")
+        part = tree.get(sec)
+        if not isinstance(part, dict) or key not in part:
+            continue
+        try:  # still what the rule gives (a script may have set it since, e.g. image_sample's --sampler)
+            rule = (resolve_evaluation_use_ddim(None, part.get("respacing", ""), cfg) if sec == "evaluation"
+                    else resolve_use_ddim(None, part.get(respacing[sec], "")))
+        except ConfigError:
+            continue
+        if part[key] == rule:
+            part[key] = None
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def parse_list(text: str, typ=int) -> tuple:
