@@ -29,6 +29,7 @@ from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.image_util import save_grid
 from guided_diffusion.launch import cli
 from guided_diffusion.respace import sampler_label
+from guided_diffusion.runtime.adm_resume import resume_beside
 from guided_diffusion.sampling.sample_sets import sample_set
 from guided_diffusion.train_util import TrainLoop
 
@@ -44,11 +45,14 @@ def main() -> int:
         return 0
     with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
         if is_continual(cfg, args.given_sections):
+            if any(flag.startswith("--resume_checkpoint") for flag, _ in args.translations) and dist_util.is_main():
+                print(f"note: --resume_checkpoint in a continual run: task 0 starts from the weights of "
+                      f"{cfg.model.init_path} only (a continual run resumes by rerunning its command)", flush=True)
             return train_continual(cfg)
-        return train_iid(cfg)
+        return train_iid(cfg, adm_resume=any(flag.startswith("--resume_checkpoint") for flag, _ in args.translations))
 
 
-def train_iid(cfg) -> int:
+def train_iid(cfg, adm_resume: bool = False) -> int:
     device = experiment.init_process(cfg)
     run_dir = experiment.run_dir_of(cfg)
     logger = experiment.setup_run(cfg)
@@ -65,6 +69,8 @@ def train_iid(cfg) -> int:
     loop = TrainLoop(model=model, data=data, cfg=cfg.train, run_dir=run_dir, objective=objective, seed=cfg.seed,
                      logger=logger, device=device, export_config=experiment.export_config(cfg, info),
                      precision=experiment.precision_of(cfg, device))
+    if adm_resume:  # ADM's --resume_checkpoint: the step, optimizer and EMA beside the weights too
+        resume_beside(loop, cfg.model.init_path, logger.log)
     loop.run()
     if cfg.train.sample_at_end > 0:
         # Sample with the EMA weights of the first rate, with the sampling section's respacing.

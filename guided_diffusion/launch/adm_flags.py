@@ -9,8 +9,10 @@ Where ADM's meaning is not a plain key, a translation says so:
 - ``--use_fp16 True`` trains in fp16 with a loss scaler (``train.precision=fp16``), as ADM does.
 - ``--lr_anneal_steps N`` anneals the learning rate linearly to 0 over N steps and stops there
   (``train.total_steps=N``, ``train.lr_schedule=linear``); N = 0 (ADM: train forever) is refused.
-- ``--resume_checkpoint P`` starts training from the weights in P (``model.init_path``); a run of
-  this project resumes by rerunning its command (its run folder holds the optimizer and the step).
+- ``--resume_checkpoint P`` resumes as ADM does (``model.init_path``, then ``runtime/adm_resume.py``): the
+  weights of P, and the step (P named ``model{step}.pt``), the optimizer (``opt{step}.pt``) and the EMA
+  (``ema_{rate}_{step}.pt``) from the files beside it when they are there; weights only otherwise (the
+  log says which). A run of this project resumes by rerunning its command (its own run folder wins).
 - ``--timestep_respacing`` is the sampler's respacing on the sampling scripts and the training
   diffusion's on the training scripts, as in ADM.
 
@@ -147,8 +149,8 @@ def _resume_checkpoint(value: str, world_size: int) -> List[str]:
     return [f"model.init_path={value}"]
 
 
-_resume_checkpoint.__doc__ = ("model.init_path: start from these weights (a run of this project resumes by "
-                              "rerunning its command)")
+_resume_checkpoint.__doc__ = ("model.init_path, and ADM's step, opt{step}.pt and ema_{rate}_{step}.pt beside it when "
+                              "present (IID training; a run of this project resumes by rerunning its command)")
 
 Target = Union[str, Translation]
 
