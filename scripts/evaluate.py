@@ -127,6 +127,25 @@ def swapped_inputs(reference: str, samples: str) -> str:
     return ""
 
 
+def conversion_note(extractor, images) -> str:
+    """What the domain classifier's input conversion does to ``images`` (uint8 NHWC), or "" when nothing:
+    another channel count (RGB to grey, grey to RGB) or another size (padded or resized to its size)."""
+    arch = getattr(getattr(extractor, "model", None), "arch", None)
+    if images is None or not isinstance(arch, dict) or images.ndim != 4:
+        return ""
+    _, h, w, c = images.shape
+    size, channels = arch.get("image_size"), arch.get("in_channels")
+    steps = []
+    if c != channels:
+        steps.append({(3, 1): "RGB to grey", (1, 3): "grey to RGB"}.get((c, channels), f"{c} to {channels} channels"))
+    if (h, w) != (size, size):
+        steps.append(f"{h}x{w} to {size}x{size} px")
+    if not steps:
+        return ""
+    return (f"are {h}x{w}x{c}; the domain classifier reads {size}x{size}x{channels}: converted "
+            f"({', '.join(steps)}) before the features")
+
+
 def main() -> int:
     import guided_diffusion.continual.methods  # noqa: F401  (continual configs: the method schemas)
 
@@ -181,6 +200,11 @@ def main() -> int:
                 print(f"note: {args.reference} carries statistics; not used ({why}): FID from its images")
     if reference is None:
         reference = load_image_set(args.reference, split=args.ref_split, classes=classes, data_dir=args.data_dir)
+    if dist_util.is_main():
+        for what, images in (("SAMPLES", samples), ("REF", reference)):
+            note = conversion_note(extractor, getattr(images, "images", None))
+            if note:
+                print(f"note: {what} {note}", flush=True)
     progress = None
     if dist_util.is_main():
         from guided_diffusion.logger import progress_bar

@@ -253,3 +253,38 @@ def test_classifier_train_takes_resume_checkpoint(tmp_path):
     code, out, err = run_script("classifier_train.py", "--help")
     for path in (w for w in out.split() if w.startswith("yaml/") and w.endswith(".yaml")):
         assert os.path.exists(os.path.join(ROOT, path)), path  # item 13: --help points to files that exist
+
+
+# ---------------------------------------------------------------------------------------------- GUIDE's habits (item 13)
+
+
+def test_guide_flags_map_to_continual_keys(tmp_path):
+    code, out, err = run_script("image_train.py", "--config", "yaml/mnist/generative_replay.yaml", "--num_tasks", "5",
+                                "--first_task_num_steps", "3", "--num_steps", "2", "--gr_n_generated_examples_per_task",
+                                "10", "--use_fp16", "f", "--class_cond", "t", "--dry-run")
+    assert code == 0, err
+    for line in ("# --num_tasks 5 -> continual.num_tasks=5", "# --first_task_num_steps 3 -> continual.first_task_num_steps=3",
+                 "# --num_steps 2 -> continual.num_steps=2", "-> method.n_per_task=10",
+                 "# --use_fp16 f -> model.use_fp16=false"):
+        assert line in out, line
+    assert "first_task_num_steps: 3" in out and "n_per_task: 10" in out and "class_cond: true" in out
+
+
+def test_guide_flags_without_a_key_point_to_one(tmp_path):
+    code, _, err = run_script("image_train.py", *B, "--cl_method", "generative_replay", f"out_dir={tmp_path}")
+    one_error(code, err, "GUIDE's flag --cl_method", "method.name=")
+    code, _, err = run_script("image_train.py", *B, "--dataset", "CIFAR10", f"out_dir={tmp_path}")
+    one_error(code, err, "data.dataset 'cifar10' needs data.data_dir")
+    assert os.listdir(tmp_path) == []
+
+
+def test_evaluate_says_it_converts_rgb_and_size(tmp_path):
+    clf = os.path.join(ROOT, "model", "eval_classifier_mnist5k.safetensors")
+    if not os.path.exists(clf):
+        pytest.skip("no mnist5k domain classifier in model/")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "rgb32.npz", arr_0=rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    code, out, err = run_script("evaluate.py", "mnist5k", tmp_path / "rgb32.npz", "--metrics", "fid", "--limit", "8",
+                                "--classifier_path", clf)
+    assert code == 0, err
+    assert "note: SAMPLES are 32x32x3; the domain classifier reads 28x28x1: converted (RGB to grey, 32x32 to 28x28 px)" in out

@@ -87,6 +87,8 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                     target = name
                 elif name_u in adm_flags.NO_EQUIVALENT:
                     raise ConfigError(f"ADM's flag --{name} has no equivalent here: {adm_flags.NO_EQUIVALENT[name_u]}")
+                elif adm == "train" and name_u in adm_flags.GUIDE_REFUSED:
+                    raise ConfigError(f"GUIDE's flag --{name} is not one key here: {adm_flags.GUIDE_REFUSED[name_u]}")
                 else:
                     match = difflib.get_close_matches(name, list(table) + ["config", "dry-run"], n=1)
                     hint = f" (did you mean --{match[0]}?)" if match else ""

@@ -380,9 +380,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        # ADM's and GUIDE's str2bool spellings too (t, y, f, n), so --class_cond t works as there
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "t", "y"):
             return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off", "f", "n"):
             return False
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
