@@ -288,3 +288,27 @@ def test_evaluate_says_it_converts_rgb_and_size(tmp_path):
                                 "--classifier_path", clf)
     assert code == 0, err
     assert "note: SAMPLES are 32x32x3; the domain classifier reads 28x28x1: converted (RGB to grey, 32x32 to 28x28 px)" in out
+
+
+# ---------------------------------------------------------------------------------------------- sampling a checkpoint (item 8)
+
+
+def test_image_sample_without_config_reads_the_json_beside_the_checkpoint(tmp_path, monkeypatch):
+    code, _, err = run_script("image_train.py", *RESUME_TINY, "train.total_steps=2", "model.norm_groups=8",
+                              f"out_dir={tmp_path}")
+    assert code == 0, err[-3000:]
+    run = tmp_path / "mnist_iid"
+    code, out, err = run_script("image_sample.py", "--model_path", run / "model000002.pt", "--num_samples", "2",
+                                "--batch_size", "2", "--timestep_respacing", "3", "train.num_threads=1")
+    assert code == 0, err[-3000:]
+    assert f"note: no --config: the architecture from {run}/ema_0.999_000002.json" in out
+    assert os.path.exists(run / "samples_2x28x28x1.npz")  # beside the model
+    monkeypatch.setenv("OPENAI_LOGDIR", str(tmp_path / "logdir"))
+    code, out, err = run_script("image_sample.py", "--model_path", run / "ema_0.999_000002.pt", "--num_samples", "2",
+                                "--batch_size", "2", "--timestep_respacing", "3", "train.num_threads=1")
+    assert code == 0, err[-3000:]
+    assert os.path.exists(tmp_path / "logdir" / "samples_2x28x28x1.npz")  # ADM's log folder
+    code, out, err = run_script("image_sample.py", "--config", run / "config.yaml", "--model_path",
+                                run / "model000002.pt", "--num_samples", "2", "--batch_size", "2",
+                                "--timestep_respacing", "3", "--dry-run")
+    assert code == 0 and "does not read" not in err, err  # a run's config.yaml: no warning about its sections

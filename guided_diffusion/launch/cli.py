@@ -125,6 +125,8 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         uses = uses(cfg, args.given_sections)
     if uses is not None:
         unused = [sec for sec in args.given_sections if sec not in uses]
+        if unused and args.config and _run_folder_config(args.config):
+            unused = []  # a run's config.yaml records every section: the ones another script reads are no news
         if unused:
             from ..dist_util import detect
 
@@ -158,6 +160,11 @@ def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]]
     tree.setdefault("data", {})["dataset"] = kind
     flag.append(f"data.dataset={kind}")  # --dry-run shows it
     overrides.append(f"data.dataset={kind}")
+
+
+def _run_folder_config(path: str) -> bool:
+    """``path`` is the config.yaml a run saved in its folder (beside its log.txt)."""
+    return os.path.basename(path) == "config.yaml" and os.path.isfile(os.path.join(os.path.dirname(path), "log.txt"))
 
 
 def bool_type(flag: str) -> Callable[[str], bool]:
