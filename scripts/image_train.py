@@ -78,7 +78,8 @@ def train_iid(cfg, adm_resume: bool = False) -> int:
         model.load_state_dict(ema)
         images, labels = sample_set(model, experiment.sample_spec(cfg, info, device),
                                     num_samples=cfg.train.sample_at_end, batch_size=cfg.sample.batch_size,
-                                    seed=cfg.seed, classes=range(info.num_classes))
+                                    seed=cfg.seed, classes=range(info.num_classes), log=logger.log,
+                                    desc="end-of-run samples")
         if dist_util.is_main():
             path = os.path.join(run_dir, "samples.png")
             save_grid(images, path)

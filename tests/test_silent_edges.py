@@ -312,3 +312,26 @@ def test_image_sample_without_config_reads_the_json_beside_the_checkpoint(tmp_pa
                                 run / "model000002.pt", "--num_samples", "2", "--batch_size", "2",
                                 "--timestep_respacing", "3", "--dry-run")
     assert code == 0 and "does not read" not in err, err  # a run's config.yaml: no warning about its sections
+
+
+# ---------------------------------------------------------------------------------------------- progress (item 12)
+
+
+def test_a_sampling_stage_logs_one_summary_line():
+    import torch
+
+    from guided_diffusion import experiment
+    from guided_diffusion.runtime.config import Config
+    from guided_diffusion.sampling.sample_sets import sample_set
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, **kwargs):
+            return torch.zeros_like(x)
+
+    cfg = Config()
+    cfg.diffusion.diffusion_steps = 20
+    spec = experiment.sampling_spec(cfg, (1, 8, 8), 0, respacing="ddim3", use_ddim=True, device="cpu")
+    lines = []
+    images, _ = sample_set(Zero(), spec, num_samples=5, batch_size=2, log=lines.append, desc="task 3 grid")
+    assert images.shape == (5, 8, 8, 1)
+    assert len(lines) == 1 and lines[0].startswith("task 3 grid: 5 images (3 DDIM steps) in "), lines

@@ -91,7 +91,7 @@ def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: in
     classes = [c for c in task.seen_classes for _ in range(per_class)]
     return sample_set(model, experiment.grid_spec(cfg, ctx.info, ctx.device), num_samples=n,
                       batch_size=min(n, max(cfg.sample.batch_size, per_class)), seed=seed,
-                      labels=classes if cfg.model.class_cond else None)
+                      labels=classes if cfg.model.class_cond else None, log=ctx.logger.log, desc=f"task {task.index} grid")
 
 
 def _grid_from_evaluation(ctx: ContinualContext, task: Task, evaluators):
