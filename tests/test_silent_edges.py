@@ -335,3 +335,10 @@ def test_a_sampling_stage_logs_one_summary_line():
     images, _ = sample_set(Zero(), spec, num_samples=5, batch_size=2, log=lines.append, desc="task 3 grid")
     assert images.shape == (5, 8, 8, 1)
     assert len(lines) == 1 and lines[0].startswith("task 3 grid: 5 images (3 DDIM steps) in "), lines
+
+
+def test_missing_dkdm_teacher_leaves_no_run_folder(tmp_path):
+    code, _, err = run_script("dynamic_prepare.py", "--config", "yaml/mnist/dkdm.yaml",
+                              f"dkdm.teacher_path={tmp_path}/teacher.pt", f"out_dir={tmp_path}/out")
+    one_error(code, err, f"{tmp_path}/teacher.pt")
+    assert not os.path.exists(tmp_path / "out")

@@ -64,8 +64,6 @@ def _check(d: DKDMConfig, cfg: Config) -> None:
             raise ConfigError(f"dkdm.{key} must be >= 1, got {getattr(d, key)}")
     if not d.teacher_path:
         raise ConfigError("dkdm.teacher_path is empty: the teacher's weights or its run folder")
-    if "://" not in d.teacher_path and not os.path.exists(d.teacher_path):  # before any run folder is made
-        raise ConfigError(f"dkdm.teacher_path = {d.teacher_path!r}: no such file or run folder")
     if cfg.train.schedule_sampler != "uniform":  # a loss-aware sampler would silently stay uniform
         raise ConfigError(f"train.schedule_sampler = {cfg.train.schedule_sampler!r} with dkdm: the student's t come "
                           "from the cache, not from a sampler; set train.schedule_sampler: uniform")
