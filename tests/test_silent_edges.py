@@ -342,3 +342,24 @@ def test_missing_dkdm_teacher_leaves_no_run_folder(tmp_path):
                               f"dkdm.teacher_path={tmp_path}/teacher.pt", f"out_dir={tmp_path}/out")
     one_error(code, err, f"{tmp_path}/teacher.pt")
     assert not os.path.exists(tmp_path / "out")
+
+
+# ---------------------------------------------------------------------------------------------- ADM's defaults (item 7)
+
+
+def test_without_a_config_adms_defaults_apply_in_full():
+    from guided_diffusion.launch import cli
+
+    for argv in ([], ["--num_channels", "32"]):  # the bare script, or ADM's flags alone
+        cfg, args = cli.parse("doc", argv, adm="train")
+        assert (cfg.train.grad_clip, cfg.train.ema_warmup) == (0.0, False)  # ADM's TrainLoop: no clipping, no warm-up
+        assert (cfg.data.image_size, cfg.model.attention_resolutions) == (64, "16,8")  # a UNet that builds
+    cfg, _ = cli.parse("doc", ["--config", os.path.join(ROOT, "yaml/mnist/iid.yaml"), "--num_channels", "32"], adm="train")
+    assert cfg.train.grad_clip == 1.0  # a config keeps its own
+
+
+def test_help_shows_the_adm_default_that_applies():
+    code, out, _ = run_script("image_train.py", "--help")
+    assert code == 0
+    assert "model.num_channels (int, default 64; without --config ADM's 128)" in out
+    assert "Without --config (ADM's flags alone, or none), ADM's defaults apply: train.grad_clip=0" in out

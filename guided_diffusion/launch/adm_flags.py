@@ -380,14 +380,17 @@ def adm_defaults(kind: str) -> List[str]:
     ``key=value`` overrides: what a run typed with ADM's flags and no ``--config`` starts from, so that
     a flag left out means what it means in guided-diffusion (``--num_channels`` left out: 128, not this
     project's 64). The values are ADM's table, ``script_util.model_and_diffusion_defaults`` (and
-    ``classifier_defaults`` for the classifier's flags); ADM's scripts' own argparse defaults
-    (``--batch_size``, ``--lr``, ...) are not in it and keep the config's."""
+    ``classifier_defaults`` for the classifier's flags), and for training ADM's TrainLoop's math (no
+    gradient clipping, a constant EMA rate); ADM's scripts' own argparse defaults (``--batch_size`` 1,
+    ``--lr_anneal_steps`` 0: forever, ...) are not in it and keep the config's (``train.total_steps``)."""
     from ..runtime.config import Config, to_dict
     from ..script_util import classifier_defaults, model_and_diffusion_defaults
 
     adm = {**model_and_diffusion_defaults(), **classifier_defaults()}
     ours = to_dict(Config())
     out = []
+    if kind == "train":  # ADM's TrainLoop: no gradient clipping, a constant EMA rate (no warm-up)
+        out += ["train.grad_clip=0", "train.ema_warmup=false"]
     for flag, key in flags_for(kind).items():
         if not isinstance(key, str) or flag not in adm:
             continue

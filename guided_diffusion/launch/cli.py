@@ -111,7 +111,8 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
             raise ConfigError(f"unexpected argument '{word}': overrides look like key.sub=value")
         i += 1
     args.adm_defaults = []
-    if adm in adm_flags.ADM_SCRIPTS and args.config is None and translations:  # typed as in guided-diffusion
+    # Typed as in guided-diffusion (ADM's flags, or nothing at all: the bare script), without a config.
+    if adm in adm_flags.ADM_SCRIPTS and args.config is None and (translations or not rest):
         args.adm_defaults = adm_flags.adm_defaults(adm)  # ADM's defaults under the flags
         overrides = args.adm_defaults + overrides
     _register_section_schemas()
@@ -182,19 +183,24 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
 
     if not table:
         return "Any config key: key.sub=value (e.g. train.lr=2e-4). --dry-run prints every key's value."
+    adm_values = dict(w.split("=", 1) for w in adm_flags.adm_defaults(adm)) if adm in adm_flags.ADM_SCRIPTS else {}
     lines = ["flags (each sets config keys; ADM's names where ADM has the flag):"]
     for name in sorted(table):
         target = table[name]
         doc = key_doc(target) if isinstance(target, str) else None
         if doc is not None:
             tname, default, comment = doc
-            text = f"{target} ({tname}, default {default!r})" + (f": {comment}" if comment else "")
+            applied = f"; without --config ADM's {adm_values[target]}" if target in adm_values else ""
+            text = f"{target} ({tname}, default {default!r}{applied})" + (f": {comment}" if comment else "")
         else:
             text = adm_flags.describe(target)
         lines.append(f"  --{name:<26} {text}")
     lines += ["", "Any config key: key.sub=value (e.g. train.lr=2e-4). --dry-run prints every key's value."]
     if adm:
         lines.append("ADM flags without an equivalent are refused: " + ", ".join(f"--{k}" for k in adm_flags.NO_EQUIVALENT))
+    if adm_values:
+        lines.append("Without --config (ADM's flags alone, or none), ADM's defaults apply: "
+                     + " ".join(f"{k}={v}" for k, v in adm_values.items()))
     return "\n".join(lines)
 
 
