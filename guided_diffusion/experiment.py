@@ -178,7 +178,15 @@ def fresh_run_dir(cfg: Config):
 
 def make_logger(cfg: Config, run_dir: str) -> Logger:
     """CSV/JSONL/log.txt always; wandb and tensorboard when the config asks (imported lazily)."""
-    wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)} if cfg.train.wandb else None
+    wandb = None
+    if cfg.train.wandb:  # one W&B run for the run folder, its tasks' loggers included (logger._WandbSink)
+        from .logger import _stable_run_id
+
+        root = run_dir_of(cfg)
+        wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)}
+        if dist_util.is_main() and "://" not in root:  # rank 0 alone logs (and owns wandb_id.txt)
+            os.makedirs(root, exist_ok=True)
+            wandb.update(dir=root, id=_stable_run_id(root), resume="allow")
     return Logger(run_dir, rank=dist_util.get_rank(), wandb=wandb, tensorboard=cfg.train.tensorboard)
 
 

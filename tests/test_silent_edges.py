@@ -363,3 +363,47 @@ def test_help_shows_the_adm_default_that_applies():
     assert code == 0
     assert "model.num_channels (int, default 64; without --config ADM's 128)" in out
     assert "Without --config (ADM's flags alone, or none), ADM's defaults apply: train.grad_clip=0" in out
+
+
+# ---------------------------------------------------------------------------------------------- W&B (item 9)
+
+FAKE_WANDB = '''
+import json, os
+
+def _write(entry):
+    with open(os.environ["FAKE_WANDB_LOG"], "a") as f:
+        f.write(json.dumps(entry) + "\\n")
+
+class _Run:
+    def __init__(self, kwargs):
+        self.id = kwargs.get("id")
+    def log(self, data, step=None):
+        _write({"log": data, "step": step, "id": self.id})
+    def finish(self):
+        _write({"finish": self.id})
+
+def init(**kwargs):
+    _write({"init": {k: v for k, v in kwargs.items() if k != "config"}})
+    return _Run(kwargs)
+'''
+
+
+def test_wandb_is_one_run_with_one_step_axis_and_the_per_task_metrics(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    (tmp_path / "fake" / "wandb").mkdir(parents=True)
+    (tmp_path / "fake" / "wandb" / "__init__.py").write_text(FAKE_WANDB)
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    monkeypatch.setenv("FAKE_WANDB_LOG", str(tmp_path / "wandb.jsonl"))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
+    code, _, err = run_script("image_train.py", *B, *TINY, "continual.grid_per_class=0", "train.wandb=proj",
+                              "train.log_interval=1", f"out_dir={tmp_path}/out")
+    sys.modules.pop("wandb", None)
+    assert code == 0, err[-3000:]
+    entries = [json.loads(ln) for ln in (tmp_path / "wandb.jsonl").read_text().splitlines()]
+    inits = [e for e in entries if "init" in e]
+    assert len(inits) == 1 and sum("finish" in e for e in entries) == 1  # one W&B run for the whole continual run
+    logs = [e for e in entries if "log" in e]
+    assert all(e["step"] is None for e in logs)  # wandb's own step: never reset by a new task
+    assert [e["log"]["task"] for e in logs if "task" in e["log"]] == [0, 1]  # each task's metrics row

@@ -270,6 +270,7 @@ class DiffusionLearner(TaskLearner):
 
     def finished(self, task: Task, row: Dict) -> None:
         self.ctx.logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        self.ctx.logger.log_external({k: v for k, v in row.items() if isinstance(v, (int, float))})  # W&B, TB
         self.logger.close()
 
 
