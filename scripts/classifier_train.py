@@ -52,8 +52,14 @@ def main() -> int:
     cfg, args = cli.parse(__doc__, adm="classifier", program="classifier_train.py", options=[RESUME])
     if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
         raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
+    experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
     if cli.maybe_dry_run(cfg, args):
         return 0
+    with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
+        return train(cfg, args)
+
+
+def train(cfg, args) -> int:
     c = cfg.classifier
     device = experiment.init_process(cfg)
     run_dir = os.path.join(experiment.run_dir_of(cfg), "classifier")

@@ -407,3 +407,15 @@ def test_wandb_is_one_run_with_one_step_axis_and_the_per_task_metrics(tmp_path, 
     logs = [e for e in entries if "log" in e]
     assert all(e["step"] is None for e in logs)  # wandb's own step: never reset by a new task
     assert [e["log"]["task"] for e in logs if "task" in e["log"]] == [0, 1]  # each task's metrics row
+
+
+def test_classifier_sample_exists_and_needs_a_classifier(tmp_path):
+    code, _, err = run_script("classifier_sample.py", "--model_path", tmp_path / "m.pt")
+    one_error(code, err, "give --classifier_path")
+
+
+def test_classifier_train_checks_its_data_before_the_run_folder(tmp_path):
+    code, _, err = run_script("classifier_train.py", "--config", "yaml/mnist/classifier.yaml", "data.dataset=npz",
+                              f"data.data_dir={tmp_path}/none.npz", f"out_dir={tmp_path}/out")
+    one_error(code, err, "none.npz", "no such file or folder")
+    assert not os.path.exists(tmp_path / "out")
