@@ -106,6 +106,15 @@ def check_inputs(cfg: Config) -> None:
                               f"(or guided-diffusion-cl[log]), or unset {key}")
 
 
+def check_scenario(cfg: Config) -> None:
+    """``--dry-run``'s check of a continual run's scenario against the data set's classes (the run itself
+    builds it from the training split, before its config is written): reads the data's test split."""
+    from .continual.scenario import FROM_DATA, build_scenario
+
+    if cfg.continual.scenario != FROM_DATA:  # the data's own tasks need the training split
+        build_scenario(cfg.continual, dataset_info(cfg).num_classes)
+
+
 # Keys a rerun may change without starting another run: where and how it runs and logs, and what only
 # other scripts read (sampling, the classifiers); anything else changes what the run computes.
 _RERUN_FREE = ("out_dir", "device", "dist.", "train.num_threads", "train.log_interval", "train.save_interval",

@@ -31,6 +31,8 @@ def main() -> int:
                           "(scripts/image_train.py)")
     experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
     experiment.check_run_dir(cfg, force=args.force)
+    if args.dry_run:
+        experiment.check_scenario(cfg)  # what the run checks next, before its config is written
     if cli.maybe_dry_run(cfg, args):
         return 0
     with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind

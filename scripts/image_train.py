@@ -41,6 +41,8 @@ def main() -> int:
                           uses=lambda cfg, given: USES if is_continual(cfg, given) else IID_USES)
     experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
     experiment.check_run_dir(cfg, force=args.force)
+    if args.dry_run and is_continual(cfg, args.given_sections):
+        experiment.check_scenario(cfg)  # what the run checks next, before its config is written
     if cli.maybe_dry_run(cfg, args):
         return 0
     with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind

@@ -419,3 +419,8 @@ def test_classifier_train_checks_its_data_before_the_run_folder(tmp_path):
                               f"data.data_dir={tmp_path}/none.npz", f"out_dir={tmp_path}/out")
     one_error(code, err, "none.npz", "no such file or folder")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_dry_run_checks_the_scenario_as_the_run_does(tmp_path):
+    code, _, err = run_script("image_train.py", *B, "continual.class_order=0,1,2", f"out_dir={tmp_path}", "--dry-run")
+    one_error(code, err, "continual.class_order lists 3 of the dataset's 10")
