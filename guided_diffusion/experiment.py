@@ -164,11 +164,20 @@ def check_run_dir(cfg: Config, force: bool = False) -> None:
 _START_FILES = ("log.txt", "progress.csv", "progress.jsonl", "config.yaml", "wandb_id.txt", "metrics.csv")
 
 
+def _has_rows(path: str) -> bool:
+    """A progress/metrics file that recorded training (more than its header): never removed."""
+    if not path.endswith((".csv", ".jsonl")):
+        return False
+    with open(path, "rb") as f:
+        return sum(1 for _ in f) > (0 if path.endswith(".jsonl") else 1)
+
+
 @contextlib.contextmanager
 def fresh_run_dir(cfg: Config):
     """Around a run: if it fails on its input (a config, data or checkpoint error) and the run folder
     did not exist before, the folder it made is removed, as long as it holds only start-up files (logs,
-    the config): a failed start leaves no ``experiments/<name>/`` behind. Never removes a checkpoint."""
+    the config, no progress row): a failed start leaves no ``experiments/<name>/`` behind. Never removes a
+    checkpoint or a log of training steps."""
     from .runtime.checkpoint import CheckpointError
 
     run_dir = run_dir_of(cfg)
@@ -177,8 +186,8 @@ def fresh_run_dir(cfg: Config):
         yield run_dir
     except (ConfigError, ValueError, FileNotFoundError, ImportError, CheckpointError):
         if not existed and dist_util.is_main() and "://" not in run_dir and os.path.isdir(run_dir):
-            files = [f for _, _, names in os.walk(run_dir) for f in names]
-            if all(f in _START_FILES for f in files):
+            files = [os.path.join(d, f) for d, _, names in os.walk(run_dir) for f in names]
+            if all(os.path.basename(f) in _START_FILES for f in files) and not any(_has_rows(f) for f in files):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 if not out_existed and os.path.isdir(cfg.out_dir) and not os.listdir(cfg.out_dir):
                     os.rmdir(cfg.out_dir)
