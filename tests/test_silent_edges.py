@@ -424,3 +424,11 @@ def test_classifier_train_checks_its_data_before_the_run_folder(tmp_path):
 def test_dry_run_checks_the_scenario_as_the_run_does(tmp_path):
     code, _, err = run_script("image_train.py", *B, "continual.class_order=0,1,2", f"out_dir={tmp_path}", "--dry-run")
     one_error(code, err, "continual.class_order lists 3 of the dataset's 10")
+
+
+def test_forced_method_change_over_finished_tasks_is_one_line(tmp_path):
+    args = [*TINY, "continual.limit_tasks=1", "continual.grid_per_class=0", f"out_dir={tmp_path}", "name=r"]
+    code, _, err = run_script("image_train.py", "--config", "yaml/mnist/naive.yaml", *args)
+    assert code == 0, err[-3000:]
+    code, _, err = run_script("image_train.py", "--config", "yaml/mnist/buffer_replay.yaml", *args, "--force")
+    one_error(code, err, "method_state.pt is not a state of method buffer_replay", "name=")

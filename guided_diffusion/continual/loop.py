@@ -187,7 +187,12 @@ class DiffusionLearner(TaskLearner):
         ckpt.load_checked(self.ctx.model, model_sd, f"{tdir}/model{task.num_steps:06d}.pt")
         state_path = f"{tdir}/method_state.pt"
         if bf.exists(state_path):
-            self.method.load_state_dict(ckpt.load_torch(state_path))
+            try:
+                self.method.load_state_dict(ckpt.load_torch(state_path))
+            except (KeyError, TypeError, AttributeError) as e:  # --force over a run of another method
+                raise ckpt.CheckpointError(f"{state_path} is not a state of method {self.method.name} ({type(e).__name__}: {e}): "
+                                           "the finished tasks were trained with another method; start a run "
+                                           "with a new name=") from None
         # The sampler as the uninterrupted run has it after the task (its final checkpoint).
         self.base.load_state_dict(_final_objective_state(tdir, task.num_steps))
 
