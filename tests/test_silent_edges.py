@@ -39,7 +39,7 @@ def test_negative_count_in_a_method_section_and_a_yaml_file(tmp_path):
 
 def test_image_sample_refuses_negative_num_samples(tmp_path):
     code, _, err = run_script("image_sample.py", "--num_samples", "-3", f"sample.out_dir={tmp_path}")
-    one_error(code, err, "sample.num_samples must be >= 0")
+    one_error(code, err, "sample.num_samples must be >= 0", "(--num_samples -3)")
     assert os.listdir(tmp_path) == []
 
 

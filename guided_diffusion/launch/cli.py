@@ -116,7 +116,13 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         args.adm_defaults = adm_flags.adm_defaults(adm)  # ADM's defaults under the flags
         overrides = args.adm_defaults + overrides
     _register_section_schemas()
-    tree = read_config_tree(args.config, overrides)
+    try:
+        tree = read_config_tree(args.config, overrides)
+    except ConfigError as e:  # an override's error: name the flag it came from, as the user typed it
+        text = str(e)
+        flag = next((f for f, words in translations
+                     if any(text.startswith(f"the command line: {w.split('=', 1)[0]} ") for w in words)), None)
+        raise ConfigError(f"{text} ({flag})" if flag else text) from None
     _data_dir_selects_data(tree, translations, overrides)
     args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
     cfg = config_from_tree(tree, args.config or "defaults")
