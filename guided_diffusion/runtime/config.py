@@ -791,7 +791,22 @@ def parse_bool(value: Any, where: str) -> bool:
 # The use_ddim keys whose rule follows their respacing when unset (resolve_samplers).
 _USE_DDIM_KEYS = (("sample", "use_ddim"), ("continual", "eval_use_ddim"), ("solver", "use_ddim"),
                   ("evaluation", "use_ddim"), ("method", "use_ddim"))
-_UNSET = "_unset_by_user"  # on a resolved Config: the use_ddim keys the user left unset (dump_config keeps them so)
+# A resolved Config's use_ddim keys that the user left unset (dump_config keeps them so), by the Config's id:
+# kept outside the instance, whose __dict__ stays its fields (``Config(**cfg.__dict__)`` works); a copy
+# has none, and dumps the resolved values as before.
+_UNSET_BY_ID: Dict[int, Tuple[str, ...]] = {}
+
+
+def _unset_of(cfg: "Config") -> Tuple[str, ...]:
+    return _UNSET_BY_ID.get(id(cfg), ())
+
+
+def _remember_unset(cfg: "Config", paths: Tuple[str, ...]) -> None:
+    import weakref
+
+    if id(cfg) not in _UNSET_BY_ID:
+        weakref.finalize(cfg, _UNSET_BY_ID.pop, id(cfg), None)
+    _UNSET_BY_ID[id(cfg)] = paths
 
 
 def resolve_samplers(cfg: Config) -> None:
@@ -801,7 +816,7 @@ def resolve_samplers(cfg: Config) -> None:
     unset = [f"{sec}.{key}" for sec, key in _USE_DDIM_KEYS
              if not isinstance(getattr(cfg, sec), dict) and hasattr(getattr(cfg, sec), key)
              and getattr(getattr(cfg, sec), key) is None]
-    setattr(cfg, _UNSET, tuple(unset) + tuple(getattr(cfg, _UNSET, ())))
+    _remember_unset(cfg, tuple(unset) + _unset_of(cfg))
     cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
     cfg.continual.eval_use_ddim = resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
     cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
@@ -951,7 +966,7 @@ def dump_config(cfg: Config) -> str:
     tree = to_dict(cfg)
     respacing = {"sample": "timestep_respacing", "continual": "eval_respacing", "solver": "respacing",
                  "evaluation": "respacing", "method": "timestep_respacing"}
-    for path in getattr(cfg, _UNSET, ()):
+    for path in _unset_of(cfg):
         sec, key = path.split(".")
         part = tree.get(sec)
         if not isinstance(part, dict) or key not in part:
