@@ -11,7 +11,11 @@ Several processes on one machine (gloo on CPU, NCCL on GPUs):
     torchrun --nproc_per_node 2 scripts/image_train.py --config yaml/mnist/iid.yaml
 Override any config key:  train.total_steps=2000 model.num_channels=64 name=my_run
 ADM's flags:  --num_channels 128 --num_res_blocks 3 --lr 1e-4 --batch_size 32 (per process, as ADM's)
-    --resume_checkpoint P (start from these weights)   (the list: --help; what they set: --dry-run)
+    --resume_checkpoint P/model{N}.pt (ADM's resume: the weights, and the step, optimizer and EMA from
+    opt{N}.pt and ema_{rate}_{N}.pt beside them when present)   (the list: --help; what they set: --dry-run)
+    --data_dir DIR (ADM's: the folder is the data set, class from the file name, cat_0.png -> 'cat')
+GUIDE's flags:  --num_tasks 5 --num_steps N --first_task_num_steps N --dataset CIFAR10 (continual keys)
+A run folder holds one run: another method or setting under the same name is refused (name=<new>, or --force).
 Print the resolved config: --dry-run
 
 An IID run writes to experiments/<name>/: config.yaml, progress.csv/.jsonl, log.txt, checkpoints
