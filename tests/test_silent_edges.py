@@ -409,6 +409,9 @@ def test_wandb_is_one_run_with_one_step_axis_and_the_per_task_metrics(tmp_path, 
     assert [e["log"]["task"] for e in logs if "task" in e["log"]] == [0, 1]  # each task's metrics row
 
 
+# ---------------------------------------------------------------------------------------------- more of items 13, 11, 1 and 3
+
+
 def test_classifier_sample_exists_and_needs_a_classifier(tmp_path):
     code, _, err = run_script("classifier_sample.py", "--model_path", tmp_path / "m.pt")
     one_error(code, err, "give --classifier_path")
