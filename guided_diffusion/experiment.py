@@ -5,7 +5,10 @@ Scripts and the continual loop call these so that every program builds things th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
@@ -78,9 +81,130 @@ def setup_run(cfg: Config, run_dir: Optional[str] = None, config_name: str = "co
     return make_logger(cfg, run_dir)
 
 
+def check_inputs(cfg: Config) -> None:
+    """What a training run reads, checked before its run folder is made (and by ``--dry-run``): the data
+    set's folder or file, ``model.init_path``, and the optional logging packages it asks for."""
+    import importlib.util
+
+    from .data.datasets import DATASETS
+
+    d = cfg.data
+    spec = DATASETS.get(d.dataset)
+    if spec is not None and spec.needs_dir and not d.data_dir:
+        raise ConfigError(f"data.dataset {d.dataset!r} needs data.data_dir (--data_dir): {spec.layout}")
+    if spec is not None and not spec.needs_dir and d.data_dir:
+        raise ConfigError(f"data.dataset {d.dataset!r} needs no data.data_dir (got {d.data_dir!r}); for a folder of "
+                          "images set data.dataset=image_folder (an .npz: npz), as ADM's --data_dir alone does")
+    for key, path in (("data.data_dir", d.data_dir), ("data.test_dir", d.test_dir),
+                      ("model.init_path", cfg.model.init_path)):
+        if path and not bf.exists(path):
+            raise FileNotFoundError(f"{key} = {path!r}: no such file or folder")
+    for key, on, package in (("train.wandb", cfg.train.wandb, "wandb"), ("train.tensorboard", cfg.train.tensorboard,
+                                                                           "tensorboard")):
+        if on and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"{key} is set but the {package} package is not installed: pip install {package} "
+                              f"(or guided-diffusion-cl[log]), or unset {key}")
+
+
+def check_scenario(cfg: Config) -> None:
+    """``--dry-run``'s check of a continual run's scenario against the data set's classes (the run itself
+    builds it from the training split, before its config is written): reads the data's test split."""
+    from .continual.scenario import FROM_DATA, build_scenario
+
+    if cfg.continual.scenario != FROM_DATA:  # the data's own tasks need the training split
+        build_scenario(cfg.continual, dataset_info(cfg).num_classes)
+
+
+# Keys a rerun may change without starting another run: where and how it runs and logs, and what only
+# other scripts read (sampling, the classifiers); anything else changes what the run computes.
+_RERUN_FREE = ("out_dir", "device", "dist.", "train.num_threads", "train.log_interval", "train.save_interval",
+               "train.keep_checkpoints", "train.wandb", "train.tensorboard", "train.compile", "train.sample_at_end",
+               "continual.limit_tasks", "continual.grid_per_class", "model.init_path", "sample.", "classifier.",
+               "solver.", "evaluation.")
+
+
+def _flat(tree: dict, prefix: str = "") -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_run_dir(cfg: Config, force: bool = False) -> None:
+    """A run folder holds one run: a command whose config differs from the ``config.yaml`` there (another
+    method, other data or training) is refused, naming the difference, unless ``force``. Rerunning the
+    same command resumes; the keys of ``_RERUN_FREE`` (threads, logging, limit_tasks, ...) may change."""
+    from .runtime.config import load_config
+
+    path = bf.join(run_dir_of(cfg), "config.yaml")
+    if force or not bf.exists(path):
+        return
+    hint = f"choose another name (name=<new>) for a new run, or add --force to continue {run_dir_of(cfg)} with this config"
+    try:
+        old = load_config(path)
+    except ConfigError as e:
+        raise ConfigError(f"{path} (the run already there) no longer loads ({e}); {hint}") from None
+    was, now = _flat(to_dict(old)), _flat(to_dict(cfg))
+    diff = [k for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)
+            and not any(k == f or (f.endswith(".") and k.startswith(f)) for f in _RERUN_FREE)]
+    if not diff:
+        return
+    method = [k for k in diff if k.startswith("method.")]
+    first = "method.name" if "method.name" in diff else (method or diff)[0]
+    shown = ", ".join(f"{k}: {was.get(k, '(unset)')!r} there, {now.get(k, '(unset)')!r} here" for k in
+                      [first] + [k for k in diff if k != first][:2])
+    more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+    raise ConfigError(f"{run_dir_of(cfg)} holds another run: {shown}{more}; {hint}")
+
+
+# Files a run folder holds before its first checkpoint: a failed start that left only these is removed.
+_START_FILES = ("log.txt", "progress.csv", "progress.jsonl", "config.yaml", "wandb_id.txt", "metrics.csv")
+
+
+def _has_rows(path: str) -> bool:
+    """A progress/metrics file that recorded training (more than its header): never removed."""
+    if not path.endswith((".csv", ".jsonl")):
+        return False
+    with open(path, "rb") as f:
+        return sum(1 for _ in f) > (0 if path.endswith(".jsonl") else 1)
+
+
+@contextlib.contextmanager
+def fresh_run_dir(cfg: Config):
+    """Around a run: if it fails on its input (a config, data or checkpoint error) and the run folder
+    did not exist before, the folder it made is removed, as long as it holds only start-up files (logs,
+    the config, no progress row): a failed start leaves no ``experiments/<name>/`` behind. Never removes a
+    checkpoint or a log of training steps."""
+    from .runtime.checkpoint import CheckpointError
+
+    run_dir = run_dir_of(cfg)
+    existed, out_existed = bf.exists(run_dir), bf.exists(cfg.out_dir)
+    try:
+        yield run_dir
+    except (ConfigError, ValueError, FileNotFoundError, ImportError, CheckpointError):
+        if not existed and dist_util.is_main() and "://" not in run_dir and os.path.isdir(run_dir):
+            files = [os.path.join(d, f) for d, _, names in os.walk(run_dir) for f in names]
+            if all(os.path.basename(f) in _START_FILES for f in files) and not any(_has_rows(f) for f in files):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                if not out_existed and os.path.isdir(cfg.out_dir) and not os.listdir(cfg.out_dir):
+                    os.rmdir(cfg.out_dir)
+        raise
+
+
 def make_logger(cfg: Config, run_dir: str) -> Logger:
     """CSV/JSONL/log.txt always; wandb and tensorboard when the config asks (imported lazily)."""
-    wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)} if cfg.train.wandb else None
+    wandb = None
+    if cfg.train.wandb:  # one W&B run for the run folder, its tasks' loggers included (logger._WandbSink)
+        from .logger import _stable_run_id
+
+        root = run_dir_of(cfg)
+        wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)}
+        if dist_util.is_main() and "://" not in root:  # rank 0 alone logs (and owns wandb_id.txt)
+            os.makedirs(root, exist_ok=True)
+            wandb.update(dir=root, id=_stable_run_id(root), resume="allow")
     return Logger(run_dir, rank=dist_util.get_rank(), wandb=wandb, tensorboard=cfg.train.tensorboard)
 
 

@@ -252,7 +252,16 @@ def _stable_run_id(dir: str) -> str:
     return run_id
 
 
+# The W&B runs open in this process by id, with the number of sinks that use each: a continual run's
+# loggers (the run's and each task's) share one W&B run, the run folder's.
+_WANDB_RUNS: Dict[str, List[Any]] = {}
+
+
 class _WandbSink:
+    """One W&B run per run folder (``wandb_id.txt``; a continual run's task loggers pass the run's id), its
+    step wandb's own counter, so that the steps of task after task (each counting from 0) stay one
+    increasing axis; the trainer's step is logged as the value ``step``."""
+
     def __init__(self, dir: str, spec: Union[bool, str, Dict[str, Any]]):
         try:
             import wandb
@@ -271,16 +280,32 @@ class _WandbSink:
             kwargs["id"] = _stable_run_id(dir)
             kwargs.setdefault("resume", "allow")
         self.wandb = wandb
-        self.run = wandb.init(**kwargs)
+        self.id = kwargs.get("id")
+        shared = _WANDB_RUNS.get(self.id) if self.id else None
+        if shared is not None:
+            shared[1] += 1
+            self.run = shared[0]
+        else:
+            self.run = wandb.init(**kwargs)
+            if self.id:
+                _WANDB_RUNS[self.id] = [self.run, 1]
 
     def write_kvs(self, kvs: Dict[str, Any], step: Optional[int]) -> None:
         data = {k: v for k, v in kvs.items() if _is_number(v)}
-        self.run.log(data, step=step) if step is not None else self.run.log(data)
+        if step is not None and "step" not in data:
+            data["step"] = step
+        self.run.log(data)  # wandb's own step: one increasing axis over tasks and restarts
 
     def write_text(self, text: str) -> None:
         pass
 
     def close(self) -> None:
+        shared = _WANDB_RUNS.get(self.id) if self.id else None
+        if shared is not None:
+            shared[1] -= 1
+            if shared[1] > 0:
+                return
+            del _WANDB_RUNS[self.id]
         self.run.finish()
 
 
@@ -363,6 +388,13 @@ class Logger:
             self.sinks.append(_TensorBoardSink(dir))
         if wandb:
             self.sinks.append(_WandbSink(dir, wandb))
+
+    def log_external(self, kvs: Dict[str, Any]) -> None:
+        """``kvs`` to the W&B and TensorBoard sinks only (a continual run's per-task metrics: the CSV files
+        and stdout have them in their own form)."""
+        for sink in self.sinks:
+            if isinstance(sink, (_WandbSink, _TensorBoardSink)):
+                sink.write_kvs({k: _scalar(v) for k, v in kvs.items()}, None)
 
     # -- values
 

@@ -12,6 +12,11 @@ the schedule sampler (``classifier.noised: false`` trains on clean images), for
 experiments/<name>/classifier/ (checkpoints with automatic resume, progress.csv with validation
 accuracy at t=0 and at random t every ``classifier.eval_interval`` steps). Use the resulting
 ``model{N}.pt`` with image_sample.py --classifier_path.
+
+ADM's ``--resume_checkpoint experiments/<name>/classifier/model{N}.pt`` (or ADM's own classifier file):
+the weights, and the step, optimizer (``opt{N}.pt``) and EMA beside it when present, as ADM resumes
+(runtime/adm_resume.py); weights only otherwise (the log says which). Rerunning the same command
+resumes from the run folder's own checkpoints without it.
 """
 
 import dataclasses
@@ -22,8 +27,15 @@ from guided_diffusion.classifiers.noisy import NoisyClassifierObjective, evaluat
 from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.launch import cli
 from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.runtime.adm_resume import resume_beside
+from guided_diffusion.runtime.checkpoint import load_weights
 from guided_diffusion.runtime.config import TrainConfig
 from guided_diffusion.train_util import TrainHook, TrainLoop
+
+
+RESUME = (("--resume_checkpoint",), dict(default="", metavar="PATH",
+                                        help="ADM's: start from this classifier's weights, with the step, optimizer "
+                                             "and EMA beside it when present (opt{step}.pt, ema_{rate}_{step}.pt)"))
 
 
 class EvalHook(TrainHook):
@@ -37,9 +49,17 @@ class EvalHook(TrainHook):
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, adm="classifier", program="classifier_train.py")
+    cfg, args = cli.parse(__doc__, adm="classifier", program="classifier_train.py", options=[RESUME])
+    if args.resume_checkpoint and not os.path.isfile(args.resume_checkpoint):
+        raise FileNotFoundError(f"--resume_checkpoint {args.resume_checkpoint}: no such file")
+    experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
     if cli.maybe_dry_run(cfg, args):
         return 0
+    with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
+        return train(cfg, args)
+
+
+def train(cfg, args) -> int:
     c = cfg.classifier
     device = experiment.init_process(cfg)
     run_dir = os.path.join(experiment.run_dir_of(cfg), "classifier")
@@ -62,6 +82,13 @@ def main() -> int:
     loop = TrainLoop(model=classifier, data=data, cfg=train_cfg, run_dir=run_dir, objective=objective,
                      seed=cfg.seed, logger=logger, device=device,
                      hooks=[EvalHook(c.eval_interval, diffusion, xv[:512], yv[:512], logger)], tag="classifier")
+    if args.resume_checkpoint:
+        if loop.step == 0:  # the weights first (ADM: _load_and_sync_parameters), then what lies beside them
+            load_weights(classifier, args.resume_checkpoint, what="classifier (--resume_checkpoint)")
+            for ema in loop.ema:  # the EMA starts from the weights unless ema_{rate}_{step}.pt is beside them
+                for e, p in zip(ema, loop.params):
+                    e.copy_(p.detach())
+        resume_beside(loop, args.resume_checkpoint, logger.log)
     loop.run()
     logger.close()
     dist_util.cleanup()

@@ -18,19 +18,25 @@ class), metrics.csv (a row per task). Rerunning the same command resumes: finish
 skipped, the unfinished one continues from its latest checkpoint.
 """
 
+from guided_diffusion import experiment
 from guided_diffusion.continual.loop import USES, is_continual, train_continual
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.config import ConfigError
 
 
 def main() -> int:
-    cfg, args = cli.parse(__doc__, adm="train", uses=USES, program="continual_train.py")
+    cfg, args = cli.parse(__doc__, adm="train", uses=USES, program="continual_train.py", options=[cli.FORCE])
     if not is_continual(cfg, args.given_sections):
         raise ConfigError(f"{args.config or 'the config'} has no method or continual section: it is IID training "
                           "(scripts/image_train.py)")
+    experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
+    experiment.check_run_dir(cfg, force=args.force)
+    if args.dry_run:
+        experiment.check_scenario(cfg)  # what the run checks next, before its config is written
     if cli.maybe_dry_run(cfg, args):
         return 0
-    return train_continual(cfg)
+    with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
+        return train_continual(cfg)
 
 
 if __name__ == "__main__":

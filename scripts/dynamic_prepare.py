@@ -18,13 +18,21 @@ complete cache is reused. Then train the student: scripts/dynamic_train.py --con
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.dkdm import pipeline
+from guided_diffusion.dkdm.teacher import resolve_teacher_path
 from guided_diffusion.launch import cli
 
 
 def main() -> int:
     cfg, args = cli.parse(__doc__, uses=dkdm_config.USES, program="dynamic_prepare.py")
+    resolve_teacher_path(cfg.dkdm.teacher_path)  # the teacher is there (before the run folder; --dry-run too)
+    experiment.check_inputs(cfg)
     if cli.maybe_dry_run(cfg, args):
         return 0
+    with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
+        return run(cfg)
+
+
+def run(cfg) -> int:
     device = experiment.init_process(cfg)
     logger = experiment.setup_run(cfg, config_name="prepare_config.yaml")
     pipeline.prepare(cfg, device, logger)

@@ -20,13 +20,21 @@ from the latest complete checkpoint, cache and all; SIGTERM/SIGUSR1 checkpoint a
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.dkdm import pipeline
+from guided_diffusion.dkdm.teacher import resolve_teacher_path
 from guided_diffusion.launch import cli
 
 
 def main() -> int:
     cfg, args = cli.parse(__doc__, adm="train", uses=dkdm_config.USES, program="dynamic_train.py")
+    resolve_teacher_path(cfg.dkdm.teacher_path)  # the teacher is there (before the run folder; --dry-run too)
+    experiment.check_inputs(cfg)
     if cli.maybe_dry_run(cfg, args):
         return 0
+    with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind
+        return run(cfg)
+
+
+def run(cfg) -> int:
     device = experiment.init_process(cfg)
     logger = experiment.setup_run(cfg)
     loop, setup = pipeline.train(cfg, device, logger)

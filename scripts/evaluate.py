@@ -52,6 +52,7 @@ from guided_diffusion.evaluation import (
     load_image_set,
     load_reference_stats,
 )
+from guided_diffusion.evaluation.reference import missing_input
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.config import ConfigError, load_config
 
@@ -90,7 +91,10 @@ def parse_args(argv=None):
         args.reference, args.samples = args.ref_named, args.samples_named
     elif len(positional) != 2:
         p.error("two inputs are needed: REF SAMPLES (ADM's order) or --ref R --samples S")
-    else:
+    for name in (args.reference, args.samples):  # before any other check: a typo is named as one
+        if not (os.path.exists(name) or name in dataset_names()):
+            raise FileNotFoundError(missing_input(name))
+    if not named:
         problem = swapped_inputs(args.reference, args.samples)
         if problem:
             raise ConfigError(f"{problem}; the order is ADM's, REF SAMPLES (it was SAMPLES REFERENCE before): "
@@ -121,6 +125,25 @@ def swapped_inputs(reference: str, samples: str) -> str:
     if samples in names and reference not in names:
         return f"SAMPLES {samples!r} is a real data set and REF {reference!r} a file"
     return ""
+
+
+def conversion_note(extractor, images) -> str:
+    """What the domain classifier's input conversion does to ``images`` (uint8 NHWC), or "" when nothing:
+    another channel count (RGB to grey, grey to RGB) or another size (padded or resized to its size)."""
+    arch = getattr(getattr(extractor, "model", None), "arch", None)
+    if images is None or not isinstance(arch, dict) or images.ndim != 4:
+        return ""
+    _, h, w, c = images.shape
+    size, channels = arch.get("image_size"), arch.get("in_channels")
+    steps = []
+    if c != channels:
+        steps.append({(3, 1): "RGB to grey", (1, 3): "grey to RGB"}.get((c, channels), f"{c} to {channels} channels"))
+    if (h, w) != (size, size):
+        steps.append(f"{h}x{w} to {size}x{size} px")
+    if not steps:
+        return ""
+    return (f"are {h}x{w}x{c}; the domain classifier reads {size}x{size}x{channels}: converted "
+            f"({', '.join(steps)}) before the features")
 
 
 def main() -> int:
@@ -177,6 +200,11 @@ def main() -> int:
                 print(f"note: {args.reference} carries statistics; not used ({why}): FID from its images")
     if reference is None:
         reference = load_image_set(args.reference, split=args.ref_split, classes=classes, data_dir=args.data_dir)
+    if dist_util.is_main():
+        for what, images in (("SAMPLES", samples), ("REF", reference)):
+            note = conversion_note(extractor, getattr(images, "images", None))
+            if note:
+                print(f"note: {what} {note}", flush=True)
     progress = None
     if dist_util.is_main():
         from guided_diffusion.logger import progress_bar

@@ -21,7 +21,10 @@ Options (aliases of the config's sample section):
     --prompt "a handwritten digit seven" [--prompt ...]
                                   a text-conditional model (the text section): samples of these
                                   prompts, spread over them as --classes (arr_1: the prompt's index)
-    --out_dir D                   where to write (default: the run folder of the config)
+    --out_dir D                   where to write (default: $OPENAI_LOGDIR as ADM, else beside the model)
+Without --config, the model's architecture is read from the export JSON beside the checkpoint
+(ema_{rate}_{step}.json, written with every checkpoint), else from its run's config.yaml; ADM's own
+checkpoints (no JSON) take ADM's defaults under the flags, as in guided-diffusion.
     --guidance_scale w            classifier-free guidance eps_u + w (eps_c - eps_u) (models trained
                                   with train.uncond_p > 0; 1 = conditional)
     --compose 3,8 [--compose_weights 1,1]   every sample from the product of these classes'
@@ -57,6 +60,8 @@ from guided_diffusion import dist_util, experiment
 from guided_diffusion.continual.adaptation import adapted_model, check_plain_weights, with_export_record
 from guided_diffusion.image_util import save_grid, save_npz
 from guided_diffusion.launch import cli
+from guided_diffusion.launch.beside import config_beside
+from guided_diffusion.respace import sampler_label
 from guided_diffusion.runtime.checkpoint import (
     load_checked,
     load_state_dict_file,
@@ -137,9 +142,30 @@ USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "
         "method", "continual")  # method, continual: a LoRA or ensemble network is rebuilt as its method adapted it
 
 
+def _given_model_path(argv) -> str:
+    """--model_path P (or sample.model_path=P) among the words of the command line, else ""."""
+    for i, word in enumerate(argv):
+        if word == "--model_path" and i + 1 < len(argv):
+            return argv[i + 1]
+        for prefix in ("--model_path=", "sample.model_path="):
+            if word.startswith(prefix):
+                return word[len(prefix):]
+    return ""
+
+
 def main() -> int:
+    argv = sys.argv[1:]
+    model_path = _given_model_path(argv)
+    default_config, note = None, ""
+    if model_path and not any(w == "--config" or w.startswith("--config=") for w in argv) and os.path.isfile(model_path):
+        # No config: the architecture from the JSON beside the checkpoint (or its run's config.yaml), not ADM's
+        # defaults, which would not fit it; the command line's own words still win (they come after).
+        default_config, words, note = config_beside(model_path)
+        argv = words + argv
     cfg, args = cli.parse(__doc__, aliases=ALIASES, adm="sample", options=OPTIONS, uses=USES,
-                          program="image_sample.py")
+                          program="image_sample.py", argv=argv, default_config=default_config)
+    if note and dist_util.is_main():
+        print(f"note: no --config: {note}", flush=True)
     to_rgb, only_classes = args.to_rgb, args.classes
     if args.sampler is not None:
         given = [f for f in ("--timestep_respacing", "--use_ddim") if any(a == f or a.startswith(f + "=")
@@ -155,7 +181,8 @@ def main() -> int:
     if not s.model_path:
         raise ConfigError("no model to sample: give --model_path (or sample.model_path in the config)")
     device = experiment.init_process(cfg)
-    out_dir = s.out_dir or experiment.run_dir_of(cfg)
+    # ADM writes into its log folder ($OPENAI_LOGDIR); without one, beside the model (a run's own folder).
+    out_dir = s.out_dir or os.environ.get("OPENAI_LOGDIR") or os.path.dirname(s.model_path) or "."
     weights = load_state_dict_file(s.model_path)
     info = experiment.info_for_weights(cfg, weights)  # no data set needed when the weights tell
     info = experiment.model_info(cfg, info)  # latent diffusion: the latents' shape (samples are decoded)
@@ -245,9 +272,11 @@ def prompt_labels(cfg, model, prompts, num_samples: int) -> tuple:
 
 
 def cost_line(s, mcmc, seconds: float, n: int, steps: int) -> str:
-    """Seconds and model evaluations per image (this rank's batches), and the MCMC acceptance."""
+    """The sampler (``ddim50 DDIM eta 0.0``, ``25 ancestral``), seconds and model evaluations per image
+    (this rank's batches), and the MCMC acceptance."""
     n_batches = max(1, -(-n // s.batch_size))
-    line = f"cost: {seconds / max(n, 1):.3f} s/image on this process"
+    line = (f"cost: {seconds / max(n, 1):.3f} s/image on this process with the sampler "
+            f"{sampler_label(s.timestep_respacing, s.use_ddim, s.eta)}")
     if mcmc is None:
         return line + f"; {steps} model evaluations per image ({steps} reverse steps)"
     st = mcmc.stats

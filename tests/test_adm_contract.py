@@ -95,7 +95,7 @@ def test_a_section_the_script_does_not_read_is_named(tmp_path, capsys):
 def test_help_is_the_manual():
     out = run(["scripts/image_train.py", "--help"]).stdout
     assert "One entry point, as GUIDE's" in out and "Rerunning the same command resumes" in out
-    assert "--num_channels" in out and "model.num_channels (int, default 64)" in out
+    assert "--num_channels" in out and "model.num_channels (int, default 64; without --config ADM's 128)" in out
     assert "--batch_size" in out and "per process" in out
     out = run(["scripts/image_sample.py", "--help"]).stdout
     for option in ("--classes 0,1,2", "--to_rgb BOOL", "--model_path", "sample.use_ddim"):

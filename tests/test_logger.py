@@ -162,7 +162,7 @@ def test_wandb_sink_with_a_stand_in_module(tmp_path, monkeypatch):
     assert len(run_id) == 12
     assert calls == [
         ("init", {"project": "p", "mode": "offline", "dir": str(tmp_path), "id": run_id, "resume": "allow"}),
-        ("log", {"step": 3, "loss": 0.5}, 3),
+        ("log", {"step": 3, "loss": 0.5}, None),  # wandb's own step (one axis over tasks); the trainer's as a value
         ("finish",),
     ]
     # a restart (preemption) in the same run folder continues the same W&B run

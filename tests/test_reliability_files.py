@@ -131,7 +131,9 @@ def test_older_run_without_file_hashes_still_resumes(gd_reference, tmp_path):
 def test_rerun_with_another_model_fails_before_touching_the_run(gd_reference, tmp_path):
     out_dir, run = copy_run(gd_reference, tmp_path)
     before = snapshot(run)
-    code, _, err = rerun_here(out_dir, "model.num_channels=64")
+    code, _, err = rerun_here(out_dir, "model.num_channels=64")  # the run folder's config.yaml differs
+    one_error(code, err, f"{run} holds another run: model.num_channels: 32 there, 64 here", "--force")
+    code, _, err = rerun_here(out_dir, "model.num_channels=64", "--force")  # forced: the checkpoints refuse it
     one_error(code, err, f"{run}/task_2/model000004.pt does not fit the configured model", "shape mismatch")
     assert snapshot(run) == before  # config.yaml included: it is written only after the input checks
 

@@ -92,7 +92,7 @@ def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: in
     classes = [c for c in task.seen_classes for _ in range(per_class)]
     return sample_set(model, experiment.grid_spec(cfg, ctx.info, ctx.device), num_samples=n,
                       batch_size=min(n, max(cfg.sample.batch_size, per_class)), seed=seed,
-                      labels=classes if cfg.model.class_cond else None)
+                      labels=classes if cfg.model.class_cond else None, log=ctx.logger.log, desc=f"task {task.index} grid")
 
 
 def _grid_from_evaluation(ctx: ContinualContext, task: Task, evaluators):
@@ -208,7 +208,12 @@ class DiffusionLearner(TaskLearner):
         ckpt.load_checked(self.ctx.model, model_sd, f"{tdir}/model{task.num_steps:06d}.pt")
         state_path = f"{tdir}/method_state.pt"
         if bf.exists(state_path):
-            self.method.load_state_dict(ckpt.load_torch(state_path))
+            try:
+                self.method.load_state_dict(ckpt.load_torch(state_path))
+            except (KeyError, TypeError, AttributeError) as e:  # --force over a run of another method
+                raise ckpt.CheckpointError(f"{state_path} is not a state of method {self.method.name} ({type(e).__name__}: {e}): "
+                                           "the finished tasks were trained with another method; start a run "
+                                           "with a new name=") from None
         # The sampler as the uninterrupted run has it after the task (its final checkpoint).
         self.base.load_state_dict(_final_objective_state(tdir, task.num_steps))
 
@@ -296,6 +301,7 @@ class DiffusionLearner(TaskLearner):
 
     def finished(self, task: Task, row: Dict) -> None:
         self.ctx.logger.log(f"task {task.index} done: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        self.ctx.logger.log_external({k: v for k, v in row.items() if isinstance(v, (int, float))})  # W&B, TB
         self.logger.close()
 
 

@@ -115,6 +115,12 @@ def build_scenario(c, num_classes: int, task_classes: Sequence[Sequence[int]] = 
             per = len(order) // num_tasks
     first = first or per
     needed = first + per * (num_tasks - 1)
+    if (per <= 0 or needed > len(order)) and c.class_order not in ("fixed", "seeded"):
+        raise ConfigError(
+            f"the scenario needs {needed} classes ({num_tasks} tasks: {first} in the first, {per} in each other) "
+            f"but continual.class_order lists {len(order)} of the dataset's {num_classes}: list every class of the "
+            "scenario (or set continual.num_tasks / classes_per_task to fit the list)"
+        )
     if per <= 0 or needed > len(order):
         raise ConfigError(
             f"the scenario needs {needed} classes ({num_tasks} tasks: {first} in the first, {per} in each other) "

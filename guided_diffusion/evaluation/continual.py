@@ -149,7 +149,9 @@ class ContinualEvaluator:
         if cfg.model.class_cond:
             labels = proportional_labels(seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
         images, drawn = sample_set(ema_model, spec, num_samples=ev.num_samples, batch_size=ev.batch_size,
-                                   seed=ev.seed if ev.seed >= 0 else cfg.seed, labels=labels)
+                                   seed=ev.seed if ev.seed >= 0 else cfg.seed, labels=labels, log=self.log,
+                                   desc=f"evaluation{' ' + when if when else ''}: samples")
+        t1 = time.time()
         faults.point("evaluation")
         self.last_samples = (images, drawn, (respacing, bool(ev.use_ddim), float(ev.eta)))
         sampler = "one decoder pass" if cfg.generator == "vae" else sampler_label(respacing, ev.use_ddim, ev.eta)
@@ -195,6 +197,8 @@ class ContinualEvaluator:
         out["eval_samples"] = len(samples)
         out["eval_ref_images"] = len(ref)
         out["eval_sec"] = round(time.time() - t0, 3)
+        self.log(f"evaluation{' ' + when if when else ''}: features and {len(out)} columns in {time.time() - t1:.1f} s "
+                 f"({out['eval_sec']:.1f} s in all)")
         out["eval_protocol"] = (f"{len(samples)} {samples.description} vs {ref.description}; "
                                 + "; ".join(protocols))
         return out

@@ -40,6 +40,24 @@ def images_sha256(images: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def missing_input(source: str) -> str:
+    """Why ``source`` (an input of evaluate.py) names nothing: a missing file, a missing folder or a
+    mistyped data set name (with the closest name)."""
+    import difflib
+
+    from ..data import dataset_names
+
+    names = dataset_names()
+    if source.endswith(".npz"):
+        return f"{source}: no such file"
+    match = difflib.get_close_matches(source, names, n=1, cutoff=0.75)
+    if match and os.sep not in source:
+        return f"{source!r} is not a data set name (did you mean {match[0]!r}?); data sets: {', '.join(names)}"
+    if os.sep in source or "." in os.path.basename(source):
+        return f"{source}: no such file or folder"
+    return f"{source!r} is neither a file, a folder nor a data set name ({', '.join(names)})"
+
+
 def load_image_set(source: str, split: str = "test", classes: Optional[Sequence[int]] = None,
                    data_dir: Optional[str] = None, limit: int = 0) -> ImageSet:
     """An ``ImageSet`` from an ADM ``.npz`` (``arr_0``, optional ``arr_1``), an image folder, or a
@@ -69,9 +87,7 @@ def load_image_set(source: str, split: str = "test", classes: Optional[Sequence[
         arrays = load_dataset(source, data_dir=data_dir, split=split)
         labelled, what = True, f"{source} {split}"
     else:
-        raise FileNotFoundError(
-            f"{source!r} is not an .npz file, an image folder or a data set name ({', '.join(dataset_names())})"
-        )
+        raise FileNotFoundError(missing_input(source))
     if classes is not None:
         if not labelled:
             raise ValueError(f"{source} has no labels: cannot keep classes {list(classes)}")

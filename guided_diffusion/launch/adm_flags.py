@@ -9,8 +9,10 @@ Where ADM's meaning is not a plain key, a translation says so:
 - ``--use_fp16 True`` trains in fp16 with a loss scaler (``train.precision=fp16``), as ADM does.
 - ``--lr_anneal_steps N`` anneals the learning rate linearly to 0 over N steps and stops there
   (``train.total_steps=N``, ``train.lr_schedule=linear``); N = 0 (ADM: train forever) is refused.
-- ``--resume_checkpoint P`` starts training from the weights in P (``model.init_path``); a run of
-  this project resumes by rerunning its command (its run folder holds the optimizer and the step).
+- ``--resume_checkpoint P`` resumes as ADM does (``model.init_path``, then ``runtime/adm_resume.py``): the
+  weights of P, and the step (P named ``model{step}.pt``), the optimizer (``opt{step}.pt``) and the EMA
+  (``ema_{rate}_{step}.pt``) from the files beside it when they are there; weights only otherwise (the
+  log says which). A run of this project resumes by rerunning its command (its own run folder wins).
 - ``--timestep_respacing`` is the sampler's respacing on the sampling scripts and the training
   diffusion's on the training scripts, as in ADM.
 
@@ -115,6 +117,45 @@ NO_EQUIVALENT = {
 
 Translation = Callable[[str, int], List[str]]
 
+# GUIDE's continual flags on its image_train.py (cywinski/guide: its README's commands) -> continual keys.
+GUIDE_TRAIN_FLAGS: Dict[str, str] = {
+    "num_tasks": "continual.num_tasks",
+    "num_steps": "continual.num_steps",
+    "first_task_num_steps": "continual.first_task_num_steps",
+    "first_task_num_classes": "continual.first_task_num_classes",
+    "limit_tasks": "continual.limit_tasks",
+    "gr_n_generated_examples_per_task": "method.n_per_task",
+    "wandb_experiment_name": "name",
+    "wandb_project_name": "train.wandb",
+}
+
+# GUIDE's data set names -> this project's (each reads its files from data.data_dir).
+GUIDE_DATASETS = {"mnist": "mnist", "fashionmnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+
+# GUIDE's training flags that are not one key here: refused with the key or the file that does it.
+GUIDE_REFUSED = {
+    "cl_method": "the method is the config's method section: --config yaml/<benchmark>/<method>.yaml "
+                 "(yaml/guide/ holds GUIDE's) or method.name=generative_replay|generative_distillation|...",
+    "train_with_disjoint_classifier": "GUIDE's classifier phase is scripts/classifier_cl_train.py (its flags are GUIDE's)",
+    "wandb_entity": "W&B takes the entity from $WANDB_ENTITY (train.wandb=<project> turns W&B on)",
+    "train_aug": "set data.random_flip=true (GUIDE's train_aug: random flips)",
+    "use_task_index": "the label is the class here (model.class_cond=true); tasks come from the continual section",
+    "plot_interval": "each task ends with a grid (continual.grid_per_class)",
+    "skip_validation": "the per-task evaluation is the evaluation section (leave it out: none)",
+}
+
+
+def _guide_dataset(value: str, world_size: int) -> List[str]:
+    name = GUIDE_DATASETS.get(str(value).replace("-", "").replace("_", "").lower())
+    if name is None:
+        raise ConfigError(f"--dataset {value}: GUIDE's data sets here are {', '.join(GUIDE_DATASETS.values())} "
+                          "(data.dataset=...; a folder of images: --data_dir DIR)")
+    return [f"data.dataset={name}"]
+
+
+_guide_dataset.__doc__ = ("data.dataset (GUIDE's names: MNIST, FashionMNIST, CIFAR10, CIFAR100; their files from "
+                          "data.data_dir)")
+
 
 def _per_process_batch(key: str) -> Translation:
     def translate(value: str, world_size: int) -> List[str]:
@@ -125,7 +166,7 @@ def _per_process_batch(key: str) -> Translation:
 
 
 def _use_fp16(value: str, world_size: int) -> List[str]:
-    on = parse_bool(value, "--use_fp16")
+    on = _str2bool("use_fp16", value)  # ADM's str2bool: t, y, 1, ... as well
     return ["model.use_fp16=" + ("true" if on else "false")] + (["train.precision=fp16"] if on else [])
 
 
@@ -147,8 +188,8 @@ def _resume_checkpoint(value: str, world_size: int) -> List[str]:
     return [f"model.init_path={value}"]
 
 
-_resume_checkpoint.__doc__ = ("model.init_path: start from these weights (a run of this project resumes by "
-                              "rerunning its command)")
+_resume_checkpoint.__doc__ = ("model.init_path, and ADM's step, opt{step}.pt and ema_{rate}_{step}.pt beside it when "
+                              "present (IID training; a run of this project resumes by rerunning its command)")
 
 Target = Union[str, Translation]
 
@@ -310,6 +351,7 @@ def flags_for(kind: str) -> Dict[str, Target]:
         table: Dict[str, Target] = {**MODEL_FLAGS, **TRAIN_FLAGS}
         table.update(batch_size=_per_process_batch("train.batch_size"), use_fp16=_use_fp16,
                      lr_anneal_steps=_lr_anneal_steps, resume_checkpoint=_resume_checkpoint)
+        table.update(GUIDE_TRAIN_FLAGS, dataset=_guide_dataset)  # GUIDE's image_train.py (an ADM fork) too
         return table
     if kind == "sample":  # image_sample.py and classifier_sample.py: the classifier's architecture too
         arch = {k: v for k, v in CLASSIFIER_FLAGS.items() if k.startswith("classifier_")}
@@ -338,14 +380,17 @@ def adm_defaults(kind: str) -> List[str]:
     ``key=value`` overrides: what a run typed with ADM's flags and no ``--config`` starts from, so that
     a flag left out means what it means in guided-diffusion (``--num_channels`` left out: 128, not this
     project's 64). The values are ADM's table, ``script_util.model_and_diffusion_defaults`` (and
-    ``classifier_defaults`` for the classifier's flags); ADM's scripts' own argparse defaults
-    (``--batch_size``, ``--lr``, ...) are not in it and keep the config's."""
+    ``classifier_defaults`` for the classifier's flags), and for training ADM's TrainLoop's math (no
+    gradient clipping, a constant EMA rate); ADM's scripts' own argparse defaults (``--batch_size`` 1,
+    ``--lr_anneal_steps`` 0: forever, ...) are not in it and keep the config's (``train.total_steps``)."""
     from ..runtime.config import Config, to_dict
     from ..script_util import classifier_defaults, model_and_diffusion_defaults
 
     adm = {**model_and_diffusion_defaults(), **classifier_defaults()}
     ours = to_dict(Config())
     out = []
+    if kind == "train":  # ADM's TrainLoop: no gradient clipping, a constant EMA rate (no warm-up)
+        out += ["train.grad_clip=0", "train.ema_warmup=false"]
     for flag, key in flags_for(kind).items():
         if not isinstance(key, str) or flag not in adm:
             continue

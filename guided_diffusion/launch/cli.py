@@ -40,6 +40,12 @@ READERS = {
 }
 
 
+# The training scripts' --force: continue a run folder whose config.yaml differs (experiment.check_run_dir).
+FORCE = (("--force",), dict(action="store_true", help="continue the run folder (experiments/<name>) although its "
+                            "config.yaml differs from this command's (another method or setting); without it such "
+                            "a command is refused: choose a new name=..."))
+
+
 def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str, str]] = None,
           default_config: Optional[str] = None, adm: Optional[str] = None,
           options: Sequence[Tuple[Sequence[str], Dict]] = (),
@@ -82,6 +88,8 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                     target = name
                 elif name_u in adm_flags.NO_EQUIVALENT:
                     raise ConfigError(f"ADM's flag --{name} has no equivalent here: {adm_flags.NO_EQUIVALENT[name_u]}")
+                elif adm == "train" and name_u in adm_flags.GUIDE_REFUSED:
+                    raise ConfigError(f"GUIDE's flag --{name} is not one key here: {adm_flags.GUIDE_REFUSED[name_u]}")
                 else:
                     match = difflib.get_close_matches(name, list(table) + ["config", "dry-run"], n=1)
                     hint = f" (did you mean --{match[0]}?)" if match else ""
@@ -104,11 +112,19 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
             raise ConfigError(f"unexpected argument '{word}': overrides look like key.sub=value")
         i += 1
     args.adm_defaults = []
-    if adm in adm_flags.ADM_SCRIPTS and args.config is None and translations:  # typed as in guided-diffusion
+    # Typed as in guided-diffusion (ADM's flags, or nothing at all: the bare script), without a config.
+    if adm in adm_flags.ADM_SCRIPTS and args.config is None and (translations or not rest):
         args.adm_defaults = adm_flags.adm_defaults(adm)  # ADM's defaults under the flags
         overrides = args.adm_defaults + overrides
     _register_section_schemas()
-    tree = read_config_tree(args.config, overrides)
+    try:
+        tree = read_config_tree(args.config, overrides)
+    except ConfigError as e:  # an override's error: name the flag it came from, as the user typed it
+        text = str(e)
+        flag = next((f for f, words in translations
+                     if any(text.startswith(f"the command line: {w.split('=', 1)[0]} ") for w in words)), None)
+        raise ConfigError(f"{text} ({flag})" if flag else text) from None
+    _data_dir_selects_data(tree, translations, overrides)
     args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
     cfg = config_from_tree(tree, args.config or "defaults")
     args.overrides = overrides
@@ -117,6 +133,8 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         uses = uses(cfg, args.given_sections)
     if uses is not None:
         unused = [sec for sec in args.given_sections if sec not in uses]
+        if unused and args.config and _run_folder_config(args.config):
+            unused = []  # a run's config.yaml records every section: the ones another script reads are no news
         if unused:
             from ..dist_util import detect
 
@@ -127,6 +145,34 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                       f"they have no effect here", file=sys.stderr, flush=True)
         check_used_sections(cfg, uses, args.config or "defaults")
     return cfg, args
+
+
+def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]], overrides: List[str]) -> None:
+    """ADM's ``--data_dir D`` *is* the data set: where the config's data set reads no folder (mnist5k, the
+    default), the flag selects ``image_folder`` (ADM's rule: class from the file name, ``cat_0.png`` ->
+    'cat'), or ``npz`` for an .npz file; a data set that reads a folder (cifar10 ...) keeps it. In place."""
+    from ..data.datasets import DATASETS
+    from ..runtime.config import DataConfig
+
+    flag = next((words for name, words in translations if name.split(" ")[0].lstrip("-").replace("-", "_")
+                 == "data_dir"), None)
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    if flag is None or any(w.startswith("data.dataset=") for w in overrides):
+        return
+    dataset = data.get("dataset", DataConfig.dataset)
+    spec = DATASETS.get(dataset)
+    if spec is None or spec.needs_dir:
+        return
+    path = str(data.get("data_dir", ""))
+    kind = "npz" if path.endswith(".npz") else "image_folder"
+    tree.setdefault("data", {})["dataset"] = kind
+    flag.append(f"data.dataset={kind}")  # --dry-run shows it
+    overrides.append(f"data.dataset={kind}")
+
+
+def _run_folder_config(path: str) -> bool:
+    """``path`` is the config.yaml a run saved in its folder (beside its log.txt)."""
+    return os.path.basename(path) == "config.yaml" and os.path.isfile(os.path.join(os.path.dirname(path), "log.txt"))
 
 
 def bool_type(flag: str) -> Callable[[str], bool]:
@@ -144,19 +190,24 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
 
     if not table:
         return "Any config key: key.sub=value (e.g. train.lr=2e-4). --dry-run prints every key's value."
+    adm_values = dict(w.split("=", 1) for w in adm_flags.adm_defaults(adm)) if adm in adm_flags.ADM_SCRIPTS else {}
     lines = ["flags (each sets config keys; ADM's names where ADM has the flag):"]
     for name in sorted(table):
         target = table[name]
         doc = key_doc(target) if isinstance(target, str) else None
         if doc is not None:
             tname, default, comment = doc
-            text = f"{target} ({tname}, default {default!r})" + (f": {comment}" if comment else "")
+            applied = f"; without --config ADM's {adm_values[target]}" if target in adm_values else ""
+            text = f"{target} ({tname}, default {default!r}{applied})" + (f": {comment}" if comment else "")
         else:
             text = adm_flags.describe(target)
         lines.append(f"  --{name:<26} {text}")
     lines += ["", "Any config key: key.sub=value (e.g. train.lr=2e-4). --dry-run prints every key's value."]
     if adm:
         lines.append("ADM flags without an equivalent are refused: " + ", ".join(f"--{k}" for k in adm_flags.NO_EQUIVALENT))
+    if adm_values:
+        lines.append("Without --config (ADM's flags alone, or none), ADM's defaults apply: "
+                     + " ".join(f"{k}={v}" for k, v in adm_values.items()))
     return "\n".join(lines)
 
 

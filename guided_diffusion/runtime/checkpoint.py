@@ -104,8 +104,12 @@ def load_torch(path: str, map_location="cpu", data: Optional[bytes] = None) -> A
         data = read_bytes(path)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, pickle with code, wrong format ...
-        raise CheckpointError(f"cannot read checkpoint file {path}: {type(e).__name__}: {e}") from None
+    except Exception as e:  # truncated zip, pickle with code, wrong format (UnicodeDecodeError, ...)
+        if data[:2] != b"PK" and data[:1] != b"\x80":  # neither torch.save's zip nor its legacy pickle
+            raise CheckpointError(f"cannot read checkpoint file {path}: not a file written by torch.save "
+                                  f"({len(data)} bytes of another format)") from None
+        first = (str(e).strip().splitlines() or [""])[0][:300]  # torch's own text runs over several lines
+        raise CheckpointError(f"cannot read checkpoint file {path}: {type(e).__name__}: {first}") from None
 
 
 def load_state_dict_file(path: str, map_location="cpu") -> Dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -402,9 +403,10 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+        # ADM's and GUIDE's str2bool spellings too (t, y, f, n), so --class_cond t works as there
+        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "t", "y"):
             return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+        if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off", "f", "n"):
             return False
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
@@ -621,6 +623,10 @@ def validate(cfg: Config, where: str = "config") -> None:
     for key, value in positive.items():
         if not value > 0:
             bad(f"{key} must be > 0, got {value}")
+    try:
+        _check_counts(cfg, "")  # every section, the free ones parsed by now (_validate_sections)
+    except ConfigError as e:
+        bad(str(e))
     if cfg.data.channels not in (0, 1, 3):
         bad(f"data.channels must be 0 (dataset's own), 1 or 3, got {cfg.data.channels}")
     if not 0.0 <= cfg.model.dropout < 1.0:
@@ -652,6 +658,7 @@ def validate(cfg: Config, where: str = "config") -> None:
             [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
             bad(f"{key} must be a comma-separated list of numbers, got {text!r}")
+    _validate_class_order(cfg.continual.class_order, bad)
     if cfg.model.class_cond and cfg.model.embedding_kind == "none":
         bad("model.class_cond is true but model.embedding_kind is 'none': the model could not see the label")
     _validate_energy_guidance(cfg, bad)
@@ -688,6 +695,26 @@ def validate(cfg: Config, where: str = "config") -> None:
         if m.class_cond and m.embedding_kind != "add_time_learned":
             bad(f"model.arch 'dit' adds a learned label embedding: model.embedding_kind must be add_time_learned, "
                 f"got {m.embedding_kind!r}")
+
+
+def _validate_class_order(spec: str, bad) -> None:
+    """``continual.class_order``: fixed, seeded or a list of distinct class ids (checked against the data's
+    classes when the scenario is built)."""
+    text = str(spec).strip()
+    if text in ("fixed", "seeded"):
+        return
+    if not text.replace(",", "").strip():
+        bad("continual.class_order is empty: give fixed (0..C-1), seeded, or the classes in order, e.g. 0,1,2,...,9")
+    try:
+        order = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        bad(f"continual.class_order must be fixed, seeded or a list of class ids, got {spec!r}"
+            f"{_closest(text, ('fixed', 'seeded'))}")
+    twice = sorted({c for c in order if order.count(c) > 1})
+    if twice:
+        bad(f"continual.class_order lists class {', '.join(map(str, twice))} more than once: each class comes in one task")
+    if min(order) < 0:
+        bad(f"continual.class_order holds a negative class id ({min(order)})")
 
 
 def _validate_vae(cfg: Config, bad) -> None:
@@ -816,8 +843,35 @@ def parse_bool(value: Any, where: str) -> bool:
     return _coerce(value, bool, where)
 
 
+# The use_ddim keys whose rule follows their respacing when unset (resolve_samplers).
+_USE_DDIM_KEYS = (("sample", "use_ddim"), ("continual", "eval_use_ddim"), ("solver", "use_ddim"),
+                  ("evaluation", "use_ddim"), ("method", "use_ddim"))
+# A resolved Config's use_ddim keys that the user left unset (dump_config keeps them so), by the Config's id:
+# kept outside the instance, whose __dict__ stays its fields (``Config(**cfg.__dict__)`` works); a copy
+# has none, and dumps the resolved values as before.
+_UNSET_BY_ID: Dict[int, Tuple[str, ...]] = {}
+
+
+def _unset_of(cfg: "Config") -> Tuple[str, ...]:
+    return _UNSET_BY_ID.get(id(cfg), ())
+
+
+def _remember_unset(cfg: "Config", paths: Tuple[str, ...]) -> None:
+    import weakref
+
+    if id(cfg) not in _UNSET_BY_ID:
+        weakref.finalize(cfg, _UNSET_BY_ID.pop, id(cfg), None)
+    _UNSET_BY_ID[id(cfg)] = paths
+
+
 def resolve_samplers(cfg: Config) -> None:
-    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place)."""
+    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place). The keys left unset are
+    remembered, so that ``dump_config`` (a run's config.yaml) writes them unset: ADM's rule then holds
+    again when the saved config is given a new respacing (``image_sample.py --timestep_respacing 25``)."""
+    unset = [f"{sec}.{key}" for sec, key in _USE_DDIM_KEYS
+             if not isinstance(getattr(cfg, sec), dict) and hasattr(getattr(cfg, sec), key)
+             and getattr(getattr(cfg, sec), key) is None]
+    _remember_unset(cfg, tuple(unset) + _unset_of(cfg))
     cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
     cfg.continual.eval_use_ddim = resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
     cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
@@ -874,11 +928,19 @@ def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
 
 def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None) -> Dict[str, Any]:
     """The raw settings of a config: ``path`` (YAML, with its ``base`` files) and ``overrides``
-    (``key.sub=value``) applied on top; nothing validated beyond each file's own keys."""
+    (``key.sub=value``) applied on top; nothing validated beyond each file's own keys and the
+    overrides' own keys, types and counts (an error there is the command line's, not the file's)."""
     tree: Dict[str, Any] = read_tree(path) if path else {}
+    given: Dict[str, Any] = {}
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_path(tree, keys, value)
+        _set_path(given, keys, value)
+    if given:
+        try:
+            _check_given(given, tree)
+        except ConfigError as e:
+            raise ConfigError(f"the command line: {e}") from None
     return tree
 
 
@@ -888,6 +950,59 @@ def import_section_owners() -> None:
 
     for module in SECTION_OWNERS.values():
         importlib.import_module(module)
+
+
+def _check_given(given: Dict[str, Any], tree: Dict[str, Any]) -> None:
+    """The overrides alone: known keys, right types, counts >= 0 (free sections against the schema
+    that the merged ``tree`` selects; a section without a known schema is left to the full check)."""
+    free = _free_sections()
+    cfg = from_dict(Config, {k: v for k, v in given.items() if k not in free})
+    _check_counts(cfg, "")
+    if "class_order" in (given.get("continual") or {}):
+
+        def bad(msg: str) -> None:
+            raise ConfigError(msg)
+
+        _validate_class_order(cfg.continual.class_order, bad)
+    for section in free:
+        part = given.get(section)
+        if not isinstance(part, dict):
+            continue
+        if section in _SECTION_SCHEMAS:
+            merged = tree.get(section)
+            schema = _SECTION_SCHEMAS[section].get(merged.get(_SELECTOR)) if isinstance(merged, dict) else None
+        else:
+            schema = _SECTION_DEFAULT.get(section)
+        if schema is not None:
+            _check_counts(from_dict(schema, {k: v for k, v in part.items() if k != _SELECTOR}, section), section + ".")
+
+
+# Counts: one rule for every int key named as a count of steps, samples, images, batches or tasks
+# (and the sizes and intervals): >= 0, with -1 accepted only where -1 is the key's default ("unset").
+# Keys that must be > 0 are checked besides (``validate``).
+_COUNT_NAME = re.compile(r"(steps|samples|batch|_size|iterations|interval|epochs|tasks|per_task|per_class|"
+                         r"keep_checkpoints|sample_at_end)$")
+_POSITIVE_COUNTS = ("data.image_size", "diffusion.diffusion_steps", "train.batch_size", "train.total_steps",
+                    "sample.batch_size")
+
+
+def _check_counts(obj: Any, prefix: str) -> None:
+    """Raise ConfigError for the first count of dataclass ``obj`` (sections recursively) below 0."""
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_counts(value, f"{prefix}{f.name}.")
+            continue
+        if not (isinstance(value, int) and not isinstance(value, bool) and _COUNT_NAME.search(f.name)):
+            continue
+        if f"{prefix}{f.name}" in _POSITIVE_COUNTS and value <= 0:
+            raise ConfigError(f"{prefix}{f.name} must be > 0, got {value}")
+        if value < 0 and not (value == -1 and f.default == -1):
+            unset = " (or -1: unset)" if f.default == -1 else ""
+            raise ConfigError(f"{prefix}{f.name} must be >= 0{unset}, got {value}: a count of steps, samples "
+                              "or a batch is never negative")
 
 
 def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
@@ -911,7 +1026,23 @@ def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> C
 
 
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML: every key's value, but a derived ``use_ddim`` the user left unset stays unset."""
+    tree = to_dict(cfg)
+    respacing = {"sample": "timestep_respacing", "continual": "eval_respacing", "solver": "respacing",
+                 "evaluation": "respacing", "method": "timestep_respacing"}
+    for path in _unset_of(cfg):
+        sec, key = path.split(".")
+        part = tree.get(sec)
+        if not isinstance(part, dict) or key not in part:
+            continue
+        try:  # still what the rule gives (a script may have set it since, e.g. image_sample's --sampler)
+            rule = (resolve_evaluation_use_ddim(None, part.get("respacing", ""), cfg) if sec == "evaluation"
+                    else resolve_use_ddim(None, part.get(respacing[sec], "")))
+        except ConfigError:
+            continue
+        if part[key] == rule:
+            part[key] = None
+    return yaml.safe_dump(tree, sort_keys=False)
 
 
 def parse_list(text: str, typ=int) -> tuple:

@@ -13,6 +13,7 @@ any model; see ``classifier_free`` and ``mcmc``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -181,6 +182,8 @@ def sample_set(
     gather: bool = True,
     compose: Optional[Sequence[int]] = None,
     compose_weights: Optional[Sequence[float]] = None,
+    log: Optional[Callable[[str], None]] = None,
+    desc: str = "sampling",
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Draw ``num_samples`` images as ``spec`` says; returns (uint8 NHWC, int64 labels), complete on
     every rank.
@@ -192,6 +195,8 @@ def sample_set(
     ``compose``: every sample from the product of the conditionals of these labels, weighted by
     ``compose_weights`` (``classifier_free.composed_model``); the returned labels are then ``compose[0]``.
     ``spec.mcmc``: MCMC corrections during sampling; its ``stats`` accumulate over the batches.
+    ``log``: a stage of a run (a grid, an evaluation): a bar named ``desc`` (tqdm, on a terminal only,
+    ``logger.progress_bar``) and, either way, one line at the end: ``desc: N images (sampler) in S s``.
     """
     class_cond, guidance_scale, null_class = spec.class_cond, spec.guidance_scale, spec.null_class
     image_shape = tuple(spec.image_shape)
@@ -206,7 +211,10 @@ def sample_set(
     n_batches = (num_samples + batch_size - 1) // batch_size
     mine = list(range(rank, n_batches, world))
     out = {}
-    bar = progress(total=len(mine), desc="sampling") if callable(progress) else None
+    if progress is None and log is not None:
+        from ..logger import progress_bar as progress
+    bar = progress(total=len(mine), desc=desc) if callable(progress) else None
+    start = time.time()
     for b in mine:
         n = min(batch_size, num_samples - b * batch_size)
         gen = torch.Generator().manual_seed(step_seed(seed, b, 7))
@@ -231,6 +239,10 @@ def sample_set(
             bar.update(1)
     if bar is not None:
         bar.close()
+    if log is not None:
+        steps = getattr(spec.diffusion, "num_timesteps", None)
+        sampler = "decoder" if steps is None else f"{steps} {'DDIM' if spec.use_ddim else 'ancestral'} steps"
+        log(f"{desc}: {num_samples} images ({sampler}) in {time.time() - start:.1f} s")
     if gather and world > 1:
         merged = {}
         for part in dist_util.all_gather_object(out):
