@@ -106,15 +106,6 @@ def check_inputs(cfg: Config) -> None:
                               f"(or guided-diffusion-cl[log]), or unset {key}")
 
 
-def check_scenario(cfg: Config) -> None:
-    """``--dry-run``'s check of a continual run's scenario against the data set's classes (the run itself
-    builds it from the training split, before its config is written): reads the data's test split."""
-    from .continual.scenario import FROM_DATA, build_scenario
-
-    if cfg.continual.scenario != FROM_DATA:  # the data's own tasks need the training split
-        build_scenario(cfg.continual, dataset_info(cfg).num_classes)
-
-
 # Keys a rerun may change without starting another run: where and how it runs and logs, and what only
 # other scripts read (sampling, the classifiers); anything else changes what the run computes.
 _RERUN_FREE = ("out_dir", "device", "dist.", "train.num_threads", "train.log_interval", "train.save_interval",
@@ -198,13 +189,13 @@ def make_logger(cfg: Config, run_dir: str) -> Logger:
     """CSV/JSONL/log.txt always; wandb and tensorboard when the config asks (imported lazily)."""
     wandb = None
     if cfg.train.wandb:  # one W&B run for the run folder, its tasks' loggers included (logger._WandbSink)
-        from .logger import _stable_run_id
+        from .logger import stable_run_id
 
         root = run_dir_of(cfg)
         wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)}
         if dist_util.is_main() and "://" not in root:  # rank 0 alone logs (and owns wandb_id.txt)
             os.makedirs(root, exist_ok=True)
-            wandb.update(dir=root, id=_stable_run_id(root), resume="allow")
+            wandb.update(dir=root, id=stable_run_id(root), resume="allow")
     return Logger(run_dir, rank=dist_util.get_rank(), wandb=wandb, tensorboard=cfg.train.tensorboard)
 
 

@@ -236,7 +236,7 @@ class _TensorBoardSink:
 WANDB_ID_FILE = "wandb_id.txt"
 
 
-def _stable_run_id(dir: str) -> str:
+def stable_run_id(dir: str) -> str:
     """The W&B run id of this run folder: read from ``wandb_id.txt``, or made and written there once."""
     path = os.path.join(dir, WANDB_ID_FILE)
     if os.path.isfile(path):
@@ -277,7 +277,7 @@ class _WandbSink:
             kwargs.update(spec)
         kwargs.setdefault("dir", dir)  # mode comes from WANDB_MODE unless given here
         if "id" not in kwargs:  # one W&B run per run folder: a restarted (preempted) run continues it
-            kwargs["id"] = _stable_run_id(dir)
+            kwargs["id"] = stable_run_id(dir)
             kwargs.setdefault("resume", "allow")
         self.wandb = wandb
         self.id = kwargs.get("id")

@@ -20,6 +20,7 @@ skipped, the unfinished one continues from its latest checkpoint.
 
 from guided_diffusion import experiment
 from guided_diffusion.continual.loop import USES, is_continual, train_continual
+from guided_diffusion.continual.scenario import check_scenario
 from guided_diffusion.launch import cli
 from guided_diffusion.runtime.config import ConfigError
 
@@ -32,7 +33,7 @@ def main() -> int:
     experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
     experiment.check_run_dir(cfg, force=args.force)
     if args.dry_run:
-        experiment.check_scenario(cfg)  # what the run checks next, before its config is written
+        check_scenario(cfg)  # what the run checks next, before its config is written
     if cli.maybe_dry_run(cfg, args):
         return 0
     with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind

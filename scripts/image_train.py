@@ -29,6 +29,7 @@ import os
 
 from guided_diffusion import dist_util, experiment
 from guided_diffusion.continual.loop import USES, is_continual, train_continual
+from guided_diffusion.continual.scenario import check_scenario
 from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.image_util import save_grid
 from guided_diffusion.launch import cli
@@ -46,7 +47,7 @@ def main() -> int:
     experiment.check_inputs(cfg)  # --dry-run runs the run's checks too
     experiment.check_run_dir(cfg, force=args.force)
     if args.dry_run and is_continual(cfg, args.given_sections):
-        experiment.check_scenario(cfg)  # what the run checks next, before its config is written
+        check_scenario(cfg)  # what the run checks next, before its config is written
     if cli.maybe_dry_run(cfg, args):
         return 0
     with experiment.fresh_run_dir(cfg):  # a failed start leaves no run folder behind

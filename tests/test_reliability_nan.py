@@ -60,14 +60,15 @@ def test_nan_in_a_continual_run_stops_or_skips_by_config(gd_reference, tmp_path)
     shutil.rmtree(os.path.join(run, "task_2"))
     before = snapshot(run)
     script, *args = CASE.args(out_dir)
-    code, _, err = run_script(os.path.basename(script), *args, "train.lr=1e30")
+    # a changed learning rate in a finished run's folder is deliberate here: --force (else refused, by name)
+    code, _, err = run_script(os.path.basename(script), *args, "train.lr=1e30", "--force")
     line = one_error(code, err, "non-finite loss", "at task 2, step 1 (terms: loss=", "; stopping (set "
                      "train.nan_policy=skip to skip such steps). Checkpoints already written are intact.")
     assert "data_loss" in line.split(" at task 2")[0]  # every non-finite term is named
     after = snapshot(run)
     assert without_task_2(after) == without_task_2(before)
     assert ckpt.latest_checkpoint(os.path.join(run, "task_2")) is None  # nothing of the bad task saved as done
-    code, out, err = run_script(os.path.basename(script), *args, "train.lr=1e30", "train.nan_policy=skip")
+    code, out, err = run_script(os.path.basename(script), *args, "train.lr=1e30", "train.nan_policy=skip", "--force")
     assert code == 0, err[-3000:]
     skipped = [ln for ln in out.splitlines() if "step skipped (train.nan_policy=skip)" in ln]
     assert len(skipped) == 3 and skipped[0].startswith("non-finite loss"), out[-3000:]

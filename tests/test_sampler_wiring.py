@@ -236,6 +236,7 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
         assert "x̂0" not in str(e.value)
 
 
+@pytest.mark.slow  # ~20-45 s on 2 cores: run with -m slow (the default suite stays under 10 minutes)
 def test_sampler_steps_script_rows_resume_and_table(tmp_path, tiny_eval_classifier):
     """scripts/sampler_steps.py: one row per (spec, seed), a rerun with one more seed adds only its
     rows, and the table holds mean ± sd per cell."""

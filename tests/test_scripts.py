@@ -55,6 +55,7 @@ def test_dry_run_prints_resolved_config():
 # Bad input (one clear line, exit 2): tests/test_reliability_inputs.py
 
 
+@pytest.mark.slow  # ~20-45 s on 2 cores: run with -m slow (the default suite stays under 10 minutes)
 @pytest.mark.skipif(not HAVE_MPI, reason="mpiexec not installed (pip install -e .[mpi])")
 def test_mpiexec_train_killed_and_resumed_equals_uninterrupted(tmp_path):
     args = ["scripts/image_train.py", "--config", "yaml/mnist/iid.yaml", *TINY, "train.total_steps=40",
@@ -93,6 +94,7 @@ def test_torchrun_and_mpiexec_train_the_same_model(tmp_path):
     assert os.path.exists(f"{tmp_path}/tr/mnist_iid/samples.png")
 
 
+@pytest.mark.slow  # ~20-45 s on 2 cores: run with -m slow (the default suite stays under 10 minutes)
 @pytest.mark.skipif(not HAVE_MPI, reason="mpiexec not installed")
 def test_image_sample_npz_same_for_any_world_size(tmp_path):
     run(["scripts/image_train.py", "--config", "yaml/mnist/iid.yaml", *TINY, "train.total_steps=2",

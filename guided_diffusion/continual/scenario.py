@@ -141,3 +141,12 @@ def select(y, classes: Sequence[int]) -> np.ndarray:
     """Indices of the samples whose label is in ``classes``."""
     y = np.asarray(y)
     return np.nonzero(np.isin(y, np.asarray(list(classes))))[0]
+
+
+def check_scenario(cfg) -> None:
+    """``--dry-run``'s check of a continual run's scenario against the data set's classes (the run itself
+    builds it from the training split, before its config is written): reads the data's test split."""
+    from ..experiment import dataset_info
+
+    if cfg.continual.scenario != FROM_DATA:  # the data's own tasks need the training split
+        build_scenario(cfg.continual, dataset_info(cfg).num_classes)
