@@ -102,6 +102,7 @@ def test_plan_covers_every_point_of_the_trace(gd_reference):
 # ---------------------------------------------------------------------------------------------- killed runs
 
 
+@pytest.mark.slow  # a multi-process or twice-killed run (10-20 s): -m slow; the default suite stays under 10 minutes
 def test_killed_twice_then_rerun_is_bit_identical(gd_reference):
     """Killed at the 3rd replay generation (task 1, step 2), then the rerun killed between the files
     of its 2nd checkpoint and its manifest; the third run finishes equal to the uninterrupted one."""

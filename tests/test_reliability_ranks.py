@@ -124,6 +124,7 @@ def _hung_rank_run(tmp_path, launcher, rerun):
         assert ckpt.latest_checkpoint(run_dir) == 4
 
 
+@pytest.mark.slow  # a multi-process or twice-killed run (10-20 s): -m slow; the default suite stays under 10 minutes
 @needs_mpi
 def test_hung_rank_ends_an_mpiexec_run_with_a_clear_error(tmp_path):
     _hung_rank_run(tmp_path, MPIEXEC, rerun=False)

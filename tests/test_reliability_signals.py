@@ -32,6 +32,7 @@ def _preempted_line(p):
     return lines[0]
 
 
+@pytest.mark.slow  # a multi-process or twice-killed run (10-20 s): -m slow; the default suite stays under 10 minutes
 def test_continual_run_preempted_twice_resumes_identically(tmp_path_factory):
     """SIGTERM after task 1's 3rd step: a checkpoint at step 3 (not a save step) and exit 0. The
     rerun gets SIGUSR1 as task 1 ends: task 1 is kept, the run stops before task 2, exit 0. The third

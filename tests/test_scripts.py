@@ -82,6 +82,7 @@ def test_mpiexec_train_killed_and_resumed_equals_uninterrupted(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.slow  # a multi-process or twice-killed run (10-20 s): -m slow; the default suite stays under 10 minutes
 @pytest.mark.skipif(not HAVE_MPI, reason="mpiexec not installed")
 def test_torchrun_and_mpiexec_train_the_same_model(tmp_path):
     args = ["scripts/image_train.py", "--config", "yaml/mnist/iid.yaml", *TINY, "train.total_steps=4",
@@ -128,6 +129,7 @@ def test_classifier_train_runs_and_logs_accuracy(tmp_path):
     assert rows and "val_acc_t0" in rows[-1] and 0.0 <= float(rows[-1]["val_acc_t0"]) <= 1.0
 
 
+@pytest.mark.slow  # a multi-process or twice-killed run (10-20 s): -m slow; the default suite stays under 10 minutes
 @pytest.mark.skipif(not HAVE_MPI, reason="mpiexec not installed")
 def test_continual_two_processes(tmp_path, tiny_eval_classifier):
     run(["scripts/image_train.py", "--config", "yaml/mnist/generative_distillation.yaml", *TINY,  # GUIDE: one script
