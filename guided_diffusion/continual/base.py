@@ -230,19 +230,19 @@ class ObjectiveWrapper:
 
 
 class PenaltyObjective(ObjectiveWrapper):
-    """``base``'s loss plus ``penalty()`` (already times its strength), logged as the term ``term``."""
+    """``base``'s loss plus ``scale`` x ``penalty()``, the penalty logged (unscaled) as the term ``term``."""
 
-    def __init__(self, base, penalty: Callable[[], torch.Tensor], term: str):
+    def __init__(self, base, penalty: Callable[[], torch.Tensor], term: str, scale: float = 1.0):
         super().__init__(base)
-        self.penalty, self.term = penalty, term
+        self.penalty, self.term, self.scale = penalty, term, scale
 
     def __call__(self, model, x, y, ctx):
         loss, terms = self.base(model, x, y, ctx)
         penalty = self.penalty()
         terms = dict(terms)
-        terms.setdefault("data_loss", loss.detach())
         terms[self.term] = penalty.detach()
-        loss = loss + penalty
+        terms.setdefault("data_loss", loss.detach())  # composed: the data term of the objective inside
+        loss = loss + self.scale * penalty
         terms["loss"] = loss.detach()
         return loss, terms
 

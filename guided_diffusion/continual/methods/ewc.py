@@ -23,7 +23,7 @@ import torch
 from ... import dist_util
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
-from ..base import ContinualMethod, ObjectiveWrapper, register_method, state_floats_M
+from ..base import ContinualMethod, PenaltyObjective, register_method, state_floats_M
 
 MODES = ("separate", "online", "last")
 
@@ -52,24 +52,6 @@ def per_sample_fisher(model, diffusion, x, y, class_cond: bool, seed: int, devic
             torch.distributed.all_reduce(f)
         torch.distributed.all_reduce(n)
     return [f / n.item() for f in fisher]
-
-
-class EWCObjective(ObjectiveWrapper):
-    """The diffusion loss plus the EWC penalty of the stored tasks."""
-
-    def __init__(self, base, method):
-        super().__init__(base)
-        self.method = method
-
-    def __call__(self, model, x, y, ctx):
-        loss, terms = self.base(model, x, y, ctx)
-        penalty = self.method.penalty()
-        terms = dict(terms)
-        terms["ewc_penalty"] = penalty.detach()
-        terms.setdefault("data_loss", loss.detach())  # composed: the data term of the objective inside
-        loss = loss + self.method.mcfg.lambd * penalty
-        terms["loss"] = loss.detach()
-        return loss, terms
 
 
 @register_method("ewc")
@@ -105,7 +87,7 @@ class EWC(ContinualMethod):
         return total
 
     def objective(self, task, base):
-        return EWCObjective(base, self) if self.anchors else base
+        return PenaltyObjective(base, self.penalty, "ewc_penalty", self.mcfg.lambd) if self.anchors else base
 
     def after_task(self, task):
         m = self.mcfg
