@@ -686,6 +686,12 @@ class UNetModel(nn.Module):
         self.text_dim = text_dim
         if text_dim is not None:  # GLIDE's text conditioning: the pooled state joins the embedding
             self.text_proj = linear(text_dim, time_embed_dim)
+            # At a label embedding's scale: a unit-norm pooled state (as PromptConditioned and the text
+            # encoders give) maps to N(0, 1) per channel, as nn.Embedding's rows start. Torch's default
+            # (U(+-1/sqrt(D))) starts it ~30x weaker, so Adam's lr-sized steps rewrite it quickly; in a
+            # continual run the classes of old tasks drift (experiments/results/text_check).
+            nn.init.normal_(self.text_proj.weight, std=1.0)
+            nn.init.zeros_(self.text_proj.bias)
 
         ch, input_block_chans, ds = _build_encoder(
             self, in_channels, model_channels, num_res_blocks, attention_resolutions, dropout, channel_mult,

@@ -75,6 +75,23 @@ def test_the_unet_state_dict_is_adms_without_text_and_text_conditions_it():
         texted(x, t)
 
 
+def test_a_unit_prompt_starts_at_a_label_embeddings_scale():
+    """The pooled state's projection starts as nn.Embedding's rows do (N(0, 1) per channel for a unit-norm
+    prompt, no bias), not ~30x weaker as torch's default Linear init: measured over many random prompts."""
+    kw = dict(image_size=16, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="8",
+              num_head_channels=16, in_channels=1, norm_groups=8)
+    torch.manual_seed(0)
+    texted = create_model(**kw, text_dim=384)
+    labelled = create_model(**kw, class_cond=True, num_classes=10)
+    prompts = torch.nn.functional.normalize(torch.randn(256, 384), dim=-1)
+    with torch.no_grad():
+        text_emb = texted.text_proj(prompts)
+    assert torch.count_nonzero(texted.text_proj.bias) == 0
+    label_std = labelled.label_emb.weight.std().item()
+    assert abs(text_emb.std().item() - 1.0) < 0.05 and abs(label_std - 1.0) < 0.05
+    assert abs(text_emb.mean().item()) < 0.05
+
+
 def test_prompt_conditioned_gives_each_label_its_row():
     seen = []
 
