@@ -358,6 +358,21 @@ def test_without_a_config_adms_defaults_apply_in_full():
     assert cfg.train.grad_clip == 1.0  # a config keeps its own
 
 
+def test_without_a_config_the_defaults_adms_script_lacks_are_named(capsys):
+    """ADM's image_train trains until stopped and needs --data_dir: a run without --config says what it does
+    instead, in one line, and names neither once the user set them."""
+    from guided_diffusion.launch import cli
+
+    cli.parse("doc", ["--num_channels", "32"], adm="train")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: without --config, ADM's defaults apply except ")
+    assert "train.total_steps=1000 (ADM's trains until stopped" in err and "data.dataset=mnist5k" in err
+    cli.parse("doc", ["--num_channels", "32", "--lr_anneal_steps", "5", "data.dataset=digits8"], adm="train")
+    assert capsys.readouterr().err == ""
+    cli.parse("doc", ["--config", os.path.join(ROOT, "yaml/mnist/iid.yaml")], adm="train")
+    assert capsys.readouterr().err == ""
+
+
 def test_help_shows_the_adm_default_that_applies():
     code, out, _ = run_script("image_train.py", "--help")
     assert code == 0

@@ -116,6 +116,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
     if adm in adm_flags.ADM_SCRIPTS and args.config is None and (translations or not rest):
         args.adm_defaults = adm_flags.adm_defaults(adm)  # ADM's defaults under the flags
         overrides = args.adm_defaults + overrides
+        _say_where_adms_script_differs(adm, overrides)
     _register_section_schemas()
     try:
         tree = read_config_tree(args.config, overrides)
@@ -145,6 +146,26 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                       f"they have no effect here", file=sys.stderr, flush=True)
         check_used_sections(cfg, uses, args.config or "defaults")
     return cfg, args
+
+
+def _say_where_adms_script_differs(adm: str, overrides: List[str]) -> None:
+    """One line (rank 0, stderr) naming the defaults of ADM's image_train script that a run without
+    --config cannot take, and what it does instead: ADM trains until stopped and needs --data_dir."""
+    if adm != "train":
+        return
+    from ..dist_util import detect
+    from ..runtime.config import DataConfig, TrainConfig
+
+    keys = {w.split("=", 1)[0] for w in overrides}
+    notes = []
+    if "train.total_steps" not in keys:
+        notes.append(f"train.total_steps={TrainConfig.total_steps} (ADM's trains until stopped: "
+                     f"--lr_anneal_steps N or train.total_steps=N)")
+    if not keys & {"data.dataset", "data.data_dir"}:
+        notes.append(f"data.dataset={DataConfig.dataset} (ADM's needs --data_dir DIR)")
+    if notes and detect().rank == 0:
+        print("note: without --config, ADM's defaults apply except " + "; ".join(notes), file=sys.stderr,
+              flush=True)
 
 
 def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]], overrides: List[str]) -> None:
