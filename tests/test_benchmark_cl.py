@@ -320,6 +320,45 @@ def test_runs_start_when_what_they_need_is_done(tmp_path, monkeypatch):
     assert not any(s.seed == 0 and s.needs == "fail_me" and (s.label, 0) in started for s in specs)
 
 
+def test_rows_that_share_task0_start_once_it_is_done(tmp_path, monkeypatch):
+    """A row sharing task 0 starts when the first run has finished that task (not the whole run); a solver
+    still waits for the whole diffusion run it reads."""
+    import threading
+    import time
+
+    with open(SUITE) as f:
+        methods = {k: v for k, v in yaml.safe_load(f)["methods"].items() if not bsuite.row_settings(v)}
+    suite = bsuite.load_suite(_suite(tmp_path, seeds=[0], learning_curve={}, methods=methods))
+    specs = bplan.plan_runs(suite)
+    first = specs[0]
+    lock, events = threading.Lock(), []
+
+    def fake_call(cmd, cwd, stdout, stderr):
+        cfg = cmd[cmd.index("--config") + 1]
+        spec = next(s for s in specs if s.config_path == cfg and s.overrides == cmd[cmd.index(cfg) + 1:-1])
+        with lock:
+            events.append(("start", spec.label))
+        if spec is first:  # its task 0 is done at once, the later tasks take a while
+            os.makedirs(os.path.join(spec.run_dir, "task_0"), exist_ok=True)
+            with open(os.path.join(spec.run_dir, "task_0", "task_done.json"), "w") as f:
+                f.write("{}")
+            time.sleep(0.5)
+        else:
+            time.sleep(0.01)
+        with lock:
+            events.append(("end", spec.label))
+        return 0
+
+    monkeypatch.setattr(brun.subprocess, "call", fake_call)
+    brun.run_suite(suite, specs, log=lambda m: None, jobs=2, threads=2, poll=0.02)
+    pos = {e: i for i, e in enumerate(events)}
+    sharing = [s for s in specs if s.kind == "continual" and s.needs == first.label]
+    assert sharing and pos[("start", sharing[0].label)] < pos[("end", first.label)]
+    for s in specs:
+        if s.kind == "solver":
+            assert pos[("end", s.needs)] < pos[("start", s.label)]
+
+
 def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
     """A finished run's report files go to the archive (no checkpoints); on a machine without the run
     folders the archived runs count as finished, task 0 comes from the first run that can give it, and

@@ -35,11 +35,12 @@ class SuiteRunError(RuntimeError):
 
 
 def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), log: Callable[[str], None] = print,
-              only: Optional[Sequence[str]] = None, jobs: int = 1, threads: int = 0) -> float:
+              only: Optional[Sequence[str]] = None, jobs: int = 1, threads: int = 0, poll: float = 10.0) -> float:
     """Run every spec (each resumes where it stopped); returns the wall seconds of this call.
 
-    A run starts once the run it ``needs`` has finished (the run that trains task 0 for the others;
-    the diffusion run a solver reads), up to ``jobs`` at once, in plan order. Each process gets
+    A run starts once what it ``needs`` is there: a row that shares task 0 once the run that trains
+    it has finished that task (``poll``: seconds between looks), a solver once the diffusion run it
+    reads has finished; up to ``jobs`` at once, in plan order. Each process gets
     ``threads`` (default: the CPU count) divided by the number of runs that can go at that moment,
     so a run alone gets every core. A failed run stops the suite (``SuiteRunError``; rerun to resume):
     runs already started finish, no other starts. ``only``: these labels, and every run one of them
@@ -106,9 +107,15 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
     done = {(s.label, s.seed) for s in specs if s not in pending}  # runs left out are taken as finished
     running: Dict[Any, RunSpec] = {}
     pool = ThreadPoolExecutor(jobs)
+    def ready_now(s: RunSpec) -> bool:  # a row sharing task 0 goes once that task is done, a solver at the end
+        if s.needs is None or (s.needs, s.seed) in done:
+            return True
+        need = by_key.get((s.needs, s.seed))
+        return s.kind == "continual" and need is not None and archive.holds_task0(need.run_dir)
+
     try:
         while pending or running:
-            ready = [s for s in pending if s.needs is None or (s.needs, s.seed) in done]
+            ready = [s for s in pending if ready_now(s)]
             while ready and len(running) < jobs:
                 spec = ready.pop(0)
                 pending.remove(spec)
@@ -118,7 +125,9 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
             if not running:  # what is left waits for a run that is neither pending nor done
                 raise SuiteRunError("runs wait for runs that are not in the suite: "
                                     + ", ".join(f"{s.label} needs {s.needs}" for s in pending))
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            # while a row waits for another's task 0, look again every few seconds
+            waits_task0 = any(s.kind == "continual" and s.needs for s in pending)
+            finished, _ = wait(list(running), timeout=poll if waits_task0 else None, return_when=FIRST_COMPLETED)
             for fut in finished:
                 spec = running.pop(fut)
                 fut.result()
