@@ -13,7 +13,6 @@ that hold only for the programs that read a section are ``register_section_check
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import typing
@@ -22,11 +21,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from . import sections
 from .precision import MEMORY_FORMATS, PRECISIONS
-
-
-class ConfigError(ValueError):
-    """A configuration problem, with a message meant for the user as-is."""
+from .sections import (  # noqa: F401  (the registry's functions, re-exported)
+    SECTION_OWNERS, check_used_sections, import_section_owners, register_section_check, register_section_list,
+    register_section_schema,
+)
+from .typed import ConfigError, closest, from_dict, parse_bool, parse_list, to_dict  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,82 +300,14 @@ class Config:
     dkdm: Dict[str, Any] = field(default_factory=dict)
 
 
-# The free-form sections' schemas. A section registered with names is selected by its key
-# ``_SELECTOR``: section -> {name: dataclass}; a section registered without has one: section -> dataclass.
-_SELECTOR = "name"
-_SECTION_SCHEMAS: Dict[str, Dict[str, type]] = {}
-_SECTION_DEFAULT: Dict[str, type] = {}
-# The module that owns each free-form section (it registers the schemas on import): config as data handed
-# to the code that reads it. ``config_from_tree`` imports them, so ``load_config`` works on its own.
-SECTION_OWNERS = {
-    "method": "guided_diffusion.continual.methods",
-    "dkdm": "guided_diffusion.dkdm.config",
-    "evaluation": "guided_diffusion.evaluation.settings",
-}
-# Checks across keys that the module owning a section registers: (section, name) -> check(section, cfg).
-_SECTION_CHECKS: Dict[Tuple[str, Optional[str]], Any] = {}
-
-
-def register_section_schema(section: str, name: Optional[str], schema: type, check=None) -> None:
-    """Register the dataclass that validates the free-form ``section`` of ``Config``: with a ``name``,
-    the section is selected by its ``name`` key and ``schema`` is the one for ``section.name == name``
-    (``method``: one per continual method); with ``name`` None, ``schema`` is the section's only one.
-    Optionally ``check(parsed_section, cfg)``: the owning module's checks across keys, run when a
-    config is loaded, before any work (raise ConfigError)."""
-    if name is None:
-        _SECTION_DEFAULT[section] = schema
-    else:
-        _SECTION_SCHEMAS.setdefault(section, {})[name] = schema
-    if check is not None:
-        _SECTION_CHECKS[(section, name)] = check
-
-
-# Checks that hold only where a section is read: section -> [check(section, cfg)].
-_USED_SECTION_CHECKS: Dict[str, List[Any]] = {}
-
-
-# Sections that may hold a list of entries, each selected by its name: section -> check(entries, cfg).
-_SECTION_LISTS: Dict[str, Any] = {}
-
-
-def register_section_list(section: str, check) -> None:
-    """Let the ``section`` registered with names hold a list (``method: [ewc, buffer_replay]``): each
-    entry, a name or a mapping with a ``name``, is validated against its own schema and checked as a
-    section of its own; then ``check(entries, cfg)``, the owner's rule of which entries go together
-    (raise ConfigError). A one-entry list is that entry; a plain name is ``{name: <it>}``."""
-    _SECTION_LISTS[section] = check
-
-
-def register_section_check(section: str, check) -> None:
-    """Register ``check(cfg.<section>, cfg)`` (raise ConfigError): checks of ``section`` that hold only
-    for a program that reads it, because the section's defaults are not valid on their own (DKDM
-    needs a teacher). They run when such a program loads its config, before any work: ``launch.cli.parse``
-    runs them for the sections of its ``uses`` (``check_used_sections``). The checks that hold for
-    every config are ``register_section_schema``'s ``check``."""
-    checks = _USED_SECTION_CHECKS.setdefault(section, [])
-    if check not in checks:
-        checks.append(check)
-
-
-def check_used_sections(cfg: "Config", sections, where: str) -> None:
-    """Run the checks registered by ``register_section_check`` for ``sections`` (the ones a program
-    reads); ConfigError naming ``where``."""
-    for section in sections:
-        for check in _USED_SECTION_CHECKS.get(section, ()):
-            try:
-                check(getattr(cfg, section), cfg)
-            except ConfigError as e:
-                raise ConfigError(f"{where}: {e}") from None
-
-
 def _run_section_checks(cfg: "Config", where: str) -> None:
     try:
-        for (section, name), check in _SECTION_CHECKS.items():
+        for (section, name), check in sections.CHECKS.items():
             value = getattr(cfg, section)
             for entry in value if isinstance(value, list) else [value]:
-                if name is None or getattr(entry, _SELECTOR, None) == name:
+                if name is None or getattr(entry, sections.SELECTOR, None) == name:
                     check(entry, cfg)
-        for section, check in _SECTION_LISTS.items():
+        for section, check in sections.LISTS.items():
             if isinstance(getattr(cfg, section), list):
                 check(getattr(cfg, section), cfg)
     except ConfigError as e:
@@ -383,111 +316,6 @@ def _run_section_checks(cfg: "Config", where: str) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Parsing and validation
-
-
-def _closest(key: str, options) -> str:
-    match = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _coerce(value: Any, typ: Any, where: str) -> Any:
-    """Convert a YAML or command-line value to ``typ``, or raise ConfigError naming ``where``."""
-    origin = typing.get_origin(typ)
-    if typ is Any:
-        return value
-    if origin is typing.Union:  # Optional[X]
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        # ADM's and GUIDE's str2bool spellings too (t, y, f, n), so --class_cond t works as there
-        if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "on", "t", "y"):
-            return True
-        if isinstance(value, str) and value.strip().lower() in ("false", "no", "0", "off", "f", "n"):
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                f = float(value)
-            except ValueError:
-                f = None
-            if f is not None and f.is_integer():
-                return int(f)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        if isinstance(value, (list, tuple)):  # e.g. attention_resolutions: [16, 8]
-            return ",".join(str(v) for v in value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if origin in (list, List):
-        (inner,) = typing.get_args(typ) or (Any,)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]  # one element (`sample.compose=3` parses as the number 3)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    raise ConfigError(f"{where}: unsupported type {typ}")
-
-
-def from_dict(cls: type, data: Dict[str, Any], where: str = "") -> Any:
-    """Build dataclass ``cls`` from a (nested) dict, strictly: unknown keys and bad types raise."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown key '{path}'{_closest(str(key), names)}")
-        typ = hints[key]
-        if dataclasses.is_dataclass(typ):
-            kwargs[key] = from_dict(typ, value, path)
-        else:
-            kwargs[key] = _coerce(value, typ, path)
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    return obj
 
 
 def _parse_override(text: str):
@@ -530,15 +358,15 @@ def _section_entries(section: str, raw: Any, where: str) -> List[Dict[str, Any]]
     if isinstance(raw, dict):
         return [raw]
     if isinstance(raw, str):
-        return [{_SELECTOR: raw}]
+        return [{sections.SELECTOR: raw}]
     if not isinstance(raw, list):
         raise ConfigError(f"{where}: {section} must be a mapping, a name or a list, got {raw!r}")
-    if section not in _SECTION_LISTS:
+    if section not in sections.LISTS:
         raise ConfigError(f"{where}: {section} takes one entry (a mapping), not a list")
     out = []
     for i, entry in enumerate(raw):
         if isinstance(entry, str):
-            entry = {_SELECTOR: entry}
+            entry = {sections.SELECTOR: entry}
         if not isinstance(entry, dict):
             raise ConfigError(f"{where}: {section}[{i}] must be a name or a mapping, got {entry!r}")
         out.append(entry)
@@ -549,8 +377,8 @@ def _validate_sections(cfg: Config, where: str) -> None:
     """Validate the free-form sections against their registered schemas (strict keys, types)."""
     for section in _free_sections():
         raw = getattr(cfg, section)
-        if section not in _SECTION_SCHEMAS:
-            schema = _SECTION_DEFAULT.get(section)
+        if section not in sections.SCHEMAS:
+            schema = sections.DEFAULTS.get(section)
         else:
             if not raw:
                 continue
@@ -572,12 +400,12 @@ def _validate_sections(cfg: Config, where: str) -> None:
 
 def _parse_named(section: str, raw: Dict[str, Any], path: str, where: str) -> Any:
     """One entry of a named section, parsed by the schema its ``name`` selects."""
-    name = raw.get(_SELECTOR)
-    options = _SECTION_SCHEMAS[section]
+    name = raw.get(sections.SELECTOR)
+    options = sections.SCHEMAS[section]
     if name not in options:
-        hint = _closest(str(name), options) if name else ""
+        hint = closest(str(name), options) if name else ""
         valid = ", ".join(sorted(options))
-        raise ConfigError(f"{where}: {path}.{_SELECTOR} = {name!r} is not a known {section}{hint}; valid: {valid}")
+        raise ConfigError(f"{where}: {path}.{sections.SELECTOR} = {name!r} is not a known {section}{hint}; valid: {valid}")
     try:
         return from_dict(options[name], raw, path)
     except ConfigError as e:
@@ -609,7 +437,7 @@ def validate(cfg: Config, where: str = "config") -> None:
     }
     for key, (value, options) in choices.items():
         if value not in options:
-            bad(f"{key} = {value!r} is not one of {', '.join(options)}{_closest(str(value), options)}")
+            bad(f"{key} = {value!r} is not one of {', '.join(options)}{closest(str(value), options)}")
     positive = {
         "data.image_size": cfg.data.image_size,
         "model.num_channels": cfg.model.num_channels,
@@ -709,7 +537,7 @@ def _validate_class_order(spec: str, bad) -> None:
         order = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
         bad(f"continual.class_order must be fixed, seeded or a list of class ids, got {spec!r}"
-            f"{_closest(text, ('fixed', 'seeded'))}")
+            f"{closest(text, ('fixed', 'seeded'))}")
     twice = sorted({c for c in order if order.count(c) > 1})
     if twice:
         bad(f"continual.class_order lists class {', '.join(map(str, twice))} more than once: each class comes in one task")
@@ -758,7 +586,7 @@ def _validate_energy_guidance(cfg: Config, bad) -> None:
                                 ("sample.mcmc", s.mcmc, ("none", "ula", "uha", "mala", "cha")),
                                 ("sample.mcmc_mass", s.mcmc_mass, ("beta", "unit"))):
         if value not in options:
-            bad(f"{key} = {value!r} is not one of {', '.join(options)}{_closest(str(value), options)}")
+            bad(f"{key} = {value!r} is not one of {', '.join(options)}{closest(str(value), options)}")
     if m.parameterization == "energy" and cfg.diffusion.learn_sigma:
         bad("model.parameterization 'energy' predicts eps (or x0) as a gradient: set diffusion.learn_sigma false")
     if not 0.0 <= cfg.train.uncond_p < 1.0:
@@ -836,11 +664,6 @@ def resolve_evaluation_use_ddim(use_ddim: Optional[bool], respacing: str, cfg: C
     if use_ddim is None and not respacing:
         return resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
     return resolve_use_ddim(use_ddim, respacing)
-
-
-def parse_bool(value: Any, where: str) -> bool:
-    """A true/false value as configs spell it (true/false, yes/no, 1/0, on/off), or ConfigError."""
-    return _coerce(value, bool, where)
 
 
 # The use_ddim keys whose rule follows their respacing when unset (resolve_samplers).
@@ -944,14 +767,6 @@ def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None)
     return tree
 
 
-def import_section_owners() -> None:
-    """Import the modules of ``SECTION_OWNERS``: every section's schema and checks registered."""
-    import importlib
-
-    for module in SECTION_OWNERS.values():
-        importlib.import_module(module)
-
-
 def _check_given(given: Dict[str, Any], tree: Dict[str, Any]) -> None:
     """The overrides alone: known keys, right types, counts >= 0 (free sections against the schema
     that the merged ``tree`` selects; a section without a known schema is left to the full check)."""
@@ -968,13 +783,13 @@ def _check_given(given: Dict[str, Any], tree: Dict[str, Any]) -> None:
         part = given.get(section)
         if not isinstance(part, dict):
             continue
-        if section in _SECTION_SCHEMAS:
+        if section in sections.SCHEMAS:
             merged = tree.get(section)
-            schema = _SECTION_SCHEMAS[section].get(merged.get(_SELECTOR)) if isinstance(merged, dict) else None
+            schema = sections.SCHEMAS[section].get(merged.get(sections.SELECTOR)) if isinstance(merged, dict) else None
         else:
-            schema = _SECTION_DEFAULT.get(section)
+            schema = sections.DEFAULTS.get(section)
         if schema is not None:
-            _check_counts(from_dict(schema, {k: v for k, v in part.items() if k != _SELECTOR}, section), section + ".")
+            _check_counts(from_dict(schema, {k: v for k, v in part.items() if k != sections.SELECTOR}, section), section + ".")
 
 
 # Counts: one rule for every int key named as a count of steps, samples, images, batches or tasks
@@ -1045,11 +860,6 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(tree, sort_keys=False)
 
 
-def parse_list(text: str, typ=int) -> tuple:
-    """'16,8' -> (16, 8)."""
-    return tuple(typ(v) for v in str(text).split(",") if v.strip())
-
-
 # ----------------------------------------------------------------------------------------------
 # Documentation of the keys (for --help): type, default and the comment beside each field.
 
@@ -1078,7 +888,7 @@ def key_doc(key: str) -> Optional[Tuple[str, Any, str]]:
         return None
     if not name:
         return None if top.default_factory is not dataclasses.MISSING else _describe_field(Config, top)
-    cls = top.default_factory if dataclasses.is_dataclass(top.default_factory) else _SECTION_DEFAULT.get(section)
+    cls = top.default_factory if dataclasses.is_dataclass(top.default_factory) else sections.DEFAULTS.get(section)
     if cls is None:
         return None
     fields = {f.name: f for f in dataclasses.fields(cls)}
