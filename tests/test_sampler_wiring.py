@@ -18,7 +18,8 @@ from guided_diffusion.respace import (
     space_timesteps,
     trailing_timesteps,
 )
-from guided_diffusion.runtime.config import ConfigError, load_config, resolve_use_ddim
+from guided_diffusion.runtime.config import ConfigError, load_config
+from guided_diffusion.sampling.config import resolve_use_ddim
 from guided_diffusion.sampling import samplers
 from guided_diffusion.sampling.sample_sets import sample_batch
 from guided_diffusion.script_util import create_gaussian_diffusion

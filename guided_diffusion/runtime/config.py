@@ -24,8 +24,8 @@ import yaml
 from . import sections
 from .precision import MEMORY_FORMATS, PRECISIONS
 from .sections import (  # noqa: F401  (the registry's functions, re-exported)
-    SECTION_OWNERS, check_used_sections, import_section_owners, register_section_check, register_section_list,
-    register_section_schema,
+    SECTION_OWNERS, check_used_sections, import_section_owners, register_derived, register_section_check,
+    register_section_list, register_section_schema,
 )
 from .typed import ConfigError, closest, from_dict, parse_bool, parse_list, to_dict  # noqa: F401
 
@@ -633,79 +633,6 @@ def parse_ema_rates(text) -> List[float]:
     return [float(r) for r in str(text).split(",") if r.strip()]
 
 
-def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
-    """The one rule of every sampler's ``use_ddim`` (ADM's): DDIM when it is set true; when it is
-    not set, DDIM exactly when the respacing names it (``ddim50``); otherwise ancestral steps
-    (``"250"``: 250 ancestral steps, as ADM's ``--timestep_respacing 250``; ``""``: the full chain).
-    The pairs: ``sample.{use_ddim, timestep_respacing}``, ``continual.{eval_use_ddim, eval_respacing}``,
-    ``evaluation.{use_ddim, respacing}`` (respacing "" follows the continual pair), ``solver.{use_ddim,
-    respacing}`` and a method's ``{use_ddim, timestep_respacing}``. A loaded config holds the result.
-    A respacing that names a solver (``"dpmpp_2m10"``, ``respace.sampler_of``) is that solver: not DDIM,
-    and use_ddim set true beside it is refused."""
-    from ..respace import sampler_of
-
-    try:
-        solver = sampler_of(respacing)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if solver:
-        if use_ddim:
-            raise ConfigError(f"use_ddim: true beside respacing {respacing!r}, which names the {solver} solver: "
-                              "leave use_ddim unset (or use a 'ddimN' respacing for DDIM)")
-        return False
-    if use_ddim is not None:
-        return bool(use_ddim)
-    return str(respacing or "").strip().lower().startswith("ddim")
-
-
-def resolve_evaluation_use_ddim(use_ddim: Optional[bool], respacing: str, cfg: Config) -> bool:
-    """``evaluation.use_ddim``: the rule on its own respacing; with respacing "" (the evaluation
-    samples with the continual grids' sampler) an unset value follows ``continual.eval_use_ddim``."""
-    if use_ddim is None and not respacing:
-        return resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
-    return resolve_use_ddim(use_ddim, respacing)
-
-
-# The use_ddim keys whose rule follows their respacing when unset (resolve_samplers).
-_USE_DDIM_KEYS = (("sample", "use_ddim"), ("continual", "eval_use_ddim"), ("solver", "use_ddim"),
-                  ("evaluation", "use_ddim"), ("method", "use_ddim"))
-# A resolved Config's use_ddim keys that the user left unset (dump_config keeps them so), by the Config's id:
-# kept outside the instance, whose __dict__ stays its fields (``Config(**cfg.__dict__)`` works); a copy
-# has none, and dumps the resolved values as before.
-_UNSET_BY_ID: Dict[int, Tuple[str, ...]] = {}
-
-
-def _unset_of(cfg: "Config") -> Tuple[str, ...]:
-    return _UNSET_BY_ID.get(id(cfg), ())
-
-
-def _remember_unset(cfg: "Config", paths: Tuple[str, ...]) -> None:
-    import weakref
-
-    if id(cfg) not in _UNSET_BY_ID:
-        weakref.finalize(cfg, _UNSET_BY_ID.pop, id(cfg), None)
-    _UNSET_BY_ID[id(cfg)] = paths
-
-
-def resolve_samplers(cfg: Config) -> None:
-    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place). The keys left unset are
-    remembered, so that ``dump_config`` (a run's config.yaml) writes them unset: ADM's rule then holds
-    again when the saved config is given a new respacing (``image_sample.py --timestep_respacing 25``)."""
-    unset = [f"{sec}.{key}" for sec, key in _USE_DDIM_KEYS
-             if not isinstance(getattr(cfg, sec), dict) and hasattr(getattr(cfg, sec), key)
-             and getattr(getattr(cfg, sec), key) is None]
-    _remember_unset(cfg, tuple(unset) + _unset_of(cfg))
-    cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
-    cfg.continual.eval_use_ddim = resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
-    cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
-    ev = cfg.evaluation
-    if not isinstance(ev, dict) and hasattr(ev, "use_ddim"):
-        ev.use_ddim = resolve_evaluation_use_ddim(ev.use_ddim, ev.respacing, cfg)
-    for m in cfg.method if isinstance(cfg.method, list) else [cfg.method]:
-        if not isinstance(m, dict) and hasattr(m, "use_ddim") and hasattr(m, "timestep_respacing"):
-            m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
-
-
 def merge_trees(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     """``over`` on top of ``base``: mappings merge key by key (recursively), anything else replaces.
     The one merge of configs: ``base:`` files, the benchmark suites' ``settings``."""
@@ -828,7 +755,8 @@ def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _validate_sections(cfg, where)
-    resolve_samplers(cfg)
+    for resolve, _ in sections.DERIVED:
+        resolve(cfg)
     validate(cfg, where)
     _run_section_checks(cfg, where)
     return cfg
@@ -841,22 +769,10 @@ def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> C
 
 
 def dump_config(cfg: Config) -> str:
-    """The config as YAML: every key's value, but a derived ``use_ddim`` the user left unset stays unset."""
+    """The config as YAML: every key's value, but a derived key the user left unset stays unset (``register_derived``)."""
     tree = to_dict(cfg)
-    respacing = {"sample": "timestep_respacing", "continual": "eval_respacing", "solver": "respacing",
-                 "evaluation": "respacing", "method": "timestep_respacing"}
-    for path in _unset_of(cfg):
-        sec, key = path.split(".")
-        part = tree.get(sec)
-        if not isinstance(part, dict) or key not in part:
-            continue
-        try:  # still what the rule gives (a script may have set it since, e.g. image_sample's --sampler)
-            rule = (resolve_evaluation_use_ddim(None, part.get("respacing", ""), cfg) if sec == "evaluation"
-                    else resolve_use_ddim(None, part.get(respacing[sec], "")))
-        except ConfigError:
-            continue
-        if part[key] == rule:
-            part[key] = None
+    for _, unresolve in sections.DERIVED:
+        unresolve(cfg, tree)
     return yaml.safe_dump(tree, sort_keys=False)
 
 

@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .typed import SCHEMA_TYPES, ConfigError
 
-# The module that owns each free-form section (config as data handed to the code that reads it).
+# The module that owns a section (config as data handed to the code that reads it): the free-form sections'
+# schemas, the sampling rules.
 SECTION_OWNERS = {
+    "sample": "guided_diffusion.sampling.config",
     "method": "guided_diffusion.continual.methods",
     "evaluation": "guided_diffusion.evaluation.settings",
     "dkdm": "guided_diffusion.dkdm.config",
@@ -29,6 +31,7 @@ DEFAULTS: Dict[str, type] = {}
 CHECKS: Dict[Tuple[str, Optional[str]], Any] = {}
 USED_CHECKS: Dict[str, List[Any]] = {}  # checks that hold only where a section is read: section -> [check]
 LISTS: Dict[str, Any] = {}  # sections that may hold a list of entries, each selected by its name: section -> check
+DERIVED: List[Tuple[Any, Any]] = []  # (resolve, unresolve) of the keys derived when left unset
 
 
 def register_section_schema(section: str, name: Optional[str], schema: type, check=None) -> None:
@@ -62,6 +65,14 @@ def register_section_check(section: str, check) -> None:
     checks = USED_CHECKS.setdefault(section, [])
     if check not in checks:
         checks.append(check)
+
+
+def register_derived(resolve, unresolve) -> None:
+    """Keys a config derives from others when they are left unset (``sampling.config``: every sampler's
+    ``use_ddim`` from its respacing). ``resolve(cfg)`` sets them in place when a config is loaded, before
+    the checks; ``unresolve(cfg, tree)`` sets back to None, in ``dump_config``'s tree, the ones the user
+    left unset that still hold the rule's value."""
+    DERIVED.append((resolve, unresolve))
 
 
 def import_section_owners() -> None:
