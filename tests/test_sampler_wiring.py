@@ -222,7 +222,8 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
     import dataclasses
 
     from guided_diffusion.continual.solver import Solver
-    from guided_diffusion.runtime.config import Config, SolverConfig
+    from guided_diffusion.continual.solver import SolverConfig
+    from guided_diffusion.runtime.config import Config
 
     cfg = Config()
     cfg.model.class_cond = True

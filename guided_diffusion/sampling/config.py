@@ -1,14 +1,90 @@
-"""Every sampler's rule of DDIM or not (``resolve_use_ddim``), registered on import: applied to every
-sampler of a config when it is loaded (``resolve_samplers``), undone in a dumped config where the user
-left it unset."""
+"""The ``sample`` section of a config (``image_sample.py``, the end-of-run grid) and every sampler's rule
+of DDIM or not (``resolve_use_ddim``), both registered on import: the section's schema and checks
+(classifier-free guidance, compositions, the MCMC correctors), and the rule applied to every sampler of a
+config when it is loaded (``resolve_samplers``), undone in a dumped config where the user left it unset."""
 
 from __future__ import annotations
 
 import weakref
-from typing import Dict, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 from ..respace import sampler_of
-from ..runtime.config import ConfigError, register_derived
+from ..runtime.config import ConfigError, register_derived, register_section_schema
+
+
+@dataclass
+class SampleConfig:
+    model_path: str = ""
+    num_samples: int = 64
+    batch_size: int = 16
+    use_ddim: Optional[bool] = None  # unset: DDIM iff timestep_respacing starts with "ddim" (ADM; resolve_use_ddim)
+    timestep_respacing: str = "ddim50"
+    eta: float = 0.0
+    clip_denoised: bool = True
+    class_label: int = -1  # -1: classes drawn uniformly (class-conditional models)
+    classifier_path: str = ""
+    classifier_scale: float = 1.0
+    out_dir: str = ""  # "" -> the run folder
+    guidance_scale: float = 1.0  # classifier-free: eps_u + s (eps_c - eps_u); 1 = conditional (needs train.uncond_p > 0)
+    compose: List[int] = field(default_factory=list)  # sample a product of these classes' conditionals
+    compose_weights: List[float] = field(default_factory=list)  # one per compose label (default 1 each)
+    mcmc: str = "none"  # none | ula | uha (score or energy) | mala | cha (energy models): corrections per step
+    mcmc_steps: int = 1  # MCMC steps after each reverse step
+    mcmc_step_size: float = 0.1  # step size = this * beta_t of the training schedule
+    mcmc_start_t: int = 50  # correct after the reverse steps from original timesteps >= this (Continual-Diffusers' mcmc_sampler_start_timestep; 0: every step)
+    mcmc_damping: float = 0.9  # uha/cha: momentum kept at each refresh
+    mcmc_leapfrog_steps: int = 3  # uha/cha
+    mcmc_mass: str = "beta"  # uha/cha: beta (mass beta_t, leapfrog step mcmc_step_size * beta_t: Continual-Diffusers) | unit (unit mass, step sqrt(2 mcmc_step_size beta_t))
+
+
+def check_sample(s: SampleConfig, cfg) -> None:
+    """Classifier-free guidance, compositions and MCMC samplers (the choices are the registered rules)."""
+    m = cfg.model
+
+    def bad(msg: str) -> None:
+        raise ConfigError(msg)
+
+    if s.guidance_scale != 1.0:
+        if not m.class_cond:
+            bad(f"sample.guidance_scale = {s.guidance_scale} needs a class-conditional model (model.class_cond true); "
+                "an unconditional model samples with guidance_scale 1")
+        if cfg.train.uncond_p <= 0:
+            bad(f"sample.guidance_scale = {s.guidance_scale} needs a model trained with label dropout "
+                "(train.uncond_p > 0, e.g. 0.1): without the null class there is no unconditional prediction")
+    if s.compose:
+        if not m.class_cond:
+            bad("sample.compose needs a class-conditional model (model.class_cond true)")
+        if s.compose_weights and len(s.compose_weights) != len(s.compose):
+            bad(f"sample.compose_weights has {len(s.compose_weights)} values for {len(s.compose)} labels")
+        if s.guidance_scale != 1.0:
+            bad("sample.compose with sample.guidance_scale: give the guidance as sample.compose_weights")
+        if any(c < 0 or (m.num_classes and c >= m.num_classes) for c in s.compose):
+            bad(f"sample.compose labels must be classes of the model, got {list(s.compose)}")
+    elif s.compose_weights:
+        bad("sample.compose_weights without sample.compose")
+    if s.mcmc in ("mala", "cha") and m.parameterization != "energy":
+        bad(f"sample.mcmc = {s.mcmc!r} accepts or rejects with the model's energy: it needs "
+            "model.parameterization energy (a score model can use ula or uha)")
+    if s.mcmc != "none":
+        if s.mcmc_steps < 1 or s.mcmc_leapfrog_steps < 1:
+            bad(f"sample.mcmc_steps and sample.mcmc_leapfrog_steps must be >= 1, got {s.mcmc_steps}, "
+                f"{s.mcmc_leapfrog_steps}")
+        if not s.mcmc_step_size > 0:
+            bad(f"sample.mcmc_step_size must be > 0, got {s.mcmc_step_size}")
+        if not 0.0 <= s.mcmc_damping < 1.0:
+            bad(f"sample.mcmc_damping must be in [0, 1), got {s.mcmc_damping}")
+        if s.mcmc_start_t >= cfg.diffusion.diffusion_steps:
+            bad(f"sample.mcmc_start_t = {s.mcmc_start_t} is past the last timestep ({cfg.diffusion.diffusion_steps - 1})")
+
+
+register_section_schema("sample", None, SampleConfig, check_sample,
+                        choices={"mcmc": ("none", "ula", "uha", "mala", "cha"), "mcmc_mass": ("beta", "unit")},
+                        positive=("batch_size",))
+
+
+# ----------------------------------------------------------------------------------------------
+# DDIM or not: one rule for every sampler of a config
 
 
 def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
