@@ -52,8 +52,11 @@ from typing import Any, Iterable, List, Mapping, Optional
 import torch
 import torch.distributed as dist
 
+from .runtime.config import register_section_schema
+
 __all__ = [
-    "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank", "get_world_size", "get_local_rank",
+    "DistConfig", "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank",
+    "get_world_size", "get_local_rank",
     "is_main", "dev", "backend", "barrier", "broadcast_object", "all_gather_object", "all_reduce_mean",
     "all_gather_tensor", "sync_params", "load_state_dict", "main_first", "rank0_first",
     "expand_nodelist", "detect",
@@ -63,6 +66,17 @@ __all__ = [
 _MPI_RANK = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "PMIX_RANK")
 _MPI_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _MPI_LOCAL = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK")
+
+
+@dataclass
+class DistConfig:
+    """The ``dist`` section of a config (registered below): ``init``'s backend and timeout."""
+
+    backend: str = ""  # "" -> nccl on CUDA, gloo on CPU
+    timeout_s: int = 1800  # a dead or hung rank makes the others fail after this long
+
+
+register_section_schema("dist", None, DistConfig)
 
 
 class RankFailure(RuntimeError):

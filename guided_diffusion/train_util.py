@@ -35,12 +35,79 @@ from . import dist_util
 from .resample import LossAwareSampler
 from .runtime import checkpoint as ckpt
 from .runtime import faults
-from .runtime.config import parse_ema_rates
-from .runtime.precision import Precision
+from .runtime.config import ConfigError, register_section_schema
+from .runtime.precision import MEMORY_FORMATS, PRECISIONS, Precision
 from .runtime.precision import resolve as resolve_precision
 from .runtime.seeding import seed_everything_for_step
 
 LOSS_WEIGHTINGS = ("none", "min_snr")
+
+
+@dataclass
+class TrainConfig:
+    """The ``train`` section of a config (registered below): what ``TrainLoop`` reads."""
+
+    total_steps: int = 1000
+    batch_size: int = 64  # GLOBAL batch; the per-rank batch is batch_size / world_size
+    microbatch: int = -1  # per-rank microbatch (-1: no microbatching)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at total_steps)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    ema_rate: str = "0.9999"  # comma-separated list
+    ema_warmup: bool = True  # effective rate min(rate, (1 + n) / (10 + n)) at step n (false: ADM's constant rate)
+    schedule_sampler: str = "uniform"  # uniform | loss-second-moment
+    loss_weighting: str = "none"  # none (ADM) | min_snr: loss x min(SNR, gamma)/SNR (Hang et al. 2023)
+    min_snr_gamma: float = 5.0
+    uncond_p: float = 0.0  # classifier-free guidance: label dropout to a null class (class_cond models)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 uses a GradScaler). auto: bf16 where the device runs it natively (CUDA, a CPU with AVX512-BF16 or AMX), else fp32 (runtime/precision.py)
+    memory_format: str = "auto"  # auto | contiguous | channels_last: the network's layout (auto: channels_last with bf16 on an AMX CPU, where oneDNN needs it)
+    compile: str = ""  # torch.compile the training forward: "" (off) | inductor (GPUs) | eager | aot_eager (checks)
+    nan_policy: str = "stop"  # stop | skip: what a non-finite loss or gradient does
+    log_interval: int = 10
+    save_interval: int = 500  # also saved at the end; 0: only at the end
+    keep_checkpoints: int = 2  # complete checkpoints kept in the run folder (0: all)
+    num_threads: int = 0  # torch threads per process (0: leave torch's default)
+    sample_at_end: int = 16  # images in the end-of-run grid (0: none)
+    wandb: str = ""  # a wandb project name to log to (WANDB_MODE=offline works); "" = off
+    tensorboard: bool = False  # also write scalars to <run>/tb
+
+
+def parse_ema_rates(text) -> List[float]:
+    """``train.ema_rate`` ("0.9999" or "0.999,0.9999", or a number) as a list of floats."""
+    if isinstance(text, (float, int)):
+        return [float(text)]
+    return [float(r) for r in str(text).split(",") if r.strip()]
+
+
+def check_train(t: TrainConfig, cfg) -> None:
+    """The training section's checks across keys (its choices and sizes are the registered rules)."""
+    if not t.min_snr_gamma > 0:
+        raise ConfigError(f"train.min_snr_gamma must be > 0, got {t.min_snr_gamma}")
+    if t.microbatch == 0 or t.microbatch < -1:
+        raise ConfigError(f"train.microbatch must be -1 (off) or > 0, got {t.microbatch}")
+    try:
+        rates = parse_ema_rates(t.ema_rate)
+    except ValueError:
+        raise ConfigError(f"train.ema_rate must be a comma-separated list of numbers, got {t.ema_rate!r}") from None
+    if any(not 0.0 <= r < 1.0 for r in rates):
+        raise ConfigError(f"train.ema_rate values must be in [0, 1), got {t.ema_rate!r}")
+    if not 0.0 <= t.uncond_p < 1.0:
+        raise ConfigError(f"train.uncond_p must be in [0, 1), got {t.uncond_p}")
+    if t.uncond_p > 0 and not cfg.model.class_cond:
+        raise ConfigError("train.uncond_p > 0 (label dropout for classifier-free guidance) needs model.class_cond true")
+
+
+register_section_schema("train", None, TrainConfig, check_train,
+                        choices={"lr_schedule": ("constant", "linear", "cosine"),
+                                 "schedule_sampler": ("uniform", "loss-second-moment"),
+                                 "loss_weighting": LOSS_WEIGHTINGS, "precision": PRECISIONS,
+                                 "memory_format": MEMORY_FORMATS, "compile": ("", "inductor", "eager", "aot_eager"),
+                                 "nan_policy": ("stop", "skip")},
+                        positive=("batch_size", "total_steps", "lr"))
 
 
 class Preempted(Exception):

@@ -29,7 +29,7 @@ from guided_diffusion.launch import cli
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.runtime.adm_resume import resume_beside
 from guided_diffusion.runtime.checkpoint import load_weights
-from guided_diffusion.runtime.config import TrainConfig
+from guided_diffusion.train_util import TrainConfig
 from guided_diffusion.train_util import TrainHook, TrainLoop
 
 

@@ -27,7 +27,8 @@ from guided_diffusion.launch import cli
 from guided_diffusion.logger import read_csv
 from guided_diffusion.respace import respacing_spec
 from guided_diffusion.runtime.checkpoint import load_checked, load_state_dict_file
-from guided_diffusion.runtime.config import ConfigError, resolve_use_ddim
+from guided_diffusion.runtime.config import ConfigError
+from guided_diffusion.sampling.config import resolve_use_ddim
 from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 
 SPACINGS = ("trailing", "logsnr")

@@ -167,7 +167,7 @@ def test_use_ddim_follows_adm_unless_set(tmp_path):
     """ADM: --timestep_respacing 250 is 250 ancestral steps; DDIM only when asked or named (ddimN)."""
     import guided_diffusion.continual.methods  # noqa: F401  (method schemas)
     import guided_diffusion.evaluation  # noqa: F401  (evaluation schema)
-    from guided_diffusion.runtime.config import resolve_use_ddim
+    from guided_diffusion.sampling.config import resolve_use_ddim
 
     assert [resolve_use_ddim(None, r) for r in ("250", "", "ddim50", "DDIM25")] == [False, False, True, True]
     assert resolve_use_ddim(True, "250") is True and resolve_use_ddim(False, "ddim50") is False

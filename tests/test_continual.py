@@ -21,7 +21,8 @@ from guided_diffusion.continual.replay import (
 )
 from guided_diffusion.continual.scenario import build_scenario
 from guided_diffusion import experiment
-from guided_diffusion.runtime.config import ConfigError, ContinualConfig, load_config
+from guided_diffusion.continual.config import ContinualConfig
+from guided_diffusion.runtime.config import ConfigError, load_config
 from guided_diffusion.runtime.precision import describe_cpu
 from guided_diffusion.script_util import create_gaussian_diffusion
 from guided_diffusion.train_util import DiffusionObjective, StepContext
@@ -570,7 +571,7 @@ def test_guidance_moves_prediction_toward_new_class():
     """GUIDE's x̂0 guidance with a toy linear classifier: guided samples of an old class are pushed
     toward the new classes."""
     from guided_diffusion.continual.solver import guide_cond_fn
-    from guided_diffusion.runtime.config import SolverConfig
+    from guided_diffusion.continual.solver import SolverConfig
 
     torch.manual_seed(0)
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="ddim10")

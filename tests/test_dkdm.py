@@ -46,12 +46,11 @@ from guided_diffusion.gaussian_diffusion import (
 from guided_diffusion.runtime import checkpoint as ckpt
 from guided_diffusion.runtime.config import (
     ConfigError,
-    TrainConfig,
     load_config,
     to_dict,
 )
 from guided_diffusion.script_util import create_gaussian_diffusion
-from guided_diffusion.train_util import StepContext, TrainLoop
+from guided_diffusion.train_util import StepContext, TrainConfig, TrainLoop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (1, 6, 6)

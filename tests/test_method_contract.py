@@ -86,7 +86,7 @@ def test_the_loop_names_no_method_and_no_method_term():
 def test_a_new_parameter_starts_its_ema_from_its_weights_and_a_frozen_one_keeps_its_average(tmp_path):
     from guided_diffusion.data import InfiniteLoader
     from guided_diffusion.resample import UniformSampler
-    from guided_diffusion.runtime.config import TrainConfig
+    from guided_diffusion.train_util import TrainConfig
     from guided_diffusion.script_util import create_gaussian_diffusion, create_model
     from guided_diffusion.train_util import DiffusionObjective, TrainLoop
 

@@ -18,7 +18,8 @@ from guided_diffusion.respace import (
     space_timesteps,
     trailing_timesteps,
 )
-from guided_diffusion.runtime.config import ConfigError, load_config, resolve_use_ddim
+from guided_diffusion.runtime.config import ConfigError, load_config
+from guided_diffusion.sampling.config import resolve_use_ddim
 from guided_diffusion.sampling import samplers
 from guided_diffusion.sampling.sample_sets import sample_batch
 from guided_diffusion.script_util import create_gaussian_diffusion
@@ -221,7 +222,8 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
     import dataclasses
 
     from guided_diffusion.continual.solver import Solver
-    from guided_diffusion.runtime.config import Config, SolverConfig
+    from guided_diffusion.continual.solver import SolverConfig
+    from guided_diffusion.runtime.config import Config
 
     cfg = Config()
     cfg.model.class_cond = True

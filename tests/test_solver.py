@@ -16,7 +16,8 @@ from guided_diffusion.continual.solver import (
     replay_judgement,
 )
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
-from guided_diffusion.runtime.config import ConfigError, SolverConfig
+from guided_diffusion.continual.solver import SolverConfig
+from guided_diffusion.runtime.config import ConfigError
 from guided_diffusion.script_util import create_gaussian_diffusion
 
 # ------------------------------------------------------------------ GUIDE's flags

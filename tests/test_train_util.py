@@ -10,7 +10,7 @@ import torch
 from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.resample import UniformSampler
 from guided_diffusion.runtime import checkpoint as ckpt
-from guided_diffusion.runtime.config import TrainConfig
+from guided_diffusion.train_util import TrainConfig
 from guided_diffusion.runtime.seeding import step_seed
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model
 from guided_diffusion.train_util import (

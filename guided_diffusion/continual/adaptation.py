@@ -63,7 +63,7 @@ def with_export_record(cfg, info, weights_path: str):
     record = read_record(weights_path)
     if record is None or cfg.method:
         return cfg, info
-    from ..runtime.config import ContinualConfig
+    from .config import ContinualConfig
 
     cfg = dataclasses.replace(cfg, method=record["method"],
                               continual=from_dict(ContinualConfig, record["continual"], "continual"))

@@ -36,11 +36,11 @@ from ..data import InfiniteLoader
 from ..image_util import save_grid
 from ..logger import read_csv
 from ..runtime import checkpoint as ckpt
-from ..runtime.config import ConfigError, dump_config, parse_ema_rates
+from ..runtime.config import ConfigError, dump_config
 from ..runtime.precision import describe_cpu
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
-from ..train_util import PreemptionFlag, TrainLoop
+from ..train_util import PreemptionFlag, TrainLoop, parse_ema_rates
 from .adaptation import export_record
 from .base import ContinualContext, freeze
 from .methods import build_method

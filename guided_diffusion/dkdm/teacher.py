@@ -22,7 +22,8 @@ import torch
 
 from .. import diffusion_math as dm
 from ..runtime import checkpoint as ckpt
-from ..runtime.config import Config, ConfigError, ModelConfig, from_dict
+from ..model_config import ModelConfig
+from ..runtime.config import Config, ConfigError, from_dict
 
 
 @dataclass

@@ -24,11 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from ..runtime.config import (
-    ConfigError,
-    register_section_schema,
-    resolve_evaluation_use_ddim,
-)
+from ..runtime.config import ConfigError, register_section_schema
+from ..sampling.config import resolve_evaluation_use_ddim
 from .metrics import METRICS
 
 

@@ -173,7 +173,7 @@ def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]]
     default), the flag selects ``image_folder`` (ADM's rule: class from the file name, ``cat_0.png`` ->
     'cat'), or ``npz`` for an .npz file; a data set that reads a folder (cifar10 ...) keeps it. In place."""
     from ..data.datasets import DATASETS
-    from ..runtime.config import DataConfig
+    from ..data.config import DataConfig
 
     flag = next((words for name, words in translations if name.split(" ")[0].lstrip("-").replace("-", "_")
                  == "data_dir"), None)

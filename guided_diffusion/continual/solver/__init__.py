@@ -25,16 +25,17 @@ Per task i (GUIDE: Cywinski et al., cywinski/guide; Masip et al. 2023, Atenrev/d
 Resume is per task: finished tasks are skipped and the classifier restored; an unfinished task
 restarts (``continual.tasks``, the generator's task loop too).
 
-Modules: ``learner`` (the ``Solver`` on the shared task loop, ``run_solver``), ``base`` and ``replays``
-(the replay modes, registered by name), ``guidance`` (GUIDE's cond_fn, the replay judgement),
-``augment``.
+Modules: ``config`` (the ``solver`` section), ``learner`` (the ``Solver`` on the shared task loop,
+``run_solver``), ``base`` and ``replays`` (the replay modes, registered by name), ``guidance`` (GUIDE's
+cond_fn, the replay judgement), ``augment``.
 """
 
 from .augment import augment
 from .base import REPLAY_MODES, Replay, register_replay, trims_logits
+from .config import SolverConfig
 from .guidance import guide_cond_fn, replay_judgement
 from .learner import USES, Solver, run_solver
 from .replays import check_solver, masip_soft_loss, soft_target_kd
 
-__all__ = ["REPLAY_MODES", "Replay", "Solver", "USES", "augment", "check_solver", "guide_cond_fn", "masip_soft_loss",
-           "register_replay", "replay_judgement", "run_solver", "soft_target_kd", "trims_logits"]
+__all__ = ["REPLAY_MODES", "Replay", "Solver", "SolverConfig", "USES", "augment", "check_solver", "guide_cond_fn",
+           "masip_soft_loss", "register_replay", "replay_judgement", "run_solver", "soft_target_kd", "trims_logits"]

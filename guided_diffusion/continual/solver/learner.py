@@ -24,10 +24,10 @@ from ...classifiers.nets import create_classifier_net
 from ...data import InfiniteLoader
 from ...evaluation.class_metrics import accuracy_matrix, average_accuracy, forgetting
 from ...runtime import checkpoint as ckpt
-from ...runtime.config import ConfigError, parse_ema_rates
+from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ...sampling.sample_sets import sample_batch
-from ...train_util import NonFiniteError, PreemptionFlag
+from ...train_util import NonFiniteError, PreemptionFlag, parse_ema_rates
 from ..adaptation import adapted_model
 from ..loop import USES as CONTINUAL_USES
 from ..loop import final_weights
