@@ -154,7 +154,8 @@ def _say_where_adms_script_differs(adm: str, overrides: List[str]) -> None:
     if adm != "train":
         return
     from ..dist_util import detect
-    from ..runtime.config import DataConfig, TrainConfig
+    from ..data.config import DataConfig
+    from ..train_util import TrainConfig
 
     keys = {w.split("=", 1)[0] for w in overrides}
     notes = []

@@ -18,11 +18,9 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from guided_diffusion import experiment as E  # noqa: E402
-from guided_diffusion.continual.regularizers import diffusion_outputs, mas_importance  # noqa: E402
-from guided_diffusion.runtime.config import load_config  # noqa: E402
+from guided_diffusion import experiment as E
+from guided_diffusion.continual.regularizers import diffusion_outputs, mas_importance
+from guided_diffusion.runtime.config import load_config
 
 
 def main() -> None:
