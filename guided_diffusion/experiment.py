@@ -25,6 +25,7 @@ from .runtime.config import Config, ConfigError, dump_config, to_dict
 from .runtime.precision import Precision, describe_cpu
 from .runtime.precision import resolve as resolve_precision
 from .sampling.classifier_free import null_class_of
+from .sampling.config import is_ddim
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
 from .diffusers_unet import DiffusersUNet, load_diffusers_unet
@@ -135,7 +136,7 @@ def check_run_dir(cfg: Config, force: bool = False) -> None:
         return
     hint = f"choose another name (name=<new>) for a new run, or add --force to continue {run_dir_of(cfg)} with this config"
     try:
-        old = load_config(path)
+        old = load_config(path, record=True)  # what that run saved (keys since replaced read as their successors)
     except ConfigError as e:
         raise ConfigError(f"{path} (the run already there) no longer loads ({e}); {hint}") from None
     was, now = _flat(to_dict(old)), _flat(to_dict(cfg))
@@ -404,30 +405,31 @@ def build_objective(cfg: Config, diffusion, num_classes: int):
     return DiffusionObjective.from_config(cfg, diffusion, num_classes)
 
 
-def build_diffusion(cfg: Config, timestep_respacing: Optional[str] = None):
-    """The diffusion of ``cfg``, respaced by ``timestep_respacing`` (None: ``diffusion.timestep_respacing``)."""
+def build_diffusion(cfg: Config, spec: Optional[str] = None):
+    """The diffusion of ``cfg`` over the timesteps of ``spec`` (a sampler value, ``respace``'s grammar: ``ddim50``
+    keeps ADM's stride-20 steps); None: the training chain's, ``diffusion.timestep_respacing``."""
     d = cfg.diffusion
     try:
         return create_gaussian_diffusion(
             steps=d.diffusion_steps, learn_sigma=d.learn_sigma, sigma_small=d.sigma_small,
             noise_schedule=d.noise_schedule, use_kl=d.use_kl, predict_xstart=d.predict_xstart,
             rescale_timesteps=d.rescale_timesteps, rescale_learned_sigmas=d.rescale_learned_sigmas,
-            timestep_respacing=d.timestep_respacing if timestep_respacing is None else timestep_respacing,
+            timestep_respacing=d.timestep_respacing if spec is None else spec,
             rescale_zero_terminal_snr=d.rescale_zero_terminal_snr)
     except ValueError as e:
         raise ConfigError(f"diffusion: {e}") from None
 
 
-def sampling_spec(cfg: Config, image_shape, num_classes: int, *, respacing: str, use_ddim: bool, eta: float = 0.0,
+def sampling_spec(cfg: Config, image_shape, num_classes: int, *, sampler: str, eta: float = 0.0,
                   guidance_scale: Optional[float] = None, clip_denoised: bool = True,
                   class_cond: Optional[bool] = None, mcmc=None, device=None) -> SamplingSpec:
-    """A sampler of ``cfg``'s model: the diffusion respaced by ``respacing`` and the sampler's settings.
-    The model's conditioning comes from the config (``model.class_cond``, the CFG null class);
-    ``guidance_scale`` defaults to ``sample.guidance_scale``."""
+    """A sampler of ``cfg``'s model: ``sampler`` (a sampler value: ``ddim50``, ``250``, ``unipc10``; its
+    diffusion and whether it is DDIM) and the sampler's settings. The model's conditioning comes from
+    the config (``model.class_cond``, the CFG null class); ``guidance_scale`` defaults to ``sample.guidance_scale``."""
     codec = latent_codec(cfg)
     return SamplingSpec(
-        diffusion=build_diffusion(cfg, respacing), image_shape=tuple(image_shape),
-        class_cond=cfg.model.class_cond if class_cond is None else bool(class_cond), use_ddim=bool(use_ddim),
+        diffusion=build_diffusion(cfg, sampler), image_shape=tuple(image_shape),
+        class_cond=cfg.model.class_cond if class_cond is None else bool(class_cond), ddim=is_ddim(sampler),
         eta=float(eta), clip_denoised=bool(clip_denoised) and codec is None,  # latents are not in [-1, 1]
         decode=codec.decode if codec is not None else None,
         guidance_scale=cfg.sample.guidance_scale if guidance_scale is None else float(guidance_scale),
@@ -438,14 +440,13 @@ def sampling_spec(cfg: Config, image_shape, num_classes: int, *, respacing: str,
 def sample_spec(cfg: Config, info: DataInfo, device=None, **overrides) -> SamplingSpec:
     """The ``sample`` section's sampler (``image_sample.py``, samples at the end of training)."""
     s = cfg.sample
-    kw = dict(respacing=s.timestep_respacing, use_ddim=s.use_ddim, eta=s.eta, clip_denoised=s.clip_denoised,
-              device=device)
+    kw = dict(sampler=s.sampler, eta=s.eta, clip_denoised=s.clip_denoised, device=device)
     return sampling_spec(cfg, info.shape, info.num_classes, **{**kw, **overrides})
 
 
 def grid_spec(cfg: Config, info: DataInfo, device=None, **overrides) -> SamplingSpec:
-    """The continual grids' sampler (``continual.eval_respacing``, ``eval_use_ddim``; eta 0)."""
-    kw = dict(respacing=cfg.continual.eval_respacing, use_ddim=cfg.continual.eval_use_ddim, device=device)
+    """The continual grids' sampler (``continual.eval_sampler``; eta 0)."""
+    kw = dict(sampler=cfg.continual.eval_sampler, device=device)
     return sampling_spec(cfg, info.shape, info.num_classes, **{**kw, **overrides})
 
 

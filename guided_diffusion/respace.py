@@ -1,21 +1,22 @@
 """Timestep respacing: sample or train on a subset of a diffusion's timesteps (Nichol & Dhariwal 2021, sec. 4).
 
 ``space_timesteps(T, spec)`` picks the subset; ``SpacedDiffusion`` is the diffusion over it. The
-spec grammar is ADM's:
+spec grammar is ADM's, and a config's sampler value is such a spec (``sampling.config``: one that
+starts with ``ddim`` samples with DDIM, a count with ADM's ancestral steps, a solver's name with it):
 
 - ``"ddimN"``: the DDIM striding {0, i, 2i, ...} with the integer stride i that gives exactly N
   steps (``"ddim50"`` on 1000 steps: stride 20); ValueError when no such stride exists. This
   "leading" spacing starts sampling at t = T - i (``ddim10``: 900 of 1000).
 - ``"ddimNt"`` or ``"Nt"`` (not ADM's): N "trailing" steps, T-1, T-1-T/N, ... (``ddim10t``: 999,
   899, ..., 99), the spacing of diffusers' ``timestep_spacing="trailing"`` that Masip et al. sample
-  with: the first step starts from pure noise at the last timestep. ``ddim`` picks DDIM by the
-  use_ddim rule, as for ``ddimN``.
+  with: the first step starts from pure noise at the last timestep. As a sampler value, ``ddim``
+  is DDIM, as for ``ddimN`` (``Nt``: ancestral).
 - ``"ddimNl"`` or ``"Nl"`` (not ADM's): N steps uniform in log-SNR (``logsnr_timesteps``; Lu et al.
   2022, sec. 3.3), the few-step solvers' spacing.
 - ``"dpmpp_2mN"``, ``"unipcN"`` (not ADM's): N steps of that solver (``SOLVERS``: samplers
   ADM's loops do not have), trailing spacing; ``"dpmpp_2mNl"``: log-SNR spacing (``"dpmpp_2mNt"``:
   trailing, said explicitly). ``sampler_of`` reads the name, a ``SpacedDiffusion`` built from the
-  spec carries it (``sampler``) and ``sample_sets.sample_batch`` runs it. ``use_ddim`` does not apply.
+  spec carries it (``sampler``) and ``sample_sets.sample_batch`` runs it. DDIM's eta does not apply.
 - ``"N"`` or ``"a,b,c"``: split the T steps into len(counts) nearly equal sections (the first
   T mod len sections one step longer) and take ``count`` evenly spaced (rounded) steps in each.
 - a list or tuple of ints: the section counts of the previous form.
@@ -101,11 +102,13 @@ def sampler_of(spec) -> str:
     return split_sampler(spec)[0] if spec else ""
 
 
-def sampler_label(spec, use_ddim: bool, eta: float = 0.0) -> str:
-    """How reports name a sampler: ``"ddim50 DDIM eta 0.0"``, ``"250 ancestral"``, ``"dpmpp_2m10l"``."""
+def sampler_label(spec, eta: float = 0.0) -> str:
+    """How reports name a sampler value: ``"ddim50 DDIM eta 0.0"``, ``"250 ancestral"``, ``"dpmpp_2m10l"``
+    (a value that starts with "ddim" is DDIM, one that names a solver that solver, a count ancestral)."""
     if sampler_of(spec):
         return str(spec)
-    return f"{spec or 'full'} {'DDIM eta ' + str(eta) if use_ddim else 'ancestral'}"
+    ddim = str(spec or "").strip().lower().startswith("ddim")
+    return f"{spec or 'full'} {'DDIM eta ' + str(eta) if ddim else 'ancestral'}"
 
 
 def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]],

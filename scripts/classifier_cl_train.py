@@ -6,7 +6,7 @@ Usage (after the diffusion run of the same config has finished):
     python scripts/classifier_cl_train.py --config yaml/mnist/solver.yaml solver.replay=plain
 The ``solver`` section sets the classifier (arch: mlp and cnn are Masip's, resnet18 GUIDE's), the replay (none, joint, plain,
 soft (Masip's soft targets), soft_kd (standard distillation), guided), steps, learning rates,
-augmentation, the replay sampler (``respacing``: ddim10t is Masip's trailing DDIM, ddim50 GUIDE's)
+augmentation, the replay sampler (``sampler``: ddim10t is Masip's trailing DDIM, ddim50 GUIDE's)
 and GUIDE's guidance options (scale_min/max, use_old_grad, negate_old_grad, use_new_grad,
 guid_to_new_classes, noised_classifier: a time-conditioned classifier guiding on x_t). The diffusion model of task
 i-1 is read from the run folder (``solver.diffusion_run``, default: this config's run folder).

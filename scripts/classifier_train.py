@@ -67,7 +67,7 @@ def train(cfg, args) -> int:
     x, y, info = experiment.load_split(cfg, "train")
     xv, yv, _ = experiment.load_split(cfg, "test")
     classifier = experiment.build_classifier(cfg, info)
-    diffusion = experiment.build_diffusion(cfg, timestep_respacing="")
+    diffusion = experiment.build_diffusion(cfg, "")  # the noise levels: every step of the chain
     n_params = sum(p.numel() for p in classifier.parameters())
     logger.log(f"classifier {n_params / 1e6:.2f}M params on {len(x)} images, {info.num_classes} classes")
     train_cfg = dataclasses.replace(

@@ -153,7 +153,7 @@ def main() -> int:
     ev = None
     dataset = None
     if args.config:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, record=cli.saved_by_a_run(args.config))  # a run's config.yaml: as it ran
         ev, dataset = cfg.evaluation, cfg.data.dataset
     features = args.features or (ev.features if ev else "domain")
     metrics = [m.strip() for m in (args.metrics or (ev.metrics if ev else ",".join(ALL_METRICS))).split(",") if m.strip()]

@@ -6,12 +6,18 @@ Usage:
     mpiexec -n 2 python scripts/image_sample.py --config ... --model_path ...
     torchrun --nproc_per_node 2 scripts/image_sample.py --config ... --model_path ...
 Options (aliases of the config's sample section):
-    --timestep_respacing ddim50 --use_ddim true --eta 0.0 --clip_denoised true
+    --sampler ddim50 --eta 0.0 --clip_denoised true
+                                  the sampler (sample.sampler): ddimN is DDIM (with --eta), N is N
+                                  ancestral steps ("": every step), dpmpp_2mN and unipcN the solvers
+                                  (Nt trailing, Nl log-SNR timesteps)
     --sampler dpmpp_2m --steps 10 [--spacing trailing|logsnr|adm]
-                                  the sampler by name (ddim, ancestral, dpmpp_2m, unipc) and its
-                                  number of model evaluations; it sets timestep_respacing and
-                                  use_ddim (dpmpp_2m 10 trailing = "dpmpp_2m10t", ddim 10 adm =
-                                  "ddim10"), so it cannot be combined with either
+                                  the same by name (ddim, ancestral, dpmpp_2m, unipc) and number of
+                                  model evaluations (dpmpp_2m 10 trailing = "dpmpp_2m10t", ddim 10 adm =
+                                  "ddim10")
+    --timestep_respacing 250 [--use_ddim true]
+                                  ADM's flags: sample.sampler by ADM's rule (250: ancestral; ddim50:
+                                  DDIM; --use_ddim true over "": ddim1000), shown by --dry-run; not
+                                  with --sampler
     --class 3                     all samples of one class (class-conditional models)
     --classifier_path P --classifier_scale s   ADM classifier guidance (classifier from the
                                               config's classifier section, e.g. one trained
@@ -76,8 +82,7 @@ ALIASES = {
     "model_path": "sample.model_path",
     "num_samples": "sample.num_samples",
     "batch_size": "sample.batch_size",
-    "timestep_respacing": "sample.timestep_respacing",
-    "use_ddim": "sample.use_ddim",
+    "sampler": "sample.sampler",
     "eta": "sample.eta",
     "clip_denoised": "sample.clip_denoised",
     "class": "sample.class_label",
@@ -116,14 +121,13 @@ OPTIONS = [
                              "several (spread over them, a grid row each; arr_1 holds each sample's prompt index)")),
     (["--to_rgb"], dict(type=cli.bool_type("--to_rgb"), default=False, metavar="BOOL",
                         help="write grayscale sets as RGB (ADM's evaluator expects 3 channels; default false)")),
-    (["--sampler"], dict(default=None, metavar="NAME",
-                         help="ddim, ancestral, dpmpp_2m or unipc (sets timestep_respacing and use_ddim)")),
-    (["--steps"], dict(type=int, default=None, metavar="N", help="the sampler's model evaluations (with --sampler)")),
+    (["--steps"], dict(type=int, default=None, metavar="N",
+                       help="with --sampler NAME (ddim, ancestral, dpmpp_2m or unipc): its model evaluations")),
     (["--spacing"], dict(default="trailing", metavar="S",
-                         help="timesteps of --sampler: trailing (default), logsnr or adm (ADM's, ddim/ancestral)")),
+                         help="timesteps of --sampler NAME --steps N: trailing (default), logsnr or adm (ADM's, ddim/ancestral)")),
 ]
-def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
-    """(timestep_respacing, use_ddim) for ``--sampler NAME --steps N --spacing S``."""
+def sampler_for(sampler: str, steps: int, spacing: str = "trailing") -> str:
+    """The sampler value of ``--sampler NAME --steps N --spacing S``."""
     from guided_diffusion.respace import SPACING_SUFFIX, respacing_spec
     from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 
@@ -135,11 +139,47 @@ def respacing_for(sampler: str, steps: int, spacing: str = "trailing") -> tuple:
         raise ConfigError(f"--spacing {spacing!r}: expected one of {', '.join(SPACING_SUFFIX)}")
     if sampler in SOLVERS and spacing == "adm":
         raise ConfigError(f"--spacing adm is ADM's DDIM/ancestral spacing; {sampler} takes trailing or logsnr")
-    return respacing_spec(sampler, steps, spacing), sampler == "ddim"
+    return respacing_spec(sampler, steps, spacing)
 
 
 USES = ("data", "model", "diffusion", "train", "sample", "classifier", "dist", "text", "vae", "latent",
         "method", "continual")  # method, continual: a LoRA or ensemble network is rebuilt as its method adapted it
+
+
+def sampler_words(argv):
+    """``argv`` with ``--sampler NAME --steps N [--spacing S]`` as ``--sampler VALUE`` (``sampler_for``):
+    ``--sampler`` is ``sample.sampler``, by value or by name and steps; ADM's ``--timestep_respacing`` and
+    ``--use_ddim`` (the same key by ADM's rule) do not go with it."""
+    from guided_diffusion.sampling.samplers import SAMPLERS
+
+    def value_of(flag):
+        for i, word in enumerate(argv):
+            if word == flag and i + 1 < len(argv):
+                return i, 2, argv[i + 1]
+            if word.startswith(flag + "="):
+                return i, 1, word[len(flag) + 1:]
+        return None
+
+    sampler, steps, spacing = value_of("--sampler"), value_of("--steps"), value_of("--spacing")
+    if sampler is None:
+        if steps is not None or spacing is not None:
+            raise ConfigError("--steps and --spacing go with --sampler NAME (or give the value: --sampler ddim50)")
+        return argv
+    adm = [f for f in ("--timestep_respacing", "--use_ddim") if value_of(f) is not None]
+    if adm:
+        raise ConfigError(f"--sampler is the sampler: drop ADM's {' and '.join(adm)}")
+    if steps is None and sampler[2] in SAMPLERS:
+        raise ConfigError(f"--sampler {sampler[2]} needs --steps N (model evaluations), or give the value: --sampler "
+                          f"{sampler[2] if sampler[2] != 'ancestral' else ''}50")
+    if steps is None:
+        return argv
+    try:
+        n = int(steps[2])
+    except ValueError:
+        raise ConfigError(f"--steps {steps[2]!r}: expected an integer") from None
+    value = sampler_for(sampler[2], n, spacing[2] if spacing else "trailing")
+    drop = {j for i, k, _ in (sampler, steps) + ((spacing,) if spacing else ()) for j in range(i, i + k)}
+    return [w for j, w in enumerate(argv) if j not in drop] + ["--sampler", value]
 
 
 def _given_model_path(argv) -> str:
@@ -154,7 +194,7 @@ def _given_model_path(argv) -> str:
 
 
 def main() -> int:
-    argv = sys.argv[1:]
+    argv = sampler_words(sys.argv[1:])
     model_path = _given_model_path(argv)
     default_config, note = None, ""
     if model_path and not any(w == "--config" or w.startswith("--config=") for w in argv) and os.path.isfile(model_path):
@@ -167,14 +207,6 @@ def main() -> int:
     if note and dist_util.is_main():
         print(f"note: no --config: {note}", flush=True)
     to_rgb, only_classes = args.to_rgb, args.classes
-    if args.sampler is not None:
-        given = [f for f in ("--timestep_respacing", "--use_ddim") if any(a == f or a.startswith(f + "=")
-                                                                          for a in sys.argv[1:])]
-        if given:
-            raise ConfigError(f"--sampler sets the respacing and use_ddim: drop {' and '.join(given)}")
-        cfg.sample.timestep_respacing, cfg.sample.use_ddim = respacing_for(args.sampler, args.steps, args.spacing)
-    elif args.steps is not None:
-        raise ConfigError("--steps goes with --sampler (or give --timestep_respacing, e.g. ddim50)")
     if cli.maybe_dry_run(cfg, args):
         return 0
     s = cfg.sample
@@ -276,7 +308,7 @@ def cost_line(s, mcmc, seconds: float, n: int, steps: int) -> str:
     (this rank's batches), and the MCMC acceptance."""
     n_batches = max(1, -(-n // s.batch_size))
     line = (f"cost: {seconds / max(n, 1):.3f} s/image on this process with the sampler "
-            f"{sampler_label(s.timestep_respacing, s.use_ddim, s.eta)}")
+            f"{sampler_label(s.sampler, s.eta)}")
     if mcmc is None:
         return line + f"; {steps} model evaluations per image ({steps} reverse steps)"
     st = mcmc.stats

@@ -80,7 +80,7 @@ def train_iid(cfg, adm_resume: bool = False) -> int:
         resume_beside(loop, cfg.model.init_path, logger.log)
     loop.run()
     if cfg.train.sample_at_end > 0:
-        # Sample with the EMA weights of the first rate, with the sampling section's respacing.
+        # Sample with the EMA weights of the first rate, with the sampling section's sampler.
         ema = loop.ema_state_dicts()[loop.ema_rates[0]]
         model.load_state_dict(ema)
         images, labels = sample_set(model, experiment.sample_spec(cfg, info, device),
@@ -91,7 +91,7 @@ def train_iid(cfg, adm_resume: bool = False) -> int:
             path = os.path.join(run_dir, "samples.png")
             save_grid(images, path)
             logger.log(f"wrote {path} ({len(images)} samples, EMA {loop.ema_rates[0]}, "
-                       f"{sampler_label(cfg.sample.timestep_respacing, cfg.sample.use_ddim, cfg.sample.eta)})")
+                       f"{sampler_label(cfg.sample.sampler, cfg.sample.eta)})")
     logger.close()
     dist_util.cleanup()
     return 0

@@ -17,7 +17,7 @@ Any config key: key.sub=value (e.g. train.lr=2e-3 train.batch_size=64). --dry-ru
 At every point the EMA weights are evaluated with the config's ``evaluation`` section (default: the
 domain classifier's FID against the real test images of the classes, the floor of as many real
 training images, the classifier's accuracy on class-conditional samples) and a grid is drawn with
-``continual.eval_respacing``. Writes <out>/curve.csv (a row per point: images, steps, training
+``continual.eval_sampler``. Writes <out>/curve.csv (a row per point: images, steps, training
 seconds, seconds per image, FID, floor, class accuracy, ...), curve.png, grid_<images>.png, and
 prints the plateau: the first point whose doubling improves FID by less than 10%. A rerun resumes.
 """

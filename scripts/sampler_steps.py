@@ -8,8 +8,8 @@ Usage:
 
 Every (sampler, spacing, steps) point is one evaluation of the config's evaluation section
 (``evaluation.num_samples`` class-conditional samples with labels in the reference's proportions,
-domain FID, class accuracy, ...) with the sampler given as its respacing spec (``dpmpp_2m10l``;
-``respace``). ``--reference`` adds one point with a spec as typed (default ``ddim50``: ADM's DDIM-50,
+domain FID, class accuracy, ...) with the sampler given as its value (``dpmpp_2m10l``, ``ddim10t``,
+``20t``: ``evaluation.sampler``). ``--reference`` adds one point with a value as typed (default ``ddim50``: ADM's DDIM-50,
 the figure the few-step solvers are measured against). Writes ``steps.csv`` (one row per point,
 with its evaluation seed and seconds per image), ``steps.png`` (FID vs steps, mean ± sd over the
 seeds) and ``steps.md`` (the table); a rerun skips the points already in ``steps.csv``, so a cut run
@@ -28,7 +28,7 @@ from guided_diffusion.logger import read_csv
 from guided_diffusion.respace import respacing_spec
 from guided_diffusion.runtime.checkpoint import load_checked, load_state_dict_file
 from guided_diffusion.runtime.config import ConfigError
-from guided_diffusion.sampling.config import resolve_use_ddim
+from guided_diffusion.sampling.config import sampler_kind
 from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 
 SPACINGS = ("trailing", "logsnr")
@@ -134,7 +134,7 @@ OPTIONS = [
     (["--steps"], dict(type=_ints, default=[5, 10, 15, 25, 50], help="default 5,10,15,25,50")),
     (["--spacings"], dict(type=_names, default=["trailing", "logsnr"],
                           help="trailing, logsnr (logsnr only for the solvers dpmpp_2m, unipc)")),
-    (["--reference"], dict(default="ddim50", help="one more point, a respacing spec as typed ('' for none)")),
+    (["--reference"], dict(default="ddim50", help="one more point, a sampler value as typed ('' for none)")),
     (["--seeds"], dict(type=_ints, default=[0], help="evaluation seeds (each: the same labels and noise for every "
                        "sampler); the table shows mean ± sd; default 0")),
 ]
@@ -176,10 +176,8 @@ def main() -> int:
         if i < len(points):
             sampler, spacing, n = points[i]
         else:
-            sampler, spacing, n = ("ddim" if resolve_use_ddim(None, spec) else "ancestral"), "adm", len(
-                experiment.build_diffusion(cfg, spec).timestep_map)
-        evaluator.ev.respacing = spec  # the evaluation's sampler (its settings, read once by the evaluator)
-        evaluator.ev.use_ddim = resolve_use_ddim(None, spec)
+            sampler, spacing, n = sampler_kind(spec), "adm", len(experiment.build_diffusion(cfg, spec).timestep_map)
+        evaluator.ev.sampler = spec  # the evaluation's sampler (its settings, read once by the evaluator)
         evaluator.ev.seed = seed
         t0 = time.time()
         cols = evaluator.evaluate(model, classes, info.shape, device, f"{spec}")

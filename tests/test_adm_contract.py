@@ -49,11 +49,23 @@ def test_adm_flags_set_the_keys_adm_means(monkeypatch):
     assert cfg.train.batch_size == 64
     cfg, _ = cli.parse("doc", ["--batch_size", "16"], adm="classifier")
     assert cfg.classifier.batch_size == 64
-    # Sampling: --timestep_respacing 250 is 250 ancestral steps (ADM), ddim250 is DDIM.
-    cfg, _ = cli.parse("doc", ["--timestep_respacing", "250"], adm="sample")
-    assert (cfg.sample.timestep_respacing, cfg.sample.use_ddim) == ("250", False)
+    # Sampling: --timestep_respacing 250 is 250 ancestral steps (ADM), ddim250 is DDIM: sample.sampler by ADM's rule.
+    cfg, args = cli.parse("doc", ["--timestep_respacing", "250"], adm="sample")
+    assert cfg.sample.sampler == "250" and ("--timestep_respacing 250", ["sample.sampler=250"]) in args.translations
     cfg, _ = cli.parse("doc", ["--timestep_respacing", "ddim250"], adm="sample")
-    assert cfg.sample.use_ddim is True
+    assert cfg.sample.sampler == "ddim250"
+    for flags, value in ((["--use_ddim", "True", "--timestep_respacing", ""], "ddim1000"),  # DDIM over every step
+                         (["--timestep_respacing", "", "--use_ddim", "True", "--diffusion_steps", "100"], "ddim100"),
+                         (["--use_ddim", "t"], "ddim1000"),  # ADM's default respacing "" under it
+                         (["--use_ddim", "False", "--timestep_respacing", "ddim10t"], "10t"),
+                         (["--use_ddim", "True", "--timestep_respacing", "50t"], "ddim50t"),
+                         (["--use_ddim", "False", "--timestep_respacing", "unipc10l"], "unipc10l")):
+        cfg, args = cli.parse("doc", flags, adm="sample")
+        assert cfg.sample.sampler == value, flags
+        assert args.translations[-1][1] == [f"sample.sampler={value}"]
+    with pytest.raises(ConfigError, match=r"--use_ddim True --timestep_respacing 250: DDIM steps on ADM's even spacing "
+                                          r"'250' have no sampler value here: give --timestep_respacing ddim250"):
+        cli.parse("doc", ["--use_ddim", "True", "--timestep_respacing", "250"], adm="sample")
     cfg, _ = cli.parse("doc", ["--classifier_width", "64", "--classifier_scale", "2.5"], adm="sample")
     assert (cfg.classifier.width, cfg.sample.classifier_scale) == (64, 2.5)  # classifier_sample.py's flags
     with pytest.raises(ConfigError, match="train forever"):
@@ -71,7 +83,7 @@ def test_adm_flags_without_a_config_start_from_adms_defaults(tmp_path):
     assert (cfg.data.image_size, cfg.model.num_channels, cfg.model.attention_resolutions) == (64, 128, "16,8")
     assert "model.num_channels=128" in args.adm_defaults
     cfg, _ = cli.parse("doc", ["--num_channels", "32"], adm="sample")
-    assert (cfg.model.num_channels, cfg.sample.timestep_respacing, cfg.sample.use_ddim) == (32, "", False)
+    assert (cfg.model.num_channels, cfg.sample.sampler) == (32, "")  # ADM's "" and use_ddim False: every step, ancestral
     # With a config, or with no ADM flag at all, the config's own defaults hold.
     cfg, args = cli.parse("doc", ["model.dropout=0.1"], adm="train")
     assert (cfg.model.num_channels, args.adm_defaults) == (64, [])
@@ -98,7 +110,7 @@ def test_help_is_the_manual():
     assert "--num_channels" in out and "model.num_channels (int, default 64; without --config ADM's 128)" in out
     assert "--batch_size" in out and "per process" in out
     out = run(["scripts/image_sample.py", "--help"]).stdout
-    for option in ("--classes 0,1,2", "--to_rgb BOOL", "--model_path", "sample.use_ddim"):
+    for option in ("--classes 0,1,2", "--to_rgb BOOL", "--model_path", "--use_ddim", "sample.sampler"):
         assert option in out
     out = run(["scripts/learning_curve.py", "--help"]).stdout
     assert "--points POINTS" in out and "default 4k:64k" in out

@@ -445,8 +445,8 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
             "diffusion": {"diffusion_steps": 50},
             "train": {"batch_size": 8, "save_interval": 2, "log_interval": 2},
             "continual": {"limit_tasks": 2, "num_steps": 2, "first_task_num_steps": 2, "grid_per_class": 1,
-                          "eval_respacing": "5"},
-            "evaluation": {"num_samples": 8, "batch_size": 8, "respacing": "5", "metrics": "fid,kld,class_acc",
+                          "eval_sampler": "5"},
+            "evaluation": {"num_samples": 8, "batch_size": 8, "sampler": "5", "metrics": "fid,kld,class_acc",
                            "classifier_path": str(tmp_path / "clf.safetensors"), "classifier_epochs": 1}},
         "learning_curve": {"classes": [0, 1], "points": "16,32", "num_samples": 8},
         "methods": {"naive": {"name": "naive"}, "joint": {"name": "joint"},
@@ -455,7 +455,7 @@ def test_tiny_suite_end_to_end_with_two_jobs(tmp_path):
                     "ewc_buffer_replay": [{"name": "ewc", "num_samples": 4}, {"name": "buffer_replay"}]},
         "solver": {"diffusion": "gd_full", "replays": ["plain"],
                    "settings": {"solver": {"init_num_steps": 2, "num_steps": 2, "batch_size": 8,
-                                           "respacing": "ddim2", "eval_batch_size": 64}}},
+                                           "sampler": "ddim2", "eval_batch_size": 64}}},
     }
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

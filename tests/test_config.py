@@ -15,8 +15,8 @@ from guided_diffusion.runtime.config import (
 )
 
 
-def write(tmp_path, text):
-    p = tmp_path / "c.yaml"
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
     p.write_text(text)
     return str(p)
 
@@ -163,38 +163,96 @@ def test_presets_inherit_and_an_error_names_the_file(tmp_path):
         load_config(str(tmp_path / "sub" / "c.yaml"))
 
 
-def test_use_ddim_follows_adm_unless_set(tmp_path):
-    """ADM: --timestep_respacing 250 is 250 ancestral steps; DDIM only when asked or named (ddimN)."""
+def test_one_sampler_value_per_section(tmp_path):
+    """Every section that samples has one value of the respacing grammar: ddimN is DDIM, N ancestral
+    (ADM's --timestep_respacing N), a solver's name that solver; the evaluation's "" is the grids'."""
     import guided_diffusion.continual.methods  # noqa: F401  (method schemas)
     import guided_diffusion.evaluation  # noqa: F401  (evaluation schema)
-    from guided_diffusion.sampling.config import resolve_use_ddim
+    from guided_diffusion.evaluation.settings import evaluation_of, evaluation_sampler
+    from guided_diffusion.sampling.config import sampler_kind
 
-    assert [resolve_use_ddim(None, r) for r in ("250", "", "ddim50", "DDIM25")] == [False, False, True, True]
-    assert resolve_use_ddim(True, "250") is True and resolve_use_ddim(False, "ddim50") is False
-    cfg = load_config(None, ["sample.timestep_respacing=250"])
-    assert cfg.sample.use_ddim is False  # was DDIM-250 before
-    assert load_config(None).sample.use_ddim is True  # the default respacing is ddim50
-    assert load_config(None, ["sample.timestep_respacing=250", "sample.use_ddim=true"]).sample.use_ddim is True
-    cfg = load_config(None, ["continual.eval_respacing=50", "solver.respacing=ddim10"])
-    assert cfg.continual.eval_use_ddim is False and cfg.solver.use_ddim is True
-    # evaluation: its own respacing, or (respacing "") the continual grids' sampler
-    cfg = load_config(None, ["evaluation.enabled=true", "continual.eval_respacing=50"])
-    assert cfg.evaluation.use_ddim is False
-    cfg = load_config(None, ["evaluation.respacing=ddim20", "continual.eval_respacing=50"])
-    assert cfg.evaluation.use_ddim is True
-    cfg = load_config(None, ["method.name=generative_replay", "method.style=guide", "method.timestep_respacing=100",
+    assert [sampler_kind(v) for v in ("250", "", "20t", "10,10", "ddim50", "DDIM25", "ddim10t", "unipc10l")] == \
+        ["ancestral"] * 4 + ["ddim"] * 3 + ["unipc"]
+    cfg = load_config(None)
+    assert (cfg.sample.sampler, cfg.continual.eval_sampler, cfg.solver.sampler) == ("ddim50", "ddim25", "ddim25")
+    cfg = load_config(None, ["evaluation.enabled=true", "continual.eval_sampler=50"])
+    assert evaluation_sampler(cfg.evaluation, cfg) == "50"  # "": the grids' sampler
+    cfg = load_config(None, ["evaluation.sampler=ddim20", "continual.eval_sampler=50"])
+    assert evaluation_sampler(cfg.evaluation, cfg) == "ddim20"
+    cfg = load_config(None, ["method.name=generative_replay", "method.style=guide", "method.sampler=100",
                              "model.class_cond=true"])  # GUIDE-style replay draws by label
-    assert cfg.method.use_ddim is False
-    # the same rule where a config's evaluation section is still a plain mapping (evaluation_of)
-    from guided_diffusion.evaluation.settings import evaluation_of
-
-    raw = Config()
-    raw.continual.eval_respacing, raw.continual.eval_use_ddim = "50", False
-    for section, want in (({}, False), ({"use_ddim": True}, True), ({"respacing": "ddim10"}, True)):
-        raw.evaluation = dict(section)
-        assert evaluation_of(raw).use_ddim is want, section
+    assert cfg.method.sampler == "100"
+    raw = Config()  # a config's evaluation section still a plain mapping (evaluation_of)
+    raw.evaluation = {"sampler": "ddim10"}
+    assert evaluation_of(raw).sampler == "ddim10"
+    # DDIM's eta beside a sampler that is not DDIM: refused, not dropped
+    with pytest.raises(ConfigError, match=r"sample.eta = 0.5 is DDIM's, but sample.sampler = '250' is ADM's ancestral "
+                                          r"sampler: set sample.eta 0, or sample with DDIM \(sample.sampler=ddim250\)"):
+        load_config(None, ["sample.sampler=250", "sample.eta=0.5"])
+    with pytest.raises(ConfigError, match="is the unipc solver"):
+        load_config(None, ["sample.sampler=unipc10", "sample.eta=1"])
+    with pytest.raises(ConfigError, match=r"evaluation.eta = 1.0 is DDIM's, but the evaluation samples with "
+                                          r"continual.eval_sampler = '50'"):
+        load_config(None, ["continual.eval_sampler=50", "evaluation.eta=1"])
+    assert load_config(None, ["sample.sampler=ddim10t", "sample.eta=1"]).sample.eta == 1.0
+    with pytest.raises(ConfigError, match=r"method.cache_sampler = 'ddim50' is DDIM, but the cache advances .* by "
+                                          r"ancestral steps \(DKDM\): write method.cache_sampler=50"):
+        load_config(None, ["method.name=dynamic_distillation", "method.cache_sampler=ddim50"])
     # the loaded value is explicit, so a dumped config.yaml reloads to the same sampler
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize("words, line", [
+    (["sample.timestep_respacing=250"], "sample.timestep_respacing was replaced by sample.sampler: write sample.sampler=250"),
+    (["sample.use_ddim=true", "sample.timestep_respacing=ddim50"],
+     "sample.use_ddim and sample.timestep_respacing were replaced by sample.sampler: write sample.sampler=ddim50"),
+    (["sample.use_ddim=true", "sample.timestep_respacing="],  # ADM: DDIM over every step
+     "sample.use_ddim and sample.timestep_respacing were replaced by sample.sampler: write sample.sampler=ddim1000"),
+    (["sample.use_ddim=false"],  # over the default ddim50 (ancestral steps on DDIM's striding: no value)
+     "sample.use_ddim was replaced by sample.sampler, which has no value for ancestral steps on DDIM's striding "
+     "'ddim50': write sample.sampler=50 (ancestral, ADM's even spacing) or sample.sampler=ddim50 (DDIM)"),
+    (["continual.eval_respacing=50", "continual.eval_use_ddim=false"],
+     "continual.eval_use_ddim and continual.eval_respacing were replaced by continual.eval_sampler: write "
+     "continual.eval_sampler=50"),
+    (["evaluation.use_ddim=false", "continual.eval_sampler=50"],  # respacing "": the grids'
+     "evaluation.use_ddim was replaced by evaluation.sampler: write evaluation.sampler=50"),
+    (["evaluation.respacing="], 'evaluation.respacing was replaced by evaluation.sampler: write evaluation.sampler=""'),
+    (["solver.respacing=ddim10t", "solver.use_ddim=false"],
+     "solver.use_ddim and solver.respacing were replaced by solver.sampler: write solver.sampler=10t"),
+    (["method.name=generative_replay", "method.timestep_respacing=1000"],
+     "method.timestep_respacing was replaced by method.sampler: write method.sampler=1000"),
+    (["method.name=dynamic_distillation", "method.cache_respacing=50"],
+     "method.cache_respacing was replaced by method.cache_sampler: write method.cache_sampler=50"),
+])
+def test_replaced_sampler_keys_are_refused_with_the_value_to_write(words, line):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, words)
+    assert str(e.value) == f"the command line: {line}"
+
+
+def test_replaced_sampler_keys_in_a_file_and_in_a_saved_run(tmp_path):
+    """A config file: refused, naming the file, the pair read with its base; a run's saved config.yaml
+    (a record of what ran): read as the keys that replaced them."""
+    write(tmp_path, "sample: {sampler: '100'}\n", "base.yaml")
+    path = write(tmp_path, "base: base.yaml\nsample: {use_ddim: true}\n", "c.yaml")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f"{path}: sample.use_ddim was replaced by sample.sampler, which has no value for DDIM steps "
+                            "on ADM's even spacing '100': write sample.sampler=ddim100 (DDIM, ADM's integer stride) or "
+                            "sample.sampler=100 (ancestral)")
+    old = ("sample: {timestep_respacing: '25', use_ddim: null, eta: 0.0}\n"
+           "continual: {eval_respacing: ddim10t, eval_use_ddim: true}\n"
+           "evaluation: {respacing: '', use_ddim: false}\n"
+           "solver: {respacing: ddim1000, use_ddim: false}\n")
+    saved = write(tmp_path, old, "config.yaml")
+    cfg = load_config(saved, record=True)
+    assert (cfg.sample.sampler, cfg.continual.eval_sampler, cfg.evaluation.sampler, cfg.solver.sampler) == \
+        ("25", "ddim10t", "10t", "1000")  # ddim1000 ancestral: the same steps as 1000
+    assert cfg == load_config(None, ["sample.sampler=25", "continual.eval_sampler=ddim10t", "evaluation.sampler=10t",
+                                     "solver.sampler=1000"])
+    with pytest.raises(ConfigError, match="sample.use_ddim and sample.timestep_respacing were replaced by sample.sampler: "
+                                          "write sample.sampler=25$"):
+        load_config(saved)  # not read as a record: refused
 
 
 def test_load_config_works_on_its_own():

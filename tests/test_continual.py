@@ -437,9 +437,9 @@ TINY = [
     "model.class_cond=true", "diffusion.diffusion_steps=100", "train.batch_size=8", "train.log_interval=2",
     "train.save_interval=2", "train.num_threads=1", "continual.num_tasks=5", "continual.classes_per_task=2",
     "continual.limit_tasks=2", "continual.num_steps=3", "continual.first_task_num_steps=3", "continual.grid_per_class=1",
-    "continual.eval_respacing=ddim5", "train.ema_rate=0.9",
+    "continual.eval_sampler=ddim5", "train.ema_rate=0.9",
     # the main job's preset evaluates after every task (300 samples, 50 steps): a small one here
-    "evaluation.num_samples=12", "evaluation.batch_size=12", "evaluation.respacing=5",
+    "evaluation.num_samples=12", "evaluation.batch_size=12", "evaluation.sampler=5",
 ]
 
 
@@ -470,7 +470,7 @@ def _final_model(run_dir, task):
 def test_two_task_run(tmp_path, method):
     from guided_diffusion.continual.loop import run_continual
 
-    extra = ["method.n_per_task=4", "method.generation_batch=4", "method.timestep_respacing=ddim5"] \
+    extra = ["method.n_per_task=4", "method.generation_batch=4", "method.sampler=ddim5"] \
         if method == "generative_replay_guide" else []
     if method == "ewc":
         extra = ["method.num_samples=4"]
@@ -614,7 +614,7 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
     from guided_diffusion.continual.solver import run_solver
 
     cfg = _cfg(tmp_path, "yaml/mnist/solver.yaml",
-               ["solver.init_num_steps=3", "solver.num_steps=2", "solver.batch_size=12", "solver.respacing=ddim5",
+               ["solver.init_num_steps=3", "solver.num_steps=2", "solver.batch_size=12", "solver.sampler=ddim5",
                 "solver.log_interval=1", "solver.augment=crop,flip,rotation,jitter,erasing",
                 "solver.generation_interval=1"])
     run_continual(cfg)

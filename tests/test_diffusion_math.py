@@ -222,7 +222,7 @@ def test_zero_terminal_snr_diffusion_trains_and_samples_finite():
     torch.testing.assert_close(xt[3:], base.q_sample(torch.zeros_like(x0[3:]), t[3:], noise=xt[3:]))  # pure noise
     for spec, ddim in (("ddim10t", True), ("50", False)):
         d = create_gaussian_diffusion(steps=1000, rescale_zero_terminal_snr=True, timestep_respacing=spec)
-        out = sample_batch(net, d, (2, 1, 4, 4), class_cond=False, use_ddim=ddim, device="cpu")
+        out = sample_batch(net, d, (2, 1, 4, 4), class_cond=False, ddim=ddim, device="cpu")
         assert torch.isfinite(out).all() and out.abs().max() <= 1.0 + 1e-6
     d = create_gaussian_diffusion(steps=1000, rescale_zero_terminal_snr=True, timestep_respacing="unipc10")
     with pytest.raises(ValueError, match="rescale_zero_terminal_snr sample with ddimN"):

@@ -494,7 +494,7 @@ TINY = [
     "train.save_interval=2", "train.num_threads=1", "continual.num_tasks=5", "continual.classes_per_task=2",
     "continual.limit_tasks=2", "continual.num_steps=3", "continual.first_task_num_steps=3",
     "continual.grid_per_class=1",
-    "continual.eval_respacing=ddim5", "train.ema_rate=0.9", "method.cache_respacing=20", "method.rho=0.1",
+    "continual.eval_sampler=ddim5", "train.ema_rate=0.9", "method.cache_sampler=20", "method.rho=0.1",
     "method.replay_batch=4", "method.shard_size=4",
 ]
 
@@ -613,9 +613,8 @@ def test_ablation_trains_baseline_and_cache_students_evaluates_and_resumes(tmp_p
     save_domain_classifier(DomainClassifier(1, 8, 10, width=4, feature_dim=8), clf,
                            {"dataset": "digits", "split": "train", "test_accuracy": 0.1})
     cfg = load_config(None, PIPE + [
-        f"dkdm.teacher_path={tdir}", f"out_dir={tmp_path}", "data.dataset=digits", "sample.timestep_respacing=5",
-        "sample.use_ddim=false", "continual.eval_respacing=5", "continual.eval_use_ddim=false",
-        "evaluation.num_samples=12", "evaluation.batch_size=6", "evaluation.respacing=5", "evaluation.use_ddim=false",
+        f"dkdm.teacher_path={tdir}", f"out_dir={tmp_path}", "data.dataset=digits", "sample.sampler=5",
+        "continual.eval_sampler=5", "evaluation.num_samples=12", "evaluation.batch_size=6", "evaluation.sampler=5",
         "evaluation.metrics=fid,class_acc", f"evaluation.classifier_path={clf}", "evaluation.train_classifier=false"])
     out = str(tmp_path / "res")
     assert ablation.baseline_images(cfg) == 1621  # the real training set of digits (as DKDM's 50K for CIFAR-10)

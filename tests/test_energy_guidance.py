@@ -513,7 +513,7 @@ def test_sampling_with_mcmc_on_gaussian_data(sampler, per_level):
     model = EnergyModel(GaussianDataNet(0.25, base.alphas_cumprod), "l2")
     st = MCMCSettings(sampler, steps=5, step_size=20.0, start_t=0, mass="unit")
     torch.manual_seed(0)
-    x = sample_batch(model, diffusion, (3000, 1, 2, 2), class_cond=False, use_ddim=False, clip_denoised=False,
+    x = sample_batch(model, diffusion, (3000, 1, 2, 2), class_cond=False, ddim=False, clip_denoised=False,
                      mcmc=st if sampler != "none" else None)
     var = float(x.var())
     assert abs(float(x.mean())) < 0.02
@@ -643,8 +643,8 @@ class HandGuided(torch.nn.Module):
         return u + self.w * (self.net(x, t, y=y) - u)
 
 
-@pytest.mark.parametrize("use_ddim", [False, True])
-def test_cfg_scale_one_is_conditional_sampling(use_ddim):
+@pytest.mark.parametrize("ddim", [False, True])
+def test_cfg_scale_one_is_conditional_sampling(ddim):
     net = tiny_net()
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="8")
     y = torch.tensor([0, 1, 2, 1])
@@ -652,11 +652,11 @@ def test_cfg_scale_one_is_conditional_sampling(use_ddim):
     outs = []
     for model in (net, CFGModel(net, 1.0, NULL)):
         torch.manual_seed(3)
-        outs.append(sample_batch(model, diffusion, (4, 1, 8, 8), y=y, use_ddim=use_ddim, noise=noise))
+        outs.append(sample_batch(model, diffusion, (4, 1, 8, 8), y=y, ddim=ddim, noise=noise))
     torch.testing.assert_close(outs[1], outs[0], atol=1e-4, rtol=1e-4)
     assert outs[0].std() > 0.1
     # Through the sample set, against guidance computed by hand (guidance on, then 1).
-    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, use_ddim=use_ddim)
+    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, ddim=ddim)
     kw = dict(num_samples=4, batch_size=4, seed=2, classes=range(K))
     guided, _ = sample_set(net, replace(spec, guidance_scale=3.0, null_class=NULL), **kw)
     hand, _ = sample_set(HandGuided(net, 3.0), spec, **kw)
@@ -681,7 +681,7 @@ def test_cfg_scale_one_in_the_replay_generator_and_with_mcmc():
     for m in (model, CFGModel(model, 1.0, NULL)):
         torch.manual_seed(4)
         st = MCMCSettings("mala", steps=2, step_size=0.5)
-        outs.append(sample_batch(m, spaced, (2, 1, 8, 8), y=y, use_ddim=False, mcmc=st))
+        outs.append(sample_batch(m, spaced, (2, 1, 8, 8), y=y, ddim=False, mcmc=st))
         outs.append(st.stats["accepted"])
     torch.testing.assert_close(outs[2], outs[0], atol=1e-4, rtol=1e-4)
     assert outs[1] == outs[3]
@@ -722,7 +722,7 @@ def test_composition_of_one_label_is_conditional_sampling(energy, mcmc):
     net = tiny_net()
     model = EnergyModel(net, "dae") if energy else net
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="4")
-    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, use_ddim=False)
+    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, ddim=False)
     kw = dict(num_samples=3, batch_size=3, seed=1, classes=range(K))
     outs = []
     for extra in (dict(class_label=2), dict(compose=[2], null_class=NULL), dict(compose=[2], compose_weights=[1.0])):
@@ -739,7 +739,7 @@ def test_composition_of_one_label_is_conditional_sampling(energy, mcmc):
 def test_composition_of_two_classes_with_every_sampler():
     model = EnergyModel(tiny_net(), "dae")
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="5")
-    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, use_ddim=False, null_class=NULL)
+    spec = SamplingSpec(diffusion, (1, 8, 8), class_cond=True, ddim=False, null_class=NULL)
     kw = dict(num_samples=2, batch_size=2, seed=1, classes=range(K), compose=[0, 1], compose_weights=[1.0, 2.0])
     for sampler in ("ula", "uha", "mala", "cha"):
         st = MCMCSettings(sampler, steps=1, step_size=0.5)

@@ -317,7 +317,7 @@ def test_continual_run_with_evaluation(tmp_path):
         "model.attention_resolutions=14", "model.class_cond=true", "diffusion.diffusion_steps=50",
         "train.batch_size=8", "train.num_threads=1", "train.ema_rate=0.9", "continual.num_tasks=5",
         "continual.classes_per_task=2", "continual.limit_tasks=2", "continual.num_steps=2",
-        "continual.first_task_num_steps=2", "continual.grid_per_class=1", "continual.eval_respacing=ddim2",
+        "continual.first_task_num_steps=2", "continual.grid_per_class=1", "continual.eval_sampler=ddim2",
         "evaluation.enabled=true", "evaluation.num_samples=12", "evaluation.batch_size=6",
         f"evaluation.classifier_path={clf_path}", "evaluation.train_classifier=false", f"out_dir={tmp_path}",
         "name=ev",

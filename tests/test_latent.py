@@ -63,7 +63,7 @@ def _tiny(ae_path, tmp_path, *extra):
     return [f"latent.autoencoder={ae_path}", "model.num_channels=16", "model.num_head_channels=16",
             "continual.num_steps=2", "continual.first_task_num_steps=2", "continual.limit_tasks=2",
             "train.batch_size=8", "train.save_interval=2", "train.num_threads=1", "continual.grid_per_class=2",
-            "continual.eval_respacing=ddim2", f"out_dir={tmp_path}", *extra]
+            "continual.eval_sampler=ddim2", f"out_dir={tmp_path}", *extra]
 
 
 @pytest.mark.parametrize("method", ["buffer_replay", "generative_distillation"])
@@ -134,7 +134,7 @@ def test_a_pretrained_diffusers_unet_is_fine_tuned_task_after_task(tmp_path):
     over = ["model.arch=diffusers", f"model.diffusers_path={root}", "data.image_size=16", "continual.num_steps=2",
             "continual.first_task_num_steps=2", "continual.limit_tasks=2", "train.batch_size=4",
             "train.save_interval=2", "train.num_threads=1", "continual.grid_per_class=1",
-            "continual.eval_respacing=ddim2", f"out_dir={tmp_path}/runs"]
+            "continual.eval_sampler=ddim2", f"out_dir={tmp_path}/runs"]
     cfg = load_config(preset, over)
     _, _, info = experiment.load_split(cfg, "train")
     model = experiment.build_model(cfg, info)
@@ -184,7 +184,7 @@ def test_the_stable_diffusion_preset_runs_on_a_tiny_sd_folder(tmp_path, text_tas
         f"model.diffusers_path={sd}", f"latent.autoencoder={sd}/vae", f"text.encoder={sd}", f"data.data_dir={data}",
         f"data.test_dir={data}", "data.image_size=16", "train.precision=fp32", "train.batch_size=4",
         "continual.num_steps=2", "train.save_interval=2", "train.warmup_steps=0", "train.num_threads=1",
-        "continual.grid_per_class=1", "continual.eval_respacing=ddim2", "method.buffer_size=4",
+        "continual.grid_per_class=1", "continual.eval_sampler=ddim2", "method.buffer_size=4",
         f"out_dir={tmp_path}/runs"])
     ctx = run_continual(cfg)
     rows = list(csv.DictReader(open(f"{ctx.run_dir}/metrics.csv")))

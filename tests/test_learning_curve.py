@@ -58,9 +58,8 @@ def _tiny(tmp_path, clf_path):
         "data.dataset=digits", "data.image_size=8", "model.num_channels=16", "model.num_head_channels=16", "model.norm_groups=8",
         "model.num_res_blocks=1", "model.channel_mult=1,2", "model.attention_resolutions=4", "model.class_cond=true",
         "diffusion.diffusion_steps=40", "train.batch_size=8", "train.num_threads=1", "train.ema_rate=0.9",
-        "train.lr_schedule=constant", "train.warmup_steps=0", "train.log_interval=2", "continual.eval_respacing=4",
-        "continual.eval_use_ddim=false", "evaluation.num_samples=12", "evaluation.batch_size=6",
-        "evaluation.respacing=4", "evaluation.use_ddim=false", "evaluation.metrics=fid,class_acc",
+        "train.lr_schedule=constant", "train.warmup_steps=0", "train.log_interval=2", "continual.eval_sampler=4",
+        "evaluation.num_samples=12", "evaluation.batch_size=6", "evaluation.sampler=4", "evaluation.metrics=fid,class_acc",
         f"evaluation.classifier_path={clf_path}", "evaluation.train_classifier=false", f"out_dir={tmp_path}",
     ]
 

@@ -321,7 +321,7 @@ def test_the_classifier_replays_from_a_lora_run(tmp_path):
     ctx = run_continual(_cfg(tmp_path / "run", "lora"))
     cfg = load_config(f"{ctx.run_dir}/config.yaml", [
         "solver.replay=plain", "solver.arch=mlp", "solver.init_num_steps=2", "solver.num_steps=2",
-        "solver.batch_size=8", "solver.augment=", "solver.respacing=3", "solver.use_ddim=false",
+        "solver.batch_size=8", "solver.augment=", "solver.sampler=3",
         "solver.generation_interval=2", f"solver.diffusion_run={ctx.run_dir}"])
     solver = run_solver(cfg)
     assert sorted(solver.acc) == [0, 1]

@@ -162,7 +162,7 @@ def test_sample_batch_runs_the_network_in_the_spec_precision():
     m.register_forward_hook(lambda mod, args, out: seen.append((out.dtype, args[0].is_contiguous())))
     diffusion = create_gaussian_diffusion(steps=100, timestep_respacing="ddim4")
     noise = torch.randn(2, 3, 16, 16)
-    kw = dict(y=torch.tensor([0, 1]), noise=noise, use_ddim=True)
+    kw = dict(y=torch.tensor([0, 1]), noise=noise, ddim=True)
     ref = sample_batch(m, diffusion, (2, 3, 16, 16), **kw)
     assert set(seen) == {(torch.float32, True)}
     seen.clear()

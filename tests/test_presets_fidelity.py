@@ -13,6 +13,7 @@ import pytest
 from guided_diffusion.launch import adm_flags, cli
 from guided_diffusion.launch.cli import _register_section_schemas
 from guided_diffusion.runtime.config import ConfigError, load_config
+from guided_diffusion.sampling.config import adm_sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUGMENT = "crop,rotation,flip,jitter,erasing"  # GUIDE's --classifier_augmentation True (kornia set)
@@ -20,7 +21,7 @@ AUGMENT = "crop,rotation,flip,jitter,erasing"  # GUIDE's --classifier_augmentati
 # ------------------------------------------------------------------ GUIDE (cywinski/guide README)
 
 # Diffusion phase: batch, first_task_num_steps, num_steps, gr_n_generated_examples_per_task,
-# (timestep_respacing, use_ddim) of the self-rehearsal sampler.
+# (timestep_respacing, use_ddim) of the self-rehearsal sampler: GUIDE's flags, here method.sampler by ADM's rule.
 GUIDE_DIFFUSION = {
     "cifar10_2": (256, 100_000, 100_000, 25_000, ("1000", False)),
     "cifar10_5": (256, 100_000, 50_000, 10_000, ("1000", False)),
@@ -28,7 +29,7 @@ GUIDE_DIFFUSION = {
     "cifar100_10": (256, 100_000, 100_000, 5_000, ("1000", False)),
     "imagenet100_5": (100, 100_000, 50_000, 26_000, ("ddim250", True)),
 }
-# Classifier phase: timestep_respacing (DDIM), classifier_scale_{min,max}_new, classifier_lr,
+# Classifier phase: timestep_respacing (with --use_ddim True), classifier_scale_{min,max}_new, classifier_lr,
 # disjoint_classifier_init_num_steps, disjoint_classifier_num_steps, guid_generation_interval,
 # classifier_augmentation.
 GUIDE_CLASSIFIER = {
@@ -51,7 +52,7 @@ GUIDE_COMMON = {
     "continual.teacher_ema": False,  # prev_model = deepcopy(model): the raw weights
     "method.name": "generative_replay", "method.style": "guide",
     "solver.arch": "resnet18", "solver.replay": "guided", "solver.optimizer": "sgd", "solver.momentum": 0.9,
-    "solver.weight_decay": 5e-4, "solver.init_lr": 0.1, "solver.trim_logits": True, "solver.use_ddim": True,
+    "solver.weight_decay": 5e-4, "solver.init_lr": 0.1, "solver.trim_logits": True,
     "solver.use_old_grad": False, "solver.use_new_grad": True, "solver.guid_to_new_classes": True,
     "solver.negate_old_grad": False, "solver.noised_classifier": False,
 }
@@ -72,9 +73,8 @@ def guide_expected(bench):
     out.update(GUIDE_MODEL["imagenet100" if bench.startswith("imagenet") else "cifar"])
     out.update({
         "continual.scenario": bench, "train.batch_size": batch, "continual.first_task_num_steps": first,
-        "continual.num_steps": steps, "method.n_per_task": n, "method.timestep_respacing": respacing,
-        "method.use_ddim": use_ddim,
-        "solver.batch_size": batch, "solver.respacing": s_resp, "solver.scale_min": scale, "solver.scale_max": scale,
+        "continual.num_steps": steps, "method.n_per_task": n, "method.sampler": adm_sampler(respacing, use_ddim),
+        "solver.batch_size": batch, "solver.sampler": adm_sampler(s_resp, True), "solver.scale_min": scale, "solver.scale_max": scale,
         "solver.lr": clr, "solver.init_num_steps": init, "solver.num_steps": csteps,
         "solver.generation_interval": interval, "solver.augment": AUGMENT if aug else "",
     })
@@ -167,9 +167,10 @@ FLAGS = [  # (argv, {key: value on the config})
     (["--classifier_augmentation", "False"], {"solver.augment": ""}),
     (["--diffusion_pretrained_dir", "experiments/guide_cifar10_5"],
      {"solver.diffusion_run": "experiments/guide_cifar10_5"}),
-    (["--timestep_respacing", "ddim50"], {"solver.respacing": "ddim50", "solver.use_ddim": True}),
-    (["--timestep_respacing", "1000", "--use_ddim", "False"], {"solver.respacing": "1000", "solver.use_ddim": False}),
-    (["--timestep_respacing", "ddim100", "--use_ddim=True"], {"solver.respacing": "ddim100", "solver.use_ddim": True}),
+    (["--timestep_respacing", "ddim50"], {"solver.sampler": "ddim50"}),  # GUIDE's two flags: one value (ADM's rule)
+    (["--timestep_respacing", "1000", "--use_ddim", "False"], {"solver.sampler": "1000"}),
+    (["--timestep_respacing", "ddim100", "--use_ddim=True"], {"solver.sampler": "ddim100"}),
+    (["--use_ddim", "y"], {"solver.sampler": "ddim25"}),  # over the config's sampler (GUIDE's str2bool)
     (["--depth", "18"], {"solver.arch": "resnet18"}),
     (["--batch_size", "256"], {"solver.batch_size": 256}),
     (["--seed", "0", "--log_interval", "200"], {"seed": 0, "solver.log_interval": 200}),
@@ -182,7 +183,8 @@ FLAGS = [  # (argv, {key: value on the config})
 def test_guide_classifier_flags_set_the_solver_keys(argv, expected):
     cfg, args = parse(*argv)
     assert differences(cfg, expected) == {}
-    assert len(args.translations) == sum(1 for w in argv if w.startswith("--"))  # each flag's translation kept
+    # each flag's translation kept (ADM's sampler pair: one, for both flags)
+    assert sum(flag.count("--") for flag, _ in args.translations) == sum(1 for w in argv if w.startswith("--"))
 
 
 def test_a_flags_translation_is_recorded_for_dry_run():
@@ -250,12 +252,12 @@ MASIP_COMMON = {  # configs/model/ddim_medium.json, strategy JSONs, cnn.json + c
     "continual.scenario": "split_fmnist", "continual.num_steps": 100 * STEPS_PER_EPOCH,
     "continual.first_task_num_steps": 100 * STEPS_PER_EPOCH,
     "continual.teacher_ema": False,  # OldGeneratorManager: deepcopy(generator), the raw weights
-    "continual.eval_respacing": "ddim10t", "continual.eval_use_ddim": True,  # --generation_steps 10, eta 0
+    "continual.eval_sampler": "ddim10t",  # --generation_steps 10, DDIM with eta 0
     "solver.arch": "cnn", "solver.replay": "soft", "solver.batch_size": 128, "solver.optimizer": "adam",
     "solver.init_lr": 1e-3, "solver.lr": 1e-3, "solver.weight_decay": 0.0,
     "solver.init_num_steps": 20 * STEPS_PER_EPOCH, "solver.num_steps": 20 * STEPS_PER_EPOCH,
     "solver.trim_logits": False, "solver.augment": "", "solver.generation_interval": 1,
-    "solver.respacing": "ddim10t", "solver.use_ddim": True, "solver.temperature": 2.0,
+    "solver.sampler": "ddim10t", "solver.temperature": 2.0,
     "solver.eval_batch_size": 256,
 }
 MASIP_GENERATOR = {"diffusion.noise_schedule": "linear", "train.lr": 2e-4, "train.grad_clip": 1.0,

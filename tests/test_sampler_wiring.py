@@ -1,4 +1,4 @@
-"""The few-step solvers wired into sampling: the respacing grammar that names them, the config rule,
+"""The few-step solvers wired into sampling: the grammar of sampler values that names them, the config rule,
 ``sample_sets.sample_batch`` running them with ADM's model conventions, and ``image_sample.py --sampler``."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from guided_diffusion.respace import (
     trailing_timesteps,
 )
 from guided_diffusion.runtime.config import ConfigError, load_config
-from guided_diffusion.sampling.config import resolve_use_ddim
+from guided_diffusion.sampling.config import adm_sampler, sampler_kind
 from guided_diffusion.sampling import samplers
 from guided_diffusion.sampling.sample_sets import sample_batch
 from guided_diffusion.script_util import create_gaussian_diffusion
@@ -43,8 +43,9 @@ def test_solver_specs_pick_the_solver_and_its_timesteps():
     d = create_gaussian_diffusion(steps=1000, noise_schedule="cosine", timestep_respacing="dpmpp_2m6l")
     assert d.sampler == "dpmpp_2m" and list(d.timestep_map) == sorted(logsnr_timesteps(6, ac))
     assert create_gaussian_diffusion(steps=100, timestep_respacing="ddim10").sampler == ""
-    assert sampler_label("dpmpp_2m10", False) == "dpmpp_2m10"
-    assert sampler_label("ddim50", True) == "ddim50 DDIM eta 0.0" and sampler_label("", False) == "full ancestral"
+    assert sampler_label("dpmpp_2m10") == "dpmpp_2m10"
+    assert sampler_label("ddim50") == "ddim50 DDIM eta 0.0" and sampler_label("") == "full ancestral"
+    assert sampler_label("ddim10t", 0.5) == "ddim10t DDIM eta 0.5" and sampler_label("250") == "250 ancestral"
 
 
 @pytest.mark.parametrize("bad", ["dpmpp_2m", "dpmpp_2mx", "dpmpp_2m10tl", "unipc-3", "dpmpp_2m2000"])
@@ -58,16 +59,18 @@ def test_logsnr_spacing_needs_the_schedule():
         space_timesteps(1000, "10l")
 
 
-def test_use_ddim_rule_for_solver_specs(tmp_path):
-    assert resolve_use_ddim(None, "dpmpp_2m10") is False and resolve_use_ddim(False, "unipc10") is False
-    assert resolve_use_ddim(None, "ddim10l") is True
-    with pytest.raises(ConfigError, match="names the dpmpp_2m solver"):
-        resolve_use_ddim(True, "dpmpp_2m10")
+def test_sampler_values_that_name_a_solver(tmp_path):
+    assert sampler_kind("dpmpp_2m10") == "dpmpp_2m" and sampler_kind("ddim10l") == "ddim"
+    assert adm_sampler("unipc10", False) == "unipc10" and adm_sampler("dpmpp_2m10", None) == "dpmpp_2m10"
+    with pytest.raises(ConfigError, match="DDIM steps with the dpmpp_2m solver's 'dpmpp_2m10'"):
+        adm_sampler("dpmpp_2m10", True)  # ADM's --use_ddim True beside a solver
     with pytest.raises(ConfigError, match="bad timestep respacing"):
-        resolve_use_ddim(None, "unipcx")
-    with pytest.raises(ConfigError, match="use_ddim: true beside respacing 'dpmpp_2m10'"):
-        load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), ["sample.timestep_respacing=dpmpp_2m10",
-                                                                "sample.use_ddim=true"])
+        sampler_kind("unipcx")
+    with pytest.raises(ConfigError, match="sample.sampler = 'unipcx': bad timestep respacing"):
+        load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), ["sample.sampler=unipcx"])
+    with pytest.raises(ConfigError, match="sample.eta = 0.5 is DDIM's, but sample.sampler = 'dpmpp_2m10' is the "
+                                          "dpmpp_2m solver"):
+        load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), ["sample.sampler=dpmpp_2m10", "sample.eta=0.5"])
 
 
 # ---------------------------------------------------------------------------------------------- sample_batch
@@ -193,31 +196,36 @@ def test_image_sample_sampler_flags(tmp_path):
     assert "3 model evaluations per image" in out
     with np.load(tmp_path / "samples_2x28x28x1.npz") as f:
         first = f["arr_0"].copy()
-    code, out, err = run_script(*base, "--timestep_respacing", "dpmpp_2m3")  # the same sampler, spelled as ADM's key
-    assert code == 0, err
-    with np.load(tmp_path / "samples_2x28x28x1.npz") as f:
-        np.testing.assert_array_equal(f["arr_0"], first)
+    for same in (["--sampler", "dpmpp_2m3"], ["--timestep_respacing", "dpmpp_2m3"]):  # by value; ADM's flag
+        code, out, err = run_script(*base, *same)
+        assert code == 0, err
+        with np.load(tmp_path / "samples_2x28x28x1.npz") as f:
+            np.testing.assert_array_equal(f["arr_0"], first)
     one_error(*run_script(*base, "--sampler", "dpmpp_2m", "--steps", "3", "--timestep_respacing", "ddim5")[::2],
-              "--sampler sets the respacing and use_ddim: drop --timestep_respacing")
-    one_error(*run_script(*base, "--steps", "3")[::2], "--steps goes with --sampler")
+              "--sampler is the sampler: drop ADM's --timestep_respacing")
+    one_error(*run_script(*base, "--steps", "3")[::2], "--steps and --spacing go with --sampler NAME")
+    one_error(*run_script(*base, "--sampler", "ddim")[::2], "--sampler ddim needs --steps N")
     one_error(*run_script(*base, "--sampler", "heun", "--steps", "3")[::2], "--sampler 'heun'")
     one_error(*run_script(*base, "--sampler", "unipc", "--steps", "3", "--spacing", "adm")[::2], "--spacing adm")
 
 
-def test_respacing_for_flags():
+def test_sampler_for_flags():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("image_sample", os.path.join(ROOT, "scripts", "image_sample.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.respacing_for("dpmpp_2m", 10) == ("dpmpp_2m10t", False)
-    assert mod.respacing_for("unipc", 8, "logsnr") == ("unipc8l", False)
-    assert mod.respacing_for("ddim", 50, "adm") == ("ddim50", True)
-    assert mod.respacing_for("ancestral", 20) == ("20t", False)
+    assert mod.sampler_for("dpmpp_2m", 10) == "dpmpp_2m10t"
+    assert mod.sampler_for("unipc", 8, "logsnr") == "unipc8l"
+    assert mod.sampler_for("ddim", 50, "adm") == "ddim50"
+    assert mod.sampler_for("ancestral", 20) == "20t"
+    assert mod.sampler_words(["--sampler", "ddim", "--steps", "10", "--spacing=adm", "x.y=1"]) == \
+        ["x.y=1", "--sampler", "ddim10"]
+    assert mod.sampler_words(["--sampler", "unipc10l"]) == ["--sampler", "unipc10l"]
 
 
 def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
-    """GUIDE's x̂0 guidance needs ADM's loops: a solver respacing for it is refused when the solver
+    """GUIDE's x̂0 guidance needs ADM's loops: a solver's sampler value for it is refused when the solver
     is built; guidance on x_t (noised classifier) and unguided replay take any sampler."""
     import dataclasses
 
@@ -228,10 +236,10 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
     cfg = Config()
     cfg.model.class_cond = True
     cfg.solver = dataclasses.replace(SolverConfig(), replay="guided", use_old_grad=True, use_new_grad=False,
-                                     respacing="dpmpp_2m10")
+                                     sampler="dpmpp_2m10")
     with pytest.raises(ConfigError, match="cannot guide through x̂0"):
         Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
-    for ok in (dict(noised_classifier=True), dict(respacing="ddim10t"), dict(replay="plain")):
+    for ok in (dict(noised_classifier=True), dict(sampler="ddim10t"), dict(replay="plain")):
         cfg.solver = dataclasses.replace(cfg.solver, **ok)
         with pytest.raises(Exception) as e:  # gets past the check, then fails on the missing data (None)
             Solver(cfg, None, None, None, None, None, None, "cpu", "", None)

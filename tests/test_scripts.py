@@ -14,7 +14,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.num_channels=32", "model.num_res_blocks=1", "model.channel_mult=1,2", "model.attention_resolutions=14",
         "diffusion.diffusion_steps=50", "train.batch_size=8", "train.num_threads=1", "train.log_interval=5",
-        "train.sample_at_end=4", "sample.timestep_respacing=ddim5", "sample.batch_size=4"]
+        "train.sample_at_end=4", "sample.sampler=ddim5", "sample.batch_size=4"]
 HAVE_MPI = shutil.which("mpiexec") is not None
 
 
@@ -135,7 +135,7 @@ def test_continual_two_processes(tmp_path, tiny_eval_classifier):
     run(["scripts/image_train.py", "--config", "yaml/mnist/generative_distillation.yaml", *TINY,  # GUIDE: one script
          *tiny_eval_classifier,
          "model.class_cond=true", f"out_dir={tmp_path}", "continual.limit_tasks=2", "continual.num_steps=2",
-         "continual.first_task_num_steps=2", "continual.grid_per_class=1", "continual.eval_respacing=ddim5",
-         "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.respacing=5"], MPI)
+         "continual.first_task_num_steps=2", "continual.grid_per_class=1", "continual.eval_sampler=ddim5",
+         "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=4", "evaluation.sampler=5"], MPI)
     run_dir = f"{tmp_path}/split_mnist_generative_distillation"
     assert os.path.exists(f"{run_dir}/task_1/task_done.json") and os.path.exists(f"{run_dir}/task_1/samples.png")

@@ -173,16 +173,30 @@ def test_saved_config_keeps_adms_sampler_rule(tmp_path):
     saved.write_text(dump_config(load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"))))
     import yaml
 
-    assert yaml.safe_load(saved.read_text())["sample"]["use_ddim"] is None  # what the user chose: nothing
-    for respacing, ddim in (("25", False), ("ddim25", True), ("unipc10l", False)):
+    from guided_diffusion.sampling.config import sampler_kind
+
+    assert yaml.safe_load(saved.read_text())["sample"]["sampler"] == "ddim50"  # one value, its kind in it
+    for respacing, kind in (("25", "ancestral"), ("ddim25", "ddim"), ("unipc10l", "unipc")):
         code, out, err = run_script("image_sample.py", "--config", saved, "--timestep_respacing", respacing,
                                     "--dry-run")
         assert code == 0, err
+        assert f"# --timestep_respacing {respacing} -> sample.sampler={respacing}" in out  # ADM's rule
         sample = yaml.safe_load("\n".join(ln for ln in out.splitlines() if not ln.startswith("#")))["sample"]
-        assert load_config(str(saved), [f"sample.timestep_respacing={respacing}"]).sample.use_ddim is ddim
-        assert sample["use_ddim"] is None and sample["timestep_respacing"] == respacing
-    chosen = load_config(os.path.join(ROOT, "yaml/mnist/iid.yaml"), ["sample.use_ddim=false"])
-    assert yaml.safe_load(dump_config(chosen))["sample"]["use_ddim"] is False  # a choice is kept
+        assert sample["sampler"] == respacing and sampler_kind(sample["sampler"]) == kind
+    code, out, err = run_script("image_sample.py", "--config", saved, "--timestep_respacing", "25", "--use_ddim",
+                                "true", "--dry-run")  # ADM's DDIM on its even 25-step spacing: no value, said so
+    assert code == 2 and "DDIM steps on ADM's even spacing '25' have no sampler value here" in err, err
+    # A run saved before sample.sampler (its config.yaml beside its log.txt) is read as it ran, the flag on top.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "log.txt").write_text("")
+    assert "\n  sampler: ddim50\n" in saved.read_text()
+    (old / "config.yaml").write_text(saved.read_text().replace("\n  sampler: ddim50\n",
+                                                              "\n  use_ddim: null\n  timestep_respacing: ddim50\n"))
+    code, out, err = run_script("image_sample.py", "--config", old / "config.yaml", "--timestep_respacing", "25",
+                                "--dry-run")
+    assert code == 0, err
+    assert yaml.safe_load("\n".join(ln for ln in out.splitlines() if not ln.startswith("#")))["sample"]["sampler"] == "25"
 
 
 def test_cost_line_names_the_sampler():
@@ -190,7 +204,7 @@ def test_cost_line_names_the_sampler():
     from types import SimpleNamespace
 
     cost_line = runpy.run_path(os.path.join(ROOT, "scripts", "image_sample.py"), run_name="x")["cost_line"]
-    s = SimpleNamespace(batch_size=4, timestep_respacing="25", use_ddim=False, eta=0.0)
+    s = SimpleNamespace(batch_size=4, sampler="25", eta=0.0)
     assert "with the sampler 25 ancestral" in cost_line(s, None, 1.0, 4, 25)
 
 
@@ -330,7 +344,7 @@ def test_a_sampling_stage_logs_one_summary_line():
 
     cfg = Config()
     cfg.diffusion.diffusion_steps = 20
-    spec = experiment.sampling_spec(cfg, (1, 8, 8), 0, respacing="ddim3", use_ddim=True, device="cpu")
+    spec = experiment.sampling_spec(cfg, (1, 8, 8), 0, sampler="ddim3", device="cpu")
     lines = []
     images, _ = sample_set(Zero(), spec, num_samples=5, batch_size=2, log=lines.append, desc="task 3 grid")
     assert images.shape == (5, 8, 8, 1)

@@ -309,7 +309,7 @@ def test_masip_solver_protocol_runs_on_an_unconditional_generator(tmp_path):
     run_continual(load_config(f"{root}/yaml/mnist/generative_distillation.yaml", common))
     solver_keys = ["solver.arch=masip_cnn", "solver.mixing=masip", "solver.lr_schedule=constant",
                    "solver.optimizer=adam", "solver.init_lr=0.001", "solver.lr=0.001", "solver.generation_interval=1",
-                   "solver.respacing=ddim2t", "solver.init_num_steps=4", "solver.num_steps=3", "solver.batch_size=8",
+                   "solver.sampler=ddim2t", "solver.init_num_steps=4", "solver.num_steps=3", "solver.batch_size=8",
                    "solver.augment=", "solver.log_interval=1"]
     for replay in ("soft", "soft_kd", "argmax"):
         cfg = load_config(f"{root}/yaml/mnist/solver.yaml", common + solver_keys + [f"solver.replay={replay}"])

@@ -192,7 +192,7 @@ def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
     tiny = ["model.num_channels=16", "model.channel_mult=1,2", "model.attention_resolutions=14",
             "model.num_head_channels=16", "continual.num_steps=2", "continual.first_task_num_steps=2",
             "continual.limit_tasks=2", "train.batch_size=8", "train.save_interval=2", "train.num_threads=1",
-            "continual.grid_per_class=1", "continual.eval_respacing=ddim2", "train.uncond_p=0.2",
+            "continual.grid_per_class=1", "continual.eval_sampler=ddim2", "train.uncond_p=0.2",
             f"out_dir={tmp_path}"]
     cfg = load_config(preset, tiny)
     ctx = run_continual(cfg)
@@ -205,7 +205,7 @@ def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
 
     states, pooled = encode_prompts(cfg.text.encoder, ["a handwritten digit three"], cfg.text.max_length)
     model.set_prompts(torch.cat([model.states, states]), torch.cat([model.pooled, pooled]))
-    spec = experiment.sampling_spec(cfg, ctx.info.shape, ctx.info.num_classes, respacing="ddim2", use_ddim=True,
+    spec = experiment.sampling_spec(cfg, ctx.info.shape, ctx.info.num_classes, sampler="ddim2",
                                     guidance_scale=2.0)
     images, labels = sample_set(model, spec, num_samples=2, batch_size=2, seed=0, labels=[11, 11])
     assert images.shape == (2, 28, 28, 1) and list(labels) == [11, 11]
@@ -228,7 +228,7 @@ def test_a_continual_run_over_the_tasks_of_a_text_task_dict(tmp_path, text_task_
         "continual.scenario=from_data", "text.template='{name}'", "model.num_channels=16", "model.channel_mult=1,2",
         "model.attention_resolutions=4", "model.num_head_channels=16", "continual.num_steps=2",
         "continual.first_task_num_steps=2", "train.batch_size=4", "train.save_interval=2", "train.num_threads=1",
-        "continual.grid_per_class=1", "continual.eval_respacing=ddim2", "method.buffer_size=4", f"out_dir={tmp_path}"])
+        "continual.grid_per_class=1", "continual.eval_sampler=ddim2", "method.buffer_size=4", f"out_dir={tmp_path}"])
     ctx = run_continual(cfg)
     rows = list(csv.DictReader(open(f"{ctx.run_dir}/metrics.csv")))
     # classes by sorted text: 0 blue square, 1 green star, 2 red circle; the file's task 1, then its task 2

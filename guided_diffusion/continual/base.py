@@ -122,7 +122,7 @@ class ContinualContext:
     y: torch.Tensor
     info: Any  # DataInfo
     model: torch.nn.Module  # the network being trained (raw weights)
-    diffusion: Any  # the training diffusion (no respacing)
+    diffusion: Any  # the training diffusion (every step of the chain)
     device: torch.device
     run_dir: str
     logger: Any

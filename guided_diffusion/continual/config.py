@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 from ..runtime.config import ConfigError, closest, register_section_schema
+from ..sampling.config import check_sampler
 
 
 @dataclass
@@ -23,8 +22,7 @@ class ContinualConfig:
     first_task_num_steps: int = -1  # -1: num_steps
     limit_tasks: int = -1  # stop after this many tasks (-1: all)
     grid_per_class: int = 8  # samples per seen class in each task's grid (0: none)
-    eval_respacing: str = "ddim25"  # sampler steps for grids and evaluation (ADM's respacing spec)
-    eval_use_ddim: Optional[bool] = None  # grids: DDIM (eta 0) or ancestral; unset: DDIM iff eval_respacing starts with "ddim"
+    eval_sampler: str = "ddim25"  # the grids' sampler, and the evaluation's by default: ddimN (DDIM, eta 0) | N (ancestral) | unipcN ...
     teacher_ema: bool = True  # the teacher is the EMA (first rate) of the previous task, else the raw weights
     init_from: str = ""  # a run folder whose finished task 0 this run takes instead of training it (same data, model, diffusion, training, seed and first task; continual/warm_start.py)
 
@@ -51,4 +49,6 @@ def check_class_order(spec: str) -> None:
         raise ConfigError(f"continual.class_order holds a negative class id ({min(order)})")
 
 
-register_section_schema("continual", None, ContinualConfig, key_checks={"class_order": check_class_order})
+register_section_schema("continual", None, ContinualConfig,
+                        key_checks={"class_order": check_class_order,
+                                    "eval_sampler": lambda v: check_sampler("continual.eval_sampler", v)})

@@ -101,7 +101,7 @@ def _grid_from_evaluation(ctx: ContinualContext, task: Task, evaluators):
     second sampling pass. None otherwise."""
     cfg = ctx.cfg
     k = cfg.continual.grid_per_class
-    sampler = (cfg.continual.eval_respacing, bool(cfg.continual.eval_use_ddim), 0.0)
+    sampler = (cfg.continual.eval_sampler, 0.0)
     for ev in evaluators:
         last = getattr(ev, "last_samples", None)
         if last is None or last[2] != sampler or not cfg.model.class_cond:

@@ -60,7 +60,7 @@ def first_task_source(cfg, task, info) -> int:
     if not bf.exists(f"{src}/task_done.json") or not bf.exists(f"{src_run}/config.yaml"):
         raise ConfigError(f"continual.init_from = {src_run!r}: {src} is not a finished first task of a continual run "
                           "(run that config first)")
-    other = load_config(f"{src_run}/config.yaml")
+    other = load_config(f"{src_run}/config.yaml", record=True)  # that run's saved config
     from .methods import adapts_model, method_names
 
     if adapts_model(other.method) and other.method != cfg.method:
@@ -117,7 +117,7 @@ def _results_settings(cfg) -> Dict[str, Any]:
     for section in ("sample", "evaluation"):
         if hasattr(cfg, section):
             out.update({f"{section}.{k}": v for k, v in to_dict(getattr(cfg, section)).items()})
-    for key in ("grid_per_class", "eval_respacing", "eval_use_ddim"):
+    for key in ("grid_per_class", "eval_sampler"):
         out[f"continual.{key}"] = getattr(cfg.continual, key)
     return out
 
@@ -127,7 +127,7 @@ def first_task_results(cfg, src_run: str) -> Optional[Tuple[Dict[str, str], Opti
     with this run's settings (``None`` otherwise: this run computes its own). ``eval_sec`` is 0, as
     ``train_sec`` is: this run spent nothing on them."""
     try:
-        other = load_config(f"{src_run}/config.yaml")
+        other = load_config(f"{src_run}/config.yaml", record=True)  # that run's saved config
     except (ConfigError, OSError):
         return None
     if _differences(_results_settings(cfg), _results_settings(other)):

@@ -4,7 +4,7 @@ ablation (``scripts/dkdm_ablation.py``).
 Students, all of the config's ``model`` (the same architecture, seed, batch, steps and teacher):
 
 - ``baseline``: DKDM's data-free baseline -- the teacher generates a fixed set of images once
-  (its sampler: ``sample.timestep_respacing``, ``sample.use_ddim``), and the student is trained on
+  (its sampler: ``sample.sampler``, ``sample.eta``), and the student is trained on
   them with the plain diffusion loss, as on a data set (``train.loss_weighting`` included). As in
   DKDM (50K teacher samples for CIFAR-10's 50K images) the set is as large as the real training set
   of ``data.dataset`` (``--baseline_images`` sets another size).
@@ -104,7 +104,7 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log, progress=None) -> t
                 return f["arr_0"], f["arr_1"]
     spec = experiment.sample_spec(cfg, setup.info, device, class_cond=setup.teacher.class_cond, guidance_scale=1.0,
                                   clip_denoised=True)  # the teacher's own conditioning: no CFG
-    log(f"baseline: drawing {n} teacher images ({sampler_label(cfg.sample.timestep_respacing, cfg.sample.use_ddim)})")
+    log(f"baseline: drawing {n} teacher images ({sampler_label(cfg.sample.sampler, cfg.sample.eta)})")
     t0 = time.time()
     images, labels = sample_set(setup.teacher.net, spec, num_samples=n, batch_size=min(n, 256),
                                 seed=step_seed(cfg.seed, 0, 3) % (2**31), classes=range(setup.info.num_classes or 1),
@@ -114,7 +114,7 @@ def _teacher_set(cfg, setup, n: int, path: str, device, log, progress=None) -> t
         np.savez(buf, arr_0=images, arr_1=labels)
         ckpt.atomic_write_bytes(path, buf.getvalue())
     dist_util.barrier()
-    log(f"baseline: {n} teacher images ({sampler_label(cfg.sample.timestep_respacing, cfg.sample.use_ddim)}) "
+    log(f"baseline: {n} teacher images ({sampler_label(cfg.sample.sampler, cfg.sample.eta)}) "
         f"in {time.time() - t0:.0f} s -> {path}")
     return images, labels
 
@@ -137,7 +137,7 @@ def train_baseline(cfg, device, logger, n_images: int = 0):
                      logger=logger, device=device, export_config=experiment.export_config(cfg, setup.info),
                      tag="baseline")
     loop.run()
-    sampler = experiment.build_diffusion(cfg, cfg.sample.timestep_respacing)
+    sampler = experiment.build_diffusion(cfg, cfg.sample.sampler)
     return loop, setup, n * sampler.num_timesteps
 
 

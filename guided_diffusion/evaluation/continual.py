@@ -31,7 +31,7 @@ from .class_metrics import class_histogram
 from .extractors import build_feature_extractor
 from .features import extract_features
 from .reference import ImageSet
-from .settings import classifier_path_of, evaluation_of, train_classifier_from_config
+from .settings import classifier_path_of, evaluation_of, evaluation_sampler, train_classifier_from_config
 from .suite import evaluate_sets
 
 CLASS_METRICS = {"kld", "ard", "class_acc"}
@@ -142,9 +142,9 @@ class ContinualEvaluator:
         t0 = time.time()
         seen = [int(c) for c in classes]
         ref, ref_feats = self._reference(seen)
-        respacing = ev.respacing or cfg.continual.eval_respacing
-        spec = experiment.sampling_spec(cfg, image_shape, ref.num_classes, respacing=respacing, use_ddim=ev.use_ddim,
-                                        eta=ev.eta, guidance_scale=1.0, device=device)
+        sampler = evaluation_sampler(ev, cfg)
+        spec = experiment.sampling_spec(cfg, image_shape, ref.num_classes, sampler=sampler, eta=ev.eta,
+                                        guidance_scale=1.0, device=device)
         labels = None
         if cfg.model.class_cond:
             labels = proportional_labels(seen, class_histogram(ref.labels, ref.num_classes), ev.num_samples)
@@ -153,11 +153,11 @@ class ContinualEvaluator:
                                    desc=f"evaluation{' ' + when if when else ''}: samples")
         t1 = time.time()
         faults.point("evaluation")
-        self.last_samples = (images, drawn, (respacing, bool(ev.use_ddim), float(ev.eta)))
-        sampler = "one decoder pass" if cfg.generator == "vae" else sampler_label(respacing, ev.use_ddim, ev.eta)
+        self.last_samples = (images, drawn, (sampler, float(ev.eta)))
+        label = "one decoder pass" if cfg.generator == "vae" else sampler_label(sampler, ev.eta)
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
-                           f"{what}EMA samples{' ' + when if when else ''}, {sampler}")
+                           f"{what}EMA samples{' ' + when if when else ''}, {label}")
         metrics = ev.metric_list
         out: Dict = {}
         protocols: List[str] = []

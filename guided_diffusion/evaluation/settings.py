@@ -8,7 +8,7 @@ continual loop on)::
       num_samples: 1000        # generated samples per task (class-conditional: in proportion to the
                                # seen classes' test histogram)
       batch_size: 100          # sampling batch (global; each rank draws whole batches)
-      respacing: ""            # "" -> continual.eval_respacing (e.g. ddim25)
+      sampler: ""              # "" -> continual.eval_sampler (e.g. ddim25; "50": 50 ancestral steps)
       features: domain         # domain | inception (FID / precision / recall features)
       classifier_path: ""      # "" -> model/eval_classifier_{data.dataset}.safetensors
       metrics: fid,kld,ard,class_acc,precision,recall
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..runtime.config import ConfigError, register_section_schema
-from ..sampling.config import resolve_evaluation_use_ddim
+from ..sampling.config import check_sampler, is_ddim
 from .metrics import METRICS
 
 
@@ -34,9 +34,8 @@ class EvaluationConfig:
     enabled: bool = False  # evaluate after every task of the continual loop
     num_samples: int = 1000  # generated samples per evaluation
     batch_size: int = 100  # sampling batch (global)
-    respacing: str = ""  # sampler of the evaluation samples ("" -> continual.eval_respacing)
-    use_ddim: Optional[bool] = None  # unset: DDIM iff respacing starts with "ddim"; respacing "": the continual grids' sampler
-    eta: float = 0.0
+    sampler: str = ""  # sampler of the evaluation samples: ddimN | N (ancestral) | unipcN ... ("" -> continual.eval_sampler)
+    eta: float = 0.0  # DDIM's eta (a sampler that is not DDIM takes none)
     seed: int = -1  # -1: the run's seed (the same noise after every task)
     features: str = "domain"  # domain | inception: the features of FID / precision / recall
     metrics: str = "fid,kld,ard,class_acc,precision,recall"  # any of fid,sfid,is,precision,recall,kld,ard,class_acc
@@ -76,7 +75,23 @@ class EvaluationConfig:
         return [m.strip() for m in str(self.metrics).split(",") if m.strip()]
 
 
-register_section_schema("evaluation", None, EvaluationConfig)
+def evaluation_sampler(ev: EvaluationConfig, cfg) -> str:
+    """The evaluation's sampler: its own, or ("") the continual grids' (``continual.eval_sampler``)."""
+    return ev.sampler or cfg.continual.eval_sampler
+
+
+def check_evaluation(ev: EvaluationConfig, cfg) -> None:
+    """The evaluation's sampler (its own or the grids') takes ``evaluation.eta`` only if it is DDIM."""
+    if ev.sampler:
+        check_sampler("evaluation.sampler", ev.sampler, eta=ev.eta, eta_key="evaluation.eta")
+    elif ev.eta and not is_ddim(cfg.continual.eval_sampler):
+        raise ConfigError(f"evaluation.eta = {ev.eta} is DDIM's, but the evaluation samples with continual.eval_sampler "
+                          f"= {cfg.continual.eval_sampler!r} (evaluation.sampler \"\"), which is not DDIM: set "
+                          "evaluation.eta 0, or give the evaluation a DDIM sampler (evaluation.sampler=ddim50)")
+
+
+register_section_schema("evaluation", None, EvaluationConfig, check_evaluation,
+                        key_checks={"sampler": lambda v: check_sampler("evaluation.sampler", v)})
 
 
 def evaluation_of(cfg) -> EvaluationConfig:
@@ -84,9 +99,7 @@ def evaluation_of(cfg) -> EvaluationConfig:
     ev = cfg.evaluation
     if isinstance(ev, EvaluationConfig):
         return ev
-    ev = EvaluationConfig(**(ev or {}))
-    ev.use_ddim = resolve_evaluation_use_ddim(ev.use_ddim, ev.respacing, cfg)
-    return ev
+    return EvaluationConfig(**(ev or {}))
 
 
 def classifier_path_of(cfg) -> str:

@@ -13,8 +13,13 @@ Where ADM's meaning is not a plain key, a translation says so:
   weights of P, and the step (P named ``model{step}.pt``), the optimizer (``opt{step}.pt``) and the EMA
   (``ema_{rate}_{step}.pt``) from the files beside it when they are there; weights only otherwise (the
   log says which). A run of this project resumes by rerunning its command (its own run folder wins).
-- ``--timestep_respacing`` is the sampler's respacing on the sampling scripts and the training
-  diffusion's on the training scripts, as in ADM.
+- ``--timestep_respacing`` and ``--use_ddim`` on the sampling scripts (and GUIDE's classifier phase) are
+  together one sampler value, ``sample.sampler`` (``solver.sampler``), by ADM's rule
+  (``sampling.config.adm_sampler``): ``--timestep_respacing 250`` is ``250`` (250 ancestral steps),
+  ``ddim50`` is DDIM, ``--use_ddim True --timestep_respacing ""`` is ``ddim1000`` (DDIM over every step),
+  ``--use_ddim False --timestep_respacing ddim10t`` is ``10t``; a pair that no value stands for (DDIM on
+  ADM's even spacing ``250``) is refused with the two nearest. ``--dry-run`` shows the value. On the
+  training scripts ``--timestep_respacing`` is the training diffusion's, as in ADM.
 
 ADM flags without an equivalent here (``--fp16_scale_growth``, ``--val_data_dir``) fail with a line
 that says so, never silently.
@@ -97,13 +102,47 @@ TRAIN_FLAGS: Dict[str, str] = {
     "timestep_respacing": "diffusion.timestep_respacing",
 }
 
+class SamplerFlag:
+    """One of ADM's two sampler flags, ``--timestep_respacing`` (``part`` "respacing") and ``--use_ddim``
+    ("use_ddim"): together the one sampler value ``key``, by ADM's rule (``sampling.config.adm_sampler``),
+    once every flag is read (``launch.cli.parse``; the flag left out: the config's value, use_ddim unset)."""
+
+    def __init__(self, key: str, part: str):
+        self.key, self.part = key, part
+        self.__doc__ = (f"{key}, with --{'use_ddim' if part == 'respacing' else 'timestep_respacing'} by ADM's rule "
+                        "(--dry-run shows it): ddimN is DDIM, N ancestral; --use_ddim True with \"\" is ddim1000 (every "
+                        "step), with Nt ddimNt; --use_ddim False with ddimNt is Nt")
+
+
+def sampler_flags(key: str) -> Dict[str, "SamplerFlag"]:
+    """ADM's ``--timestep_respacing`` and ``--use_ddim`` as the sampler value ``key``."""
+    return {"timestep_respacing": SamplerFlag(key, "respacing"), "use_ddim": SamplerFlag(key, "use_ddim")}
+
+
+def sampler_value(key: str, given: Dict[str, str], tree: Dict, steps: int, default: str) -> str:
+    """The value of the sampler ``key`` for ADM's flags ``given`` ({part: the flag's value}) over the
+    settings ``tree``: the respacing flag, else the tree's (or ``default``), with the use_ddim flag (GUIDE's
+    str2bool), by ADM's rule over ``steps`` diffusion steps."""
+    from ..sampling.config import NoSamplerValue, adm_sampler
+
+    section, name = key.split(".", 1)
+    part = tree.get(section) if isinstance(tree.get(section), dict) else {}
+    respacing = given["respacing"] if "respacing" in given else str(part.get(name, default))
+    use_ddim = _str2bool("use_ddim", given["use_ddim"]) if "use_ddim" in given else None
+    try:
+        return adm_sampler(respacing, use_ddim, steps)
+    except NoSamplerValue as e:
+        raise ConfigError(f"{e.what} have no sampler value here: give "
+                          + " or ".join(f"--timestep_respacing {v} ({n})" for v, n in e.choices)
+                          + " without --use_ddim") from None
+
+
 # image_sample.py / classifier_sample.py besides the model's.
-SAMPLE_FLAGS: Dict[str, str] = {
+SAMPLE_FLAGS: Dict[str, Union[str, SamplerFlag]] = {
     "model_path": "sample.model_path",
     "num_samples": "sample.num_samples",
     "batch_size": "sample.batch_size",
-    "use_ddim": "sample.use_ddim",
-    "timestep_respacing": "sample.timestep_respacing",
+    **sampler_flags("sample.sampler"),
     "clip_denoised": "sample.clip_denoised",
     "classifier_path": "sample.classifier_path",
     "classifier_scale": "sample.classifier_scale",
@@ -191,7 +230,7 @@ def _resume_checkpoint(value: str, world_size: int) -> List[str]:
 _resume_checkpoint.__doc__ = ("model.init_path, and ADM's step, opt{step}.pt and ema_{rate}_{step}.pt beside it when "
                               "present (IID training; a run of this project resumes by rerunning its command)")
 
-Target = Union[str, Translation]
+Target = Union[str, Translation, SamplerFlag]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -296,7 +335,7 @@ def guide_classifier_flags() -> Dict[str, Target]:
     for flag, key in (("use_old_grad", "solver.use_old_grad"), ("use_new_grad", "solver.use_new_grad"),
                       ("guid_to_new_classes", "solver.guid_to_new_classes"),
                       ("negate_old_grad", "solver.negate_old_grad"), ("trim_logits", "solver.trim_logits"),
-                      ("train_noised_classifier", "solver.noised_classifier"), ("use_ddim", "solver.use_ddim")):
+                      ("train_noised_classifier", "solver.noised_classifier")):
         table[flag] = _guide_bool(flag, key)
     for flag in ("class_cond", "use_checkpoint", "use_scale_shift_norm", "resblock_updown",
                  "use_new_attention_order", "learn_sigma", "use_kl", "predict_xstart", "rescale_timesteps",
@@ -309,7 +348,7 @@ def guide_classifier_flags() -> Dict[str, Target]:
         "classifier_lr": "solver.lr",
         "classifier_weight_decay": "solver.weight_decay",
         "guid_generation_interval": "solver.generation_interval",
-        "timestep_respacing": "solver.respacing",  # the replay sampler (GUIDE: ddim50 / ddim100, ADM's leading spacing)
+        **sampler_flags("solver.sampler"),  # the replay sampler (GUIDE: ddim50 / ddim100 with --use_ddim True)
         "classifier_augmentation": _guide_augmentation,
         "depth": _guide_depth,
         "batch_size": _guide_batch,  # GUIDE's batch is per process; the solver is one process: the whole batch
@@ -370,6 +409,10 @@ def describe(target: Target) -> str:
     return target if isinstance(target, str) else (target.__doc__ or "")
 
 
+# ADM's defaults of its sampler flags (``--timestep_respacing ""``, ``--use_ddim False``): every step, ancestral.
+ADM_SAMPLER_DEFAULT = ""
+
+
 # The kinds of ADM's own scripts (image_train, image_sample / classifier_sample, classifier_train),
 # whose flags left out take ADM's defaults (``adm_defaults``); GUIDE's classifier phase is not one.
 ADM_SCRIPTS = ("train", "sample", "classifier")
@@ -392,6 +435,11 @@ def adm_defaults(kind: str) -> List[str]:
     if kind == "train":  # ADM's TrainLoop: no gradient clipping, a constant EMA rate (no warm-up)
         out += ["train.grad_clip=0", "train.ema_warmup=false"]
     for flag, key in flags_for(kind).items():
+        if isinstance(key, SamplerFlag) and key.part == "respacing":  # ADM's "" and False: every step, ancestral
+            section, name = key.key.split(".", 1)
+            if str(ours.get(section, {}).get(name)) != ADM_SAMPLER_DEFAULT:
+                out.append(f"{key.key}={ADM_SAMPLER_DEFAULT}")
+            continue
         if not isinstance(key, str) or flag not in adm:
             continue
         section, name = key.split(".", 1)
@@ -402,7 +450,10 @@ def adm_defaults(kind: str) -> List[str]:
 
 
 def translate(value: str, target: Target, world_size: int) -> List[str]:
-    """The ``key=value`` overrides that a flag with ``target`` (its ``flags_for`` entry) and ``value`` stands for."""
+    """The ``key=value`` overrides that a flag with ``target`` (its ``flags_for`` entry) and ``value`` stands
+    for (a ``SamplerFlag`` is translated with its partner, by ``sampler_value``)."""
+    if isinstance(target, SamplerFlag):
+        raise ValueError("a sampler flag is translated with its partner (sampler_value)")
     if isinstance(target, str):
         return [f"{target}={value}"]
     return target(value, world_size)

@@ -70,7 +70,7 @@ def words_from_export(path: str) -> List[str]:
             words.append("train.uncond_p=0.1")
         words.append(f"model.num_classes={classes}")
     for key, value in (meta.get("diffusion") or {}).items():
-        if key != "timestep_respacing":  # the training chain's; the sampler's is sample.timestep_respacing
+        if key != "timestep_respacing":  # the training chain's; the sampler is sample.sampler
             words.append(f"diffusion.{key}={_value(value)}")
     par = meta.get("parameterization") or {}
     if par.get("kind"):

@@ -75,6 +75,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
     args, rest = p.parse_known_args(argv)
     overrides: List[str] = []
     translations: List[Tuple[str, List[str]]] = []
+    samplers: Dict[str, Dict[str, Tuple[str, str]]] = {}  # ADM's sampler flags: key -> part -> (flag, value)
     world = None
     i = 0
     while i < len(rest):
@@ -99,6 +100,10 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                     raise ConfigError(f"flag --{name} needs a value")
                 value = rest[i + 1]
                 i += 1
+            if isinstance(target, adm_flags.SamplerFlag):  # with its partner, once every flag is read
+                samplers.setdefault(target.key, {})[target.part] = (f"--{name} {value if value else chr(34) * 2}", value)
+                i += 1
+                continue
             if not isinstance(target, str) and world is None:
                 from ..dist_util import detect
 
@@ -113,18 +118,24 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         i += 1
     args.adm_defaults = []
     # Typed as in guided-diffusion (ADM's flags, or nothing at all: the bare script), without a config.
-    if adm in adm_flags.ADM_SCRIPTS and args.config is None and (translations or not rest):
+    if adm in adm_flags.ADM_SCRIPTS and args.config is None and (translations or samplers or not rest):
         args.adm_defaults = adm_flags.adm_defaults(adm)  # ADM's defaults under the flags
         overrides = args.adm_defaults + overrides
         _say_where_adms_script_differs(adm, overrides)
     _register_section_schemas()
-    try:
-        tree = read_config_tree(args.config, overrides)
-    except ConfigError as e:  # an override's error: name the flag it came from, as the user typed it
-        text = str(e)
-        flag = next((f for f, words in translations
-                     if any(text.startswith(f"the command line: {w.split('=', 1)[0]} ") for w in words)), None)
-        raise ConfigError(f"{text} ({flag})" if flag else text) from None
+    record = bool(args.config) and saved_by_a_run(args.config)  # a run's saved config: read as it ran
+    tree = _read_tree(args.config, overrides, translations, record)
+    if samplers:  # ADM's --timestep_respacing / --use_ddim: one sampler value over the settings read so far
+        for key, parts in samplers.items():
+            flags = " ".join(flag for flag, _ in parts.values())
+            try:
+                value = adm_flags.sampler_value(key, {p: v for p, (_, v) in parts.items()}, tree,
+                                                _diffusion_steps(tree), key_doc(key)[1])
+            except ConfigError as e:
+                raise ConfigError(f"{flags}: {e}") from None
+            translations.append((flags, [f"{key}={value}"]))
+            overrides.append(f"{key}={value}")
+        tree = _read_tree(args.config, overrides, translations, record)
     _data_dir_selects_data(tree, translations, overrides)
     args.given_sections = given_sections(tree)  # before validation, which fills in the defaults
     cfg = config_from_tree(tree, args.config or "defaults")
@@ -134,7 +145,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         uses = uses(cfg, args.given_sections)
     if uses is not None:
         unused = [sec for sec in args.given_sections if sec not in uses]
-        if unused and args.config and _run_folder_config(args.config):
+        if unused and args.config and saved_by_a_run(args.config):
             unused = []  # a run's config.yaml records every section: the ones another script reads are no news
         if unused:
             from ..dist_util import detect
@@ -169,6 +180,24 @@ def _say_where_adms_script_differs(adm: str, overrides: List[str]) -> None:
               flush=True)
 
 
+def _read_tree(path: Optional[str], overrides: List[str], translations: List[Tuple[str, List[str]]],
+               record: bool) -> Dict:
+    """``read_config_tree``, an override's error naming the flag it came from, as the user typed it."""
+    try:
+        return read_config_tree(path, overrides, record)
+    except ConfigError as e:
+        text = str(e)
+        flag = next((f for f, words in translations
+                     if any(text.startswith(f"the command line: {w.split('=', 1)[0]} ") for w in words)), None)
+        raise ConfigError(f"{text} ({flag})" if flag else text) from None
+
+
+def _diffusion_steps(tree: Dict) -> int:
+    """The settings' ``diffusion.diffusion_steps`` (its default where they do not set it)."""
+    d = tree.get("diffusion") if isinstance(tree.get("diffusion"), dict) else {}
+    return int(d.get("diffusion_steps", key_doc("diffusion.diffusion_steps")[1]))
+
+
 def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]], overrides: List[str]) -> None:
     """ADM's ``--data_dir D`` *is* the data set: where the config's data set reads no folder (mnist5k, the
     default), the flag selects ``image_folder`` (ADM's rule: class from the file name, ``cat_0.png`` ->
@@ -192,9 +221,12 @@ def _data_dir_selects_data(tree: Dict, translations: List[Tuple[str, List[str]]]
     overrides.append(f"data.dataset={kind}")
 
 
-def _run_folder_config(path: str) -> bool:
-    """``path`` is the config.yaml a run saved in its folder (beside its log.txt)."""
-    return os.path.basename(path) == "config.yaml" and os.path.isfile(os.path.join(os.path.dirname(path), "log.txt"))
+def saved_by_a_run(path: str) -> bool:
+    """``path`` is the config.yaml a run saved in its folder (beside its log.txt, or its archive's record
+    ``archived.json``): a record of what ran, read with the keys that replaced old ones (``load_config(record=)``)."""
+    folder = os.path.dirname(path)
+    return os.path.basename(path) == "config.yaml" and any(os.path.isfile(os.path.join(folder, f))
+                                                           for f in ("log.txt", "archived.json"))
 
 
 def bool_type(flag: str) -> Callable[[str], bool]:
@@ -219,7 +251,7 @@ def _flags_help(table: Dict, adm: Optional[str]) -> str:
         doc = key_doc(target) if isinstance(target, str) else None
         if doc is not None:
             tname, default, comment = doc
-            applied = f"; without --config ADM's {adm_values[target]}" if target in adm_values else ""
+            applied = f"; without --config ADM's {adm_values[target] or chr(34) * 2}" if target in adm_values else ""
             text = f"{target} ({tname}, default {default!r}{applied})" + (f": {comment}" if comment else "")
         else:
             text = adm_flags.describe(target)

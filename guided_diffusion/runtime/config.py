@@ -11,6 +11,7 @@ closest valid key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -22,7 +23,7 @@ import yaml
 
 from . import sections
 from .sections import (  # noqa: F401  (the registry's functions, re-exported)
-    SECTION_OWNERS, check_used_sections, import_section_owners, register_derived, register_section_check,
+    SECTION_OWNERS, check_used_sections, import_section_owners, register_retired, register_section_check,
     register_section_list, register_section_schema, section_field,
 )
 from .typed import ConfigError, closest, field_types, from_dict, parse_bool, parse_list, to_dict  # noqa: F401
@@ -208,10 +209,12 @@ def merge_trees(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
+def read_tree(path: str, _chain: tuple = (), record: bool = False) -> Dict[str, Any]:
     """A YAML config file as a dict, with its ``base`` (a path or a list of paths, relative to the
     file; later ones win, the file itself last) merged under it. Each file's own keys are checked
-    against the schema here, so an error names the file that holds the bad key."""
+    against the schema here, so an error names the file that holds the bad key; a key that others
+    replaced (``register_retired``) is refused with the key and value to write, unless the file is
+    a ``record``, a config a run saved: there it is read as the keys that replaced it."""
     if path in _chain:
         raise ConfigError(f"{path}: 'base' includes itself ({' -> '.join(_chain + (path,))})")
     try:
@@ -224,22 +227,37 @@ def read_tree(path: str, _chain: tuple = ()) -> Dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     bases = tree.pop("base", None)
+    if isinstance(bases, str):
+        bases = [bases]
+    if bases is not None and (not isinstance(bases, list) or not all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"{path}: base must be a path or a list of paths, got {bases!r}")
+    merged: Dict[str, Any] = {}
+    for b in bases or []:
+        merged = merge_trees(merged, read_tree(os.path.normpath(os.path.join(os.path.dirname(path), b)),
+                                               _chain + (path,), record))
+    free = _free_sections()  # checked once merged: one file may hold part of such a section
+    retire_keys(tree, merge_trees(merged, tree), path, record)
     try:
-        free = _free_sections()  # checked once merged: one file may hold part of such a section
         from_dict(Config, {k: v for k, v in tree.items() if k not in free})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    if bases is None:
-        return tree
-    if isinstance(bases, str):
-        bases = [bases]
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: base must be a path or a list of paths, got {bases!r}")
-    merged: Dict[str, Any] = {}
-    for b in bases:
-        merged = merge_trees(merged, read_tree(os.path.normpath(os.path.join(os.path.dirname(path), b)),
-                                               _chain + (path,)))
-    return merge_trees(merged, tree)
+    return merge_trees(merged, tree) if bases is not None else tree
+
+
+def retire_keys(tree: Dict[str, Any], context: Dict[str, Any], where: str, record: bool = False) -> None:
+    """Keys of ``tree`` that others replaced (``register_retired``): refused, naming the key and the value
+    to write (``context``: the merged settings, for a value that two keys made), or, in a ``record``
+    (a config a run saved), replaced in place."""
+    import_section_owners()
+    if not record:
+        tree, context = copy.deepcopy(tree), copy.deepcopy(context)
+    for retire in sections.RETIRED:
+        try:
+            notes = retire(tree, context)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        if notes and not record:
+            raise ConfigError(f"{where}: {notes[0]}")
 
 
 def _parse_override(text: str):
@@ -269,17 +287,20 @@ def _set_path(tree: Dict[str, Any], path: List[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None) -> Dict[str, Any]:
-    """The raw settings of a config: ``path`` (YAML, with its ``base`` files) and ``overrides``
-    (``key.sub=value``) applied on top; nothing validated beyond each file's own keys and the
-    overrides' own keys, types and counts (an error there is the command line's, not the file's)."""
-    tree: Dict[str, Any] = read_tree(path) if path else {}
+def read_config_tree(path: Optional[str], overrides: Optional[List[str]] = None,
+                     record: bool = False) -> Dict[str, Any]:
+    """The raw settings of a config: ``path`` (YAML, with its ``base`` files; ``record``: a config a run
+    saved, ``read_tree``) and ``overrides`` (``key.sub=value``) applied on top; nothing validated beyond
+    each file's own keys and the overrides' own keys, types and counts (an error there is the command
+    line's, not the file's)."""
+    tree: Dict[str, Any] = read_tree(path, record=record) if path else {}
     given: Dict[str, Any] = {}
     for text in overrides or []:
         keys, value = _parse_override(text)
         _set_path(tree, keys, value)
         _set_path(given, keys, value)
     if given:
+        retire_keys(given, tree, "the command line")
         try:
             _check_given(given, tree)
         except ConfigError as e:
@@ -318,24 +339,19 @@ def config_from_tree(tree: Dict[str, Any], where: str = "config") -> Config:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     _validate_sections(cfg, where)
-    for resolve, _ in sections.DERIVED:
-        resolve(cfg)
     validate(cfg, where)
     return cfg
 
 
-def load_config(path: Optional[str], overrides: Optional[List[str]] = None) -> Config:
+def load_config(path: Optional[str], overrides: Optional[List[str]] = None, record: bool = False) -> Config:
     """Read ``path`` (YAML, with its ``base`` files), apply ``overrides`` (``key.sub=value``),
-    validate; raise ConfigError."""
-    return config_from_tree(read_config_tree(path, overrides), path or "defaults")
+    validate; raise ConfigError. ``record``: ``path`` is the config.yaml a run saved (``read_tree``)."""
+    return config_from_tree(read_config_tree(path, overrides, record), path or "defaults")
 
 
 def dump_config(cfg: Config) -> str:
-    """The config as YAML: every key's value, but a derived key the user left unset stays unset (``register_derived``)."""
-    tree = to_dict(cfg)
-    for _, unresolve in sections.DERIVED:
-        unresolve(cfg, tree)
-    return yaml.safe_dump(tree, sort_keys=False)
+    """The config as YAML: every key's value."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
 def given_sections(tree: Dict[str, Any]) -> List[str]:

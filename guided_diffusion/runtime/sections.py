@@ -45,7 +45,7 @@ NO_RULES: Tuple[Dict[str, Tuple], Tuple[str, ...], Dict[str, Any]] = ({}, (), {}
 RULES: Dict[str, Tuple[Dict[str, Tuple], Tuple[str, ...], Dict[str, Any]]] = {}
 USED_CHECKS: Dict[str, List[Any]] = {}  # checks that hold only where a section is read: section -> [check]
 LISTS: Dict[str, Any] = {}  # sections that may hold a list of entries, each selected by its name: section -> check
-DERIVED: List[Tuple[Any, Any]] = []  # (resolve, unresolve) of the keys derived when left unset
+RETIRED: List[Any] = []  # retire(tree, context) -> notes: keys that others replaced (register_retired)
 
 
 def register_section_schema(section: str, name: Optional[str], schema: type, check=None, *, choices=None,
@@ -85,12 +85,14 @@ def register_section_check(section: str, check) -> None:
         checks.append(check)
 
 
-def register_derived(resolve, unresolve) -> None:
-    """Keys a config derives from others when they are left unset (``sampling.config``: every sampler's
-    ``use_ddim`` from its respacing). ``resolve(cfg)`` sets them in place when a config is loaded, before
-    the checks; ``unresolve(cfg, tree)`` sets back to None, in ``dump_config``'s tree, the ones the user
-    left unset that still hold the rule's value."""
-    DERIVED.append((resolve, unresolve))
+def register_retired(retire) -> None:
+    """Keys that a config no longer takes because others replaced them (``sampling.config``: the
+    respacing + use_ddim pairs, now one ``sampler`` value). ``retire(tree, context)`` replaces them in
+    ``tree`` (one file's keys, or the command line's) by the keys that mean the same, read with
+    ``context`` (the merged settings), and returns one line per replacement naming the new key and the
+    value to write. A config that someone writes is refused with the first line (``runtime.config.read_tree``);
+    the config a run saved (a record of what ran) is read with the replacement."""
+    RETIRED.append(retire)
 
 
 def import_section_owners() -> None:

@@ -1,16 +1,24 @@
-"""The ``sample`` section of a config (``image_sample.py``, the end-of-run grid) and every sampler's rule
-of DDIM or not (``resolve_use_ddim``), both registered on import: the section's schema and checks
-(classifier-free guidance, compositions, the MCMC correctors), and the rule applied to every sampler of a
-config when it is loaded (``resolve_samplers``), undone in a dumped config where the user left it unset."""
+"""The ``sample`` section of a config (``image_sample.py``, the end-of-run grid) and what every sampler
+value of a config means, both registered on import.
+
+Every section that samples names its sampler with one value of the respacing grammar (``respace``):
+``sample.sampler``, ``continual.eval_sampler`` (the grids), ``evaluation.sampler`` ("": the grids'),
+``solver.sampler``, a GUIDE-style ``method.sampler`` and ``dynamic_distillation``'s ``method.cache_sampler``.
+A value that starts with ``ddim`` is DDIM (``ddim50``, ``ddim10t``; ``eta`` where the section has one),
+a plain count is ADM's ancestral sampler (``250``, ``""``: every step, ``20t``, ``10,10,10``), and a
+solver's name is that solver (``dpmpp_2m10``, ``unipc10l``): ``sampler_kind``. The pairs of keys that
+said the same before (``timestep_respacing`` + ``use_ddim``, ...) are refused with the value to write,
+computed by ADM's rule (``adm_sampler``); ADM's ``--timestep_respacing``/``--use_ddim`` flags are
+translated by the same rule (``launch.adm_flags``)."""
 
 from __future__ import annotations
 
-import weakref
+import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..respace import sampler_of
-from ..runtime.config import ConfigError, register_derived, register_section_schema
+from ..respace import sampler_of, space_timesteps
+from ..runtime.config import ConfigError, register_retired, register_section_schema
 
 
 @dataclass
@@ -18,9 +26,8 @@ class SampleConfig:
     model_path: str = ""
     num_samples: int = 64
     batch_size: int = 16
-    use_ddim: Optional[bool] = None  # unset: DDIM iff timestep_respacing starts with "ddim" (ADM; resolve_use_ddim)
-    timestep_respacing: str = "ddim50"
-    eta: float = 0.0
+    sampler: str = "ddim50"  # ddimN: DDIM | N: N ancestral steps ("": every step) | dpmpp_2mN, unipcN (sampling.config)
+    eta: float = 0.0  # DDIM's eta (0: deterministic); a sampler that is not DDIM takes none
     clip_denoised: bool = True
     class_label: int = -1  # -1: classes drawn uniformly (class-conditional models)
     classifier_path: str = ""
@@ -45,6 +52,7 @@ def check_sample(s: SampleConfig, cfg) -> None:
     def bad(msg: str) -> None:
         raise ConfigError(msg)
 
+    check_sampler("sample.sampler", s.sampler, eta=s.eta, eta_key="sample.eta")
     if s.guidance_scale != 1.0:
         if not m.class_cond:
             bad(f"sample.guidance_scale = {s.guidance_scale} needs a class-conditional model (model.class_cond true); "
@@ -80,98 +88,187 @@ def check_sample(s: SampleConfig, cfg) -> None:
 
 register_section_schema("sample", None, SampleConfig, check_sample,
                         choices={"mcmc": ("none", "ula", "uha", "mala", "cha"), "mcmc_mass": ("beta", "unit")},
-                        positive=("batch_size",))
+                        positive=("batch_size",), key_checks={"sampler": lambda v: check_sampler("sample.sampler", v)})
 
 
 # ----------------------------------------------------------------------------------------------
-# DDIM or not: one rule for every sampler of a config
+# What a sampler value means
 
 
-def resolve_use_ddim(use_ddim: Optional[bool], respacing: str) -> bool:
-    """The one rule of every sampler's ``use_ddim`` (ADM's): DDIM when it is set true; when it is
-    not set, DDIM exactly when the respacing names it (``ddim50``); otherwise ancestral steps
-    (``"250"``: 250 ancestral steps, as ADM's ``--timestep_respacing 250``; ``""``: the full chain).
-    The pairs: ``sample.{use_ddim, timestep_respacing}``, ``continual.{eval_use_ddim, eval_respacing}``,
-    ``evaluation.{use_ddim, respacing}`` (respacing "" follows the continual pair), ``solver.{use_ddim,
-    respacing}`` and a method's ``{use_ddim, timestep_respacing}``. A loaded config holds the result.
-    A respacing that names a solver (``"dpmpp_2m10"``, ``respace.sampler_of``) is that solver: not DDIM,
-    and use_ddim set true beside it is refused."""
+def sampler_kind(value: str) -> str:
+    """``ddim`` for a value that starts with "ddim" (``ddim50``, ``ddim10t``), the solver's name for a
+    value that names one (``dpmpp_2m10`` -> ``dpmpp_2m``), else ``ancestral`` (``250``, ``20t``, ``""``:
+    every step); ConfigError for a solver's name with a malformed count."""
     try:
-        solver = sampler_of(respacing)
+        solver = sampler_of(value)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if solver:
+        return solver
+    return "ddim" if str(value or "").strip().lower().startswith("ddim") else "ancestral"
+
+
+def is_ddim(value: str) -> bool:
+    """Whether the sampler ``value`` is DDIM (ADM's ``ddim_sample_loop``)."""
+    return sampler_kind(value) == "ddim"
+
+
+def check_sampler(key: str, value: str, eta: float = 0.0, eta_key: str = "", kinds: Optional[Tuple[str, ...]] = None,
+                  why: str = "") -> None:
+    """``key`` = ``value`` names a sampler (of ``kinds`` when given: ``why`` says why), and ``eta_key`` =
+    ``eta`` (DDIM's) applies to it: a sampler that is not DDIM takes none (ADM's ancestral steps ignore
+    it, the solvers are deterministic), so an eta beside one is refused rather than dropped."""
+    try:
+        kind = sampler_kind(value)
+    except ConfigError as e:
+        raise ConfigError(f"{key} = {value!r}: {e}") from None
+    if kinds is not None and kind not in kinds:
+        write = " or ".join(f"{key}={'ddim' if k == 'ddim' else ''}{_count(value) or 50}" for k in kinds
+                            if k in ("ddim", "ancestral"))
+        raise ConfigError(f"{key} = {value!r} is {_described(kind)}, but {why or key + ' takes ' + ' or '.join(kinds)}"
+                          f": write {write}")
+    if eta and kind != "ddim":
+        raise ConfigError(f"{eta_key} = {eta} is DDIM's, but {key} = {value!r} is {_described(kind)}: set {eta_key} "
+                          f"0, or sample with DDIM ({key}=ddim{_count(value) or 50})")
+
+
+def _described(kind: str) -> str:
+    return {"ddim": "DDIM", "ancestral": "ADM's ancestral sampler"}.get(kind, f"the {kind} solver (deterministic)")
+
+
+def _count(value: str) -> str:
+    """The step count that ends a sampler value (``dpmpp_2m10l`` -> ``10``), "" for none."""
+    m = re.search(r"(\d+)[tl]?$", str(value).strip().lower())
+    return m.group(1) if m else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# ADM's rule: a respacing and use_ddim as one sampler value
+
+
+class NoSamplerValue(ConfigError):
+    """ADM's respacing and use_ddim that no sampler value stands for: ``what`` they ask, and the two
+    nearest values, ``choices`` [(value, what it is)]."""
+
+    def __init__(self, what: str, choices: List[Tuple[str, str]]):
+        self.what, self.choices = what, choices
+        super().__init__(f"{what} have no sampler value here: use " + " or ".join(f"{v} ({n})" for v, n in choices))
+
+
+def adm_sampler(respacing: str, use_ddim: Optional[bool], diffusion_steps: int = 1000) -> str:
+    """The sampler value of ADM's ``--timestep_respacing respacing --use_ddim use_ddim``: with use_ddim
+    unset, the respacing itself (DDIM iff it starts with "ddim"); set, the value of that kind over the
+    same timesteps (``("", True)`` -> ``ddim1000``: DDIM over every step; ``("50t", True)`` -> ``ddim50t``).
+    ConfigError where no value gives those timesteps (``("250", True)``: DDIM on ADM's evenly spaced
+    250 steps, which ``ddim250``'s integer stride does not keep) and for use_ddim true beside a solver."""
+    spec = str(respacing if respacing is not None else "").strip()
+    kind = sampler_kind(spec)
+    if use_ddim is None or kind == ("ddim" if use_ddim else "ancestral"):
+        return spec
+    if kind not in ("ddim", "ancestral"):
         if use_ddim:
-            raise ConfigError(f"use_ddim: true beside respacing {respacing!r}, which names the {solver} solver: "
-                              "leave use_ddim unset (or use a 'ddimN' respacing for DDIM)")
-        return False
-    if use_ddim is not None:
-        return bool(use_ddim)
-    return str(respacing or "").strip().lower().startswith("ddim")
+            raise NoSamplerValue(f"DDIM steps with the {kind} solver's {spec!r}",
+                                 [(spec, f"the {kind} solver"), (f"ddim{_count(spec)}", "DDIM")])
+        return spec
+    low = spec.lower()
+    if use_ddim:  # an ancestral spelling, DDIM asked
+        if not low:
+            return f"ddim{int(diffusion_steps)}"
+        if low[-1] in "tl":  # trailing and log-SNR spacings do not depend on the prefix
+            return "ddim" + low
+        want, other = low, "ddim" + low
+        what = f"DDIM steps on ADM's even spacing {spec!r}"
+        choices = [(other, "DDIM, ADM's integer stride"), (spec, "ancestral")]
+    else:  # a DDIM spelling, ancestral asked
+        rest = low[len("ddim"):]
+        if rest[-1:] in ("t", "l"):
+            return rest
+        want, other = low, rest
+        what = f"ancestral steps on DDIM's striding {spec!r}"
+        choices = [(rest, "ancestral, ADM's even spacing"), (spec, "DDIM")]
+    try:
+        same = "," not in want and space_timesteps(diffusion_steps, want) == space_timesteps(diffusion_steps, other)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if same:
+        return other
+    raise NoSamplerValue(what, choices)
 
 
-def resolve_evaluation_use_ddim(use_ddim: Optional[bool], respacing: str, cfg) -> bool:
-    """``evaluation.use_ddim``: the rule on its own respacing; with respacing "" (the evaluation
-    samples with the continual grids' sampler) an unset value follows ``continual.eval_use_ddim``."""
-    if use_ddim is None and not respacing:
-        return resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
-    return resolve_use_ddim(use_ddim, respacing)
+# ----------------------------------------------------------------------------------------------
+# The keys they replaced: refused with the value to write (a run's saved config: translated)
+
+# section -> [(new key, the respacing key it replaced, the use_ddim key beside it)]; in ``method``, the first
+# pair was generative_replay's (style guide), the second dynamic_distillation's (an ancestral chain).
+RETIRED = {
+    "sample": [("sampler", "timestep_respacing", "use_ddim")],
+    "continual": [("eval_sampler", "eval_respacing", "eval_use_ddim")],
+    "evaluation": [("sampler", "respacing", "use_ddim")],
+    "solver": [("sampler", "respacing", "use_ddim")],
+    "method": [("sampler", "timestep_respacing", "use_ddim"), ("cache_sampler", "cache_respacing", None)],
+}
+# The defaults of the replaced respacing keys (the new keys' defaults are the same values).
+_OLD_DEFAULTS = {("sample", "sampler"): "ddim50", ("continual", "eval_sampler"): "ddim25", ("evaluation", "sampler"): "",
+                 ("solver", "sampler"): "ddim25", ("method", "sampler"): "ddim50", ("method", "cache_sampler"): ""}
 
 
-# The use_ddim keys whose rule follows their respacing when unset (resolve_samplers).
-_USE_DDIM_KEYS = (("sample", "use_ddim"), ("continual", "eval_use_ddim"), ("solver", "use_ddim"),
-                  ("evaluation", "use_ddim"), ("method", "use_ddim"))
-# A resolved Config's use_ddim keys that the user left unset (dump_config keeps them so), by the Config's id:
-# kept outside the instance, whose __dict__ stays its fields (``Config(**cfg.__dict__)`` works); a copy
-# has none, and dumps the resolved values as before.
-_UNSET_BY_ID: Dict[int, Tuple[str, ...]] = {}
+def _entries(section: str, part: Any, where: str) -> List[Tuple[str, Dict[str, Any]]]:
+    if isinstance(part, dict):
+        return [(where, part)]
+    if section == "method" and isinstance(part, list):
+        return [(f"{where}[{i}]", e) for i, e in enumerate(part) if isinstance(e, dict)]
+    return []
 
 
-def _unset_of(cfg) -> Tuple[str, ...]:
-    return _UNSET_BY_ID.get(id(cfg), ())
+def _retired_value(section: str, entry: Dict, context: Dict, keys, steps: int) -> str:
+    """The sampler value that an entry's retired keys (and what ``context`` gives for the missing half) mean."""
+    new, resp, ddim = keys
+    ctx_part = context.get(section) if isinstance(context.get(section), dict) else {}
+    if section == "method":  # a list's entries have no one context: the entry alone
+        ctx_part = entry
+    respacing = entry.get(resp, ctx_part.get(resp, ctx_part.get(new, _OLD_DEFAULTS[(section, new)])))
+    use_ddim = entry.get(ddim, ctx_part.get(ddim)) if ddim else False
+    if use_ddim is not None and not isinstance(use_ddim, bool):
+        from ..runtime.typed import coerce
+
+        use_ddim = coerce(use_ddim, bool, f"{section}.{ddim}")
+    if section == "evaluation" and not str(respacing or "").strip():  # "": the grids' sampler
+        if use_ddim is None:
+            return ""
+        grids = _retired_value("continual", context.get("continual") or {}, context, RETIRED["continual"][0], steps) \
+            if isinstance(context.get("continual"), dict) else ""
+        respacing = grids or _OLD_DEFAULTS[("continual", "eval_sampler")]
+    return adm_sampler(respacing, use_ddim, steps)
 
 
-def _remember_unset(cfg, paths: Tuple[str, ...]) -> None:
-    if id(cfg) not in _UNSET_BY_ID:
-        weakref.finalize(cfg, _UNSET_BY_ID.pop, id(cfg), None)
-    _UNSET_BY_ID[id(cfg)] = paths
+def retire_sampler_keys(tree: Dict[str, Any], context: Dict[str, Any]) -> List[str]:
+    """Replace in ``tree`` (one file's keys, or the command line's) the sampler keys that ``sampler`` keys
+    replaced, by the value they meant (``adm_sampler``; the missing half of a pair from ``context``, the
+    merged settings, else the old default), and return one line per replaced pair saying what to write."""
+    dd = context.get("diffusion") if isinstance(context.get("diffusion"), dict) else {}
+    steps = int(dd.get("diffusion_steps", 1000) or 1000)
+    notes = []
+    for section, keysets in RETIRED.items():
+        for where, entry in _entries(section, tree.get(section), section):
+            for keys in keysets:
+                new, resp, ddim = keys
+                old = [k for k in (ddim, resp) if k and k in entry]
+                if not old:
+                    continue
+                named = " and ".join(f"{where}.{k}" for k in old)
+                verb = "was" if len(old) == 1 else "were"
+                try:
+                    value = _retired_value(section, entry, context, keys, steps)
+                except NoSamplerValue as e:
+                    raise ConfigError(f"{named} {verb} replaced by {where}.{new}, which has no value for {e.what}: write "
+                                      + " or ".join(f"{where}.{new}={v} ({n})" for v, n in e.choices)) from None
+                except ConfigError as e:
+                    raise ConfigError(f"{named} {verb} replaced by {where}.{new}: {e}") from None
+                for k in old:
+                    del entry[k]
+                entry[new] = value
+                notes.append(f"{named} {verb} replaced by {where}.{new}: write {where}.{new}={value or chr(34) * 2}")
+    return notes
 
 
-def resolve_samplers(cfg) -> None:
-    """Apply ``resolve_use_ddim`` to every sampler of ``cfg`` (in place). The keys left unset are
-    remembered, so that ``dump_config`` (a run's config.yaml) writes them unset: ADM's rule then holds
-    again when the saved config is given a new respacing (``image_sample.py --timestep_respacing 25``)."""
-    unset = [f"{sec}.{key}" for sec, key in _USE_DDIM_KEYS
-             if not isinstance(getattr(cfg, sec), dict) and hasattr(getattr(cfg, sec), key)
-             and getattr(getattr(cfg, sec), key) is None]
-    _remember_unset(cfg, tuple(unset) + _unset_of(cfg))
-    cfg.sample.use_ddim = resolve_use_ddim(cfg.sample.use_ddim, cfg.sample.timestep_respacing)
-    cfg.continual.eval_use_ddim = resolve_use_ddim(cfg.continual.eval_use_ddim, cfg.continual.eval_respacing)
-    cfg.solver.use_ddim = resolve_use_ddim(cfg.solver.use_ddim, cfg.solver.respacing)
-    ev = cfg.evaluation
-    if not isinstance(ev, dict) and hasattr(ev, "use_ddim"):
-        ev.use_ddim = resolve_evaluation_use_ddim(ev.use_ddim, ev.respacing, cfg)
-    for m in cfg.method if isinstance(cfg.method, list) else [cfg.method]:
-        if not isinstance(m, dict) and hasattr(m, "use_ddim") and hasattr(m, "timestep_respacing"):
-            m.use_ddim = resolve_use_ddim(m.use_ddim, m.timestep_respacing)
-
-
-def unresolve_samplers(cfg, tree: dict) -> None:
-    """In ``tree`` (``dump_config``'s), a derived ``use_ddim`` the user left unset back to unset."""
-    respacing = {"sample": "timestep_respacing", "continual": "eval_respacing", "solver": "respacing",
-                 "evaluation": "respacing", "method": "timestep_respacing"}
-    for path in _unset_of(cfg):
-        sec, key = path.split(".")
-        part = tree.get(sec)
-        if not isinstance(part, dict) or key not in part:
-            continue
-        try:  # still what the rule gives (a script may have set it since, e.g. image_sample's --sampler)
-            rule = (resolve_evaluation_use_ddim(None, part.get("respacing", ""), cfg) if sec == "evaluation"
-                    else resolve_use_ddim(None, part.get(respacing[sec], "")))
-        except ConfigError:
-            continue
-        if part[key] == rule:
-            part[key] = None
-
-
-register_derived(resolve_samplers, unresolve_samplers)
+register_retired(retire_sampler_keys)

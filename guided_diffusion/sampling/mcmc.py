@@ -15,7 +15,7 @@ The samplers are plain functions on a *target* ``target(x) -> (log_p [N] or None
 
 Step sizes and the interval follow Continual-Diffusers (``eval_utils.py``, ``samplers/energy_pipeline.py``):
 - ``eps_t = step_size * beta_t`` with beta_t of the *training* schedule at the level's original timestep
-  (their ``step_sizes = betas * step_sizes_multiplier``), the same whatever the sampler's respacing;
+  (their ``step_sizes = betas * step_sizes_multiplier``), the same whatever the sampler's steps;
   ULA and MALA step with it.
 - The Hamiltonian samplers (UHA, CHA) take leapfrog steps ``h_t = step_size * beta_t`` with the mass
   ``M_t = beta_t`` (their ``mass_diag_sqrt = betas``: momenta drawn as ``M z``, positions moved by
@@ -271,7 +271,7 @@ def correct(x: torch.Tensor, target: Target, settings: MCMCSettings, beta: float
 
 
 def sample_loop(diffusion, model, shape, settings: MCMCSettings, *, predict: Callable,
-                energy_and_grad: Optional[Callable] = None, noise=None, model_kwargs=None, use_ddim=False,
+                energy_and_grad: Optional[Callable] = None, noise=None, model_kwargs=None, ddim=False,
                 eta=0.0, clip_denoised=True, cond_fn=None, device=None) -> torch.Tensor:
     """Ancestral (or DDIM) sampling with MCMC corrections; returns x_0.
 
@@ -288,8 +288,8 @@ def sample_loop(diffusion, model, shape, settings: MCMCSettings, *, predict: Cal
     img = noise if noise is not None else torch.randn(*shape, device=device)
     orig_t = _original_timesteps(diffusion)
     betas = _training_betas(diffusion)
-    step = diffusion.ddim_sample if use_ddim else diffusion.p_sample
-    kwargs = dict(eta=eta) if use_ddim else {}
+    step = diffusion.ddim_sample if ddim else diffusion.p_sample
+    kwargs = dict(eta=eta) if ddim else {}
     st = settings.stats
     with torch.no_grad():
         for i in reversed(range(diffusion.num_timesteps)):

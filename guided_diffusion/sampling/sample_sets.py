@@ -6,7 +6,7 @@ labels, its starting noise and every noise draw of the sampler come from generat
 
 How a set is drawn -- the (spaced) diffusion, the image shape and the sampler's settings -- is one
 ``SamplingSpec``, built once per sampler of a config by ``experiment.sampling_spec`` (``sample_spec``:
-the ``sample`` section; ``grid_spec``: the continual grids' pair). Classifier-free guidance
+the ``sample`` section; ``grid_spec``: the continual grids' ``eval_sampler``). Classifier-free guidance
 (``guidance_scale``), compositions of labels (``compose``) and MCMC corrections (``mcmc``) apply to
 any model; see ``classifier_free`` and ``mcmc``.
 """
@@ -37,7 +37,7 @@ class SamplingSpec:
     diffusion: Any
     image_shape: Tuple[int, int, int]
     class_cond: bool = False
-    use_ddim: bool = True
+    ddim: bool = True  # DDIM's steps (ADM's ddim_sample_loop, with eta), else ADM's ancestral ones (p_sample_loop)
     eta: float = 0.0
     clip_denoised: bool = True
     guidance_scale: float = 1.0  # != 1: classifier-free guidance with ``null_class``
@@ -64,7 +64,7 @@ def sample_batch(
     *,
     y: Optional[torch.Tensor] = None,
     class_cond: bool = True,
-    use_ddim: bool = True,
+    ddim: bool = True,
     eta: float = 0.0,
     clip_denoised: bool = True,
     cond_fn: Optional[Callable] = None,
@@ -83,7 +83,7 @@ def sample_batch(
     when ``class_cond`` (an unconditional model guided by a classifier toward ``y``, as ADM).
     ``mcmc``: MCMC corrections after each reverse step (``mcmc.sample_loop``).
     A diffusion built from a spec that names a solver (``diffusion.sampler``: ``"dpmpp_2m10"``) is
-    sampled by that solver (``solver_loop``); ``use_ddim`` and ``eta`` then do not apply.
+    sampled by that solver (``solver_loop``); ``ddim`` and ``eta`` then do not apply.
     """
     device = device or next(model.parameters()).device
     model_kwargs = {"y": y.to(device)} if y is not None else {}
@@ -119,11 +119,11 @@ def sample_batch(
             energy = (lambda x, t: net.energy_and_grad(x, t, **kw)) if is_energy_model(net) else None  # noqa: E731
             return sample_loop(
                 diffusion, model_fn, shape, mcmc, predict=lambda x, t: net(x, t, **kw), energy_and_grad=energy,
-                noise=noise, model_kwargs=model_kwargs, use_ddim=use_ddim, eta=eta, clip_denoised=clip_denoised,
+                noise=noise, model_kwargs=model_kwargs, ddim=ddim, eta=eta, clip_denoised=clip_denoised,
                 cond_fn=cond_fn, device=device,
             )
-        loop = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
-        kwargs = dict(eta=eta) if use_ddim else {}
+        loop = diffusion.ddim_sample_loop if ddim else diffusion.p_sample_loop
+        kwargs = dict(eta=eta) if ddim else {}
         return loop(model_fn, shape, noise=noise, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
                     cond_fn=cond_fn, device=device, progress=progress, **kwargs)
     finally:
@@ -155,7 +155,7 @@ def solver_loop(diffusion, model, shape, *, noise=None, clip_denoised: bool = Tr
     if cond_fn is not None:
         if getattr(cond_fn, "needs_pred_xstart", False):
             raise ValueError(f"a cond_fn that guides through x̂0 (GUIDE's) runs on ADM's DDIM/ancestral loops, not on "
-                             f"the {diffusion.sampler} solver: use a 'ddimN' respacing")
+                             f"the {diffusion.sampler} solver: use a 'ddimN' sampler")
 
         def cond(x, t):
             k = index.to(t.device)[t]
@@ -227,7 +227,7 @@ def sample_set(
         torch.manual_seed(step_seed(seed, b, 11))  # the sampler's own noise draws
         cond_fn = cond_fn_for(y) if cond_fn_for is not None else None
         x = sample_batch(
-            model, spec.diffusion, (n, *image_shape), y=y, class_cond=class_cond, use_ddim=spec.use_ddim,
+            model, spec.diffusion, (n, *image_shape), y=y, class_cond=class_cond, ddim=spec.ddim,
             eta=spec.eta, clip_denoised=spec.clip_denoised, cond_fn=cond_fn, noise=noise, device=spec.device,
             mcmc=spec.mcmc, precision=spec.precision,
         )
@@ -241,7 +241,7 @@ def sample_set(
         bar.close()
     if log is not None:
         steps = getattr(spec.diffusion, "num_timesteps", None)
-        sampler = "decoder" if steps is None else f"{steps} {'DDIM' if spec.use_ddim else 'ancestral'} steps"
+        sampler = "decoder" if steps is None else f"{steps} {'DDIM' if spec.ddim else 'ancestral'} steps"
         log(f"{desc}: {num_samples} images ({sampler}) in {time.time() - start:.1f} s")
     if gather and world > 1:
         merged = {}

@@ -1,6 +1,6 @@
 """Few-step samplers as plain functions (k-diffusion style): DDIM, ancestral, DPM-Solver++(2M), UniPC.
 
-Where they run: a respacing spec that names a solver (``"dpmpp_2m10"``, ``"unipc10l"``; ``respace``)
+Where they run: a sampler value that names a solver (``"dpmpp_2m10"``, ``"unipc10l"``; ``respace``)
 makes ``sample_sets.sample_batch`` (every sample set: grids, evaluation, replay, ``image_sample.py``)
 use it; DDIM and ancestral sampling there stay ADM's loops (``ddim_sample_loop`` / ``p_sample_loop``,
 which also serve learned variances and GUIDE's x̂0 guidance). ``sample_ddim`` and ``sample_ancestral``

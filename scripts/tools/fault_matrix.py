@@ -39,7 +39,7 @@ TINY = ["model.num_channels=32", "model.num_res_blocks=1", "model.channel_mult=1
         "model.num_head_channels=32", "model.class_cond=true", "diffusion.diffusion_steps=50", "train.batch_size=8",
         "train.num_threads=1", "train.log_interval=4", "train.save_interval=2", "train.keep_checkpoints=0",
         "train.ema_rate=0.9", "train.warmup_steps=0", "continual.limit_tasks=3", "continual.num_steps=4",
-        "continual.first_task_num_steps=4", "continual.grid_per_class=1", "continual.eval_respacing=ddim2"]
+        "continual.first_task_num_steps=4", "continual.grid_per_class=1", "continual.eval_sampler=ddim2"]
 
 
 @dataclass
@@ -67,11 +67,11 @@ CASES = {
     # generative distillation (replay generated every step) with the per-task evaluation hook
     "gd_eval": Case("gd_eval", "yaml/mnist/generative_distillation_eval.yaml", "gd_eval", TINY + [
         "method.teacher_steps=1", "method.replay_batch=4", "evaluation.num_samples=8", "evaluation.batch_size=8",
-        "evaluation.respacing=ddim2", "evaluation.metrics=fid,kld,ard,class_acc", "evaluation.train_classifier=false",
+        "evaluation.sampler=ddim2", "evaluation.metrics=fid,kld,ard,class_acc", "evaluation.train_classifier=false",
         "evaluation.classifier_path={work}/eval_classifier_mnist5k.safetensors"]),
     # generative distillation from a DKDM dynamic cache, prepared in 3 shards before tasks 1 and 2
     "dynamic_cache": Case("dynamic_cache", "yaml/mnist/gd_dynamic_cache.yaml", "dyn", TINY + [
-        "method.cache_respacing=5", "method.rho=0.4", "method.replay_batch=4", "method.prepare_batch=8",
+        "method.cache_sampler=5", "method.rho=0.4", "method.replay_batch=4", "method.prepare_batch=8",
         "method.shard_size=6"]),
 }
 

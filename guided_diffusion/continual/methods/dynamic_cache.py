@@ -19,7 +19,7 @@ data term's vb does on real ones. ``criterion: min_snr`` weights it per sample b
 
 Cost per step: ``replay_batch`` teacher NFEs (full generation with a 2-step DDIM teacher costs three
 per replayed sample), plus once per task the preparation, about N T' / 2 NFEs for a cache of
-N = round(rho T') replay batches on a chain of T' steps (``cache_respacing``).
+N = round(rho T') replay batches on a chain of T' steps (``cache_sampler``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from ...dkdm.teacher import state_sha256
 from ...experiment import build_diffusion, precision_of
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
+from ...sampling.config import check_sampler
 from ..base import ContinualMethod, register_method, state_floats_M
 from ..replay import ReplayBatch
 from .generative import REPLAY_TERMS, ReplayObjective, check_replay_batch, check_replay_weighting
@@ -131,7 +132,7 @@ class DynamicDistillation(ContinualMethod):
         weight_replay_loss: bool = True
         mode: str = "dynamic"  # dynamic | shuffled | iterative (DKDM's ablation)
         rho: float = 0.4  # dynamic: round(rho * T') replay batches per rank in the cache
-        cache_respacing: str = ""  # the teacher's ancestral chain ("": every training step; e.g. "100")
+        cache_sampler: str = ""  # the teacher's chain, ancestral (DKDM): N steps ("": every training step; e.g. "100")
         prepare_batch: int = 256  # teacher batch per rank while preparing
         shard_size: int = 1024  # cache entries per shard file
 
@@ -150,10 +151,12 @@ class DynamicDistillation(ContinualMethod):
                               "generative_distillation for latent diffusion")
         if cfg.diffusion.timestep_respacing:
             raise ConfigError("dynamic_distillation trains on the full diffusion: leave diffusion.timestep_respacing "
-                              "empty and shorten the teacher's chain with method.cache_respacing")
-        chain = build_diffusion(cfg, mcfg.cache_respacing)
+                              "empty and shorten the teacher's chain with method.cache_sampler")
+        check_sampler("method.cache_sampler", mcfg.cache_sampler, kinds=("ancestral",),
+                      why="the cache advances the teacher's trajectories by ancestral steps (DKDM)")
+        chain = build_diffusion(cfg, mcfg.cache_sampler)
         if chain.num_timesteps < 2:
-            raise ConfigError("method.cache_respacing must keep at least 2 steps")
+            raise ConfigError("method.cache_sampler must keep at least 2 steps")
         check_replay_batch(mcfg, world_size)
         batch = (mcfg.replay_batch or cfg.train.batch_size) // world_size
         try:
@@ -163,7 +166,7 @@ class DynamicDistillation(ContinualMethod):
 
     def __init__(self, mcfg, ctx):
         super().__init__(mcfg, ctx)
-        self.chain = build_diffusion(ctx.cfg, mcfg.cache_respacing)
+        self.chain = build_diffusion(ctx.cfg, mcfg.cache_sampler)
         self.batch = (mcfg.replay_batch or ctx.cfg.train.batch_size) // ctx.world_size  # this rank's share
         self.n_total = cache_size(mcfg.mode, mcfg.rho, self.chain.num_timesteps, self.batch * ctx.world_size)
         self.cache = None
@@ -176,8 +179,10 @@ class DynamicDistillation(ContinualMethod):
         return CacheSpec(
             self.n_total, self.chain.num_timesteps, ctx.info.shape, m.mode, tuple(task.old_classes) if cond else None,
             seed=step_seed(ctx.cfg.seed, task.index, 0xDC) % (2**31), shard_size=m.shard_size,
+            # "cache_respacing": the stored caches' name for the chain (a cache made before the key was
+            # method.cache_sampler is still this run's cache)
             identity={"teacher_sha256": state_sha256(teacher), "task": task.index, "rho": m.rho,
-                      "cache_respacing": m.cache_respacing, "replay_batch": self.batch * ctx.world_size},
+                      "cache_respacing": m.cache_sampler, "replay_batch": self.batch * ctx.world_size},
         )
 
     def before_task(self, task, teacher):

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import blobfile as bf
 import torch
@@ -34,6 +33,7 @@ from ... import dist_util, experiment
 from ...image_util import from_uint8
 from ...runtime import checkpoint as ckpt
 from ...runtime import faults
+from ...sampling.config import check_sampler
 from ...sampling.sample_sets import sample_set
 from ..base import ANY_GENERATOR, ContinualMethod, ObjectiveWrapper, register_method, state_floats_M
 from ..replay import (
@@ -238,8 +238,7 @@ class GenerativeReplay(_ReplayMethod):
         replay_start_timestep: int = 0
         weight_replay_loss: bool = True
         n_per_task: int = 1000  # guide: images generated per old task
-        timestep_respacing: str = "ddim50"  # guide: the generation sampler
-        use_ddim: Optional[bool] = None  # unset: DDIM iff timestep_respacing starts with "ddim"
+        sampler: str = "ddim50"  # guide: the generation sampler (ddimN: DDIM, eta 0 | N: ancestral | unipcN ...)
         generation_batch: int = 256
 
     @classmethod
@@ -257,6 +256,7 @@ class GenerativeReplay(_ReplayMethod):
         if mcfg.style == "guide" and not cfg.model.class_cond:
             raise ConfigError("method.style guide (GUIDE) generates images of the old classes by label: it needs a "
                               "class-conditional model (model.class_cond: true)")
+        check_sampler("method.sampler", mcfg.sampler)
         _check_common(mcfg, cfg, world_size)
 
     def __init__(self, mcfg, ctx):
@@ -286,8 +286,8 @@ class GenerativeReplay(_ReplayMethod):
             n = self.mcfg.n_per_task * task.index
             cfg = self.ctx.cfg
             info = self.ctx.info
-            spec = experiment.sampling_spec(cfg, info.shape, info.num_classes, respacing=self.mcfg.timestep_respacing,
-                                            use_ddim=self.mcfg.use_ddim, device=self.ctx.device)
+            spec = experiment.sampling_spec(cfg, info.shape, info.num_classes, sampler=self.mcfg.sampler,
+                                            device=self.ctx.device)
             start = time.time()
             images, labels = sample_set(teacher, spec, num_samples=n, batch_size=self.mcfg.generation_batch,
                                         seed=cfg.seed + 7919 * task.index, classes=task.old_classes)
@@ -321,7 +321,7 @@ def _check_common(mcfg, cfg, world_size: int):
 
     if cfg.diffusion.timestep_respacing:
         raise ConfigError("replay methods train on the full chain: leave diffusion.timestep_respacing empty "
-                          "(sampling respacing is continual.eval_respacing / method.timestep_respacing)")
+                          "(the samplers are continual.eval_sampler and, GUIDE's style, method.sampler)")
     if mcfg.criterion not in ("mse", "smooth_l1", "min_snr"):
         raise ConfigError(f"method.criterion {mcfg.criterion!r} is not one of mse, smooth_l1, min_snr")
     check_replay_weighting(mcfg, cfg)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ...runtime.config import register_section_schema
+from ...sampling.config import check_sampler
 
 
 @dataclass
@@ -31,8 +32,7 @@ class SolverConfig:
     # except soft replay (Masip's soft targets are all logits of an untrimmed previous classifier: false)
     augment: str = ""  # comma list of crop, flip, rotation, jitter, erasing
     generation_interval: int = 1  # regenerate the replay batch every this many steps
-    respacing: str = "ddim25"  # the replay sampler's steps: ddimN (ADM's leading spacing) or ddimNt (trailing, Masip's)
-    use_ddim: Optional[bool] = None  # unset: DDIM iff respacing starts with "ddim"
+    sampler: str = "ddim25"  # the replay sampler: ddimN (DDIM, eta 0, ADM's leading spacing) | ddimNt (trailing, Masip's) | N (ancestral) | unipcN ...
     guidance_batch: int = 64  # images per guided sampling chunk (memory bound)
     scale_min: float = 1.0  # guided: per-sample scale ~ U[scale_min, scale_max]
     scale_max: float = 1.0
@@ -47,4 +47,5 @@ class SolverConfig:
     log_interval: int = 50
 
 
-register_section_schema("solver", None, SolverConfig, choices={"optimizer": ("sgd", "adam")})
+register_section_schema("solver", None, SolverConfig, choices={"optimizer": ("sgd", "adam")},
+                        key_checks={"sampler": lambda v: check_sampler("solver.sampler", v)})

@@ -26,6 +26,7 @@ from ...evaluation.class_metrics import accuracy_matrix, average_accuracy, forge
 from ...runtime import checkpoint as ckpt
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
+from ...sampling.config import is_ddim
 from ...sampling.sample_sets import sample_batch
 from ...train_util import NonFiniteError, PreemptionFlag, parse_ema_rates
 from ..adaptation import adapted_model
@@ -129,7 +130,7 @@ class Solver(TaskLearner):
             cond_fn = self.replay.cond_fn(task, len(yc), gen, nets, seen_mask, old_mask)
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
             xs = sample_batch(model, diffusion, (len(yc), *shape), y=yc, class_cond=self.cfg.model.class_cond,
-                              use_ddim=self.s.use_ddim, cond_fn=cond_fn, noise=noise, device=self.device,
+                              ddim=is_ddim(self.s.sampler), cond_fn=cond_fn, noise=noise, device=self.device,
                               clip_denoised=codec is None, precision=experiment.precision_of(self.cfg, self.device))
             chunks.append((codec.decode(xs) if codec is not None else xs).detach().clone())
         self.clf.train()
@@ -173,7 +174,7 @@ class Solver(TaskLearner):
         model = diffusion = None
         if gen_mode:
             model = self.diffusion_after(i - 1)
-            diffusion = experiment.build_diffusion(self.cfg, s.respacing)
+            diffusion = experiment.build_diffusion(self.cfg, s.sampler)
         x_gen = y_gen = soft_gen = None
         if self.nclf is not None:  # the noised classifier learns the same batches at random noise levels
             noiser = experiment.build_diffusion(self.cfg, "")

@@ -133,10 +133,10 @@ class Guided(Replay):
 
     @classmethod
     def check(cls, s, cfg) -> None:
-        solver = sampler_of(s.respacing)
+        solver = sampler_of(s.sampler)
         if (s.use_old_grad or s.use_new_grad) and not s.noised_classifier and solver:
-            raise ConfigError(f"solver.respacing {s.respacing!r} names the {solver} solver, which cannot guide "
-                              "through x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' respacing, "
+            raise ConfigError(f"solver.sampler {s.sampler!r} is the {solver} solver, which cannot guide "
+                              "through x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' sampler, "
                               "or solver.noised_classifier: true (guidance on x_t works with every sampler)")
 
     def cond_fn(self, task, n, gen, nets, seen_mask, old_mask):

@@ -68,7 +68,7 @@ def prep_nfe(run_dir: str, rows_: List[Dict[str, str]]) -> List[float]:
     import guided_diffusion.evaluation.settings  # noqa: F401  (the evaluation section's)
     from guided_diffusion.runtime.config import load_config
 
-    cfg = load_config(path)
+    cfg = load_config(path, record=True)  # the run's saved config
     m = cfg.method
     if getattr(m, "name", "") != "dynamic_distillation":
         return [0.0] * len(rows_)
@@ -76,7 +76,7 @@ def prep_nfe(run_dir: str, rows_: List[Dict[str, str]]) -> List[float]:
     from guided_diffusion.experiment import build_diffusion
     from guided_diffusion.runtime.seeding import step_seed
 
-    T = build_diffusion(cfg, m.cache_respacing).num_timesteps
+    T = build_diffusion(cfg, m.cache_sampler).num_timesteps
     n = cache_size(m.mode, m.rho, T, m.replay_batch or cfg.train.batch_size)
     return [0.0 if int(as_number(r["task"]) or 0) == 0 else float(cache_nfe(CacheSpec(
         n, T, (1, 1, 1), m.mode, None, seed=step_seed(cfg.seed, int(as_number(r["task"])), 0xDC) % (2**31),
