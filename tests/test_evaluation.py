@@ -459,3 +459,24 @@ def test_evaluate_script_takes_adm_order_and_refuses_swapped_inputs(tmp_path):
         with pytest.raises(SystemExit):
             cli.parse_args(bad)
     assert cli.swapped_inputs("mnist5k", "mnist5k") == ""  # real vs real
+
+
+def test_the_grid_takes_the_samples_an_evaluation_hands_back():
+    """The loop's grid reuses the samples an evaluator returned beside its columns (the first
+    grid_per_class of each seen class) only when they were drawn with the grid's sampler and hold
+    enough of every class; otherwise it samples its own (None)."""
+    from types import SimpleNamespace
+
+    from guided_diffusion.continual.loop import _grid_from_evaluation
+    from guided_diffusion.evaluation.continual import DrawnSamples
+
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"),
+                      ["continual.grid_per_class=2", "continual.eval_sampler=ddim2"])
+    ctx, task = SimpleNamespace(cfg=cfg), SimpleNamespace(seen_classes=[0, 1])
+    images = np.arange(6).reshape(6, 1, 1, 1).astype(np.uint8)
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    got = _grid_from_evaluation(ctx, task, [None, DrawnSamples(images, labels, "ddim2", 0.0)])
+    assert got[:, 0, 0, 0].tolist() == [1, 3, 0, 2]  # class 0's first two, then class 1's
+    assert _grid_from_evaluation(ctx, task, [DrawnSamples(images, labels, "ddim4", 0.0)]) is None  # other sampler
+    assert _grid_from_evaluation(ctx, task, [DrawnSamples(images, labels, "ddim2", 0.5)]) is None  # other eta
+    assert _grid_from_evaluation(ctx, task, [DrawnSamples(images[:3], labels[:3], "ddim2", 0.0)]) is None  # too few

@@ -95,18 +95,16 @@ def task_grid(ctx: ContinualContext, task: Task, model, per_class: int, seed: in
                       labels=classes if cfg.model.class_cond else None, log=ctx.logger.log, desc=f"task {task.index} grid")
 
 
-def _grid_from_evaluation(ctx: ContinualContext, task: Task, evaluators):
-    """The grid's images taken from the evaluation's samples (the first ``grid_per_class`` of each seen
-    class) when the evaluation drew them with the grid's sampler and has enough of every class: no
-    second sampling pass. None otherwise."""
+def _grid_from_evaluation(ctx: ContinualContext, task: Task, drawn: List):
+    """The grid's images taken from the evaluations' samples (``drawn``: what each evaluator handed back
+    beside its columns; the first ``grid_per_class`` of each seen class) when one was drawn with the grid's
+    sampler and has enough of every class: no second sampling pass. None otherwise."""
     cfg = ctx.cfg
     k = cfg.continual.grid_per_class
-    sampler = (cfg.continual.eval_sampler, 0.0)
-    for ev in evaluators:
-        last = getattr(ev, "last_samples", None)
-        if last is None or last[2] != sampler or not cfg.model.class_cond:
+    for d in drawn:
+        if d is None or (d.sampler, d.eta) != (cfg.continual.eval_sampler, 0.0) or not cfg.model.class_cond:
             continue
-        images, labels, _ = last
+        images, labels = d.images, d.labels
         picks = [np.flatnonzero(labels == c)[:k] for c in task.seen_classes]
         if all(len(p) == k for p in picks):
             return images[np.concatenate(picks)]
@@ -173,7 +171,7 @@ class DiffusionLearner(TaskLearner):
         self.rates = parse_ema_rates(ctx.cfg.train.ema_rate)
         self.ema_state = None
         self.init_step = None  # the step of continual.init_from's task 0 to copy (None: train task 0)
-        self.evaluators: List[Callable] = []
+        self.evaluators: List[Callable] = []  # (ctx, task, ema_model) -> (columns, DrawnSamples or None)
         self.logger = None
 
     def done_path(self, task: Task) -> str:
@@ -285,10 +283,13 @@ class DiffusionLearner(TaskLearner):
         ema_model = copy.deepcopy(ctx.model)
         ema_model.load_state_dict(self.ema_state[self.rates[0]])
         ema_model.eval()
+        drawn = []  # each evaluator's samples, handed back beside its columns
         for evaluator in self.evaluators:
-            row.update(evaluator(ctx, task, ema_model))
+            columns, samples = evaluator(ctx, task, ema_model)
+            row.update(columns)
+            drawn.append(samples)
         if cfg.continual.grid_per_class > 0:
-            images = _grid_from_evaluation(ctx, task, self.evaluators)
+            images = _grid_from_evaluation(ctx, task, drawn)
             if images is None:
                 images, _ = task_grid(ctx, task, ema_model, cfg.continual.grid_per_class, cfg.seed)
             if dist_util.is_main():

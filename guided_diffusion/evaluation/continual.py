@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -35,6 +36,17 @@ from .settings import classifier_path_of, evaluation_of, evaluation_sampler, tra
 from .suite import evaluate_sets
 
 CLASS_METRICS = {"kld", "ard", "class_acc"}
+
+
+@dataclass
+class DrawnSamples:
+    """The samples an evaluation measured, handed back with its columns (the loop's grid reuses them
+    when they were drawn with the grid's sampler): uint8 NHWC images, their labels, the sampler and eta."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    sampler: str
+    eta: float
 
 
 def proportional_labels(classes: List[int], hist: np.ndarray, n: int) -> List[int]:
@@ -80,7 +92,6 @@ class ContinualEvaluator:
             self.features = build_feature_extractor("inception", weights_path=self.ev.inception_path or None)
         self._test = None
         self._train = None
-        self.last_samples = None  # (uint8 NHWC images, labels, sampler) of the latest evaluation
         self._ref_cache: Dict[tuple, tuple] = {}
 
     def _load(self, split: str):
@@ -117,19 +128,25 @@ class ContinualEvaluator:
             self._ref_cache = {key: (ImageSet(arrays.images, arrays.labels, arrays.num_classes, desc), {})}
         return self._ref_cache[key]
 
-    def __call__(self, ctx, task, ema_model) -> Dict:
+    def __call__(self, ctx, task, ema_model) -> Tuple[Dict, "DrawnSamples"]:
+        """(the ``eval_*`` columns after ``task``, the samples they were measured on)."""
         tasks = {f"task_{t.index}": list(t.classes) for t in ctx.scenario.tasks[: task.index + 1]}
-        out = self.evaluate(ema_model, task.seen_classes, ctx.info.shape, ctx.device,
-                            f"after task {task.index}", groups=tasks)
+        out, drawn = self.evaluate_with_samples(ema_model, task.seen_classes, ctx.info.shape, ctx.device,
+                                                f"after task {task.index}", groups=tasks)
         if self.cfg.model.class_cond:
             for t in ctx.scenario.tasks[: task.index + 1]:
                 accs = [out.get(f"eval_acc_class_{c}") for c in t.classes]
                 accs = [a for a in accs if a is not None]
                 if accs:
                     out[f"eval_acc_task_{t.index}"] = round(float(np.mean(accs)), 6)
-        return out
+        return out, drawn
 
     def evaluate(self, ema_model, classes, image_shape, device, when: str = "", groups=None) -> Dict:
+        """The ``eval_*`` columns only (``evaluate_with_samples``)."""
+        return self.evaluate_with_samples(ema_model, classes, image_shape, device, when, groups)[0]
+
+    def evaluate_with_samples(self, ema_model, classes, image_shape, device, when: str = "",
+                              groups=None) -> Tuple[Dict, "DrawnSamples"]:
         """The ``eval_*`` columns for ``ema_model`` against the real images of ``classes``: samples
         drawn with the evaluation sampler, compared as the module docstring says. ``groups``
         ({name: classes}, class-conditional models): also ``eval_fid_{name}``, the FID of the samples
@@ -153,7 +170,7 @@ class ContinualEvaluator:
                                    desc=f"evaluation{' ' + when if when else ''}: samples")
         t1 = time.time()
         faults.point("evaluation")
-        self.last_samples = (images, drawn, (sampler, float(ev.eta)))
+        kept = DrawnSamples(images, drawn, sampler, float(ev.eta))
         label = "one decoder pass" if cfg.generator == "vae" else sampler_label(sampler, ev.eta)
         what = "class-conditional " if cfg.model.class_cond else ""
         samples = ImageSet(images, drawn if cfg.model.class_cond else None, ref.num_classes,
@@ -201,7 +218,7 @@ class ContinualEvaluator:
                  f"({out['eval_sec']:.1f} s in all)")
         out["eval_protocol"] = (f"{len(samples)} {samples.description} vs {ref.description}; "
                                 + "; ".join(protocols))
-        return out
+        return out, kept
 
 
     @staticmethod
