@@ -102,13 +102,17 @@ def sampler_of(spec) -> str:
     return split_sampler(spec)[0] if spec else ""
 
 
+def spells_ddim(spec) -> bool:
+    """ADM's rule on a respacing spec: DDIM iff it starts with "ddim" (``ddim50``, ``ddim10t``)."""
+    return str(spec or "").strip().lower().startswith("ddim")
+
+
 def sampler_label(spec, eta: float = 0.0) -> str:
     """How reports name a sampler value: ``"ddim50 DDIM eta 0.0"``, ``"250 ancestral"``, ``"dpmpp_2m10l"``
     (a value that starts with "ddim" is DDIM, one that names a solver that solver, a count ancestral)."""
     if sampler_of(spec):
         return str(spec)
-    ddim = str(spec or "").strip().lower().startswith("ddim")
-    return f"{spec or 'full'} {'DDIM eta ' + str(eta) if ddim else 'ancestral'}"
+    return f"{spec or 'full'} {'DDIM eta ' + str(eta) if spells_ddim(spec) else 'ancestral'}"
 
 
 def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]],

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..respace import sampler_of, space_timesteps
+from ..respace import sampler_of, space_timesteps, spells_ddim
 from ..runtime.config import ConfigError, register_retired, register_section_schema
 
 
@@ -105,7 +105,7 @@ def sampler_kind(value: str) -> str:
         raise ConfigError(str(e)) from None
     if solver:
         return solver
-    return "ddim" if str(value or "").strip().lower().startswith("ddim") else "ancestral"
+    return "ddim" if spells_ddim(value) else "ancestral"
 
 
 def is_ddim(value: str) -> bool:
