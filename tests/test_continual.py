@@ -629,8 +629,8 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
         assert 0 <= float(rows[1]["replay_label_agree"]) <= 1 and float(rows[1]["replay_old_entropy"]) >= 0
         assert 0 <= float(rows[1]["avg_acc"]) <= 1
     # GUIDE's train_noised_classifier: a second classifier trained on q_sample(x, t) guides on x_t
-    c = cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(
-        **{**cfg.solver.__dict__, "replay": "guided", "noised_classifier": True})})
+    noised = dataclasses.replace(cfg.solver.guided, noised_classifier=True)
+    c = cfg.__class__(**{**cfg.__dict__, "solver": dataclasses.replace(cfg.solver, replay="guided", guided=noised)})
     solver = run_solver(c)
     assert solver.run_dir.endswith("solver_guided_noised") and solver.nclf is not None
     assert os.path.exists(f"{solver.run_dir}/noised_classifier_task_1.pt")
@@ -638,8 +638,9 @@ def test_solver_batch_composition_and_trimmed_logits(tmp_path):
         rows = list(csv.DictReader(f))
     assert int(rows[1]["gen_images"]) == 2 * 6 and float(rows[1]["gen_sec"]) > 0
     with pytest.raises(ConfigError, match="noised_classifier"):
-        run_solver(cfg.__class__(**{**cfg.__dict__, "solver": cfg.solver.__class__(
-            **{**cfg.solver.__dict__, "replay": "plain", "noised_classifier": True})}))
+        run_solver(cfg.__class__(**{**cfg.__dict__, "solver": dataclasses.replace(cfg.solver, replay="plain",
+                                                                                   guided=noised)}))
+
     # Trimmed logits: after task 0 the classifier was trained on classes 0 and 1 only, so the
     # unseen classes' logits received no gradient pushing them up; all its task-0 test
     # predictions are 0 or 1 when trained long enough -- here we check the mask itself.

@@ -53,8 +53,8 @@ GUIDE_COMMON = {
     "method.name": "generative_replay", "method.style": "guide",
     "solver.arch": "resnet18", "solver.replay": "guided", "solver.optimizer": "sgd", "solver.momentum": 0.9,
     "solver.weight_decay": 5e-4, "solver.init_lr": 0.1, "solver.trim_logits": True,
-    "solver.use_old_grad": False, "solver.use_new_grad": True, "solver.guid_to_new_classes": True,
-    "solver.negate_old_grad": False, "solver.noised_classifier": False,
+    "solver.guided.use_old_grad": False, "solver.guided.use_new_grad": True, "solver.guided.guid_to_new_classes": True,
+    "solver.guided.negate_old_grad": False, "solver.guided.noised_classifier": False,
 }
 GUIDE_MODEL = {  # CIFAR: the defaults; ImageNet100: the command's extra flags
     "cifar": {"data.image_size": 32, "model.num_channels": 128, "model.channel_mult": "1,2,2,2",
@@ -74,7 +74,7 @@ def guide_expected(bench):
     out.update({
         "continual.scenario": bench, "train.batch_size": batch, "continual.first_task_num_steps": first,
         "continual.num_steps": steps, "method.n_per_task": n, "method.sampler": adm_sampler(respacing, use_ddim),
-        "solver.batch_size": batch, "solver.sampler": adm_sampler(s_resp, True), "solver.scale_min": scale, "solver.scale_max": scale,
+        "solver.batch_size": batch, "solver.sampler": adm_sampler(s_resp, True), "solver.guided.scale_min": scale, "solver.guided.scale_max": scale,
         "solver.lr": clr, "solver.init_num_steps": init, "solver.num_steps": csteps,
         "solver.generation_interval": interval, "solver.augment": AUGMENT if aug else "",
     })
@@ -139,24 +139,24 @@ def parse(*argv):
 
 
 FLAGS = [  # (argv, {key: value on the config})
-    (["--classifier_scale_min_new", "0.5"], {"solver.scale_min": 0.5, "solver.scale_max": 0.5}),
-    (["--classifier_scale_max_new", "0.7"], {"solver.scale_min": 0.7, "solver.scale_max": 0.7}),
+    (["--classifier_scale_min_new", "0.5"], {"solver.guided.scale_min": 0.5, "solver.guided.scale_max": 0.5}),
+    (["--classifier_scale_max_new", "0.7"], {"solver.guided.scale_min": 0.7, "solver.guided.scale_max": 0.7}),
     (["--classifier_scale_min_new", "0.2", "--classifier_scale_max_new", "0.6"],
-     {"solver.scale_min": 0.2, "solver.scale_max": 0.6}),
+     {"solver.guided.scale_min": 0.2, "solver.guided.scale_max": 0.6}),
     (["--classifier_scale_max_new", "0.6", "--classifier_scale_min_new", "0.2"],
-     {"solver.scale_min": 0.2, "solver.scale_max": 0.6}),
+     {"solver.guided.scale_min": 0.2, "solver.guided.scale_max": 0.6}),
     (["--classifier_scale_min_old", "0.3", "--classifier_scale_max_old", "0.4", "--use_old_grad", "True",
       "--use_new_grad", "False"],
-     {"solver.scale_min": 0.3, "solver.scale_max": 0.4, "solver.use_old_grad": True, "solver.use_new_grad": False}),
+     {"solver.guided.scale_min": 0.3, "solver.guided.scale_max": 0.4, "solver.guided.use_old_grad": True, "solver.guided.use_new_grad": False}),
     (["--classifier_scale_min_old=0.3", "--classifier_scale_min_new=0.3"],
-     {"solver.scale_min": 0.3, "solver.scale_max": 0.3}),
-    (["--use_old_grad", "t", "--use_new_grad", "n"], {"solver.use_old_grad": True, "solver.use_new_grad": False}),
-    (["--use_new_grad", "YES"], {"solver.use_new_grad": True}),
-    (["--guid_to_new_classes", "False"], {"solver.guid_to_new_classes": False}),
+     {"solver.guided.scale_min": 0.3, "solver.guided.scale_max": 0.3}),
+    (["--use_old_grad", "t", "--use_new_grad", "n"], {"solver.guided.use_old_grad": True, "solver.guided.use_new_grad": False}),
+    (["--use_new_grad", "YES"], {"solver.guided.use_new_grad": True}),
+    (["--guid_to_new_classes", "False"], {"solver.guided.guid_to_new_classes": False}),
     (["--use_old_grad", "1", "--use_new_grad", "0", "--negate_old_grad", "true"],
-     {"solver.use_old_grad": True, "solver.negate_old_grad": True}),
+     {"solver.guided.use_old_grad": True, "solver.guided.negate_old_grad": True}),
     (["--trim_logits", "f"], {"solver.trim_logits": False}),
-    (["--train_noised_classifier", "y"], {"solver.noised_classifier": True}),
+    (["--train_noised_classifier", "y"], {"solver.guided.noised_classifier": True}),
     (["--disjoint_classifier_init_num_steps", "5000"], {"solver.init_num_steps": 5000}),
     (["--disjoint_classifier_num_steps", "2000"], {"solver.num_steps": 2000}),
     (["--classifier_init_lr", "0.1"], {"solver.init_lr": 0.1}),
@@ -190,7 +190,7 @@ def test_guide_classifier_flags_set_the_solver_keys(argv, expected):
 def test_a_flags_translation_is_recorded_for_dry_run():
     _, args = parse("--classifier_scale_min_new", "0.5", "--classifier_augmentation", "True", "--depth", "18")
     assert args.translations == [
-        ("--classifier_scale_min_new 0.5", ["solver.scale_min=0.5", "solver.scale_max=0.5"]),
+        ("--classifier_scale_min_new 0.5", ["solver.guided.scale_min=0.5", "solver.guided.scale_max=0.5"]),
         ("--classifier_augmentation True", [f"solver.augment={AUGMENT}"]),
         ("--depth 18", ["solver.arch=resnet18"]),
     ]
@@ -257,7 +257,7 @@ MASIP_COMMON = {  # configs/model/ddim_medium.json, strategy JSONs, cnn.json + c
     "solver.init_lr": 1e-3, "solver.lr": 1e-3, "solver.weight_decay": 0.0,
     "solver.init_num_steps": 20 * STEPS_PER_EPOCH, "solver.num_steps": 20 * STEPS_PER_EPOCH,
     "solver.trim_logits": False, "solver.augment": "", "solver.generation_interval": 1,
-    "solver.sampler": "ddim10t", "solver.temperature": 2.0,
+    "solver.sampler": "ddim10t", "solver.soft.temperature": 2.0,
     "solver.eval_batch_size": 256,
 }
 MASIP_GENERATOR = {"diffusion.noise_schedule": "linear", "train.lr": 2e-4, "train.grad_clip": 1.0,

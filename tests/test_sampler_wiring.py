@@ -230,16 +230,18 @@ def test_guide_x0_guidance_with_a_solver_is_refused_before_training():
     import dataclasses
 
     from guided_diffusion.continual.solver import Solver
-    from guided_diffusion.continual.solver import SolverConfig
+    from guided_diffusion.continual.solver import GuidedOptions, SolverConfig
+
     from guided_diffusion.runtime.config import Config
 
     cfg = Config()
     cfg.model.class_cond = True
-    cfg.solver = dataclasses.replace(SolverConfig(), replay="guided", use_old_grad=True, use_new_grad=False,
-                                     sampler="dpmpp_2m10")
+    cfg.solver = dataclasses.replace(SolverConfig(), replay="guided", sampler="dpmpp_2m10",
+                                     guided=GuidedOptions(use_old_grad=True, use_new_grad=False))
     with pytest.raises(ConfigError, match="cannot guide through x̂0"):
         Solver(cfg, None, None, None, None, None, None, "cpu", "", None)
-    for ok in (dict(noised_classifier=True), dict(sampler="ddim10t"), dict(replay="plain")):
+    for ok in (dict(guided=GuidedOptions(use_old_grad=True, use_new_grad=False, noised_classifier=True)),
+               dict(sampler="ddim10t"), dict(replay="plain", guided=GuidedOptions())):
         cfg.solver = dataclasses.replace(cfg.solver, **ok)
         with pytest.raises(Exception) as e:  # gets past the check, then fails on the missing data (None)
             Solver(cfg, None, None, None, None, None, None, "cpu", "", None)

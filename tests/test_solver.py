@@ -16,7 +16,8 @@ from guided_diffusion.continual.solver import (
     replay_judgement,
 )
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
-from guided_diffusion.continual.solver import SolverConfig
+from guided_diffusion.continual.solver import REPLAY_MODES, GuidedOptions, SoftOptions, SolverConfig, soft_target_kd, trims_logits
+
 from guided_diffusion.runtime.config import ConfigError
 from guided_diffusion.script_util import create_gaussian_diffusion
 
@@ -66,15 +67,17 @@ def _call(cond_fn, x):
     dict(use_new_grad=False, use_old_grad=True, trim_logits=False),
 ])
 def test_guide_cond_fn_each_flag_combination_by_hand(flags):
-    s = dataclasses.replace(SolverConfig(), **flags)
+    flags = dict(flags)
+    solver = dataclasses.replace(SolverConfig(), trim_logits=flags.pop("trim_logits", None))
+    s = dataclasses.replace(GuidedOptions(), **flags)
     clf, prev = Affine(1), Affine(2)
     x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     scales = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
-    got = _call(guide_cond_fn(clf, prev, SEEN, (2, 3), OLD, scales, s), x)
+    got = _call(guide_cond_fn(clf, prev, SEEN, (2, 3), OLD, scales, s, trims_logits(solver)), x)
 
     x0, y = 2 * x.numpy(), np.array([0, 1, 1])
     all_classes = torch.ones(C, dtype=torch.bool)
-    trim = s.trim_logits is not False  # unset: trimmed (GUIDE), for every replay but soft
+    trim = solver.trim_logits is not False  # unset: trimmed (GUIDE), for every replay but soft
     if s.use_old_grad:  # toward y under the previous classifier, over the old classes
         g = _grad_log_p(prev, x0, y, OLD if trim else all_classes)
         g = -g if s.negate_old_grad else g
@@ -89,11 +92,11 @@ def test_guide_cond_fn_each_flag_combination_by_hand(flags):
 
 
 def test_guide_cond_fn_neither_gradient_is_no_guidance_and_both_are_refused():
-    s = dataclasses.replace(SolverConfig(), use_new_grad=False, use_old_grad=False)
-    assert guide_cond_fn(Affine(1), Affine(2), SEEN, (2, 3), OLD, torch.ones(3), s) is None
-    s = dataclasses.replace(SolverConfig(), use_new_grad=True, use_old_grad=True)
-    with pytest.raises(ConfigError, match="use_old_grad and solver.use_new_grad"):
-        guide_cond_fn(Affine(1), Affine(2), SEEN, (2, 3), OLD, torch.ones(3), s)
+    s = GuidedOptions(use_new_grad=False, use_old_grad=False)
+    assert guide_cond_fn(Affine(1), Affine(2), SEEN, (2, 3), OLD, torch.ones(3), s, True) is None
+    s = GuidedOptions(use_new_grad=True, use_old_grad=True)
+    with pytest.raises(ConfigError, match="use_old_grad and solver.guided.use_new_grad"):
+        guide_cond_fn(Affine(1), Affine(2), SEEN, (2, 3), OLD, torch.ones(3), s, True)
 
 
 def test_noised_guidance_gives_t_to_the_classifier_and_differentiates_x_t():
@@ -105,9 +108,9 @@ def test_noised_guidance_gives_t_to_the_classifier_and_differentiates_x_t():
             seen_t.append(t)
             return super().forward(x)
 
-    s = dataclasses.replace(SolverConfig(), use_new_grad=True, guid_to_new_classes=True)
+    s = GuidedOptions(use_new_grad=True, guid_to_new_classes=True)
     clf = Recording(1)
-    cond = guide_cond_fn(clf, None, SEEN, (2, 3), OLD, torch.ones(3, dtype=torch.float64), s, noised=True)
+    cond = guide_cond_fn(clf, None, SEEN, (2, 3), OLD, torch.ones(3, dtype=torch.float64), s, True, noised=True)
     assert not getattr(cond, "needs_pred_xstart", False)
     x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     t = torch.tensor([999, 500, 7])
@@ -320,3 +323,33 @@ def test_masip_solver_protocol_runs_on_an_unconditional_generator(tmp_path):
     cfg = load_config(f"{root}/yaml/mnist/solver.yaml", common + solver_keys + ["solver.replay=plain"])
     with pytest.raises(ConfigError, match="soft, soft_kd or argmax"):
         run_solver(cfg)
+
+
+def test_each_replay_modes_options_are_its_own_and_the_flat_keys_say_where_they_went(tmp_path):
+    """solver.guided / solver.soft / solver.soft_kd hold their mode's options, typed; the flat keys they
+    replaced are refused naming the key to write, and a run's saved config is read with them moved."""
+    from guided_diffusion.runtime.config import load_config
+
+    cfg = load_config(None, ["solver.replay=soft_kd", "solver.soft_kd.temperature=3",
+                             "solver.guided.scale_max=2.5"])
+    assert cfg.solver.soft_kd.temperature == 3.0 and cfg.solver.soft.temperature == 2.0
+    assert cfg.solver.guided == GuidedOptions(scale_max=2.5)
+    with pytest.raises(ConfigError, match="solver.guided.scale_min: expected a number"):
+        load_config(None, ["solver.guided.scale_min=abc"])
+    with pytest.raises(ConfigError, match=r"write solver\.soft_kd\.temperature=3"):
+        load_config(None, ["solver.replay=soft_kd", "solver.temperature=3"])
+    old = tmp_path / "config.yaml"
+    old.write_text("solver:\n  replay: soft\n  temperature: 4.0\n  scale_min: 0.3\n  noised_classifier: true\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: solver.temperature is an option of the soft replay now: "
+                                          r"write solver.soft.temperature=4.0"):
+        load_config(str(old))
+    saved = load_config(str(old), record=True)
+    assert saved.solver.soft.temperature == 4.0 and saved.solver.soft_kd.temperature == 2.0
+    assert saved.solver.guided == GuidedOptions(scale_min=0.3, noised_classifier=True)
+    # the modes read their own options: soft's temperature, soft_kd's
+    s = dataclasses.replace(SolverConfig(), soft=SoftOptions(temperature=1.0), soft_kd=SoftOptions(temperature=5.0))
+    student, teacher = torch.randn(4, 6), torch.randn(4, 6)
+    task = type("T", (), {"old_classes": (0, 1, 2)})()
+    assert torch.equal(REPLAY_MODES["soft"](s).soft_loss(student, teacher, task), masip_soft_loss(student, teacher, 1.0))
+    assert torch.equal(REPLAY_MODES["soft_kd"](s).soft_loss(student, teacher, task),
+                       soft_target_kd(student, teacher, [0, 1, 2], 5.0))

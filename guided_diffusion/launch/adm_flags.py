@@ -264,7 +264,7 @@ def _str2bool(flag: str, value: str) -> bool:
 
 
 def _guide_scales() -> Dict[str, Translation]:
-    """``--classifier_scale_{min,max}_{old,new}``: solver.scale_min / scale_max. GUIDE keeps a range
+    """``--classifier_scale_{min,max}_{old,new}``: solver.guided.scale_min / scale_max. GUIDE keeps a range
     per gradient but guides with one at a time (use_old_grad or use_new_grad), so one range serves
     both here (``check_guide_flags`` refuses _old and _new that differ). As GUIDE's
     ``preprocess_args``: a bound given alone stands for both (min 0.5 alone: the range [0.5, 0.5]);
@@ -275,14 +275,14 @@ def _guide_scales() -> Dict[str, Translation]:
         other = "max" if bound == "min" else "min"
 
         def translate(value: str, world_size: int) -> List[str]:
-            words = [f"solver.scale_{bound}={value}"]
+            words = [f"solver.guided.scale_{bound}={value}"]
             if other not in given:  # GUIDE: min alone -> max = min (and the reverse)
-                words.append(f"solver.scale_{other}={value}")
+                words.append(f"solver.guided.scale_{other}={value}")
             given.add(bound)
             return words
 
-        translate.__doc__ = (f"solver.scale_{bound} (GUIDE's {family} range; alone, also solver.scale_{other}, as "
-                             f"GUIDE); one range serves _old and _new")
+        translate.__doc__ = (f"solver.guided.scale_{bound} (GUIDE's {family} range; alone, also "
+                             f"solver.guided.scale_{other}, as GUIDE); one range serves _old and _new")
         return translate
 
     return {f"classifier_scale_{b}_{f}": make(b, f) for b in ("min", "max") for f in ("old", "new")}
@@ -332,10 +332,10 @@ def guide_classifier_flags() -> Dict[str, Target]:
     table: Dict[str, Target] = {**MODEL_FLAGS, "embedding_kind": "model.embedding_kind", "seed": "seed",
                                 "log_interval": "solver.log_interval"}
     table.update(_guide_scales())
-    for flag, key in (("use_old_grad", "solver.use_old_grad"), ("use_new_grad", "solver.use_new_grad"),
-                      ("guid_to_new_classes", "solver.guid_to_new_classes"),
-                      ("negate_old_grad", "solver.negate_old_grad"), ("trim_logits", "solver.trim_logits"),
-                      ("train_noised_classifier", "solver.noised_classifier")):
+    for flag, key in (("use_old_grad", "solver.guided.use_old_grad"), ("use_new_grad", "solver.guided.use_new_grad"),
+                      ("guid_to_new_classes", "solver.guided.guid_to_new_classes"),
+                      ("negate_old_grad", "solver.guided.negate_old_grad"), ("trim_logits", "solver.trim_logits"),
+                      ("train_noised_classifier", "solver.guided.noised_classifier")):
         table[flag] = _guide_bool(flag, key)
     for flag in ("class_cond", "use_checkpoint", "use_scale_shift_norm", "resblock_updown",
                  "use_new_attention_order", "learn_sigma", "use_kl", "predict_xstart", "rescale_timesteps",
@@ -374,10 +374,10 @@ def check_guide_flags(cfg, translations: Sequence[Tuple[str, List[str]]]) -> Non
             raise ConfigError(
                 f"--classifier_scale_*_old gives the range {list(full['old'])} and --classifier_scale_*_new "
                 f"{list(full['new'])}: GUIDE guides with one gradient at a time, and here one range "
-                "(solver.scale_min, solver.scale_max) serves both; give the scales of the gradient you use")
+                "(solver.guided.scale_min, scale_max) serves both; give the scales of the gradient you use")
     grads = {name for name, _ in given} & {"use_old_grad", "use_new_grad"}
-    if cfg.solver.use_old_grad and cfg.solver.use_new_grad and grads:
-        raise ConfigError("solver.use_old_grad and solver.use_new_grad are both true: GUIDE refuses both gradients "
+    if cfg.solver.guided.use_old_grad and cfg.solver.guided.use_new_grad and grads:
+        raise ConfigError("solver.guided.use_old_grad and use_new_grad are both true: GUIDE refuses both gradients "
                           "(NotImplementedError); add --use_new_grad False (the presets and the default set it true) "
                           "or --use_old_grad False")
 

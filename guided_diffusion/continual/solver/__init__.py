@@ -26,8 +26,9 @@ Resume is per task: finished tasks are skipped and the classifier restored; an u
 restarts (``continual.tasks``, the generator's task loop too).
 
 Modules: ``config`` (the ``solver`` section), ``learner`` (the ``Solver`` on the shared task loop,
-``run_solver``), ``base`` and ``replays`` (the replay modes, registered by name), ``guidance`` (GUIDE's
-cond_fn, the replay judgement), ``augment``.
+``run_solver``), ``base`` and ``replays`` (the replay modes, registered by name, and the options of those
+that take some: ``solver.guided``, ``solver.soft``, ``solver.soft_kd``), ``guidance`` (GUIDE's cond_fn, the
+replay judgement), ``augment``.
 """
 
 from .augment import augment
@@ -35,7 +36,7 @@ from .base import REPLAY_MODES, Replay, register_replay, trims_logits
 from .config import SolverConfig
 from .guidance import guide_cond_fn, replay_judgement
 from .learner import USES, Solver, run_solver
-from .replays import check_solver, masip_soft_loss, soft_target_kd
+from .replays import GuidedOptions, SoftOptions, check_solver, masip_soft_loss, soft_target_kd
 
-__all__ = ["REPLAY_MODES", "Replay", "Solver", "SolverConfig", "USES", "augment", "check_solver", "guide_cond_fn",
-           "masip_soft_loss", "register_replay", "replay_judgement", "run_solver", "soft_target_kd", "trims_logits"]
+__all__ = ["GuidedOptions", "REPLAY_MODES", "Replay", "SoftOptions", "Solver", "SolverConfig", "USES", "augment",
+           "check_solver", "guide_cond_fn", "masip_soft_loss", "register_replay", "replay_judgement", "run_solver", "soft_target_kd", "trims_logits"]

@@ -4,11 +4,13 @@ only for the programs that train it (``replays.check_solver``, a ``register_sect
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional
 
-from ...runtime.config import register_section_schema
+from ...runtime.config import register_retired, register_section_schema
 from ...sampling.config import check_sampler
+from .replays import GuidedOptions, SoftOptions
 
 
 @dataclass
@@ -33,19 +35,42 @@ class SolverConfig:
     augment: str = ""  # comma list of crop, flip, rotation, jitter, erasing
     generation_interval: int = 1  # regenerate the replay batch every this many steps
     sampler: str = "ddim25"  # the replay sampler: ddimN (DDIM, eta 0, ADM's leading spacing) | ddimNt (trailing, Masip's) | N (ancestral) | unipcN ...
-    guidance_batch: int = 64  # images per guided sampling chunk (memory bound)
-    scale_min: float = 1.0  # guided: per-sample scale ~ U[scale_min, scale_max]
-    scale_max: float = 1.0
-    use_old_grad: bool = False  # guided: toward y under the classifier after the previous task (GUIDE)
-    negate_old_grad: bool = False  # guided: flip the sign of use_old_grad's gradient (GUIDE)
-    use_new_grad: bool = True
-    guid_to_new_classes: bool = True
-    noised_classifier: bool = False  # guided: guide with a second, time-conditioned classifier trained on q_sample(x, t)
-    # of the same batches and applied to (x_t, t) (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
-    temperature: float = 2.0  # soft replay: the temperature T of Masip's soft targets
+    # The options of one replay mode each (``continual.solver.replays``), read only when solver.replay names it:
+    guided: GuidedOptions = field(default_factory=GuidedOptions)  # solver.replay=guided (GUIDE's guidance)
+    soft: SoftOptions = field(default_factory=SoftOptions)  # solver.replay=soft (Masip's soft targets)
+    soft_kd: SoftOptions = field(default_factory=SoftOptions)  # solver.replay=soft_kd
     eval_batch_size: int = 256
     log_interval: int = 50
 
 
 register_section_schema("solver", None, SolverConfig, choices={"optimizer": ("sgd", "adam")},
                         key_checks={"sampler": lambda v: check_sampler("solver.sampler", v)})
+
+
+# The keys that moved from the section into a replay mode's options (solver.scale_min -> solver.guided.scale_min):
+# refused with the key to write; a run's saved config is read with them moved.
+_GUIDED_KEYS = tuple(f.name for f in fields(GuidedOptions))
+
+
+def retire_flat_replay_keys(tree: Dict[str, Any], context: Dict[str, Any]) -> List[str]:
+    """Move ``solver.<key>`` of ``tree`` (one file's keys, or the command line's) into the options of the
+    replay mode that reads it (``temperature``: soft_kd's when ``solver.replay`` is soft_kd in ``context``,
+    the merged settings, else soft's); one line per key saying what to write."""
+    part = tree.get("solver")
+    if not isinstance(part, dict):
+        return []
+    ctx = context.get("solver") if isinstance(context.get("solver"), dict) else {}
+    notes = []
+    for key in [k for k in part if k in _GUIDED_KEYS or k == "temperature"]:
+        mode = "guided" if key in _GUIDED_KEYS else \
+            "soft_kd" if part.get("replay", ctx.get("replay")) == "soft_kd" else "soft"
+        value = part.pop(key)
+        options = part.setdefault(mode, {})
+        if isinstance(options, dict):
+            options.setdefault(key, value)
+        shown = json.dumps(value) if isinstance(value, (bool, int, float)) else value
+        notes.append(f"solver.{key} is an option of the {mode} replay now: write solver.{mode}.{key}={shown}")
+    return notes
+
+
+register_retired(retire_flat_replay_keys)

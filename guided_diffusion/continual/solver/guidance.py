@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from ...runtime.config import ConfigError
-from .base import trims_logits
 
 
-def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s, noised: bool = False):
+
+
+def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, g, trim: bool, noised: bool = False):
     """GUIDE's guidance function with its flags' semantics (cywinski/guide); returns
     ``scale * grad log-objective`` per sample, or None when neither gradient is asked (GUIDE then
     returns a zero gradient: plain sampling).
@@ -25,14 +26,14 @@ def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s, no
 
     x is the predicted x̂0(x_t), so the gradient flows through the diffusion network, or, when
     ``noised``, x_t itself, with each classifier given the timestep (ADM's classic guidance,
-    GUIDE's ``train_noised_classifier``). ``trim_logits``: logits outside the classes seen so far
+    GUIDE's ``train_noised_classifier``). ``g``: the flags (``solver.guided``, ``replays.GuidedOptions``).
+    ``trim`` (``solver.trim_logits``): logits outside the classes seen so far
     (the old classes for the previous classifier) are masked, as GUIDE slices them.
     """
-    if s.use_old_grad and s.use_new_grad:
-        raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
-    if not (s.use_old_grad or s.use_new_grad):
+    if g.use_old_grad and g.use_new_grad:
+        raise ConfigError("solver.guided.use_old_grad and solver.guided.use_new_grad cannot both be true (as in GUIDE)")
+    if not (g.use_old_grad or g.use_new_grad):
         return None
-    trim = trims_logits(s)
     new = torch.as_tensor(list(new_classes), device=seen_mask.device)
 
     def logits_of(net, x_in, t, mask):
@@ -41,12 +42,12 @@ def guide_cond_fn(clf, prev_clf, seen_mask, new_classes, old_mask, scales, s, no
 
     def objective(x_in, t, y):
         rows = torch.arange(len(y), device=y.device)
-        if s.use_old_grad:
+        if g.use_old_grad:
             obj = F.log_softmax(logits_of(prev_clf, x_in, t, old_mask), dim=-1)[rows, y]
-            return -obj if s.negate_old_grad else obj
+            return -obj if g.negate_old_grad else obj
         logits = logits_of(clf, x_in, t, seen_mask)
         logp = F.log_softmax(logits, dim=-1)
-        if s.guid_to_new_classes:
+        if g.guid_to_new_classes:
             return logp[rows, new[logits[:, new].argmax(dim=1)]]
         return -logp[rows, y]
 

@@ -77,7 +77,7 @@ class Solver(TaskLearner):
         # batches, guides on x_t. Deliberate difference: GUIDE trains its one classifier on noised
         # batches; we keep the solver clean (its test accuracy is the result) and add this one.
         self.nclf = create_classifier_net(s.arch, info.num_classes, info.channels, time_conditioned=True,
-                                          image_size=info.image_size).to(device) if s.noised_classifier else None
+                                          image_size=info.image_size).to(device) if s.guided.noised_classifier else None
         self.acc: Dict[int, Dict[int, float]] = {}
         self.gen_sec = 0.0
         self.gen_images = 0
@@ -115,7 +115,7 @@ class Solver(TaskLearner):
         y = old[torch.randint(0, len(old), (n,), generator=gen)]
         seen_mask, old_mask = self.masks(task)
         nets = {"clf": self.clf, "prev": prev_clf, "noised": self.nclf, "prev_noised": prev_nclf}
-        chunk = self.s.guidance_batch if self.replay.guides else n
+        chunk = self.s.guided.guidance_batch if self.replay.guides else n
         codec = experiment.latent_codec(self.cfg)  # latent diffusion: the replay is decoded to images
         shape = experiment.model_info(self.cfg, self.info).shape
         start = time.perf_counter()
@@ -288,7 +288,8 @@ def run_solver(cfg) -> Solver:
     device = experiment.init_process(cfg)
     if dist_util.get_world_size() > 1:
         raise ConfigError("the solver runs in one process (its cost is the replay generation); launch it without mpiexec")
-    run_dir = f"{experiment.run_dir_of(cfg)}/solver_{cfg.solver.replay}" + ("_noised" if cfg.solver.noised_classifier else "")
+    run_dir = f"{experiment.run_dir_of(cfg)}/solver_{cfg.solver.replay}" + ("_noised" if cfg.solver.guided.noised_classifier else "")
+
     logger = experiment.setup_run(cfg, run_dir=run_dir)
     x, y, info = experiment.load_split(cfg, "train")
     xt, yt, _ = experiment.load_split(cfg, "test")

@@ -9,6 +9,7 @@ replayed rows). The solver (``continual.solver.learner``) knows no mode by name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List
 
 import torch
@@ -17,8 +18,32 @@ import torch.nn.functional as F
 from ...classifiers.nets import ARCHS
 from ...respace import sampler_of
 from ...runtime.config import ConfigError, register_section_check
-from .base import REPLAY_MODES, Replay, register_replay
+from .base import REPLAY_MODES, Replay, register_replay, trims_logits
+
 from .guidance import guide_cond_fn
+
+
+@dataclass
+class SoftOptions:
+    """``solver.soft`` / ``solver.soft_kd``: the options of the soft-target replays."""
+
+    temperature: float = 2.0  # T of the soft targets (Masip et al.: 2)
+
+
+@dataclass
+class GuidedOptions:
+    """``solver.guided``: GUIDE's guidance of the replayed old classes (cywinski/guide's flags, same names)."""
+
+    scale_min: float = 1.0  # per-sample scale ~ U[scale_min, scale_max] (GUIDE: classifier_scale_{min,max}_{new,old})
+    scale_max: float = 1.0
+    use_old_grad: bool = False  # toward y under the classifier after the previous task (GUIDE)
+    negate_old_grad: bool = False  # flip the sign of use_old_grad's gradient (GUIDE)
+    use_new_grad: bool = True  # the classifier being trained guides (GUIDE)
+    guid_to_new_classes: bool = True  # use_new_grad: toward the new class with the largest logit (GUIDE); false: away from y
+    noised_classifier: bool = False  # guide with a second, time-conditioned classifier trained on q_sample(x, t) of the same
+    # batches and applied to (x_t, t) (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
+    guidance_batch: int = 64  # images per guided sampling chunk (memory bound only)
+
 
 def masip_soft_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
     """Masip et al.'s soft replay loss, exactly (their solver's distillation loss): T^2 times the row mean of
@@ -80,7 +105,7 @@ class Soft(Replay):
                               "classes only)")
 
     def soft_loss(self, student: torch.Tensor, teacher: torch.Tensor, task) -> torch.Tensor:
-        return masip_soft_loss(student, teacher, self.s.temperature)
+        return masip_soft_loss(student, teacher, self.s.soft.temperature)
 
     def loss(self, logits, labels, n_real, soft, task):
         if soft is None:  # task 0: nothing replayed
@@ -102,7 +127,7 @@ class SoftKD(Soft):
         pass
 
     def soft_loss(self, student, teacher, task):
-        return soft_target_kd(student, teacher, list(task.old_classes), self.s.temperature)
+        return soft_target_kd(student, teacher, list(task.old_classes), self.s.soft_kd.temperature)
 
 
 @register_replay("argmax")
@@ -133,18 +158,19 @@ class Guided(Replay):
 
     @classmethod
     def check(cls, s, cfg) -> None:
-        solver = sampler_of(s.sampler)
-        if (s.use_old_grad or s.use_new_grad) and not s.noised_classifier and solver:
+        solver, g = sampler_of(s.sampler), s.guided
+        if (g.use_old_grad or g.use_new_grad) and not g.noised_classifier and solver:
             raise ConfigError(f"solver.sampler {s.sampler!r} is the {solver} solver, which cannot guide "
                               "through x̂0 (GUIDE's guidance without a noised classifier): use a 'ddimN' sampler, "
-                              "or solver.noised_classifier: true (guidance on x_t works with every sampler)")
+                              "or solver.guided.noised_classifier: true (guidance on x_t works with every sampler)")
 
     def cond_fn(self, task, n, gen, nets, seen_mask, old_mask):
-        s = self.s
-        scales = s.scale_min + (s.scale_max - s.scale_min) * torch.rand(n, generator=gen)
+        g = self.s.guided
+        scales = g.scale_min + (g.scale_max - g.scale_min) * torch.rand(n, generator=gen)
         noised = nets["noised"] is not None
         clf, prev = (nets["noised"], nets["prev_noised"]) if noised else (nets["clf"], nets["prev"])
-        return guide_cond_fn(clf, prev, seen_mask, task.classes, old_mask, scales, s, noised=noised)
+        return guide_cond_fn(clf, prev, seen_mask, task.classes, old_mask, scales, g, trims_logits(self.s),
+                             noised=noised)
 
 
 # How a task's batch splits between real and replayed images (task i > 0, batch B): GUIDE's B/(i+1) real and
@@ -180,12 +206,15 @@ def check_solver(s, cfg) -> None:
         raise ConfigError(f"solver.mixing {s.mixing!r} is not one of {', '.join(MIXINGS)}")
     if s.lr_schedule not in ("linear", "constant"):
         raise ConfigError(f"solver.lr_schedule {s.lr_schedule!r} is not one of linear, constant")
-    if s.use_old_grad and s.use_new_grad:
-        raise ConfigError("solver.use_old_grad and solver.use_new_grad cannot both be true (as in GUIDE)")
-    if s.negate_old_grad and not s.use_old_grad:
-        raise ConfigError("solver.negate_old_grad flips the old classifier's gradient: it needs solver.use_old_grad")
-    if s.noised_classifier and not replay.guides:
-        raise ConfigError(f"solver.noised_classifier is a guidance option: it needs solver.replay=guided, not "
+    g = s.guided
+    if g.use_old_grad and g.use_new_grad:
+        raise ConfigError("solver.guided.use_old_grad and solver.guided.use_new_grad cannot both be true (as in GUIDE)")
+    if g.negate_old_grad and not g.use_old_grad:
+        raise ConfigError("solver.guided.negate_old_grad flips the old classifier's gradient: it needs "
+                          "solver.guided.use_old_grad")
+    if g.noised_classifier and not replay.guides:
+        raise ConfigError(f"solver.guided.noised_classifier trains a second classifier for guidance: it needs "
+                          f"solver.replay=guided, not "
                           f"{s.replay!r}")
     replay.check(s, cfg)
 
