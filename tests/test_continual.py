@@ -3,6 +3,7 @@
 import copy
 import math
 import csv
+import dataclasses
 import os
 import types
 
