@@ -152,7 +152,7 @@ def main() -> int:
         raise ConfigError(f"--model_path {args.model_path}: no such file")
     if cli.maybe_dry_run(cfg, args):
         return 0
-    from guided_diffusion.evaluation.continual import build_evaluator
+    from guided_diffusion.evaluation.continual import ContinualEvaluator, evaluation_classifier
 
     os.makedirs(args.out, exist_ok=True)
     device = experiment.init_process(cfg)
@@ -168,7 +168,8 @@ def main() -> int:
     csv_path = os.path.join(args.out, "steps.csv")
     rows = read_csv(csv_path)
     done = {(r["spec"], int(r["seed"])) for r in rows}
-    evaluator = build_evaluator(cfg)
+    evaluator = ContinualEvaluator(cfg, evaluation_classifier(cfg))
+
     title = (f"{os.path.basename(os.path.dirname(os.path.abspath(args.model_path)))}: "
              f"{cfg.evaluation.num_samples} samples, {cfg.diffusion.noise_schedule} schedule")
     todo = [(seed, i, spec) for seed in args.seeds for i, spec in enumerate(specs) if (spec, seed) not in done]

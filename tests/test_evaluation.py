@@ -480,3 +480,27 @@ def test_the_grid_takes_the_samples_an_evaluation_hands_back():
     assert _grid_from_evaluation(ctx, task, [DrawnSamples(images, labels, "ddim4", 0.0)]) is None  # other sampler
     assert _grid_from_evaluation(ctx, task, [DrawnSamples(images, labels, "ddim2", 0.5)]) is None  # other eta
     assert _grid_from_evaluation(ctx, task, [DrawnSamples(images[:3], labels[:3], "ddim2", 0.0)]) is None  # too few
+
+
+def test_building_an_evaluator_reads_and_trains_nothing(tmp_path, tiny_eval_classifier, monkeypatch):
+    """The classifier is asked for first and explicitly (``evaluation_classifier``: loaded, or trained only
+    where the file is missing and evaluation.train_classifier allows it); the evaluator takes it."""
+    import guided_diffusion.evaluation.continual as ec
+
+    trained = []
+    monkeypatch.setattr(ec, "train_classifier_from_config", lambda cfg, path, log=print: trained.append(path))
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"), tiny_eval_classifier)
+    clf = ec.evaluation_classifier(cfg)
+    assert clf.meta["dataset"] == "mnist5k" and trained == []
+    assert ec.ContinualEvaluator(cfg, clf).features is clf
+    with pytest.raises(ValueError, match="evaluation_classifier"):
+        ec.ContinualEvaluator(cfg, None)  # a domain evaluation without its classifier
+    missing = str(tmp_path / "none.safetensors")
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"), [f"evaluation.classifier_path={missing}",
+                                                                   "evaluation.train_classifier=false"])
+    with pytest.raises(FileNotFoundError, match="train_eval_classifier.py"):
+        ec.evaluation_classifier(cfg)
+    cfg = load_config(os.path.join(ROOT, "yaml/mnist/naive.yaml"), [f"evaluation.classifier_path={missing}"])
+    with pytest.raises(Exception):  # trained (here: recorded), then loaded: the stub wrote no file
+        ec.evaluation_classifier(cfg)
+    assert trained == [missing]

@@ -310,9 +310,10 @@ def _evaluators(cfg, logger) -> List[Callable]:
     """The evaluation module's evaluator when the config's ``evaluation.enabled`` is true."""
     if not getattr(cfg.evaluation, "enabled", False):
         return []
-    from ..evaluation.continual import build_evaluator
+    from ..evaluation.continual import ContinualEvaluator, evaluation_classifier
 
-    return [build_evaluator(cfg, log=logger.log)]
+    return [ContinualEvaluator(cfg, evaluation_classifier(cfg, log=logger.log), log=logger.log)]
+
 
 
 def _last_terms(tdir: str, terms) -> Dict[str, float]:

@@ -195,7 +195,7 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
 
     A student whose row exists is not trained again. Several processes (one seed each) may share
     ``out_dir``: each adds its rows to ``results.csv`` under a lock."""
-    from ..evaluation.continual import build_evaluator
+    from ..evaluation.continual import ContinualEvaluator, evaluation_classifier
 
     bad = [m for m in modes if m not in MODES]
     if bad:
@@ -210,7 +210,8 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
         raise ConfigError(f"{results} does not record its teacher (written before teacher.json): move {out_dir} "
                           "aside to start over")
     pin_teacher(out_dir, setup.teacher)
-    features = build_evaluator(cfg, log=log).features.name  # loads (or trains) the evaluation classifier once
+    classifier = evaluation_classifier(cfg, log=log)  # loaded (or trained where missing) once, for every seed
+    features = ContinualEvaluator(cfg, classifier, log=log).features.name
     other = sorted({r.get("eval_features") or "an unrecorded classifier" for r in rows.values()} - {features})
     if other:
         raise ConfigError(f"{results} holds rows measured with other evaluation features ({'; '.join(other)}) than "
@@ -240,7 +241,8 @@ def run_ablation(cfg, out_dir: str, modes: Sequence[str] = MODES, baseline_n: in
 
     for seed in seeds:
         scfg_seed = dataclasses.replace(cfg, seed=seed)
-        evaluator = build_evaluator(scfg_seed, log=log)  # its samples follow the seed; one for the seed's rows
+        evaluator = ContinualEvaluator(scfg_seed, classifier, log=log)  # its samples follow the seed
+
         if ("teacher", seed) not in rows:
             evaluate(scfg_seed, evaluator, "teacher", setup.teacher.net, {"train_steps": "", "teacher_nfe": ""})
         for mode in modes:

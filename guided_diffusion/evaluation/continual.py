@@ -1,6 +1,8 @@
 """The per-task evaluation of the continual loop (``evaluation.enabled: true``).
 
-After each task the loop calls ``ContinualEvaluator(ctx, task, ema_model)``, which
+A run first gets its evaluation classifier (``evaluation_classifier``: loaded, or trained where the
+config allows and the file is missing), then builds ``ContinualEvaluator(cfg, classifier)``. After each
+task the loop calls the evaluator with ``(ctx, task, ema_model)``, which
 
 1. draws ``evaluation.num_samples`` samples from the EMA model with the evaluation sampler (for a
    class-conditional model, labels in proportion to the label histogram of the reference images;
@@ -60,32 +62,49 @@ def proportional_labels(classes: List[int], hist: np.ndarray, n: int) -> List[in
     return [c for c, k in zip(classes, counts) for _ in range(int(k))]
 
 
-class ContinualEvaluator:
-    """Callable ``(ctx, task, ema_model) -> {column: value}`` for the continual loop (one call per task)."""
+def needs_classifier(cfg) -> bool:
+    """Whether the config's evaluation reads the domain classifier (its features, or its class metrics)."""
+    ev = evaluation_of(cfg)
+    return ev.features == "domain" or bool(CLASS_METRICS & set(ev.metric_list))
 
-    def __init__(self, cfg, log=print):
+
+def evaluation_classifier(cfg, log=print):
+    """The domain classifier the config's evaluation reads (a ``FeatureExtractor``), or None where it reads
+    none. A missing file is trained here, first, from the config's data when ``evaluation.train_classifier``
+    is true (the log says so), else refused naming the script that trains it. The one place where
+    evaluation may train anything: the caller asks for it before building evaluators."""
+    if not needs_classifier(cfg):
+        return None
+    path = classifier_path_of(cfg)
+    if not os.path.isfile(path):
+        if not evaluation_of(cfg).train_classifier:
+            raise FileNotFoundError(
+                f"evaluation: no domain classifier at {path}; train it with "
+                f"`python scripts/train_eval_classifier.py --config <yaml>` or set evaluation.train_classifier=true"
+            )
+        log(f"evaluation: no domain classifier at {path}: training it first (evaluation.train_classifier)")
+        if dist_util.is_main():
+            train_classifier_from_config(cfg, path, log=log)
+        dist_util.barrier()
+    classifier = build_feature_extractor("domain", classifier_path=path)
+    if classifier.meta.get("dataset") != cfg.data.dataset:
+        log(f"warning: the evaluation classifier {path} was trained on {classifier.meta.get('dataset')!r}, "
+            f"the run uses {cfg.data.dataset!r}")
+    return classifier
+
+
+class ContinualEvaluator:
+    """Callable ``(ctx, task, ema_model) -> {column: value}`` for the continual loop (one call per task).
+    ``classifier``: ``evaluation_classifier(cfg)``, loaded once and shared by every evaluator of a run;
+    building an evaluator reads and trains nothing."""
+
+    def __init__(self, cfg, classifier, log=print):
         self.cfg = cfg
         self.ev = evaluation_of(cfg)
         self.log = log
-        metrics = self.ev.metric_list
-        path = classifier_path_of(cfg)
-        needs_classifier = self.ev.features == "domain" or bool(CLASS_METRICS & set(metrics))
-        self.classifier = None
-        if needs_classifier:
-            if not os.path.isfile(path):
-                if not self.ev.train_classifier:
-                    raise FileNotFoundError(
-                        f"evaluation: no domain classifier at {path}; train it with "
-                        f"`python scripts/train_eval_classifier.py --config <yaml>` or set evaluation.train_classifier=true"
-                    )
-                if dist_util.is_main():
-                    train_classifier_from_config(cfg, path, log=log)
-                dist_util.barrier()
-            self.classifier = build_feature_extractor("domain", classifier_path=path)
-            meta = self.classifier.meta
-            if meta.get("dataset") != cfg.data.dataset:
-                log(f"warning: the evaluation classifier {path} was trained on {meta.get('dataset')!r}, "
-                    f"the run uses {cfg.data.dataset!r}")
+        if needs_classifier(cfg) and classifier is None:
+            raise ValueError("this evaluation reads the domain classifier: pass evaluation_classifier(cfg)")
+        self.classifier = classifier
         if self.ev.features == "domain":
             self.features = self.classifier
         else:
@@ -233,7 +252,4 @@ class ContinualEvaluator:
         return out
 
 
-def build_evaluator(cfg, log=print) -> ContinualEvaluator:
-    """The continual loop's evaluator, called after every task; build it once per run (it loads or trains
-    the evaluation classifier)."""
-    return ContinualEvaluator(cfg, log=log)
+

@@ -161,7 +161,7 @@ def plateau(rows: Sequence[Dict], key: str = "eval_fid", gain: float = PLATEAU_G
 def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, grid_per_class: int = 8,
               log=print) -> List[Dict]:
     """Train ``cfg`` on ``classes`` and evaluate at each of ``points`` (images seen); returns the rows."""
-    from guided_diffusion.evaluation.continual import build_evaluator
+    from guided_diffusion.evaluation.continual import ContinualEvaluator, evaluation_classifier
 
     points = sorted(int(p) for p in points)
     B = cfg.train.batch_size
@@ -183,7 +183,8 @@ def run_curve(cfg, classes: Sequence[int], points: Sequence[int], run_dir: str, 
                      seed=step_seed(cfg.seed, 0, 2) % (2**31), logger=logger, device=device,
                      export_config=experiment.export_config(cfg, info), tag="curve")
     rows = {int(float(r["images"])): r for r in read_curve(run_dir)}
-    evaluator = build_evaluator(cfg, log=logger.log)
+    evaluator = ContinualEvaluator(cfg, evaluation_classifier(cfg, log=logger.log), log=logger.log)
+
     rate = loop.ema_rates[0]
     prev_step = 0
     import copy
