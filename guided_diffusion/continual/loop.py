@@ -308,7 +308,7 @@ class DiffusionLearner(TaskLearner):
 
 def _evaluators(cfg, logger) -> List[Callable]:
     """The evaluation module's evaluator when the config's ``evaluation.enabled`` is true."""
-    if not getattr(cfg.evaluation, "enabled", False):
+    if not cfg.evaluation.enabled:
         return []
     from ..evaluation.continual import ContinualEvaluator, evaluation_classifier
 

@@ -139,7 +139,7 @@ def first_task_results(cfg, src_run: str) -> Optional[Tuple[Dict[str, str], Opti
     if cfg.continual.grid_per_class > 0 and not bf.exists(grid):
         return None
     cols = {k: v for k, v in row.items() if k and k.startswith("eval_") and v not in ("", None)}
-    if getattr(cfg.evaluation, "enabled", False) and not cols:
+    if cfg.evaluation.enabled and not cols:
         return None
     if "eval_sec" in cols:
         cols["eval_sec"] = "0.0"

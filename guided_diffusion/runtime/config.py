@@ -51,13 +51,12 @@ class Config:
     latent: LatentConfig = section_field("latent")
     solver: SolverConfig = section_field("solver")
     continual: ContinualConfig = section_field("continual")
-    # Free-form sections (typed Dict), checked once merged: validated by the schema their owner registers,
-    # one for the section or one per value of its ``name`` key; a section set with no schema registered
-    # is refused. ``method`` (typed Any) may also be a name, or a list of names and mappings applied
-    # together (register_section_list).
+    # The free-form section, checked once merged: validated by the schema of its ``name`` key (one per
+    # continual method); it may also be a name, or a list of names and mappings applied together
+    # (register_section_list).
     method: Any = field(default_factory=dict)
-    evaluation: Dict[str, Any] = field(default_factory=dict)
-    dkdm: Dict[str, Any] = field(default_factory=dict)
+    evaluation: EvaluationConfig = section_field("evaluation")
+    dkdm: DKDMConfig = section_field("dkdm")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,11 +64,10 @@ class Config:
 
 
 def _free_sections() -> List[str]:
-    """The sections of ``Config`` typed Dict (or Any: ``method``), checked once merged."""
+    """The sections of ``Config`` typed Any (``method``), checked once merged."""
     import_section_owners()  # Config's field types are theirs
     hints = field_types(Config)
-    return [f.name for f in dataclasses.fields(Config)
-            if typing.get_origin(hints[f.name]) in (dict, Dict) or hints[f.name] is Any]
+    return [f.name for f in dataclasses.fields(Config) if hints[f.name] is Any]
 
 
 def _section_entries(section: str, raw: Any, where: str) -> List[Dict[str, Any]]:
@@ -94,25 +92,14 @@ def _section_entries(section: str, raw: Any, where: str) -> List[Dict[str, Any]]
 
 
 def _validate_sections(cfg: Config, where: str) -> None:
-    """Validate the free-form sections against their registered schemas (strict keys, types)."""
+    """Validate the free-form sections against the schemas their ``name`` selects (strict keys, types)."""
     for section in _free_sections():
         raw = getattr(cfg, section)
-        if section in sections.SCHEMAS:
-            if raw:
-                entries = _section_entries(section, raw, where)
-                parsed = [_parse_named(section, e, f"{section}[{i}]" if len(entries) > 1 else section, where)
-                          for i, e in enumerate(entries)]
-                setattr(cfg, section, parsed[0] if len(parsed) == 1 else parsed)
-            continue
-        schema = sections.DEFAULTS.get(section)
-        if schema is None:
-            if raw:
-                raise ConfigError(f"{where}: section '{section}' is not used by this program")
-            continue
-        try:
-            setattr(cfg, section, from_dict(schema, raw, section))
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e}") from None
+        if raw:
+            entries = _section_entries(section, raw, where)
+            parsed = [_parse_named(section, e, f"{section}[{i}]" if len(entries) > 1 else section, where)
+                      for i, e in enumerate(entries)]
+            setattr(cfg, section, parsed[0] if len(parsed) == 1 else parsed)
 
 
 def _parse_named(section: str, raw: Dict[str, Any], path: str, where: str) -> Any:
@@ -322,11 +309,8 @@ def _check_given(given: Dict[str, Any], tree: Dict[str, Any]) -> None:
         part = given.get(section)
         if not isinstance(part, dict):
             continue
-        if section in sections.SCHEMAS:
-            merged = tree.get(section)
-            schema = sections.SCHEMAS[section].get(merged.get(sections.SELECTOR)) if isinstance(merged, dict) else None
-        else:
-            schema = sections.DEFAULTS.get(section)
+        merged = tree.get(section)
+        schema = sections.SCHEMAS[section].get(merged.get(sections.SELECTOR)) if isinstance(merged, dict) else None
         if schema is not None:
             _check_counts(from_dict(schema, {k: v for k, v in part.items() if k != sections.SELECTOR}, section), section + ".")
 
