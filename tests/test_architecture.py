@@ -10,13 +10,14 @@ import re
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = "guided_diffusion"
 
-# Bottom to top; a module belongs to the first layer with a matching prefix.
+# Bottom to top. A layer lists its folders (subpackages of the library) and its few modules left at the
+# top of the package; a module belongs to the layer whose entry is a prefix of its name. No entry is
+# listed twice or inside another (test_every_folder_sits_in_one_layer), so the answer is unique and a
+# folder sits in one layer as a whole.
 LAYERS = [
-    ("math and networks", ["diffusion_math", "gaussian_diffusion", "respace", "resample", "losses", "nn", "unet",
-                           "dit", "energy", "vae", "prompts", "diffusers_unet", "lora"]),
+    ("math and networks", ["diffusion", "models"]),
     ("runtime", ["runtime"]),
-    ("infrastructure", ["dist_util", "logger", "image_util", "script_util", "model_config", "data", "text_encoder",
-                        "latent"]),
+    ("infrastructure", ["pretrained", "data", "image_util", "script_util", "model_config"]),
     ("training and sampling", ["train_util", "sampling", "classifiers"]),
     ("builders", ["experiment"]),
     ("applications", ["evaluation", "dkdm", "continual"]),
@@ -41,10 +42,10 @@ MODULES = _modules()
 
 def _layer(module: str) -> int:
     name = module[len(PKG) + 1:]
-    for i, (_, prefixes) in enumerate(LAYERS):
-        if any(name == p or name.startswith(p + ".") for p in prefixes):
-            return i
-    raise AssertionError(f"{module} is in no layer of docs/architecture.md: add it to LAYERS and the doc")
+    found = [i for i, (_, prefixes) in enumerate(LAYERS) for p in prefixes if name == p or name.startswith(p + ".")]
+    if not found:
+        raise AssertionError(f"{module} is in no layer of docs/architecture.md: add it to LAYERS and the doc")
+    return found[0]
 
 
 def _imports(module: str, path: str):
@@ -143,6 +144,19 @@ def test_no_tool_takes_the_name_of_a_script():
     names = {f[:-3] if f.endswith(".py") else f for f in os.listdir(tools)
              if f.endswith(".py") or os.path.isfile(os.path.join(tools, f, "__init__.py"))}
     assert not scripts & names, f"tools named as scripts: {sorted(scripts & names)}"
+
+def test_every_folder_sits_in_one_layer():
+    """Each entry of LAYERS is a folder or a top-level module of the package, listed once, none inside
+    another: so every module's layer is one answer, and a folder's modules share its layer."""
+    entries = [p for _, prefixes in LAYERS for p in prefixes]
+    assert len(entries) == len(set(entries)), f"entries listed twice: {sorted(p for p in entries if entries.count(p) > 1)}"
+    nested = [(a, b) for a in entries for b in entries if a != b and b.startswith(a + ".")]
+    assert not nested, f"entries inside another (a folder is in one layer as a whole): {nested}"
+    missing = [p for p in entries if f"{PKG}.{p}" not in MODULES]
+    assert not missing, f"entries of LAYERS that name no module or folder of {PKG}: {missing}"
+    for m in MODULES:
+        _layer(m)
+
 
 def test_the_doc_names_every_layer():
     doc = open(os.path.join(ROOT, "docs", "architecture.md")).read()

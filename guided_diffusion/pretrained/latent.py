@@ -18,8 +18,8 @@ from typing import Tuple
 
 import torch
 
-from .runtime import checkpoint as ckpt
-from .runtime.config import ConfigError, register_section_schema
+from ..runtime import checkpoint as ckpt
+from ..runtime.config import ConfigError, register_section_schema
 
 
 @dataclass

@@ -24,8 +24,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from .runtime import checkpoint as ckpt
-from .runtime.config import ConfigError, register_section_schema
+from ..runtime import checkpoint as ckpt
+from ..runtime.config import ConfigError, register_section_schema
 
 
 @dataclass

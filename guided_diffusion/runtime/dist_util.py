@@ -52,7 +52,7 @@ from typing import Any, Iterable, List, Mapping, Optional
 import torch
 import torch.distributed as dist
 
-from .runtime.config import register_section_schema
+from .config import register_section_schema
 
 __all__ = [
     "DistConfig", "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank",
@@ -588,6 +588,6 @@ def load_state_dict(path: str, map_location: Any = "cpu") -> Any:
     """ADM's name for loading a torch-saved object (state dict) from a local or blobfile path; *not*
     collective (every rank reads the file itself). ``checkpoint.load_torch``: ``weights_only=True``,
     FileNotFoundError for a missing file, ``CheckpointError`` (a RuntimeError) naming an unreadable one."""
-    from .runtime.checkpoint import load_torch
+    from .checkpoint import load_torch
 
     return load_torch(path, map_location)
