@@ -81,7 +81,8 @@ def _modules():
                 rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
                 out[rel[: -len(".__init__")] if rel.endswith(".__init__") else rel] = path
     out.pop(PKG, None)
-    shims = {m: _alias_of(p) for m, p in out.items() if m.count(".") == 1 and _alias_of(p)}
+    top = {m: _alias_of(p) for m, p in out.items() if m.count(".") == 1}  # shims lie only at the top
+    shims = {m: alias for m, alias in top.items() if alias}
     return {m: p for m, p in out.items() if m not in shims}, shims
 
 
