@@ -16,24 +16,24 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util
 from .data import load_dataset, subset_by_classes, to_tensor
-from .energy import EnergyModel
-from .logger import Logger
+from .models.diffusers_unet import DiffusersUNet, load_diffusers_unet
+from .models.energy import EnergyModel
+from .models.prompts import PromptConditioned
+from .models.vae import MlpVAE, VAEObjective
+from .pretrained.latent import LatentCodec
+from .pretrained.text_encoder import class_prompts, encode_prompts, text_width
+from .runtime import dist_util
 from .runtime.checkpoint import atomic_write_text
 from .runtime.config import Config, ConfigError, dump_config, to_dict
+from .runtime.logger import Logger
 from .runtime.precision import Precision, describe_cpu
 from .runtime.precision import resolve as resolve_precision
 from .sampling.classifier_free import null_class_of
 from .sampling.config import is_ddim
 from .sampling.sample_sets import SamplingSpec
 from .script_util import create_classifier, create_gaussian_diffusion, create_model
-from .diffusers_unet import DiffusersUNet, load_diffusers_unet
-from .latent import LatentCodec
-from .prompts import PromptConditioned
-from .text_encoder import class_prompts, encode_prompts, text_width
 from .train_util import DiffusionObjective
-from .vae import MlpVAE, VAEObjective
 
 
 @dataclass
@@ -190,7 +190,7 @@ def make_logger(cfg: Config, run_dir: str) -> Logger:
     """CSV/JSONL/log.txt always; wandb and tensorboard when the config asks (imported lazily)."""
     wandb = None
     if cfg.train.wandb:  # one W&B run for the run folder, its tasks' loggers included (logger._WandbSink)
-        from .logger import stable_run_id
+        from .runtime.logger import stable_run_id
 
         root = run_dir_of(cfg)
         wandb = {"project": cfg.train.wandb, "name": cfg.name, "config": to_dict(cfg)}

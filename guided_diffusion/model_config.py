@@ -24,7 +24,7 @@ class ModelConfig:
     dropout: float = 0.0
     class_cond: bool = False
     num_classes: int = 0  # 0 -> the dataset's number of classes
-    parameterization: str = "score"  # score (eps network) | energy (eps = dE/dx of a scalar energy, energy.py)
+    parameterization: str = "score"  # score (eps network) | energy (eps = dE/dx of a scalar energy, models/energy.py)
     energy_form: str = "dae"  # energy from the network output s: dae 0.5|x - s|^2 | l2 0.5|s|^2
     use_checkpoint: bool = False
     use_scale_shift_norm: bool = True
@@ -34,7 +34,7 @@ class ModelConfig:
     use_new_attention_order: bool = False
     embedding_kind: str = "add_time_learned"  # add_time_learned | concat_time_1hot | none
     attention_backend: str = "sdpa"  # sdpa | einsum
-    arch: str = "unet"  # unet | dit (a Diffusion Transformer, guided_diffusion/dit.py: the dit_* keys below) | diffusers
+    arch: str = "unet"  # unet | dit (a Diffusion Transformer, models/dit.py: the dit_* keys below) | diffusers
     diffusers_path: str = ""  # arch diffusers: a pretrained diffusers UNet folder (SD's unet/) to fine-tune
     dit_patch_size: int = 2  # data.image_size must be divisible by it
     dit_hidden_size: int = 384  # token width (divisible by 4 and by dit_num_heads)

@@ -10,11 +10,11 @@ which calls these factories.
 
 from __future__ import annotations
 
-from . import diffusion_math as dm
-from . import gaussian_diffusion as gd
-from .dit import DiTModel
-from .respace import SpacedDiffusion, sampler_of, space_timesteps
-from .unet import EncoderUNetModel, UNetModel
+from .diffusion import diffusion_math as dm
+from .diffusion import gaussian_diffusion as gd
+from .diffusion.respace import SpacedDiffusion, sampler_of, space_timesteps
+from .models.dit import DiTModel
+from .models.unet import EncoderUNetModel, UNetModel
 
 NUM_CLASSES = 1000
 

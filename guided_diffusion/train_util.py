@@ -31,8 +31,8 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from . import dist_util
-from .resample import LossAwareSampler
+from .diffusion.resample import LossAwareSampler
+from .runtime import dist_util
 from .runtime import checkpoint as ckpt
 from .runtime import faults
 from .runtime.config import ConfigError, register_section_schema
@@ -176,7 +176,7 @@ class DiffusionObjective:
     def from_config(cls, cfg, diffusion, num_classes: int) -> "DiffusionObjective":
         """The objective a config trains with (``train.schedule_sampler``, ``train.uncond_p``,
         ``train.loss_weighting``): one place for every script and the continual loop."""
-        from .resample import create_named_schedule_sampler
+        from .diffusion.resample import create_named_schedule_sampler
         from .sampling.classifier_free import null_class_of
 
         return cls(diffusion, create_named_schedule_sampler(cfg.train.schedule_sampler, diffusion),
@@ -188,7 +188,7 @@ class DiffusionObjective:
         """The per-sample weight of the loss at timesteps ``t`` (ones without a weighting)."""
         if self.loss_weighting == "none":
             return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-        from .diffusion_math import min_snr_weight
+        from .diffusion.diffusion_math import min_snr_weight
 
         ab = self._alpha_bar[t.cpu()]
         mean_type = getattr(getattr(self.diffusion, "model_mean_type", None), "name", "EPSILON")

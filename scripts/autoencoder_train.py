@@ -22,8 +22,8 @@ import torch
 
 from guided_diffusion import experiment
 from guided_diffusion.image_util import save_grid, to_uint8
-from guided_diffusion.latent import LatentCodec, build_autoencoder, train_autoencoder
 from guided_diffusion.launch import cli
+from guided_diffusion.pretrained.latent import LatentCodec, build_autoencoder, train_autoencoder
 from guided_diffusion.runtime.config import ConfigError
 
 OPTIONS = [
@@ -52,7 +52,7 @@ def main() -> int:
                                info.channels, info.image_size, seed=cfg.seed)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    from guided_diffusion.logger import progress_bar
+    from guided_diffusion.runtime.logger import progress_bar
 
     bar = progress_bar(total=lc.steps, desc="autoencoder")
     log = getattr(bar, "write", None) or (lambda m: print(m, flush=True))  # above the bar; in a log file too

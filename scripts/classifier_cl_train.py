@@ -26,9 +26,9 @@ scales that differ are refused, as are both gradients on and --depth other than 
 """
 
 import guided_diffusion.continual.methods  # noqa:F401  (registers the methods' config schemas)
-from guided_diffusion import dist_util
 from guided_diffusion.continual.solver import USES, run_solver
 from guided_diffusion.launch import adm_flags, cli
+from guided_diffusion.runtime import dist_util
 
 
 def main() -> int:

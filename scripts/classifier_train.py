@@ -22,11 +22,12 @@ resumes from the run folder's own checkpoints without it.
 import dataclasses
 import os
 
-from guided_diffusion import dist_util, experiment
+from guided_diffusion import experiment
 from guided_diffusion.classifiers.noisy import NoisyClassifierObjective, evaluate_noisy
 from guided_diffusion.data import InfiniteLoader
+from guided_diffusion.diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.launch import cli
-from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.runtime import dist_util
 from guided_diffusion.runtime.adm_resume import resume_beside
 from guided_diffusion.runtime.checkpoint import load_weights
 from guided_diffusion.train_util import TrainConfig

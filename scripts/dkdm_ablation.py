@@ -27,10 +27,10 @@ import os
 import shlex
 import sys
 
-from guided_diffusion import dist_util
 from guided_diffusion.dkdm import ablation
 from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.launch import cli
+from guided_diffusion.runtime import dist_util
 
 
 def main() -> int:

@@ -15,11 +15,12 @@ teacher NFEs/s. Rerunning the same command after a kill continues with the missi
 complete cache is reused. Then train the student: scripts/dynamic_train.py --config <same file>.
 """
 
-from guided_diffusion import dist_util, experiment
+from guided_diffusion import experiment
 from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.dkdm import pipeline
 from guided_diffusion.dkdm.teacher import resolve_teacher_path
 from guided_diffusion.launch import cli
+from guided_diffusion.runtime import dist_util
 
 
 def main() -> int:

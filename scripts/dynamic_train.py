@@ -17,11 +17,12 @@ state included) with EMA exports, and samples.png at the end. Rerunning the same
 from the latest complete checkpoint, cache and all; SIGTERM/SIGUSR1 checkpoint and exit 0.
 """
 
-from guided_diffusion import dist_util, experiment
+from guided_diffusion import experiment
 from guided_diffusion.dkdm import config as dkdm_config
 from guided_diffusion.dkdm import pipeline
 from guided_diffusion.dkdm.teacher import resolve_teacher_path
 from guided_diffusion.launch import cli
+from guided_diffusion.runtime import dist_util
 
 
 def main() -> int:

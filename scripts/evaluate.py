@@ -41,8 +41,8 @@ import argparse
 import json
 import os
 
-from guided_diffusion import dist_util
 from guided_diffusion.data import dataset_names
+from guided_diffusion.runtime import dist_util
 from guided_diffusion.evaluation import (
     ALL_METRICS,
     build_feature_extractor,
@@ -207,7 +207,7 @@ def main() -> int:
                 print(f"note: {what} {note}", flush=True)
     progress = None
     if dist_util.is_main():
-        from guided_diffusion.logger import progress_bar
+        from guided_diffusion.runtime.logger import progress_bar
 
         progress = lambda **kw: progress_bar(**kw)  # noqa: E731
     rows = evaluate_sets(extractor, samples, reference, metrics, batch_size=batch_size, device=device,

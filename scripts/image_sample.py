@@ -62,12 +62,13 @@ import time
 import numpy as np
 import torch
 
-from guided_diffusion import dist_util, experiment
+from guided_diffusion import experiment
 from guided_diffusion.continual.adaptation import adapted_model, check_plain_weights, with_export_record
+from guided_diffusion.diffusion.respace import sampler_label
 from guided_diffusion.image_util import save_grid, save_npz
 from guided_diffusion.launch import cli
 from guided_diffusion.launch.beside import config_beside
-from guided_diffusion.respace import sampler_label
+from guided_diffusion.runtime import dist_util
 from guided_diffusion.runtime.checkpoint import (
     load_checked,
     load_state_dict_file,
@@ -128,7 +129,7 @@ OPTIONS = [
 ]
 def sampler_for(sampler: str, steps: int, spacing: str = "trailing") -> str:
     """The sampler value of ``--sampler NAME --steps N --spacing S``."""
-    from guided_diffusion.respace import SPACING_SUFFIX, respacing_spec
+    from guided_diffusion.diffusion.respace import SPACING_SUFFIX, respacing_spec
     from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 
     if sampler not in SAMPLERS:
@@ -257,7 +258,7 @@ def main() -> int:
         raise ConfigError("--class needs a class-conditional model (model.class_cond) or a classifier")
     progress = None
     if dist_util.is_main():
-        from guided_diffusion.logger import progress_bar
+        from guided_diffusion.runtime.logger import progress_bar
 
         progress = lambda **kw: progress_bar(**kw)  # noqa: E731
     start = time.time()
@@ -292,7 +293,7 @@ def main() -> int:
 def prompt_labels(cfg, model, prompts, num_samples: int) -> tuple:
     """Append ``prompts``' encodings to a text-conditional model's table (after its classes' and the null
     prompt, whose indices stay) and return (each sample's row, samples per prompt)."""
-    from guided_diffusion.text_encoder import encode_prompts
+    from guided_diffusion.pretrained.text_encoder import encode_prompts
 
     if not cfg.text.encoder or not hasattr(model, "set_prompts"):
         raise ConfigError("--prompt needs a text-conditional model (text.encoder in the config)")

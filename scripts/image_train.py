@@ -27,13 +27,14 @@ a checkpoint at the next step and exits 0.
 
 import os
 
-from guided_diffusion import dist_util, experiment
+from guided_diffusion import experiment
 from guided_diffusion.continual.loop import USES, is_continual, train_continual
 from guided_diffusion.continual.scenario import check_scenario
 from guided_diffusion.data import InfiniteLoader
+from guided_diffusion.diffusion.respace import sampler_label
 from guided_diffusion.image_util import save_grid
 from guided_diffusion.launch import cli
-from guided_diffusion.respace import sampler_label
+from guided_diffusion.runtime import dist_util
 from guided_diffusion.runtime.adm_resume import resume_beside
 from guided_diffusion.sampling.sample_sets import sample_set
 from guided_diffusion.train_util import TrainLoop

@@ -23,11 +23,11 @@ import sys
 import time
 
 from guided_diffusion import experiment
+from guided_diffusion.diffusion.respace import respacing_spec
 from guided_diffusion.launch import cli
-from guided_diffusion.logger import read_csv
-from guided_diffusion.respace import respacing_spec
 from guided_diffusion.runtime.checkpoint import load_checked, load_state_dict_file
 from guided_diffusion.runtime.config import ConfigError
+from guided_diffusion.runtime.logger import read_csv
 from guided_diffusion.sampling.config import sampler_kind
 from guided_diffusion.sampling.samplers import SAMPLERS, SOLVERS
 

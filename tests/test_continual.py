@@ -20,9 +20,9 @@ from guided_diffusion.continual.replay import (
     replay_inputs,
     trailing_timesteps,
 )
-from guided_diffusion.continual.scenario import build_scenario
 from guided_diffusion import experiment
 from guided_diffusion.continual.config import ContinualConfig
+from guided_diffusion.continual.scenario import build_scenario
 from guided_diffusion.runtime.config import ConfigError, load_config
 from guided_diffusion.runtime.precision import describe_cpu
 from guided_diffusion.script_util import create_gaussian_diffusion
@@ -191,7 +191,7 @@ def test_min_snr_is_per_sample():
     torch.testing.assert_close(replay_criterion("mse", pred, target, t, diffusion), torch.tensor(2.5))
     # train.loss_weighting=min_snr: the replay MSE takes the data term's per-sample weights -- the same
     # number as Masip's min_snr criterion, from one implementation (diffusion_math.min_snr_weight).
-    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.diffusion.resample import UniformSampler
     from guided_diffusion.train_util import DiffusionObjective
 
     base = DiffusionObjective(diffusion, UniformSampler(diffusion), class_cond=False, loss_weighting="min_snr")
@@ -241,7 +241,7 @@ def _method(kind, teacher, **cfg):
 def _objective(kind, teacher, task_index=1, **cfg):
     from guided_diffusion.continual.methods.generative import ReplayObjective
     from guided_diffusion.continual.scenario import Task
-    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.diffusion.resample import UniformSampler
 
     diffusion = create_gaussian_diffusion(steps=100)
     base = DiffusionObjective(diffusion, UniformSampler(diffusion), class_cond=True)
@@ -345,7 +345,7 @@ def test_lwf_uses_teacher_on_current_inputs():
 def test_replay_objectives_feed_a_loss_aware_sampler_the_data_loss():
     """generative_distillation (and lwf): the data term's per-sample losses at the sampler's t reach a
     loss-second-moment sampler exactly as DiffusionObjective gives them; the replay term's do not."""
-    from guided_diffusion.resample import LossSecondMomentResampler
+    from guided_diffusion.diffusion.resample import LossSecondMomentResampler
 
     torch.manual_seed(0)
     student, teacher = Toy(), Toy().eval()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import diffusion_math as dm
+from guided_diffusion.diffusion import diffusion_math as dm
 
 
 def _cosine_abar(u):

@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from guided_diffusion import dist_util as du
+from guided_diffusion.runtime import dist_util as du
 from guided_diffusion.runtime.seeding import seed_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +182,7 @@ import json, os, sys, torch
 if "--drop-local" in sys.argv:  # make init() derive the local rank from host names
     for k in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK"):
         os.environ.pop(k, None)
-from guided_diffusion import dist_util as du
+from guided_diffusion.runtime import dist_util as du
 
 shared = sys.argv[1]
 dev = du.init(timeout_s=60)

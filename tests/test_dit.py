@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_dkdm import PIPE, _tiny_teacher, one_thread  # noqa: F401  (one_thread: autouse fixture)
 
-from guided_diffusion.dit import DiTModel
 from guided_diffusion.experiment import DataInfo, build_model, model_kwargs_from_config
+from guided_diffusion.models.dit import DiTModel
 from guided_diffusion.runtime import checkpoint as ckpt
 from guided_diffusion.runtime.config import ConfigError, load_config
 from guided_diffusion.script_util import create_model
@@ -139,8 +139,8 @@ def test_config_builds_a_dit_through_build_model_and_its_export_rebuilds_it():
 
 def test_dkdm_distils_a_unet_teacher_into_a_dit_student(tmp_path):
     from guided_diffusion.dkdm import pipeline
-    from guided_diffusion.logger import Logger
-    from guided_diffusion.unet import UNetModel
+    from guided_diffusion.runtime.logger import Logger
+    from guided_diffusion.models.unet import UNetModel
 
     tdir = _tiny_teacher(tmp_path)
     cfg = load_config(None, PIPE + [f"dkdm.teacher_path={tdir}", f"out_dir={tmp_path}", "model.arch=dit",

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import guided_diffusion.dkdm.config  # noqa: F401  (registers the dkdm section)
-from guided_diffusion.diffusion_math import get_named_beta_schedule
+from guided_diffusion.diffusion.diffusion_math import get_named_beta_schedule
 from guided_diffusion.dkdm.cache import DynamicCache
 from guided_diffusion.dkdm.format import (
     CacheError,
@@ -36,7 +36,7 @@ from guided_diffusion.dkdm.prepare import (
     prepare_cache,
     shard_draws,
 )
-from guided_diffusion.gaussian_diffusion import (
+from guided_diffusion.diffusion.gaussian_diffusion import (
     GaussianDiffusion,
     LossType,
     ModelMeanType,
@@ -296,7 +296,7 @@ def _cache_replay(cache_dir, tdiff, teacher, uncond_p=0.0, **mcfg):
         DynamicDistillation,
     )
     from guided_diffusion.continual.scenario import Task
-    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.diffusion.resample import UniformSampler
     from guided_diffusion.train_util import DiffusionObjective
 
     method = DynamicDistillation.__new__(DynamicDistillation)
@@ -323,7 +323,7 @@ def test_continual_replay_term_is_the_dkdm_loss_with_the_step_kl(tmp_path):
     got = replay_loss(student)
     # DKDMObjective on a fresh copy of the cache, its generator where the replay objective's was when
     # it advanced the cache (after the real batch's t and noise).
-    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.diffusion.resample import UniformSampler
 
     g = torch.Generator().manual_seed(0)
     UniformSampler(tdiff).sample(3, "cpu", generator=g)
@@ -456,7 +456,7 @@ PIPE = ["data.image_size=8", "model.num_channels=32", "model.num_res_blocks=1", 
 
 def test_pipeline_distils_from_an_exported_teacher_of_another_architecture(tmp_path):
     from guided_diffusion.dkdm import pipeline
-    from guided_diffusion.logger import Logger
+    from guided_diffusion.runtime.logger import Logger
 
     tdir = _tiny_teacher(tmp_path)
     cfg = load_config(None, PIPE + [f"dkdm.teacher_path={tdir}", f"out_dir={tmp_path}"])

@@ -16,9 +16,9 @@ import torch
 
 from guided_diffusion import experiment
 from guided_diffusion.continual.replay import ddim_generate
-from guided_diffusion.energy import EnergyModel, is_energy_model
+from guided_diffusion.diffusion.resample import UniformSampler
 from guided_diffusion.experiment import model_kwargs_from_config
-from guided_diffusion.resample import UniformSampler
+from guided_diffusion.models.energy import EnergyModel, is_energy_model
 from guided_diffusion.runtime.config import ConfigError, load_config
 from guided_diffusion.sampling.classifier_free import (
     CFGModel,
@@ -38,10 +38,10 @@ from guided_diffusion.sampling.mcmc import (
     uha_step,
     ula_step,
 )
+from guided_diffusion.models.unet import AttentionBlock
 from guided_diffusion.sampling.sample_sets import SamplingSpec, sample_batch, sample_set
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model
 from guided_diffusion.train_util import DiffusionObjective, StepContext
-from guided_diffusion.unet import AttentionBlock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 3  # classes of the tiny models; label K is the null class

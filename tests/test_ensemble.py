@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from guided_diffusion.continual.ensemble import TaskEnsemble
-from guided_diffusion.unet import UNetModel
+from guided_diffusion.models.unet import UNetModel
 
 GROUPS = [[3, 1], [0], [2]]  # task 0: classes 3 and 1; task 1: class 0; task 2: class 2
 

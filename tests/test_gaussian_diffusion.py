@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import respace
-from guided_diffusion.losses import normal_kl
+from guided_diffusion.diffusion import gaussian_diffusion as gd
+from guided_diffusion.diffusion import respace
+from guided_diffusion.diffusion.losses import normal_kl
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "adm_diffusion_golden.npz")
 

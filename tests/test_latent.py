@@ -11,7 +11,7 @@ import torch
 
 import guided_diffusion.continual.methods  # noqa: F401  (the methods' config schemas)
 import guided_diffusion.evaluation.settings  # noqa: F401
-from guided_diffusion.latent import LatentCodec, build_autoencoder, train_autoencoder
+from guided_diffusion.pretrained.latent import LatentCodec, build_autoencoder, train_autoencoder
 from guided_diffusion.runtime.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

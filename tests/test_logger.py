@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from guided_diffusion import logger as L
+from guided_diffusion.runtime import logger as L
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +125,7 @@ def test_progress_bar(monkeypatch):
 
 
 def test_optional_sinks_are_lazy_and_fail_clearly(tmp_path, monkeypatch):
-    code = ("import sys, guided_diffusion.logger as L; L.Logger(sys.argv[1], rank=0).close(); "
+    code = ("import sys, guided_diffusion.runtime.logger as L; L.Logger(sys.argv[1], rank=0).close(); "
             "print('wandb' in sys.modules, 'torch.utils.tensorboard' in sys.modules)")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "lazy")], env=env, capture_output=True,
@@ -177,7 +177,7 @@ def test_wandb_sink_with_a_stand_in_module(tmp_path, monkeypatch):
 
 CHILD = r'''
 import json, sys
-from guided_diffusion import dist_util as du, logger as L
+from guided_diffusion.runtime import dist_util as du, logger as L
 du.init(timeout_s=60)
 r = du.get_rank()
 log = L.Logger(sys.argv[1], formats=("csv", "jsonl"))

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from guided_diffusion import lora
-from guided_diffusion.unet import UNetModel
+from guided_diffusion.models import lora
+from guided_diffusion.models.unet import UNetModel
 
 GROUPS = [[2, 0], [1], [3]]
 

@@ -85,7 +85,7 @@ def test_the_loop_names_no_method_and_no_method_term():
 
 def test_a_new_parameter_starts_its_ema_from_its_weights_and_a_frozen_one_keeps_its_average(tmp_path):
     from guided_diffusion.data import InfiniteLoader
-    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.diffusion.resample import UniformSampler
     from guided_diffusion.train_util import TrainConfig
     from guided_diffusion.script_util import create_gaussian_diffusion, create_model
     from guided_diffusion.train_util import DiffusionObjective, TrainLoop
@@ -114,7 +114,7 @@ def test_the_rehearsal_coefficient_weighs_the_buffers_images_by_hand():
     """buffer_replay's rehearsal_coef: mean(current images' losses) + coef * mean(buffer images' losses),
     with the same draws as the plain diffusion objective (the buffer's images: the old classes')."""
     from guided_diffusion.continual.methods.buffer import RehearsalObjective
-    from guided_diffusion.resample import UniformSampler
+    from guided_diffusion.diffusion.resample import UniformSampler
     from guided_diffusion.script_util import create_gaussian_diffusion
     from guided_diffusion.train_util import DiffusionObjective, StepContext
 
@@ -166,7 +166,7 @@ def test_each_new_preset_runs_the_continual_loop(tmp_path, preset):
              "buffer_replay_rehearsal": [200 * image] * 2}[preset]
     assert [float(r["extra_state_M"]) for r in rows] == [round(n / 1e6, 6) for n in state]
     if preset == "lora":
-        from guided_diffusion.lora import is_adapter_name
+        from guided_diffusion.models.lora import is_adapter_name
 
         changed = {k for k in w1 if not torch.equal(w0[k], w1[k])}
         assert changed and all((is_adapter_name(k) and ".1.weight" in k) or k.startswith("label_emb.")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion.nn import GroupNorm32
+from guided_diffusion.models.nn import GroupNorm32
 from guided_diffusion.runtime import precision as P
 from guided_diffusion.script_util import create_model
 
@@ -105,7 +105,7 @@ def test_channels_last_and_bf16_forwards_match_fp32():
 
 
 def test_attention_core_in_fp32_when_asked():
-    from guided_diffusion.unet import QKVAttention
+    from guided_diffusion.models.unet import QKVAttention
 
     att = QKVAttention(2, backend="sdpa")
     qkv = torch.randn(2, 3 * 2 * 8, 10).bfloat16()
@@ -131,7 +131,7 @@ def test_attention_core_in_fp32_when_asked():
 def test_the_attention_switch_reaches_every_block():
     """``Precision.autocast`` with ``attention_fp32`` makes every attention block of a UNet compute its core
     in fp32 (also with gradient checkpointing, whose recomputation must see the same choice)."""
-    from guided_diffusion import unet
+    from guided_diffusion.models import unet
 
     m = create_model(16, 32, 1, channel_mult="1,2", attention_resolutions="8,16", num_head_channels=16,
                      class_cond=False, in_channels=1, norm_groups=8, use_checkpoint=True)

@@ -331,7 +331,7 @@ def test_fmnist_bases_say_what_differs_and_how_to_switch_to_masips_unconditional
 
 
 def test_masips_replay_sampler_is_their_trailing_ddim10():
-    from guided_diffusion.respace import space_timesteps
+    from guided_diffusion.diffusion.respace import space_timesteps
 
     assert sorted(space_timesteps(1000, "ddim10t")) == list(range(99, 1000, 100))  # 999, 899, ..., 99
 

@@ -18,11 +18,11 @@ from test_reliability_inputs import one_error, run_script, snapshot, write_npz
 from test_reliability_signals import SHAPE, Toy, shared_work
 from tools import fault_matrix as fm
 
-from guided_diffusion import dist_util
 from guided_diffusion.continual import loop
 from guided_diffusion.data import load_dataset
 from guided_diffusion.dkdm.format import read_entries, read_header, shard_name
 from guided_diffusion.dkdm.prepare import CacheSpec, prepare_cache
+from guided_diffusion.runtime import dist_util
 from guided_diffusion.runtime import checkpoint as ckpt
 from guided_diffusion.script_util import create_gaussian_diffusion
 

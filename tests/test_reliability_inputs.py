@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import dist_util
+from guided_diffusion.runtime import dist_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_MPI = shutil.which("mpiexec") is not None

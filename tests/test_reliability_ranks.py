@@ -39,7 +39,7 @@ def command(launcher, args):
 
 HUNG = r'''
 import os, sys, time
-from guided_diffusion import dist_util as du
+from guided_diffusion.runtime import dist_util as du
 from guided_diffusion.launch import cli
 
 def main():

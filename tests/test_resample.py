@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.resample import (
+from guided_diffusion.diffusion.resample import (
     LossSecondMomentResampler,
     UniformSampler,
     create_named_schedule_sampler,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.diffusion import gaussian_diffusion as gd
+from guided_diffusion.diffusion.respace import SpacedDiffusion, space_timesteps
 
 
 def _by_rule(T, counts):

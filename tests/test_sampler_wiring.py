@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_reliability_inputs import ROOT, TINY, one_error, run_script
 
-from guided_diffusion import diffusion_math as dm
-from guided_diffusion.respace import (
+from guided_diffusion.diffusion import diffusion_math as dm
+from guided_diffusion.diffusion.respace import (
     logsnr_timesteps,
     sampler_label,
     sampler_of,
@@ -19,8 +19,8 @@ from guided_diffusion.respace import (
     trailing_timesteps,
 )
 from guided_diffusion.runtime.config import ConfigError, load_config
-from guided_diffusion.sampling.config import adm_sampler, sampler_kind
 from guided_diffusion.sampling import samplers
+from guided_diffusion.sampling.config import adm_sampler, sampler_kind
 from guided_diffusion.sampling.sample_sets import sample_batch
 from guided_diffusion.script_util import create_gaussian_diffusion
 

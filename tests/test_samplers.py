@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import diffusion_math as dm
-from guided_diffusion.respace import space_timesteps, trailing_timesteps
+from guided_diffusion.diffusion import diffusion_math as dm
+from guided_diffusion.diffusion.respace import space_timesteps, trailing_timesteps
 from guided_diffusion.sampling import samplers as solvers
 from guided_diffusion.script_util import create_gaussian_diffusion
 

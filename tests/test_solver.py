@@ -15,9 +15,9 @@ from guided_diffusion.continual.solver import (
     masip_soft_loss,
     replay_judgement,
 )
-from guided_diffusion.respace import SpacedDiffusion, space_timesteps
-from guided_diffusion.continual.solver import REPLAY_MODES, GuidedOptions, SoftOptions, SolverConfig, soft_target_kd, trims_logits
-
+from guided_diffusion.continual.solver import (REPLAY_MODES, GuidedOptions, SoftOptions, SolverConfig, soft_target_kd,
+                                              trims_logits)
+from guided_diffusion.diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.runtime.config import ConfigError
 from guided_diffusion.script_util import create_gaussian_diffusion
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion.prompts import PromptConditioned
+from guided_diffusion.models.prompts import PromptConditioned
+from guided_diffusion.models.unet import AttentionBlock, QKVAttention, QKVAttentionLegacy
 from guided_diffusion.script_util import create_model
-from guided_diffusion.unet import AttentionBlock, QKVAttention, QKVAttentionLegacy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,7 +130,7 @@ def test_prompt_conditioned_gives_each_label_its_row():
 
 
 def test_minilm_encodes_as_sentence_transformers_and_is_cached(tmp_path):
-    from guided_diffusion.text_encoder import class_prompts, encode_prompts, text_width
+    from guided_diffusion.pretrained.text_encoder import class_prompts, encode_prompts, text_width
 
     prompts = class_prompts("a handwritten digit {name}", "", "mnist5k", 10, null_prompt=True)
     assert prompts[7] == "a handwritten digit seven" and prompts[-1] == "" and len(prompts) == 11
@@ -150,7 +150,7 @@ def test_minilm_encodes_as_sentence_transformers_and_is_cached(tmp_path):
 def test_a_local_hugging_face_encoder_folder(tmp_path):
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from guided_diffusion.text_encoder import encode_prompts, text_width
+    from guided_diffusion.pretrained.text_encoder import encode_prompts, text_width
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "handwritten", "digit", "one", "two"]
     (tmp_path / "vocab.txt").write_text("\n".join(words))
@@ -201,7 +201,7 @@ def test_a_text_conditioned_continual_run_samples_from_a_new_prompt(tmp_path):
     assert model.num_prompts == 11  # ten digits and the null prompt of classifier-free guidance
     _, emas = final_weights(f"{ctx.run_dir}/task_1")
     model.load_state_dict(next(iter(emas.values())))
-    from guided_diffusion.text_encoder import encode_prompts
+    from guided_diffusion.pretrained.text_encoder import encode_prompts
 
     states, pooled = encode_prompts(cfg.text.encoder, ["a handwritten digit three"], cfg.text.max_length)
     model.set_prompts(torch.cat([model.states, states]), torch.cat([model.pooled, pooled]))

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from guided_diffusion.data import InfiniteLoader
-from guided_diffusion.resample import UniformSampler
+from guided_diffusion.diffusion.resample import UniformSampler
 from guided_diffusion.runtime import checkpoint as ckpt
-from guided_diffusion.train_util import TrainConfig
 from guided_diffusion.runtime.seeding import step_seed
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model
+from guided_diffusion.train_util import TrainConfig
 from guided_diffusion.train_util import (
     DiffusionObjective,
     NonFiniteError,
@@ -206,7 +206,7 @@ def test_lr_schedule_and_ema_warmup(tmp_path):
 
 
 def test_batch_not_divisible_by_world(tmp_path, monkeypatch):
-    from guided_diffusion import dist_util
+    from guided_diffusion.runtime import dist_util
 
     monkeypatch.setattr(dist_util, "get_world_size", lambda: 3)
     with pytest.raises(ValueError, match="batch_size 8 is not divisible by the world size 3"):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from guided_diffusion.nn import GroupNorm32, checkpoint, timestep_embedding
-from guided_diffusion.unet import EncoderUNetModel, UNetModel, double_backward_attention
+from guided_diffusion.models.nn import GroupNorm32, checkpoint, timestep_embedding
+from guided_diffusion.models.unet import EncoderUNetModel, UNetModel, double_backward_attention
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -438,7 +438,7 @@ def test_double_backward_encoder_and_explicit_context():
 
 
 def test_gradgradcheck_attention_float64():
-    from guided_diffusion.unet import AttentionBlock
+    from guided_diffusion.models.unet import AttentionBlock
 
     for backend in ("einsum", "sdpa"):
         for new_order in (False, True):

@@ -10,9 +10,9 @@ import torch
 
 import guided_diffusion.continual.methods  # noqa: F401  (registers the methods' config schemas)
 import guided_diffusion.evaluation.settings  # noqa: F401  (and the evaluation section's)
+from guided_diffusion.models.vae import MlpVAE, VAEObjective, vae_loss, vae_samples
 from guided_diffusion.runtime.config import ConfigError, load_config
 from guided_diffusion.train_util import StepContext
-from guided_diffusion.vae import MlpVAE, VAEObjective, vae_loss, vae_samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRESET = os.path.join(ROOT, "yaml/mnist/vae_generative_replay.yaml")

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..nn import timestep_embedding
+from ..models.nn import timestep_embedding
 
 
 class PreActBlock(nn.Module):

@@ -72,7 +72,7 @@ def with_export_record(cfg, info, weights_path: str):
 
 def looks_adapted(state_dict: Dict[str, torch.Tensor]) -> Optional[str]:
     """What an adapted network's weights show (LoRA's adapter keys, an ensemble's members), or None."""
-    from ..lora import is_adapter_name
+    from ..models.lora import is_adapter_name
 
     if any(is_adapter_name(k) for k in state_dict):
         return "LoRA adapters"

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 import torch
 
-from .. import dist_util
+from ..runtime import dist_util
 from ..runtime.config import ConfigError, register_section_schema
 from .scenario import Scenario, Task, select
 

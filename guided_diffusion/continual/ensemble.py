@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from ..lora import split_by_task, task_table, tasks_of_labels
+from ..models.lora import split_by_task, task_table, tasks_of_labels
 
 
 def _take(value, idx: torch.Tensor, n: int):

@@ -31,12 +31,13 @@ from typing import Callable, Dict, List, Optional
 import blobfile as bf
 import numpy as np
 
-from .. import dist_util, experiment
+from .. import experiment
 from ..data import InfiniteLoader
 from ..image_util import save_grid
-from ..logger import read_csv
+from ..runtime import dist_util
 from ..runtime import checkpoint as ckpt
 from ..runtime.config import ConfigError, dump_config
+from ..runtime.logger import read_csv
 from ..runtime.precision import describe_cpu
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set

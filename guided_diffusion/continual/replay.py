@@ -26,9 +26,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .. import diffusion_math as dm
-from ..diffusion_math import min_snr_weight
-from ..respace import trailing_timesteps
+from ..diffusion import diffusion_math as dm
+from ..diffusion.diffusion_math import min_snr_weight
+from ..diffusion.respace import trailing_timesteps
 from ..sampling.classifier_free import cfg_model
 
 SOURCES = ("full_generation", "partial_generation", "gaussian", "gaussian_symmetry")

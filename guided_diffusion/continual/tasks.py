@@ -21,10 +21,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import blobfile as bf
 
-from .. import dist_util
-from ..logger import read_csv
+from ..runtime import dist_util
 from ..runtime import checkpoint as ckpt
 from ..runtime import faults
+from ..runtime.logger import read_csv
 from ..train_util import Preempted
 from .scenario import Task
 

@@ -27,9 +27,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import blobfile as bf
 
-from ..logger import read_csv
 from ..runtime import checkpoint as ckpt
 from ..runtime.config import ConfigError, load_config, to_dict
+from ..runtime.logger import read_csv
 from .scenario import build_scenario
 
 # Keys that do not change what task 0 computes (logging, checkpoint cadence, threads, sinks).

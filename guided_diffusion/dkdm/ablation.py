@@ -39,15 +39,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import dist_util, experiment
+from .. import experiment
 from ..data import InfiniteLoader
+from ..diffusion.respace import sampler_label
 from ..evaluation.report import as_number
 from ..evaluation.seeds import RULE, all_better, cell, compare, mean_std
 from ..image_util import from_uint8, save_grid
-from ..logger import read_csv
-from ..respace import sampler_label
+from ..runtime import dist_util
 from ..runtime import checkpoint as ckpt
 from ..runtime.config import ConfigError
+from ..runtime.logger import read_csv
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
 from ..train_util import DiffusionObjective, TrainLoop

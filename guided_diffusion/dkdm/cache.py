@@ -23,7 +23,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .. import dist_util
+from ..runtime import dist_util
 from .format import CacheError, rank_slice, read_entries, read_header
 from .teacher import teacher_step
 

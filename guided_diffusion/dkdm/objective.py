@@ -20,7 +20,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..gaussian_diffusion import LossType, mean_flat, step_kl
+from ..diffusion.gaussian_diffusion import LossType, mean_flat, step_kl
 from .cache import DynamicCache, TeacherBatch
 
 

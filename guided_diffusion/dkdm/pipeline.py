@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import dist_util, experiment
+from .. import experiment
 from ..experiment import DataInfo
+from ..runtime import dist_util
 from ..runtime.config import Config, ConfigError
 from ..train_util import TrainLoop
 from .cache import DynamicCache

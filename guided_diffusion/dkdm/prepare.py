@@ -24,9 +24,9 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .. import dist_util
-from ..logger import progress_bar
+from ..runtime import dist_util
 from ..runtime import faults
+from ..runtime.logger import progress_bar
 from ..runtime.precision import FP32, Precision
 from ..runtime.seeding import step_seed
 from ..train_util import Preempted, PreemptionFlag, preemption_requested

@@ -20,9 +20,9 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .. import diffusion_math as dm
-from ..runtime import checkpoint as ckpt
+from ..diffusion import diffusion_math as dm
 from ..model_config import ModelConfig
+from ..runtime import checkpoint as ckpt
 from ..runtime.config import Config, ConfigError, from_dict
 
 

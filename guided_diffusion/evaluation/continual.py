@@ -28,7 +28,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .. import dist_util
+from ..runtime import dist_util
 from ..runtime import faults
 from .class_metrics import class_histogram
 from .extractors import build_feature_extractor
@@ -171,7 +171,7 @@ class ContinualEvaluator:
         ({name: classes}, class-conditional models): also ``eval_fid_{name}``, the FID of the samples
         of those classes against the reference images of those classes (CLoG's per-task quality)."""
         from .. import experiment
-        from ..respace import sampler_label
+        from ..diffusion.respace import sampler_label
         from ..sampling.sample_sets import sample_set
 
         cfg, ev = self.cfg, self.ev

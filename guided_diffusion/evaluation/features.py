@@ -20,7 +20,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .. import dist_util
+from ..runtime import dist_util
 
 
 class FeatureExtractor(torch.nn.Module):

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..logger import read_csv
+from ..runtime.logger import read_csv
 from .class_metrics import accuracy_matrix, average_accuracy, forgetting
 
 # Metrics plotted against the task index (when present), with their display names.

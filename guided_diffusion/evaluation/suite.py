@@ -86,7 +86,7 @@ def evaluate_sets(
                 s = stats_of(ref_feats["spatial"])
                 ref_stats.update(mu_s=s["mu"], sigma_s=s["sigma"])
             if ref_cache:
-                from .. import dist_util
+                from ..runtime import dist_util
 
                 if dist_util.is_main():
                     save_reference_stats(ref_cache, ref_stats, n=len(reference), extractor=extractor.name,

@@ -105,7 +105,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
                 i += 1
                 continue
             if not isinstance(target, str) and world is None:
-                from ..dist_util import detect
+                from ..runtime.dist_util import detect
 
                 world = max(1, detect().world_size)
             words = adm_flags.translate(value, target, world or 1)
@@ -148,7 +148,7 @@ def parse(doc: str, argv: Optional[List[str]] = None, aliases: Optional[Dict[str
         if unused and args.config and saved_by_a_run(args.config):
             unused = []  # a run's config.yaml records every section: the ones another script reads are no news
         if unused:
-            from ..dist_util import detect
+            from ..runtime.dist_util import detect
 
             if detect().rank == 0:
                 where = args.config or "the overrides"
@@ -164,7 +164,7 @@ def _say_where_adms_script_differs(adm: str, overrides: List[str]) -> None:
     --config cannot take, and what it does instead: ADM trains until stopped and needs --data_dir."""
     if adm != "train":
         return
-    from ..dist_util import detect
+    from ..runtime.dist_util import detect
     from ..data.config import DataConfig
     from ..train_util import TrainConfig
 
@@ -291,7 +291,7 @@ def run_main(fn: Callable[[], int]) -> None:
               file=sys.stderr, flush=True)
         code = 130
     except RuntimeError as e:  # a lost rank, as the other ranks see it: one line (dist.timeout_s bounds the wait)
-        from ..dist_util import describe_failure
+        from ..runtime.dist_util import describe_failure
 
         line = describe_failure(e)
         if line is None:

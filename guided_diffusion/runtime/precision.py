@@ -82,7 +82,7 @@ class Precision:
         attention core in fp32 where that is faster (``unet.attention_upcast``)."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        from ..unet import attention_upcast
+        from ..models.unet import attention_upcast
 
         stack = contextlib.ExitStack()
         stack.enter_context(torch.autocast(device_type=torch.device(device).type, dtype=self.dtype))

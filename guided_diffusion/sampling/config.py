@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..respace import sampler_of, space_timesteps, spells_ddim
+from ..diffusion.respace import sampler_of, space_timesteps, spells_ddim
 from ..runtime.config import ConfigError, register_retired, register_section_schema
 
 

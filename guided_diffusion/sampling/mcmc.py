@@ -43,7 +43,7 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from ..energy import at_least_float32, is_energy_model
+from ..models.energy import at_least_float32, is_energy_model
 
 SAMPLERS = ("none", "ula", "uha", "mala", "cha")
 METROPOLIS = ("mala", "cha")

@@ -20,9 +20,9 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .. import dist_util
-from ..energy import is_energy_model
 from ..image_util import to_uint8
+from ..models.energy import is_energy_model
+from ..runtime import dist_util
 from ..runtime.precision import FP32, Precision
 from ..runtime.seeding import step_seed
 from .classifier_free import cfg_model, composed_model
@@ -138,7 +138,7 @@ def solver_loop(diffusion, model, shape, *, noise=None, clip_denoised: bool = Tr
     ``p_mean_variance`` (so learned variances, x0- and x_{t-1}-predicting models work), and
     ``cond_fn(x, t, **model_kwargs)`` guides the score (``samplers.guided_eps``; ADM's
     ``condition_score``). GUIDE's x̂0 guidance (``needs_pred_xstart``) needs ADM's loops: refused."""
-    from .. import diffusion_math as dm
+    from ..diffusion import diffusion_math as dm
     from .samplers import guided_eps, sample
 
     model_kwargs = model_kwargs or {}
@@ -212,7 +212,7 @@ def sample_set(
     mine = list(range(rank, n_batches, world))
     out = {}
     if progress is None and log is not None:
-        from ..logger import progress_bar as progress
+        from ..runtime.logger import progress_bar as progress
     bar = progress(total=len(mine), desc=desc) if callable(progress) else None
     start = time.time()
     for b in mine:

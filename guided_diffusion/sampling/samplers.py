@@ -73,7 +73,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from ..respace import (  # SOLVERS: the names the spec grammar knows
+from ..diffusion.respace import (  # SOLVERS: the names the spec grammar knows
     SOLVERS,
     logsnr_timesteps,
     trailing_timesteps,

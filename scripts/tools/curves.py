@@ -32,11 +32,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from guided_diffusion import dist_util, experiment
+from guided_diffusion import experiment
 from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.image_util import save_grid
-from guided_diffusion.logger import read_csv
+from guided_diffusion.runtime import dist_util
 from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime.logger import read_csv
 from guided_diffusion.runtime.seeding import step_seed
 from guided_diffusion.sampling.sample_sets import sample_set
 from guided_diffusion.train_util import DiffusionObjective, TrainLoop

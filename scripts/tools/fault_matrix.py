@@ -26,9 +26,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from guided_diffusion.logger import read_csv
 from guided_diffusion.runtime import checkpoint as ckpt
 from guided_diffusion.runtime import faults
+from guided_diffusion.runtime.logger import read_csv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository (scripts/tools/..)
 COST_COLUMNS = ("sec_per_step", "steps_this_run", "img_per_sec")  # and every column ending in _sec

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ... import dist_util
+from ...runtime import dist_util
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ...train_util import StepContext, TrainHook

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from ...diffusion_math import min_snr_weight
+from ...diffusion.diffusion_math import min_snr_weight
 from ...dkdm.cache import DynamicCache, TeacherBatch
 from ...dkdm.objective import teacher_losses
 from ...dkdm.prepare import MODES, CacheSpec, cache_nfe, cache_size, prepare_cache

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 import blobfile as bf
 import torch
 
-from ... import dist_util, experiment
+from ... import experiment
 from ...image_util import from_uint8
+from ...runtime import dist_util
 from ...runtime import checkpoint as ckpt
 from ...runtime import faults
 from ...sampling.config import check_sampler

@@ -1,4 +1,4 @@
-"""Per-task LoRA adapters (CLoG's ``lora``; ``guided_diffusion.lora``).
+"""Per-task LoRA adapters (CLoG's ``lora``; ``guided_diffusion.models.lora``).
 
 At the first task boundary every target layer of the UNet gets one adapter per task of the scenario
 (rank 8, alpha 8, dropout 0.1 on attention and the ResBlocks' conv1/conv2: CLoG's configuration); the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ...lora import (TARGET_KINDS, adapter_parameter_count, adapter_parameters, add_lora, base_parameters,
+from ...models.lora import (TARGET_KINDS, adapter_parameter_count, adapter_parameters, add_lora, base_parameters,
                      is_adapter_name, target_names)
 from ...runtime.config import ConfigError
 from ..base import ContinualMethod, register_method

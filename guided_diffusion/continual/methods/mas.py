@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ... import dist_util
+from ...runtime import dist_util
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ..base import ContinualMethod, PenaltyObjective, register_method, state_floats_M

@@ -19,10 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import dist_util, experiment
+from ... import experiment
 from ...classifiers.nets import create_classifier_net
 from ...data import InfiniteLoader
 from ...evaluation.class_metrics import accuracy_matrix, average_accuracy, forgetting
+from ...runtime import dist_util
 from ...runtime import checkpoint as ckpt
 from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ...classifiers.nets import ARCHS
-from ...respace import sampler_of
+from ...diffusion.respace import sampler_of
 from ...runtime.config import ConfigError, register_section_check
 from .base import REPLAY_MODES, Replay, register_replay, trims_logits
 

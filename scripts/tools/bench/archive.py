@@ -21,8 +21,8 @@ import os
 import shutil
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from guided_diffusion.logger import read_csv
 from guided_diffusion.runtime.checkpoint import atomic_write_text
+from guided_diffusion.runtime.logger import read_csv
 
 from .repo import abs_path
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 from guided_diffusion.evaluation.report import as_number, md_table
 from guided_diffusion.evaluation.seeds import RULE, mean_std
-from guided_diffusion.logger import read_csv
+from guided_diffusion.runtime.logger import read_csv
 
 from . import archive
 from .claims import render, render_section, verdict_text

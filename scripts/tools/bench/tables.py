@@ -11,7 +11,7 @@ import numpy as np
 
 from guided_diffusion.evaluation.report import as_number
 from guided_diffusion.evaluation.seeds import cell, mean, mean_std
-from guided_diffusion.logger import read_csv
+from guided_diffusion.runtime.logger import read_csv
 
 from .archive import times_path
 
