@@ -10,8 +10,8 @@ therefore needs no RNG state: a run resumed from step N computes exactly what th
 computed (bit-identical on CPU with a fixed thread count). Every rank loads the checkpoint before
 the model is wrapped in DDP, so multi-process resume cannot hang.
 
-Preemption. SIGTERM, SIGUSR1 (SLURM) and SIGINT (Ctrl-C) ask for a checkpoint at the next step
-boundary; the loop then raises ``Preempted``, which scripts turn into exit code 0 and a message on how
+Preemption (``runtime.preemption``). SIGTERM, SIGUSR1 (SLURM) and SIGINT (Ctrl-C) ask for a checkpoint at
+the next step boundary; the loop then raises ``Preempted``, which scripts turn into exit code 0 and a message on how
 to resume. A second Ctrl-C stops at once (``KeyboardInterrupt``: exit 130, the last checkpoint kept).
 """
 
@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +34,7 @@ from .runtime import dist_util
 from .runtime import checkpoint as ckpt
 from .runtime import faults
 from .runtime.config import ConfigError, register_section_schema
+from .runtime.preemption import Preempted, PreemptionFlag
 from .runtime.precision import MEMORY_FORMATS, PRECISIONS, Precision
 from .runtime.precision import resolve as resolve_precision
 from .runtime.seeding import seed_everything_for_step
@@ -108,10 +107,6 @@ register_section_schema("train", None, TrainConfig, check_train,
                                  "memory_format": MEMORY_FORMATS, "compile": ("", "inductor", "eager", "aot_eager"),
                                  "nan_policy": ("stop", "skip")},
                         positive=("batch_size", "total_steps", "lr"))
-
-
-class Preempted(Exception):
-    """Raised after a checkpoint was written because a preemption signal arrived."""
 
 
 class NonFiniteError(RuntimeError):
@@ -275,63 +270,6 @@ def lr_at(step: int, cfg) -> float:
     if cfg.lr_schedule == "linear":
         return lr * (1.0 - frac)
     return lr * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-class PreemptionFlag:
-    """Remembers whether SIGTERM/SIGUSR1/SIGINT arrived while it is open; ``close`` restores the handlers.
-
-    Flags nest and share one state: the outermost installs the handlers and forgets old signals,
-    inner ones (a ``TrainLoop.run`` inside the continual loop) see and keep what arrived, so a
-    signal during a task's last step still stops the continual loop at its next boundary.
-    """
-
-    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
-                                getattr(signal, "SIGINT", None)) if s)
-    _depth = 0
-    _received: Optional[str] = None
-    _old: Dict[int, Any] = {}
-
-    def __init__(self):
-        cls = PreemptionFlag
-        if cls._depth == 0:
-            cls._received = None
-            try:
-                cls._old = {s: signal.signal(s, cls._handle) for s in self.SIGNALS}
-            except ValueError:  # not the main thread: signals cannot be caught here
-                cls._old = {}
-        cls._depth += 1
-        self._open = True
-
-    @staticmethod
-    def _handle(signum, frame):
-        name = signal.Signals(signum).name
-        if name == "SIGINT":
-            if PreemptionFlag._received == "SIGINT":  # the second Ctrl-C: stop now
-                raise KeyboardInterrupt
-            if dist_util.is_main():
-                print("SIGINT: writing a checkpoint at the next step boundary, then stopping (Ctrl-C again: stop "
-                      "at once, keeping the last checkpoint)", file=sys.stderr, flush=True)
-        PreemptionFlag._received = name
-
-    @property
-    def received(self) -> Optional[str]:
-        return PreemptionFlag._received
-
-    def close(self):
-        cls = PreemptionFlag
-        if not self._open:
-            return
-        self._open = False
-        cls._depth -= 1
-        if cls._depth == 0:
-            for s, h in cls._old.items():
-                signal.signal(s, h)
-            cls._old = {}
-
-
-def preemption_requested() -> Optional[str]:
-    """The signal an open ``PreemptionFlag`` caught ("SIGTERM", "SIGUSR1"), else None."""
-    return PreemptionFlag._received if PreemptionFlag._depth > 0 else None
 
 
 def _no_buffer_sync() -> dict:

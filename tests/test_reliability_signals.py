@@ -16,7 +16,7 @@ from guided_diffusion.dkdm.prepare import CacheSpec, prepare_cache
 from guided_diffusion.runtime import checkpoint as ckpt
 from guided_diffusion.runtime import faults
 from guided_diffusion.script_util import create_gaussian_diffusion
-from guided_diffusion.train_util import Preempted
+from guided_diffusion.runtime.preemption import Preempted
 
 SHAPE = (1, 6, 6)
 

@@ -8,7 +8,7 @@ import types
 import pytest
 
 from guided_diffusion.continual.tasks import TaskLearner, resume_point, run_tasks
-from guided_diffusion.train_util import Preempted
+from guided_diffusion.runtime.preemption import Preempted
 
 
 class Recorder(TaskLearner):

@@ -10,13 +10,13 @@ import torch
 from guided_diffusion.data import InfiniteLoader
 from guided_diffusion.diffusion.resample import UniformSampler
 from guided_diffusion.runtime import checkpoint as ckpt
+from guided_diffusion.runtime.preemption import Preempted
 from guided_diffusion.runtime.seeding import step_seed
 from guided_diffusion.script_util import create_gaussian_diffusion, create_model
 from guided_diffusion.train_util import TrainConfig
 from guided_diffusion.train_util import (
     DiffusionObjective,
     NonFiniteError,
-    Preempted,
     TrainHook,
     TrainLoop,
     lr_at,

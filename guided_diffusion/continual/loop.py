@@ -41,7 +41,8 @@ from ..runtime.logger import read_csv
 from ..runtime.precision import describe_cpu
 from ..runtime.seeding import step_seed
 from ..sampling.sample_sets import sample_set
-from ..train_util import PreemptionFlag, TrainLoop, parse_ema_rates
+from ..runtime.preemption import PreemptionFlag
+from ..train_util import TrainLoop, parse_ema_rates
 from .adaptation import export_record
 from .base import ContinualContext, freeze
 from .methods import build_method

@@ -25,7 +25,7 @@ from ..runtime import dist_util
 from ..runtime import checkpoint as ckpt
 from ..runtime import faults
 from ..runtime.logger import read_csv
-from ..train_util import Preempted
+from ..runtime.preemption import Preempted
 from .scenario import Task
 
 

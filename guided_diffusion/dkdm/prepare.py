@@ -29,7 +29,7 @@ from ..runtime import faults
 from ..runtime.logger import progress_bar
 from ..runtime.precision import FP32, Precision
 from ..runtime.seeding import step_seed
-from ..train_util import Preempted, PreemptionFlag, preemption_requested
+from ..runtime.preemption import Preempted, PreemptionFlag, preemption_requested
 from .format import (
     HEADER,
     check_key,

@@ -274,7 +274,8 @@ def _register_section_schemas() -> None:
 def run_main(fn: Callable[[], int]) -> None:
     """Run a script's main; turn expected failures into one clear line and a non-zero exit."""
     from ..runtime.checkpoint import CheckpointError
-    from ..train_util import NonFiniteError, Preempted
+    from ..runtime.preemption import Preempted
+    from ..train_util import NonFiniteError
 
     try:
         code = fn() or 0

@@ -29,7 +29,8 @@ from ...runtime.config import ConfigError
 from ...runtime.seeding import step_seed
 from ...sampling.config import is_ddim
 from ...sampling.sample_sets import sample_batch
-from ...train_util import NonFiniteError, PreemptionFlag, parse_ema_rates
+from ...runtime.preemption import PreemptionFlag
+from ...train_util import NonFiniteError, parse_ema_rates
 from ..adaptation import adapted_model
 from ..loop import USES as CONTINUAL_USES
 from ..loop import final_weights
