@@ -201,3 +201,18 @@ def test_every_scripts_help_is_its_docstring(script):
     lines = [ln.strip() for ln in doc.splitlines() if ln.strip()]
     shown = [ln for ln in lines if ln in out]
     assert lines and len(shown) == len(lines), f"{script} --help leaves out: {[ln for ln in lines if ln not in out][:3]}"
+
+
+def test_adm_dist_util_names_work_in_a_fresh_single_process():
+    """ADM's scripts call dist_util.setup_dist(), dev(), load_state_dict(path, map_location=...), sync_params():
+    the same names work here (the old flat path included), one process without a launcher."""
+    code = ("import torch\nfrom guided_diffusion import dist_util\n"
+            "dist_util.setup_dist()\n"
+            "assert not dist_util.is_initialized() and dist_util.get_world_size() == 1  # no group for one process\n"
+            "assert dist_util.dev() == torch.device('cpu')\n"
+            "p = torch.nn.Linear(2, 2)\ndist_util.sync_params(p.parameters())\n"
+            "import tempfile, os\nf = os.path.join(tempfile.mkdtemp(), 'w.pt')\ntorch.save(p.state_dict(), f)\n"
+            "sd = dist_util.load_state_dict(f, map_location='cpu')\nassert torch.equal(sd['weight'], p.weight)\n"
+            "print('ok')\n")
+    p = run(["-c", code])
+    assert p.stdout.strip().endswith("ok")

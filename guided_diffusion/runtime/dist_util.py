@@ -381,6 +381,12 @@ def init(backend: Optional[str] = None, timeout_s: float = 1800) -> torch.device
     return device
 
 
+def setup_dist() -> None:
+    """ADM's name for ``init()`` (guided-diffusion's ``dist_util.setup_dist``): the process group from whatever
+    launched this process (mpiexec, torchrun, SLURM or none), NCCL on GPUs, gloo on CPU."""
+    init()
+
+
 def cleanup() -> None:
     """Destroy the process group (if ours) and forget the state; ``init`` may be called again."""
     if _STATE.group and dist.is_available() and dist.is_initialized():
