@@ -289,6 +289,9 @@ def test_guide_flags_without_a_key_point_to_one(tmp_path):
     one_error(code, err, "GUIDE's flag --cl_method", "method.name=")
     code, _, err = run_script("image_train.py", *B, "--dataset", "CIFAR10", f"out_dir={tmp_path}")
     one_error(code, err, "data.dataset 'cifar10' needs data.data_dir")
+    # GUIDE's phase-1 command: --use_ddim chooses its replay sampler, which is method.sampler here
+    code, _, err = run_script("image_train.py", *B, "--timestep_respacing=1000", "--use_ddim=False", f"out_dir={tmp_path}")
+    one_error(code, err, "GUIDE's flag --use_ddim", "method.sampler=1000")
     assert os.listdir(tmp_path) == []
 
 

@@ -181,6 +181,9 @@ GUIDE_REFUSED = {
     "use_task_index": "the label is the class here (model.class_cond=true); tasks come from the continual section",
     "plot_interval": "each task ends with a grid (continual.grid_per_class)",
     "skip_validation": "the per-task evaluation is the evaluation section (leave it out: none)",
+    "use_ddim": "GUIDE's replay sampler is method.sampler, one value by ADM's rule (--timestep_respacing 1000 "
+                "--use_ddim False: method.sampler=1000; ddim50 with --use_ddim True: method.sampler=ddim50); "
+                "--timestep_respacing on a training script is the training diffusion's, as in ADM",
 }
 
 
