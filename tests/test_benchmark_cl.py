@@ -540,6 +540,10 @@ def test_the_papers_protocols_section_shows_each_papers_suite_and_both_verdicts(
     rows = [ln for ln in section.splitlines() if ln.startswith("| EWC forgets less (the paper's way)")]
     assert rows == ["| EWC forgets less (the paper's way) | A paper, Table 1 | The paper's protocol | **confirmed** | "
                     "**confirmed** |"]
+    table = section.split("### Every claim in both protocols")[1]
+    rows = [ln for ln in table.splitlines() if ln.startswith("| ") and not ln.startswith("| claim")]
+    assert rows and not any("|  |" in ln for ln in rows)  # every cell says something
+    assert any("| this project's protocol only | no paper protocol (not a paper's claim) |" in ln for ln in rows)
     with pytest.raises(ConfigError, match="papers: suite file nowhere.yaml not found"):
         bsuite.load_suite(_suite(tmp_path, papers=["nowhere.yaml"]))
 

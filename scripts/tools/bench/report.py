@@ -159,7 +159,7 @@ def papers_section(suite: Suite, generator, classifier) -> List[str]:
     linked = {c.project_claim for path in suite.papers for c in load_suite(path).claims}
     for c in suite.claims:
         if c.id not in linked:
-            summary.append((c.statement, c.source, "this project's protocol only", "",
+            summary.append((c.statement, c.source, "this project's protocol only", "no paper protocol (not a paper's claim)",
                             verdict_text(verdict(c, generator, classifier))))
     lines += ["### Every claim in both protocols", "",
               md_table(["claim", "source", "tested in", "verdict there", "verdict in this project's protocol"],
@@ -195,7 +195,8 @@ def ablation_lines(ab: Dict[str, str], suite: Suite, summary: list) -> List[str]
     for v in verdicts:
         m = _VERDICT.match(v)
         if m:
-            summary.append((m["statement"], ab.get("source", ""), ab["title"], m["verdict"], ""))
+            summary.append((m["statement"], ab.get("source", ""), ab["title"], m["verdict"],
+                            "not tested here (the suite runs no such ablation)"))
     return lines
 
 
