@@ -571,8 +571,7 @@ def test_unknown_method_and_bad_option(tmp_path):
 def test_guidance_moves_prediction_toward_new_class():
     """GUIDE's x̂0 guidance with a toy linear classifier: guided samples of an old class are pushed
     toward the new classes."""
-    from guided_diffusion.continual.solver import guide_cond_fn
-    from guided_diffusion.continual.solver import SolverConfig
+    from guided_diffusion.continual.solver import GuidedOptions, guide_cond_fn
 
     torch.manual_seed(0)
     diffusion = create_gaussian_diffusion(steps=1000, timestep_respacing="ddim10")
@@ -589,7 +588,7 @@ def test_guidance_moves_prediction_toward_new_class():
     seen = torch.tensor([True, True, True, True])
     old = torch.tensor([True, True, False, False])
     scales = torch.full((6,), 5.0)
-    cond = guide_cond_fn(clf, None, seen, (3,), old, scales, SolverConfig())  # one new class: target 3
+    cond = guide_cond_fn(clf, None, seen, (3,), old, scales, GuidedOptions(), True)  # one new class: target 3
     y = torch.zeros(6, dtype=torch.long)
     noise = torch.randn(6, 1, 6, 6)
     plain = diffusion.ddim_sample_loop(net, (6, 1, 6, 6), noise=noise, model_kwargs={"y": y})
@@ -599,7 +598,7 @@ def test_guidance_moves_prediction_toward_new_class():
     assert (p_guided > p_plain).all(), (p_plain, p_guided)
 
     # the noised-classifier variant: the same classifier on (x_t, t), no pass through the denoiser; ancestral too
-    cond_n = guide_cond_fn(clf, None, seen, (3,), old, scales, SolverConfig(), noised=True)
+    cond_n = guide_cond_fn(clf, None, seen, (3,), old, scales, GuidedOptions(), True, noised=True)
     assert not getattr(cond_n, "needs_pred_xstart", False)
     for loop in (diffusion.ddim_sample_loop, diffusion.p_sample_loop):
         torch.manual_seed(1)
