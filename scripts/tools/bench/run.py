@@ -42,7 +42,8 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
     it has finished that task (``poll``: seconds between looks), a solver once the diffusion run it
     reads has finished; up to ``jobs`` at once, in plan order. Each process gets
     ``threads`` (default: the CPU count) divided by the number of runs that can go at once, now or
-    later (a process keeps its threads), so a run gets every core only when it is the last. A failed run stops the suite (``SuiteRunError``; rerun to resume):
+    later (a process keeps its threads), so a run gets every core only when it is the last. A failed
+    run stops the suite (``SuiteRunError``; rerun to resume):
     runs already started finish, no other starts. ``only``: these labels, and every run one of them
     needs (a finished one returns at once), so a selected run never starts before what it reads.
     Each run's row in ``suite_times.csv`` records the commit it ran at. Archived runs count as
@@ -121,7 +122,7 @@ def run_suite(suite: Suite, specs: List[RunSpec], launcher: Sequence[str] = (), 
                 pending.remove(spec)
                 # a run alone gets every core only when no other will start beside it: a process keeps its
                 # threads, and one started with all of them beside a later one oversubscribes the cores
-                at_once = min(jobs, len(running) + 1 + len(ready) + len(pending))
+                at_once = min(jobs, len(running) + 1 + len(pending))  # ``ready`` is part of ``pending``
                 extra = [f"train.num_threads={max(1, threads // at_once)}"] if jobs > 1 else []
                 running[pool.submit(one, spec, extra)] = spec
             if not running:  # what is left waits for a run that is neither pending nor done
