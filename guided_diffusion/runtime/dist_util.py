@@ -55,8 +55,8 @@ import torch.distributed as dist
 from .config import register_section_schema
 
 __all__ = [
-    "DistConfig", "RankFailure", "describe_failure", "init", "cleanup", "is_initialized", "launcher", "get_rank",
-    "get_world_size", "get_local_rank",
+    "DistConfig", "RankFailure", "describe_failure", "init", "setup_dist", "cleanup", "is_initialized", "launcher",
+    "get_rank", "get_world_size", "get_local_rank",
     "is_main", "dev", "backend", "barrier", "broadcast_object", "all_gather_object", "all_reduce_mean",
     "all_gather_tensor", "sync_params", "load_state_dict", "main_first", "rank0_first",
     "expand_nodelist", "detect",

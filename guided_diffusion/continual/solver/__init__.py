@@ -39,4 +39,5 @@ from .learner import USES, Solver, run_solver
 from .replays import GuidedOptions, SoftOptions, check_solver, masip_soft_loss, soft_target_kd
 
 __all__ = ["GuidedOptions", "REPLAY_MODES", "Replay", "SoftOptions", "Solver", "SolverConfig", "USES", "augment",
-           "check_solver", "guide_cond_fn", "masip_soft_loss", "register_replay", "replay_judgement", "run_solver", "soft_target_kd", "trims_logits"]
+           "check_solver", "guide_cond_fn", "masip_soft_loss", "register_replay", "replay_judgement", "run_solver",
+           "soft_target_kd", "trims_logits"]

@@ -290,7 +290,8 @@ def run_solver(cfg) -> Solver:
     device = experiment.init_process(cfg)
     if dist_util.get_world_size() > 1:
         raise ConfigError("the solver runs in one process (its cost is the replay generation); launch it without mpiexec")
-    run_dir = f"{experiment.run_dir_of(cfg)}/solver_{cfg.solver.replay}" + ("_noised" if cfg.solver.guided.noised_classifier else "")
+    noised = "_noised" if cfg.solver.guided.noised_classifier else ""
+    run_dir = f"{experiment.run_dir_of(cfg)}/solver_{cfg.solver.replay}{noised}"
 
     logger = experiment.setup_run(cfg, run_dir=run_dir)
     x, y, info = experiment.load_split(cfg, "train")

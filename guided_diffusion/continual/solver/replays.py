@@ -39,9 +39,9 @@ class GuidedOptions:
     use_old_grad: bool = False  # toward y under the classifier after the previous task (GUIDE)
     negate_old_grad: bool = False  # flip the sign of use_old_grad's gradient (GUIDE)
     use_new_grad: bool = True  # the classifier being trained guides (GUIDE)
-    guid_to_new_classes: bool = True  # use_new_grad: toward the new class with the largest logit (GUIDE); false: away from y
-    noised_classifier: bool = False  # guide with a second, time-conditioned classifier trained on q_sample(x, t) of the same
-    # batches and applied to (x_t, t) (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
+    guid_to_new_classes: bool = True  # use_new_grad: toward the new class with the largest logit (GUIDE); false: away
+    noised_classifier: bool = False  # guide with a second, time-conditioned classifier trained on q_sample(x, t) of the
+    # same batches and applied to (x_t, t) (ADM's classic guidance; GUIDE's train_noised_classifier), not the solver on x̂0
     guidance_batch: int = 64  # images per guided sampling chunk (memory bound only)
 
 

@@ -159,7 +159,8 @@ def papers_section(suite: Suite, generator, classifier) -> List[str]:
     linked = {c.project_claim for path in suite.papers for c in load_suite(path).claims}
     for c in suite.claims:
         if c.id not in linked:
-            summary.append((c.statement, c.source, "this project's protocol only", "no paper protocol (not a paper's claim)",
+            summary.append((c.statement, c.source, "this project's protocol only",
+                            "no paper protocol (not a paper's claim)",
                             verdict_text(verdict(c, generator, classifier))))
     lines += ["### Every claim in both protocols", "",
               md_table(["claim", "source", "tested in", "verdict there", "verdict in this project's protocol"],
