@@ -106,7 +106,8 @@ def _write(path, rows):
 def test_tables_and_claims_from_run_logs(tmp_path):
     suite = bsuite.load_suite(_suite(tmp_path, seeds=[0, 1]))
     specs = [s for s in bplan.plan_runs(suite)]
-    fid = {"gd_full": (10.0, 12.0), "gr_masip": (30.0, 34.0), "joint": (5.0, 5.0), "gd_dynamic_cache": (10.5, 12.5)}
+    fid = {"gd_full": (10.0, 12.0), "gr_masip": (30.0, 34.0), "gr_guide": (40.0, 44.0), "joint": (5.0, 5.0),
+           "gd_dynamic_cache": (10.5, 12.5)}
     for s in specs:
         if s.kind == "continual" and s.label in fid:
             f = fid[s.label][s.seed]
@@ -241,8 +242,14 @@ def test_claim_rules_and_the_best_of_several_rows():
                                 "test")[0]
     values = {"ewc": {"eval_fid": [5.0, 5.2]}, "naive": {"eval_fid": [40.0, 42.0]}, "joint": {"eval_fid": [4.0, 4.4]}}
     j = bclaims.render(best, values)
-    assert j.against == "joint" and j.verdict == "not confirmed"  # the best of those measured (buffer_replay: none)
-    assert "EWC 5.1 ± 0.14 vs joint 4.2 ± 0.28; naive 41 ± 1.4: **not confirmed**" in j.line
+    # buffer_replay has no results: the best of the three is not known yet, whatever the two measured say
+    assert j.against == "joint" and j.verdict is None
+    assert ("EWC 5.1 ± 0.14 vs joint 4.2 ± 0.28; naive 41 ± 1.4: **not measured** (no results yet: buffer_replay; "
+            "EWC better than naive by more than the spread).") in j.line
+    values["buffer_replay"] = {"eval_fid": [6.0, 6.1]}
+    j = bclaims.render(best, values)
+    assert j.against == "joint" and j.verdict == "not confirmed"  # the best of all three
+    assert "naive 41 ± 1.4; buffer_replay 6.05 ± 0.071: **not confirmed** (EWC better than naive" in j.line
 
 def test_suite_times_gain_the_commit_column_without_losing_rows(tmp_path):
     path = str(tmp_path / "suite_times.csv")

@@ -28,7 +28,8 @@ Rules (``register_rule``), each judged against the spread over seeds (``seeds.RU
   spread, whichever is larger (``seeds.within_tolerance``), and, with ``cost: KEY``, a lower mean of KEY.
 
 ``against: {best_of: [A, B], by: METRIC}``: of the candidates that have ``by`` (default: the first
-metric), the one with the best mean. ``gap: {metric: M, to: LABEL, text: "... {pct:.0f}% ..."}``: the
+metric), the one with the best mean; while any candidate has no results the claim is not measured (its
+line names them). ``gap: {metric: M, to: LABEL, text: "... {pct:.0f}% ..."}``: the
 share of the distance from ``against`` to ``to`` in M that ``row`` covers.
 
 Evidence placeholders: ``{LABEL.KEY}`` (a row's metric, mean ± std; ``row`` and ``against`` name the
@@ -257,8 +258,18 @@ def _pick(claim: Claim, values: Values) -> Tuple[str, List[str]]:
     return best, have
 
 
+def _missing(claim: Claim, values: Values) -> List[str]:
+    """The ``best_of`` candidates without results: the best of several is not known while any is missing."""
+    if len(claim.against) == 1:
+        return []
+    return [g for g in claim.against if not _get(values, g, claim.best_by)]
+
+
 def judge(claim: Claim, values: Values) -> Optional[str]:
-    """The claim's verdict on a table's ``values``; None: not measured."""
+    """The claim's verdict on a table's ``values``; None: not measured (also while a ``best_of`` candidate
+    has no results: the row judged against could still change)."""
+    if _missing(claim, values):
+        return None
     against, _ = _pick(claim, values)
     keys = [k for k, _ in claim.metrics] + ([claim.cost] if claim.cost else [])
     if not all(_get(values, side, k) for side in (claim.row, against) for k in keys):
@@ -301,7 +312,9 @@ def render(claim: Claim, values: Values) -> Judged:
             else:
                 label = {"row": claim.row, "against": against}.get(head, head)
                 parts.append(mean_std(_get(values, label, key)))
-    note = f" ({claim.rule_text})" if claim.rule_text else ""
+    notes = ([f"no results yet: {', '.join(_missing(claim, values))}"] if _missing(claim, values) else []) + \
+        ([claim.rule_text] if claim.rule_text else [])
+    note = f" ({'; '.join(notes)})" if notes else ""
     line = f"*{claim.statement}* — {''.join(parts)}: {verdict_text(v)}{note}."
     return Judged(claim, v, against, line)
 
