@@ -77,6 +77,34 @@ def test_groupnorm_on_bf16_keeps_fp32_statistics():
     assert x.grad.dtype == torch.bfloat16 and gn.weight.grad.dtype == torch.float32
 
 
+_FROZEN_INPUT = """
+import torch
+from guided_diffusion.models.nn import GroupNorm32
+torch.manual_seed(0)
+gn = GroupNorm32(8, 32)
+gn.weight.data.normal_()
+x = torch.randn(4, 32, 14, 14)  # behind frozen layers: no gradient wanted for the input
+grads = []
+for layout in (torch.contiguous_format, torch.channels_last):
+    gn.zero_grad()
+    gn(x.contiguous(memory_format=layout)).pow(2).sum().backward()
+    grads.append((gn.weight.grad.clone(), gn.bias.grad.clone()))
+print(all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads)))
+"""
+
+
+def test_groupnorm_behind_frozen_layers_trains_in_channels_last():
+    """torch's CPU channels-last GroupNorm backward crashes the process (SIGSEGV) when the input wants no
+    gradient and the weights do (a method that trains only the decoder, on a CPU where ``auto`` picks
+    channels_last); GroupNorm32 takes the contiguous kernel there, with the same weight gradients. In a
+    subprocess, so that a crash fails this test instead of ending the test session."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _FROZEN_INPUT], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "True", (r.returncode, r.stderr[-500:])
+
+
 def _unet(in_channels=1):
     torch.manual_seed(0)
     m = create_model(16, 32, 1, channel_mult="1,2", attention_resolutions="8", num_head_channels=16,

@@ -23,6 +23,12 @@ class GroupNorm32(nn.GroupNorm):
     """
 
     def forward(self, x):
+        if x.device.type == "cpu" and not x.is_contiguous() and not x.requires_grad and torch.is_grad_enabled() \
+                and any(p is not None and p.requires_grad for p in (self.weight, self.bias)):
+            # torch's CPU channels-last backward crashes (SIGSEGV, torch 2.13) when only the weight and bias
+            # want gradients: a GroupNorm behind frozen layers (a method that trains the decoder alone). The
+            # contiguous kernel has no such path; the copy is taken only there.
+            x = x.contiguous()
         if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.is_contiguous():
             # The CPU kernel takes bf16 input with fp32 weights and computes the statistics and the
             # normalisation in fp32 itself (forward and backward): no casts of the activations.
