@@ -540,6 +540,29 @@ def test_resume_between_tasks_is_bit_identical(tmp_path):
     assert torch.equal(r1["loss_counts"], s1["loss_counts"]) and torch.equal(r1["loss_history"], s1["loss_history"])
 
 
+def test_a_run_resumed_after_a_task_copies_its_teacher_in_the_compute_layout(tmp_path, monkeypatch):
+    """The teacher (and whatever a method computes before the task) sees the network in the layout it
+    trains in, also where the run resumed after a task and the weights were just read back: bf16
+    convolutions round differently in another layout, which broke bit-identical resumption on AMX CPUs
+    (auto: bf16, channels_last)."""
+    from guided_diffusion.continual import loop as loop_mod
+
+    layouts = []
+    real_freeze = loop_mod.freeze
+
+    def recording_freeze(teacher):
+        w = next(p for p in teacher.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+        layouts.append(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous())
+        return real_freeze(teacher)
+
+    monkeypatch.setattr(loop_mod, "freeze", recording_freeze)
+    cl = ["train.memory_format=channels_last", "train.precision=fp32"]
+    yaml = "yaml/mnist/generative_distillation.yaml"
+    loop_mod.run_continual(_cfg(tmp_path / "a", yaml, cl + ["continual.limit_tasks=1"]))
+    loop_mod.run_continual(_cfg(tmp_path / "a", yaml, cl))  # resumes after task 0: task 1 copies its teacher
+    assert layouts == [True]
+
+
 def test_resume_mid_task_is_bit_identical(tmp_path):
     from guided_diffusion.continual.loop import run_continual
 

@@ -229,6 +229,11 @@ class DiffusionLearner(TaskLearner):
             copy_first_task(cfg.continual.init_from, self.init_step, tdir, ctx.logger.log, convert)
         dist_util.barrier()
         self.logger = experiment.make_logger(cfg, tdir)
+        # The network in its compute layout before anything copies or runs it (the teacher, a method's
+        # before_task): a run resumed after a task holds the restored weights in the default layout, and
+        # bf16 convolutions round differently in another layout, so the resumed run would drift.
+        precision = experiment.precision_of(cfg, ctx.device)
+        precision.to_layout(ctx.model)
         teacher = None
         if task.index > 0 and method.needs_teacher:
             teacher = copy.deepcopy(ctx.model)
@@ -247,8 +252,7 @@ class DiffusionLearner(TaskLearner):
                          seed=step_seed(cfg.seed, task.index, 2) % (2**31), logger=self.logger, device=ctx.device,
                          hooks=method.hooks(task), init_ema=self.ema_state,
                          export_config={**experiment.export_config(cfg, ctx.info), **export_record(cfg, ctx.info)},
-                         tag=f"task {task.index}",
-                         precision=experiment.precision_of(cfg, ctx.device))
+                         tag=f"task {task.index}", precision=precision)
         start_step = loop.step
         t1 = time.time()
         loop.run()
