@@ -312,8 +312,8 @@ def render(claim: Claim, values: Values) -> Judged:
             else:
                 label = {"row": claim.row, "against": against}.get(head, head)
                 parts.append(mean_std(_get(values, label, key)))
-    notes = ([f"no results yet: {', '.join(_missing(claim, values))}"] if _missing(claim, values) else []) + \
-        ([claim.rule_text] if claim.rule_text else [])
+    missing = _missing(claim, values)
+    notes = ([f"no results yet: {', '.join(missing)}"] if missing else []) + ([claim.rule_text] if claim.rule_text else [])
     note = f" ({'; '.join(notes)})" if notes else ""
     line = f"*{claim.statement}* — {''.join(parts)}: {verdict_text(v)}{note}."
     return Judged(claim, v, against, line)
