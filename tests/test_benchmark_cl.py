@@ -118,8 +118,10 @@ def test_tables_and_claims_from_run_logs(tmp_path):
                  "eval_kld": f / 100, "final_teacher_nfe": 48 if s.label == "gd_full" else 16,
                  "eval_acc_task_0": 0.7, "eval_acc_task_1": 0.8, "eval_fid_task_0": 8.0, "eval_fid_task_1": 6.0},
             ])
-        if s.kind == "solver" and s.label in ("solver_plain", "solver_guided", "solver_soft"):
-            acc = {"solver_plain": 0.80, "solver_guided": 0.85, "solver_soft": 0.5 + 0.01 * s.seed}[s.label]
+        if s.kind == "solver" and s.label in ("solver_plain", "solver_guided", "solver_soft", "solver_joint"):
+            # joint 10 points above plain: the headroom guided replay's claim needs
+            acc = {"solver_plain": 0.80, "solver_guided": 0.85, "solver_soft": 0.5 + 0.01 * s.seed,
+                   "solver_joint": 0.90}[s.label]
             _write(f"{s.run_dir}/metrics.csv", [
                 {"task": 0, "avg_acc": 0.99, "forgetting": 0.0, "gen_sec": 0, "replay_label_agree": "",
                  "replay_old_entropy": ""},
@@ -211,7 +213,11 @@ def test_claims_are_checked_when_the_suite_is_read(tmp_path):
            ({"evidence": "EWC {ewc.acc}"}, "key 'acc' is not a key of the generator table"),
            ({"evidence": "EWC {ewc}"}, "expected {LABEL.KEY}"), ({"evidence": "{others.eval_fid}"}, "others are"),
            ({"rule": "equivalent"}, "needs a tolerance"), ({"tolerance": 0.1}, "belong to rule equivalent"),
-           ({"against": {"best_of": ["naive", "joint"], "by": "eval_kld"}}, "against.by 'eval_kld'")]
+           ({"against": {"best_of": ["naive", "joint"], "by": "eval_kld"}}, "against.by 'eval_kld'"),
+           ({"headroom": {"metric": "eval_fid", "low": "naive"}}, "headroom is {metric, low, high, min}"),
+           ({"headroom": {"metric": "eval_kld", "low": "naive", "high": "joint", "min": 1}},
+            "headroom.metric 'eval_kld' is not one of the claim's metrics"),
+           ({"headroom": {"metric": "eval_fid", "low": "naive", "high": "joint", "min": 0}}, "headroom.min must be")]
     for change, match in bad:
         with pytest.raises(ConfigError, match=match):
             bsuite.load_suite(_suite(tmp_path, claims=claims + [_claim(**change)]))
@@ -250,6 +256,34 @@ def test_claim_rules_and_the_best_of_several_rows():
     j = bclaims.render(best, values)
     assert j.against == "joint" and j.verdict == "not confirmed"  # the best of all three
     assert "naive 41 ± 1.4; buffer_replay 6.05 ± 0.071: **not confirmed** (EWC better than naive" in j.line
+
+def test_a_claim_with_a_headroom_is_judged_only_where_it_can_show():
+    """GUIDE's claim needs plain replay well below joint training: with joint 0.973 and plain 0.957 (1.6
+    points, this project's protocol) guided replay could not show, whatever it scores."""
+    claim = bclaims.parse_claims([_claim(table="classifier", row="guided", against="plain", metrics={"acc": "higher"},
+                                         headroom={"metric": "acc", "low": "plain", "high": "joint", "min": 0.05},
+                                         evidence="guided {guided.acc} vs plain {plain.acc}", rule_text="")],
+                                 "test")[0]
+    values = {"guided": {"acc": [0.99, 0.99]}, "plain": {"acc": [0.957, 0.957]}}
+    j = bclaims.render(claim, values)
+    assert j.verdict is None  # joint has not run: the headroom is not known
+    assert "(headroom: joint better than plain in acc by ? (no results yet) (needed: 0.05))" in j.line
+    values["joint"] = {"acc": [0.972, 0.974]}
+    assert bclaims.headroom(claim, values) == pytest.approx(0.016)
+    j = bclaims.render(claim, values)
+    assert j.verdict == "not testable"  # guided 3 points above plain, but the claim cannot show here
+    assert ": **not testable here** (headroom: joint better than plain in acc by 0.016 (needed: 0.05))." in j.line
+    values["plain"] = {"acc": [0.90, 0.91]}  # 6.8 points below joint: the rule decides
+    assert bclaims.headroom(claim, values) == pytest.approx(0.068)
+    assert bclaims.judge(claim, values) == "confirmed"
+    values["guided"] = {"acc": [0.90, 0.92]}
+    assert bclaims.judge(claim, values) == "not resolved"
+    # a lower-is-better metric: the headroom counts in its direction
+    fid = bclaims.parse_claims([_claim(headroom={"metric": "eval_fid", "low": "naive", "high": "joint", "min": 5})],
+                               "test")[0]
+    values = {"ewc": {"eval_fid": [20.0]}, "naive": {"eval_fid": [30.0]}, "joint": {"eval_fid": [10.0]}}
+    assert bclaims.headroom(fid, values) == pytest.approx(20.0)
+
 
 def test_suite_times_gain_the_commit_column_without_losing_rows(tmp_path):
     path = str(tmp_path / "suite_times.csv")

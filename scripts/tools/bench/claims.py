@@ -32,6 +32,11 @@ metric), the one with the best mean; while any candidate has no results the clai
 line names them). ``gap: {metric: M, to: LABEL, text: "... {pct:.0f}% ..."}``: the
 share of the distance from ``against`` to ``to`` in M that ``row`` covers.
 
+``headroom: {metric: M, low: A, high: B, min: X}``: the claim can only show where B is better than A in
+M by at least X (mean over seeds; e.g. joint training at least 5 points above plain replay, where a
+better replay has room to show). Where it is not, the verdict is **not testable here** and the line
+gives the measured headroom; while A or B has no results the claim is not measured.
+
 Evidence placeholders: ``{LABEL.KEY}`` (a row's metric, mean ± std; ``row`` and ``against`` name the
 claim's two rows), ``{against}`` (the label picked), ``{others.KEY}`` ("; LABEL value" for each other
 ``best_of`` candidate) and ``{gap}`` ("; " and the gap's text, where it can be computed). KEY: a key of
@@ -56,7 +61,7 @@ Values = Dict[str, Dict[str, List[float]]]  # label -> key -> the per-seed numbe
 TABLES = {"generator": GENERATOR_KEYS, "classifier": CLASSIFIER_KEYS}
 DIRECTIONS = {"lower": False, "higher": True}  # -> higher_is_better
 CLAIM_KEYS = ("id", "statement", "source", "protocol", "table", "row", "against", "metrics", "rule", "tolerance",
-              "cost", "gap", "evidence", "rule_text", "project_claim")
+              "cost", "gap", "headroom", "evidence", "rule_text", "project_claim")
 PROJECT = "project"  # the protocol of a claim that names none: this project's settings
 PROJECT_TITLE = "This project's protocol"
 
@@ -77,6 +82,7 @@ class Claim:
     tolerance: Optional[float] = None
     cost: str = ""
     gap: Dict[str, Any] = field(default_factory=dict)
+    headroom: Dict[str, Any] = field(default_factory=dict)  # {metric, low, high, min}: where the claim can show
     rule_text: str = ""
     project_claim: str = ""  # the same statement's claim in this project's protocol (another suite's), if any
 
@@ -197,6 +203,17 @@ def parse_claim(c, at: str, protocols: Sequence[str] = ()) -> Claim:
             gap["text"].format(pct=0.0)
         except (KeyError, IndexError, ValueError) as e:
             raise ConfigError(f"{at}: gap.text {gap['text']!r}: {e!r} (its one field is {{pct}})") from None
+    headroom = c.get("headroom") or {}
+    if headroom:
+        if not isinstance(headroom, dict) or set(headroom) != {"metric", "low", "high", "min"}:
+            raise ConfigError(f"{at}: headroom is {{metric, low, high, min}} (the claim shows where high beats low "
+                              "in metric by at least min)")
+        key_ok(headroom["metric"], "headroom.metric")
+        if headroom["metric"] not in c["metrics"]:
+            raise ConfigError(f"{at}: headroom.metric {headroom['metric']!r} is not one of the claim's metrics "
+                              "(its direction is theirs)")
+        if not isinstance(headroom["min"], (int, float)) or headroom["min"] <= 0:
+            raise ConfigError(f"{at}: headroom.min must be a positive number, got {headroom['min']!r}")
     protocol = c.get("protocol") or PROJECT
     if protocol != PROJECT and protocol not in protocols:
         raise ConfigError(f"{at}: protocol {protocol!r} is not declared in the suite's protocols "
@@ -206,7 +223,7 @@ def parse_claim(c, at: str, protocols: Sequence[str] = ()) -> Claim:
                  table=c["table"], row=str(c["row"]), against=against, metrics=metrics, rule=c["rule"],
                  evidence=str(c["evidence"]).strip(), protocol=protocol, best_by=best_by,
                  tolerance=None if tolerance is None else float(tolerance), cost=c.get("cost") or "",
-                 gap=dict(gap), rule_text=str(c.get("rule_text") or "").strip(),
+                 gap=dict(gap), headroom=dict(headroom), rule_text=str(c.get("rule_text") or "").strip(),
                  project_claim=str(c.get("project_claim") or ""))
 
 
@@ -238,7 +255,7 @@ def _check_evidence(template: str, at: str, key_ok: Callable[[str, str], None], 
 @dataclass
 class Judged:
     claim: Claim
-    verdict: Optional[str]  # confirmed | not confirmed | not resolved | None: not measured
+    verdict: Optional[str]  # confirmed | not confirmed | not resolved | not testable | None: not measured
     against: str  # the label judged against (the best of best_of)
     line: str  # the report's sentence, without its number
 
@@ -265,11 +282,31 @@ def _missing(claim: Claim, values: Values) -> List[str]:
     return [g for g in claim.against if not _get(values, g, claim.best_by)]
 
 
+def headroom(claim: Claim, values: Values) -> Optional[float]:
+    """How much better ``headroom.high`` is than ``headroom.low`` (difference of the means, positive where
+    high is better); None without a headroom or while a side has no results."""
+    h = claim.headroom
+    if not h:
+        return None
+    low, high = _get(values, h["low"], h["metric"]), _get(values, h["high"], h["metric"])
+    if not (low and high):
+        return None
+    sign = 1.0 if dict(claim.metrics)[h["metric"]] else -1.0
+    return sign * (float(np.mean(high)) - float(np.mean(low)))
+
+
 def judge(claim: Claim, values: Values) -> Optional[str]:
     """The claim's verdict on a table's ``values``; None: not measured (also while a ``best_of`` candidate
-    has no results: the row judged against could still change)."""
+    has no results: the row judged against could still change, or while a headroom side has none);
+    ``not testable`` where the headroom is below its minimum."""
     if _missing(claim, values):
         return None
+    if claim.headroom:
+        room = headroom(claim, values)
+        if room is None:
+            return None
+        if room < claim.headroom["min"]:
+            return "not testable"
     against, _ = _pick(claim, values)
     keys = [k for k, _ in claim.metrics] + ([claim.cost] if claim.cost else [])
     if not all(_get(values, side, k) for side in (claim.row, against) for k in keys):
@@ -281,7 +318,7 @@ def judge(claim: Claim, values: Values) -> Optional[str]:
 
 def verdict_text(v: Optional[str]) -> str:
     return {"confirmed": "**confirmed**", "not confirmed": "**not confirmed**", "not resolved": "**not resolved**",
-            None: "**not measured**"}[v]
+            "not testable": "**not testable here**", None: "**not measured**"}[v]
 
 
 def _gap(claim: Claim, values: Values, against: str) -> str:
@@ -290,6 +327,15 @@ def _gap(claim: Claim, values: Values, against: str) -> str:
     if not (r and a and t) or np.mean(a) == np.mean(t):
         return ""
     return "; " + g["text"].format(pct=100 * (np.mean(a) - np.mean(r)) / (np.mean(a) - np.mean(t)))
+
+
+def _headroom_note(claim: Claim, values: Values) -> List[str]:
+    h = claim.headroom
+    if not h:
+        return []
+    room = headroom(claim, values)
+    what = f"headroom: {h['high']} better than {h['low']} in {h['metric']} by {{}} (needed: {h['min']:g})"
+    return [what.format("? (no results yet)" if room is None else f"{room:.3g}")]
 
 
 def render(claim: Claim, values: Values) -> Judged:
@@ -313,7 +359,8 @@ def render(claim: Claim, values: Values) -> Judged:
                 label = {"row": claim.row, "against": against}.get(head, head)
                 parts.append(mean_std(_get(values, label, key)))
     missing = _missing(claim, values)
-    notes = ([f"no results yet: {', '.join(missing)}"] if missing else []) + ([claim.rule_text] if claim.rule_text else [])
+    notes = ([f"no results yet: {', '.join(missing)}"] if missing else []) + _headroom_note(claim, values) \
+        + ([claim.rule_text] if claim.rule_text else [])
     note = f" ({'; '.join(notes)})" if notes else ""
     line = f"*{claim.statement}* — {''.join(parts)}: {verdict_text(v)}{note}."
     return Judged(claim, v, against, line)
@@ -347,5 +394,5 @@ def render_section(claims: Sequence[Claim], generator: Values, classifier: Value
     return out[:-1]
 
 
-__all__ = ["Claim", "CLAIM_KEYS", "PROJECT", "RULES", "register_rule", "parse_claims", "parse_claim", "judge", "render",
+__all__ = ["Claim", "CLAIM_KEYS", "PROJECT", "RULES", "register_rule", "parse_claims", "parse_claim", "judge", "headroom", "render",
            "render_lines", "render_section", "verdict_text", "Judged"]
