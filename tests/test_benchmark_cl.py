@@ -152,6 +152,12 @@ def test_tables_and_claims_from_run_logs(tmp_path):
     # soft 0.505 +- 0.007 vs plain 0.80: worse beyond the spread
     assert "4. *Soft-target replay" in text and text.count("**not confirmed**") == 1, text
     assert "ratio 0.60" in tables.convergence_check(values)  # task 0's FID 3 vs joint's 5
+    assert "Joint training trained" not in tables.convergence_check(values)  # the logs have no floor
+    floored = {**values, "joint": {**values["joint"], "floor": [2.0, 2.0]}}  # joint 5 against a floor of 2
+    assert "floor 2 ± 0: ratio 2.50 (at most 1.5 asked): **no**: the later tasks' budget" in \
+        tables.convergence_check(floored)
+    floored["joint"]["floor"] = [4.0, 4.0]
+    assert tables.convergence_check(floored).endswith("floor 4 ± 0: ratio 1.25 (at most 1.5 asked): yes.")
     values["gd_full"]["eval_fid"] = [40.0, 42.0]  # worse than generative replay beyond the spread
     assert "**not confirmed** (GD better than GR" in bclaims.render_lines(suite.claims, values, svalues)[0]
     values["gd_full"]["eval_fid"] = [20.0, 44.0]  # better on average, but within the spread (17 + 2.8)
@@ -435,6 +441,17 @@ def test_archived_runs_outlive_their_folders(tmp_path, monkeypatch):
     assert os.listdir(elsewhere) == ["solver_plain"]
     archive.clear_restored(str(run))  # a run's own folder: never cleared
     assert (run / "task_0" / "model000010.pt").exists()
+    # a learning curve keeps its name: the report's table and plot read it from label.txt
+    from tools.curves import label_of
+
+    curve = tmp_path / "out" / "curve_task0"
+    curve.mkdir()
+    (curve / "curve.csv").write_text("images,steps,eval_fid\n8000,250,382.4\n")
+    (curve / "label.txt").write_text("task 0 (IID, its classes)\n")
+    archive.save(arch, out, str(curve), {"label": "curve_task0", "seed": 0, "commit": "abc", "seconds": 1.0})
+    moved = tmp_path / "out2" / "curve_task0"
+    assert archive.restore(arch, str(tmp_path / "out2"), str(moved))
+    assert label_of(str(moved)) == "task 0 (IID, its classes)" != label_of(str(tmp_path / "out2" / "gd_full_s0"))
 
     # the suite: seed 0's naive, joint and gd_full archived on another machine
     import guided_diffusion.continual.methods  # noqa: F401

@@ -3,7 +3,7 @@
 A suite takes hours a seed on a CPU, more than one working session, and its run folders (under
 ``experiments/``, ignored by git: checkpoints of megabytes each) do not outlive the machine. So when a
 run finishes, what its report needs is copied to the archive, which is small and committed: its
-``metrics.csv``, ``config.yaml``, a learning curve's ``curve.csv``, and each task's grid
+``metrics.csv``, ``config.yaml``, a learning curve's ``curve.csv`` and ``label.txt``, and each task's grid
 (``task_k/samples.png``) and ``progress.csv``, then ``archived.json`` (label, seed, commit, seconds:
 written last, it marks the copy complete). On a new machine the suite restores an archived run into
 its folder (marked ``restored.json``) and counts it as finished; only a run whose *checkpoints*
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 MARK = "archived.json"  # in the archive: the copy is complete
 RESTORED = "restored.json"  # in a run folder: its files came from the archive (no checkpoints)
-RUN_FILES = ("metrics.csv", "config.yaml", "curve.csv")
+RUN_FILES = ("metrics.csv", "config.yaml", "curve.csv", "label.txt")  # label.txt: a curve's name
 TASK_FILES = ("samples.png", "progress.csv")
 
 
