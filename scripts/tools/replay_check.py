@@ -29,10 +29,8 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from guided_diffusion import experiment  # noqa: E402
-from guided_diffusion.runtime.config import ConfigError, load_config  # noqa: E402
+from guided_diffusion import experiment
+from guided_diffusion.runtime.config import ConfigError, load_config
 
 
 def background(x: torch.Tensor) -> tuple:
