@@ -23,7 +23,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert replay_check.main(["--solver", str(tmp_path), "--task", "1"]) == 2
     assert "has no config.yaml" in capsys.readouterr().err
     (tmp_path / "config.yaml").write_text("seed: 0\n")
-    for task in ("0", "3"):  # task 0 has no replay; task 3 was not finished (no classifier_task_3.pt)
+    for task in ("0", "3"):  # task 0 has no replay; task 3 was not finished (no task_3.done.json)
         assert replay_check.main(["--solver", str(tmp_path), "--task", task]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "give a task >= 1 that the solver run has finished" in err

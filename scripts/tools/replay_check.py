@@ -10,9 +10,9 @@ and its classifier after ``--task`` k (``classifier_task_k.pt``), this prints:
 
 - its accuracy on the real test images of the old classes (those before task k), with the histogram of
   the classes it predicts for them;
-- its accuracy on ``--images`` replay images of the same classes, generated as the run generated them
-  (the diffusion model after task k-1, the run's ``solver.sampler``, unguided, labels uniform over the
-  old classes, seeded by ``--seed``);
+- its accuracy on ``--images`` replay images of the same classes, generated as plain replay generates
+  them (the diffusion model after task k-1, the run's ``solver.sampler``, unguided whatever the run's
+  replay, labels uniform over the old classes, seeded by ``--seed``);
 - how black the backgrounds are: of the pixels below -0.8 (of [-1, 1]), the mean distance to -1 and the
   share exactly at -1, for the real test images and the replay (MNIST's backgrounds are exactly black;
   a generator's are grainy).
@@ -35,7 +35,8 @@ from guided_diffusion.runtime.config import ConfigError, load_config
 
 def background(x: torch.Tensor) -> tuple:
     """(mean |x + 1|, share exactly -1) over the pixels below -0.8: how black the background is."""
-    bg = x.float()[x.float() < -0.8]
+    x = x.float()
+    bg = x[x < -0.8]
     return float((bg + 1).abs().mean()), float((bg == -1).float().mean())
 
 
@@ -47,20 +48,20 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     cfg_path = os.path.join(a.solver, "config.yaml")
-    ckpt = os.path.join(a.solver, f"classifier_task_{a.task}.pt")
+    done = os.path.join(a.solver, f"task_{a.task}.done.json")  # the solver's mark of a finished task
     if not os.path.isfile(cfg_path):
         print(f"error: {a.solver} has no config.yaml: give a solver run folder (RUN/solver_<replay>)", file=sys.stderr)
         return 2
-    if a.task < 1 or not os.path.isfile(ckpt):
-        print(f"error: {ckpt} does not exist: give a task >= 1 that the solver run has finished", file=sys.stderr)
+    if a.task < 1 or not os.path.isfile(done):
+        print(f"error: {done} does not exist: give a task >= 1 that the solver run has finished", file=sys.stderr)
         return 2
     import guided_diffusion.continual.methods  # noqa: F401  (the method section's schemas)
     import guided_diffusion.evaluation.settings  # noqa: F401
     from guided_diffusion.continual.scenario import build_scenario
     from guided_diffusion.continual.solver.learner import Solver
 
-    try:
-        cfg = load_config(cfg_path, record=True)
+    try:  # the replay is generated as plain replay does, whatever the run's (no guidance, no noised classifier)
+        cfg = load_config(cfg_path, ["solver.replay=plain", "solver.guided.noised_classifier=false"], record=True)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -76,22 +77,13 @@ def main(argv=None) -> int:
         def __getattr__(self, _):
             return lambda *args, **kw: None
 
-    device = torch.device("cpu")
-    solver = Solver(cfg, x, y, xt, yt, info, scenario, device, a.solver, Quiet())
+    solver = Solver(cfg, x, y, xt, yt, info, scenario, torch.device("cpu"), a.solver, Quiet())
     task = scenario.tasks[a.task]
     old = list(task.old_classes)
-    prev = None
-    if a.task >= 1 and os.path.isfile(os.path.join(a.solver, f"classifier_task_{a.task - 1}.pt")):
-        from guided_diffusion.classifiers.nets import create_classifier_net
-
-        prev = create_classifier_net(cfg.solver.arch, info.num_classes, info.channels, image_size=info.image_size)
-        prev.load_state_dict(torch.load(os.path.join(a.solver, f"classifier_task_{a.task - 1}.pt"), map_location="cpu"))
-        prev.eval()
     model = solver.diffusion_after(a.task - 1)
     diffusion = experiment.build_diffusion(cfg, cfg.solver.sampler)
-    gen = torch.Generator().manual_seed(a.seed)
-    xg, yg = solver.generate(model, diffusion, task, a.images, gen, prev)  # unguided: no cond_fn for plain replay
-    solver.clf.load_state_dict(torch.load(ckpt, map_location="cpu"))
+    xg, yg = solver.generate(model, diffusion, task, a.images, torch.Generator().manual_seed(a.seed), None)
+    solver.restore(task)  # the classifier after task k, as the run saved it
     solver.clf.eval()
     m = torch.as_tensor(np.isin(yt.numpy(), old))
     with torch.no_grad():
